@@ -1,0 +1,221 @@
+//! The `layerskip` command line: generate, info, bench.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use layerskip::{generate, GenerateOptions, Mode, Model, SamplingParams, Session};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "layerskip",
+    version,
+    about = "LayerSkip early exit and self-speculative decoding"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt.
+    Generate(GenerateArgs),
+    /// Print what a checkpoint holds.
+    Info {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Full,
+    EarlyExit,
+    SelfSpeculative,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Checkpoint directory (default: the bundled model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt text, encoded with the tokenizer's special-token rules.
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
+    prompt: Option<String>,
+    /// Prompt token ids, used exactly as given (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    #[arg(long, value_enum, default_value_t = ModeArg::Full)]
+    mode: ModeArg,
+    /// Exit layer E for early-exit and self-speculative modes (default: half the layers).
+    #[arg(long)]
+    exit_layer: Option<usize>,
+    /// Draft length d for self-speculative mode.
+    #[arg(long, default_value_t = 4)]
+    draft_len: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// 0 disables.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep generating past EOS.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The bundled model, found next to the sources (cargo run) or the working directory.
+fn default_model() -> PathBuf {
+    const BUNDLED: &str = "assets/layerskip-pycode-8l";
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(BUNDLED);
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from(BUNDLED)
+    }
+}
+
+fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
+    let model = Model::load(a.model.unwrap_or_else(default_model))?;
+    let n = model.num_layers();
+    let exit = a.exit_layer.unwrap_or((n / 2).max(1));
+    let mode = match a.mode {
+        ModeArg::Full => Mode::Full,
+        ModeArg::EarlyExit => Mode::EarlyExit { exit },
+        ModeArg::SelfSpeculative => Mode::SelfSpeculative {
+            exit,
+            draft_len: a.draft_len,
+        },
+    };
+    let prompt = match (&a.prompt_ids, &a.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => model.encode_prompt(text)?,
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        mode,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        ignore_eos: a.ignore_eos,
+        stop_strings: a.stop,
+        ..Default::default()
+    };
+    let mut session = Session::new(model.clone(), 0)?;
+    let stream = !a.json;
+    let mut out = std::io::stdout().lock();
+    if stream {
+        if let Some(text) = &a.prompt {
+            let _ = write!(out, "{text}");
+        }
+    }
+    let res = generate(&mut session, &prompt, &opts, |piece| {
+        if stream {
+            let _ = write!(out, "{piece}");
+            let _ = out.flush();
+        }
+    })?;
+    let s = &res.stats;
+    if a.json {
+        let v = json!({
+            "tokens": res.tokens,
+            "text": res.text,
+            "stats": {
+                "prompt_tokens": s.prompt_tokens,
+                "generated_tokens": s.generated_tokens,
+                "seconds": s.seconds,
+                "tokens_per_second": s.tokens_per_second,
+                "drafted": s.drafted,
+                "accepted": s.accepted,
+                "acceptance_rate": s.acceptance_rate,
+                "rounds": s.rounds,
+                "draft_seconds": s.draft_seconds,
+                "verify_seconds": s.verify_seconds,
+            }
+        });
+        writeln!(out, "{v}").ok();
+    } else {
+        writeln!(out).ok();
+        eprintln!(
+            "[{} tokens in {:.2}s, {:.1} tokens/s{}]",
+            s.generated_tokens,
+            s.seconds,
+            s.tokens_per_second,
+            if s.drafted > 0 {
+                format!(", acceptance {:.1}%", 100.0 * s.acceptance_rate)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+fn run_info(model: Option<PathBuf>, as_json: bool) -> layerskip::Result<()> {
+    let model = Model::load(model.unwrap_or_else(default_model))?;
+    let c = &model.config;
+    let v = json!({
+        "path": model.dir.display().to_string(),
+        "layers": c.num_layers,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "heads": c.num_heads,
+        "kv_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "context_length": c.max_position_embeddings,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": format!("{:?}", c.rope_scaling),
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_ids": c.eos_token_ids,
+        "dtype": model.dtype.name(),
+    });
+    if as_json {
+        println!("{v}");
+    } else {
+        for (k, val) in v.as_object().unwrap() {
+            println!("{k:>20}: {val}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Generate(a) => run_generate(a),
+        Cmd::Info { model, json } => run_info(model, json),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The CPU engine: f32 compute over weights kept in their stored dtype.
+
+mod matmul;
+mod ops;
+
+pub use matmul::{matmul, Mat};
+
+use super::{rope, Engine, Rows};
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::weights::WeightStore;
+use rayon::prelude::*;
+
+struct LayerWeights {
+    attn_norm: Vec<f32>,
+    mlp_norm: Vec<f32>,
+    q: Mat,
+    k: Mat,
+    v: Mat,
+    o: Mat,
+    gate: Mat,
+    up: Mat,
+    down: Mat,
+}
+
+pub struct CpuEngine {
+    cfg: ModelConfig,
+    embed: Mat,
+    lm_head: Mat,
+    norm: Vec<f32>,
+    layers: Vec<LayerWeights>,
+    inv_freq: Vec<f32>,
+}
+
+/// Host activations: `rows x hidden` f32, row-major.
+pub struct HostActs {
+    pub data: Vec<f32>,
+    pub width: usize,
+}
+
+impl Rows for HostActs {
+    fn rows(&self) -> usize {
+        self.data.len() / self.width
+    }
+    fn append(&mut self, other: Self) {
+        self.data.extend_from_slice(&other.data);
+    }
+    fn truncate(&mut self, rows: usize) {
+        self.data.truncate(rows * self.width);
+    }
+}
+
+/// Per-layer K/V, position-major (`len x kv_dim`), so appending and truncating
+/// are plain length changes.
+pub struct CpuKv {
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+}
+
+impl CpuEngine {
+    pub fn load(cfg: &ModelConfig, store: &WeightStore) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (qd, kvd, inter) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat> {
+            Ok(Mat::new(store.get(name, &[rows, cols])?))
+        };
+        let vec = |name: &str| -> Result<Vec<f32>> { Ok(store.get(name, &[h])?.to_f32()) };
+        let embed = mat("model.embed_tokens.weight", cfg.vocab_size, h)?;
+        let lm_head = if cfg.tie_word_embeddings && !store.contains("lm_head.weight") {
+            mat("model.embed_tokens.weight", cfg.vocab_size, h)?
+        } else {
+            mat("lm_head.weight", cfg.vocab_size, h)?
+        };
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Ok(LayerWeights {
+                    attn_norm: vec(&format!("{p}.input_layernorm.weight"))?,
+                    mlp_norm: vec(&format!("{p}.post_attention_layernorm.weight"))?,
+                    q: mat(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
+                    k: mat(&format!("{p}.self_attn.k_proj.weight"), kvd, h)?,
+                    v: mat(&format!("{p}.self_attn.v_proj.weight"), kvd, h)?,
+                    o: mat(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
+                    gate: mat(&format!("{p}.mlp.gate_proj.weight"), inter, h)?,
+                    up: mat(&format!("{p}.mlp.up_proj.weight"), inter, h)?,
+                    down: mat(&format!("{p}.mlp.down_proj.weight"), h, inter)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CpuEngine {
+            cfg: cfg.clone(),
+            embed,
+            lm_head,
+            norm: vec("model.norm.weight")?,
+            layers,
+            inv_freq: rope::inv_freq(cfg),
+        })
+    }
+
+    /// Causal attention of `rows` new queries (positions `pos0..`) over the
+    /// layer's cache, which already holds their own K/V.
+    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], pos0: usize, out: &mut [f32]) {
+        let cfg = &self.cfg;
+        let (hd, nh, kvd) = (cfg.head_dim, cfg.num_heads, cfg.kv_dim());
+        let group = nh / cfg.num_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+            let (r, h) = (idx / nh, idx % nh);
+            let kvh = h / group;
+            let qv = &q[r * nh * hd + h * hd..][..hd];
+            let n = pos0 + r + 1;
+            let mut scores: Vec<f32> = (0..n)
+                .map(|t| {
+                    let kt = &k[t * kvd + kvh * hd..][..hd];
+                    qv.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale
+                })
+                .collect();
+            ops::softmax(&mut scores);
+            o.fill(0.0);
+            for (t, &p) in scores.iter().enumerate() {
+                let vt = &v[t * kvd + kvh * hd..][..hd];
+                o.iter_mut().zip(vt).for_each(|(a, b)| *a += p * b);
+            }
+        });
+    }
+}
+
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, width: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (o, r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+        ops::rms_norm(r, w, eps, o);
+    }
+    out
+}
+
+impl Engine for CpuEngine {
+    type Acts = HostActs;
+    type Kv = CpuKv;
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn new_kv(&self, _capacity: usize) -> CpuKv {
+        let n = self.cfg.num_layers;
+        CpuKv {
+            k: vec![Vec::new(); n],
+            v: vec![Vec::new(); n],
+        }
+    }
+
+    fn truncate_kv(&self, kv: &mut CpuKv, layer: usize, len: usize) {
+        let kvd = self.cfg.kv_dim();
+        kv.k[layer].truncate(len * kvd);
+        kv.v[layer].truncate(len * kvd);
+    }
+
+    fn embed(&self, tokens: &[u32]) -> HostActs {
+        let h = self.cfg.hidden_size;
+        let mut data = vec![0.0; tokens.len() * h];
+        for (row, &t) in data.chunks_exact_mut(h).zip(tokens) {
+            self.embed.row_f32(t as usize, row);
+        }
+        HostActs { data, width: h }
+    }
+
+    fn run_layer(&self, layer: usize, kv: &mut CpuKv, pos0: usize, x: &mut HostActs) {
+        let cfg = &self.cfg;
+        let w = &self.layers[layer];
+        let rows = x.rows();
+        let (h, hd, qd, kvd) = (cfg.hidden_size, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+        debug_assert_eq!(kv.k[layer].len(), pos0 * kvd);
+
+        let xn = norm_rows(&x.data, &w.attn_norm, cfg.rms_norm_eps, h);
+        let mut q = vec![0.0; rows * qd];
+        let mut k = vec![0.0; rows * kvd];
+        let mut v = vec![0.0; rows * kvd];
+        matmul(&xn, rows, &w.q, &mut q);
+        matmul(&xn, rows, &w.k, &mut k);
+        matmul(&xn, rows, &w.v, &mut v);
+        for r in 0..rows {
+            rope::apply(&mut q[r * qd..(r + 1) * qd], hd, pos0 + r, &self.inv_freq);
+            rope::apply(&mut k[r * kvd..(r + 1) * kvd], hd, pos0 + r, &self.inv_freq);
+        }
+        kv.k[layer].extend_from_slice(&k);
+        kv.v[layer].extend_from_slice(&v);
+
+        let mut attn = vec![0.0; rows * qd];
+        self.attention(&q, &kv.k[layer], &kv.v[layer], pos0, &mut attn);
+        let mut o = vec![0.0; rows * h];
+        matmul(&attn, rows, &w.o, &mut o);
+        x.data.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+        let xn = norm_rows(&x.data, &w.mlp_norm, cfg.rms_norm_eps, h);
+        let inter = cfg.intermediate_size;
+        let mut gate = vec![0.0; rows * inter];
+        let mut up = vec![0.0; rows * inter];
+        matmul(&xn, rows, &w.gate, &mut gate);
+        matmul(&xn, rows, &w.up, &mut up);
+        ops::swiglu(&mut gate, &up);
+        matmul(&gate, rows, &w.down, &mut o);
+        x.data.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+    }
+
+    fn head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {
+        let h = self.cfg.hidden_size;
+        let rows = x.rows() - from;
+        let xn = norm_rows(&x.data[from * h..], &self.norm, self.cfg.rms_norm_eps, h);
+        out.resize(rows * self.cfg.vocab_size, 0.0);
+        matmul(&xn, rows, &self.lm_head, out);
+    }
+}

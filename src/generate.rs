@@ -1,0 +1,246 @@
+//! The generation loop shared by every mode: budget, EOS ids, stop strings and
+//! UTF-8-safe streaming.
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::sampling::{sample, Rng64, SamplingParams};
+use crate::session::{Logits, Session};
+use crate::speculative::{DraftLimits, Drafts};
+use crate::tokenizer::StreamDecoder;
+use std::time::Instant;
+
+/// How tokens are produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every layer, every token.
+    Full,
+    /// Layers `0..exit` only (the model truncated at `exit`).
+    EarlyExit { exit: usize },
+    /// Draft `draft_len` tokens with layers `0..exit`, verify with the rest.
+    SelfSpeculative { exit: usize, draft_len: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub mode: Mode,
+    pub sampling: SamplingParams,
+    /// Keep going past EOS ids.
+    pub ignore_eos: bool,
+    /// Stop when the text contains any of these (the stop string is not emitted).
+    pub stop_strings: Vec<String>,
+    /// Self-speculative only: stop drafting when the draft's top probability
+    /// is below this (0 disables).
+    pub confidence_threshold: f32,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 64,
+            mode: Mode::Full,
+            sampling: SamplingParams::default(),
+            ignore_eos: false,
+            stop_strings: Vec::new(),
+            confidence_threshold: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    pub drafted: u64,
+    pub accepted: u64,
+    pub rounds: u64,
+    pub acceptance_rate: f64,
+    pub draft_seconds: f64,
+    pub verify_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GenerateOutput {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stats: GenerateStats,
+}
+
+/// Collects tokens, streams their text and decides when to stop.
+struct Sink<'a, F: FnMut(&str)> {
+    stream: StreamDecoder,
+    text: String,
+    /// Bytes of `text` already handed to the callback.
+    emitted: usize,
+    tokens: Vec<u32>,
+    budget: usize,
+    eos: Vec<u32>,
+    stops: &'a [String],
+    on_text: F,
+    done: bool,
+}
+
+impl<F: FnMut(&str)> Sink<'_, F> {
+    /// Take one token; returns false once generation must stop.
+    fn push<E: Engine>(&mut self, session: &Session<E>, tok: u32) -> Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        self.tokens.push(tok);
+        if self.eos.contains(&tok) {
+            self.done = true;
+        } else {
+            let piece = self.stream.push(&session.model().tokenizer, tok)?;
+            self.text.push_str(&piece);
+            if let Some(cut) = self
+                .stops
+                .iter()
+                .filter_map(|s| self.text.find(s.as_str()))
+                .min()
+            {
+                self.text.truncate(cut);
+                self.done = true;
+            }
+        }
+        if self.tokens.len() >= self.budget {
+            self.done = true;
+        }
+        self.flush(false);
+        Ok(!self.done)
+    }
+
+    /// Emit text that can no longer become part of a stop string.
+    fn flush(&mut self, all: bool) {
+        let hold = if all || self.done {
+            0
+        } else {
+            self.stops
+                .iter()
+                .map(|s| s.len().saturating_sub(1))
+                .max()
+                .unwrap_or(0)
+        };
+        let mut end = self.text.len().saturating_sub(hold).max(self.emitted);
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end > self.emitted {
+            (self.on_text)(&self.text[self.emitted..end]);
+            self.emitted = end;
+        }
+    }
+}
+
+/// Generate up to `opts.max_new_tokens` tokens after `prompt` in a fresh or
+/// continuing session, streaming text to `on_text`.
+pub fn generate<E: Engine>(
+    session: &mut Session<E>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_text: impl FnMut(&str),
+) -> Result<GenerateOutput> {
+    opts.sampling.validate()?;
+    let n_layers = session.model().config.num_layers;
+    let exit = match opts.mode {
+        Mode::Full => n_layers,
+        Mode::EarlyExit { exit } | Mode::SelfSpeculative { exit, .. } => exit,
+    };
+    if exit == 0 || exit > n_layers {
+        return Err(Error::invalid(format!(
+            "exit layer {exit} is out of range (1..={n_layers})"
+        )));
+    }
+    if prompt.is_empty() {
+        return Err(Error::invalid("the prompt is empty"));
+    }
+    let start = Instant::now();
+    let spec0 = session.spec_stats();
+    let mut rng = Rng64::new(opts.sampling.seed);
+    let eos = if opts.ignore_eos {
+        Vec::new()
+    } else {
+        session.model().config.eos_token_ids.clone()
+    };
+    let mut sink = Sink {
+        stream: StreamDecoder::new(),
+        text: String::new(),
+        emitted: 0,
+        tokens: Vec::new(),
+        budget: opts.max_new_tokens,
+        eos: eos.clone(),
+        stops: &opts.stop_strings,
+        on_text,
+        done: opts.max_new_tokens == 0,
+    };
+
+    // The prompt runs through the layers the mode reads its tokens from.
+    let prompt_exit = if let Mode::EarlyExit { exit } = opts.mode {
+        exit
+    } else {
+        n_layers
+    };
+    session.forward(prompt, prompt_exit, Logits::Last)?;
+    let mut next = sample(session.last_logits(), &opts.sampling, &mut rng);
+
+    while sink.push(session, next)? {
+        match opts.mode {
+            Mode::Full | Mode::EarlyExit { .. } => {
+                session.step(next, exit)?;
+                next = sample(session.last_logits(), &opts.sampling, &mut rng);
+            }
+            Mode::SelfSpeculative { draft_len, .. } => {
+                // A round yields accepted drafts + 1 tokens: never draft past the budget.
+                let room = sink.budget - sink.tokens.len();
+                let limits = DraftLimits {
+                    max_drafts: draft_len.min(room - 1),
+                    stop_ids: &eos,
+                    confidence: opts.confidence_threshold,
+                };
+                let drafts = if exit < n_layers {
+                    session.draft(next, exit, limits, &opts.sampling, &mut rng)?
+                } else {
+                    Drafts::default()
+                };
+                let verdict = session.verify(next, &drafts, &opts.sampling, &mut rng)?;
+                let mut going = true;
+                for &t in &drafts.tokens[..verdict.accepted] {
+                    going = sink.push(session, t)?;
+                    if !going {
+                        break;
+                    }
+                }
+                if !going {
+                    break;
+                }
+                next = verdict.token_after;
+            }
+        }
+    }
+    sink.flush(true);
+    let seconds = start.elapsed().as_secs_f64();
+    let spec = session.spec_stats();
+    let (drafted, accepted) = (spec.drafted - spec0.drafted, spec.accepted - spec0.accepted);
+    let stats = GenerateStats {
+        prompt_tokens: prompt.len(),
+        generated_tokens: sink.tokens.len(),
+        seconds,
+        tokens_per_second: sink.tokens.len() as f64 / seconds.max(1e-9),
+        drafted,
+        accepted,
+        rounds: spec.rounds - spec0.rounds,
+        acceptance_rate: if drafted > 0 {
+            accepted as f64 / drafted as f64
+        } else {
+            0.0
+        },
+        draft_seconds: spec.draft_seconds - spec0.draft_seconds,
+        verify_seconds: spec.verify_seconds - spec0.verify_seconds,
+    };
+    Ok(GenerateOutput {
+        tokens: sink.tokens,
+        text: sink.text,
+        stats,
+    })
+}

@@ -1,0 +1,24 @@
+//! LayerSkip early-exit inference and self-speculative decoding for Hugging
+//! Face Llama checkpoints.
+//!
+//! Data flows one way: files → [`Model`] → [`engine`] → [`Session`] →
+//! [`generate`]. The decode logic is written once against [`engine::Engine`].
+
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod sampling;
+pub mod session;
+pub mod speculative;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{ModelConfig, RopeScaling};
+pub use error::{Error, ErrorKind, Result};
+pub use generate::{generate, GenerateOptions, GenerateOutput, GenerateStats, Mode};
+pub use model::Model;
+pub use sampling::SamplingParams;
+pub use session::{Logits, Session};

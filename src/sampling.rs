@@ -1,0 +1,134 @@
+//! Turning logits into tokens: greedy, temperature, top-k, top-p, seeded.
+
+use crate::error::{Error, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// How the next token is chosen. `temperature == 0` means greedy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// 0 disables top-k.
+    pub top_k: usize,
+    /// 1.0 disables top-p.
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        Self::default()
+    }
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::invalid(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::invalid(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Index of the largest logit; the first one wins ties (as torch.argmax).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The distribution sampling draws from: softmax(logits / T) restricted to
+/// the top-k and then to the smallest top-p nucleus, renormalised.
+pub fn distribution(logits: &[f32], p: &SamplingParams) -> Vec<f32> {
+    let t = p.temperature.max(f32::MIN_POSITIVE);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<f32> = logits.iter().map(|&l| ((l - max) / t).exp()).collect();
+    let k = if p.top_k == 0 {
+        probs.len()
+    } else {
+        p.top_k.min(probs.len())
+    };
+    if k < probs.len() || p.top_p < 1.0 {
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        // Stable sort: ties keep index order, so the cut is deterministic.
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let total: f32 = probs.iter().sum();
+        let mut keep = 0;
+        let mut mass = 0.0;
+        for &i in order.iter().take(k) {
+            keep += 1;
+            mass += probs[i] / total;
+            if mass >= p.top_p {
+                break;
+            }
+        }
+        for &i in &order[keep..] {
+            probs[i] = 0.0;
+        }
+    }
+    let sum: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= sum);
+    probs
+}
+
+/// A seeded random source; the same seed gives the same tokens.
+pub struct Rng64(ChaCha8Rng);
+
+impl Rng64 {
+    pub fn new(seed: u64) -> Self {
+        Rng64(ChaCha8Rng::seed_from_u64(seed))
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.0.random::<f32>()
+    }
+    /// Draw an index from a normalised distribution.
+    pub fn categorical(&mut self, probs: &[f32]) -> u32 {
+        let u = self.uniform() * probs.iter().sum::<f32>();
+        let mut acc = 0.0;
+        let mut last = 0;
+        for (i, &p) in probs.iter().enumerate() {
+            if p > 0.0 {
+                acc += p;
+                last = i;
+                if u < acc {
+                    return i as u32;
+                }
+            }
+        }
+        last as u32
+    }
+}
+
+/// Choose a token from logits with the given parameters.
+pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut Rng64) -> u32 {
+    if p.is_greedy() {
+        argmax(logits)
+    } else {
+        rng.categorical(&distribution(logits, p))
+    }
+}

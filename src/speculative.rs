@@ -1,0 +1,204 @@
+//! Self-speculative decoding on the shared-activation KV cache: draft with
+//! layers `0..E`, verify with `E..L` in one batched pass, accept, roll back.
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::sampling::{argmax, distribution, Rng64, SamplingParams};
+use crate::session::{Logits, Session};
+use std::time::Instant;
+
+/// Draft tokens and, when sampling, the draft distribution each was drawn from.
+#[derive(Debug, Clone, Default)]
+pub struct Drafts {
+    pub tokens: Vec<u32>,
+    /// `tokens.len() x vocab` (empty for greedy or external drafts).
+    pub probs: Vec<f32>,
+}
+
+/// The outcome of verifying drafts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// How many drafts were accepted (a prefix).
+    pub accepted: usize,
+    /// The verifier's own token: the correction at the first mismatch, or the
+    /// bonus after the last draft. It is not cached yet.
+    pub token_after: u32,
+}
+
+/// Counters kept per session.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SpecStats {
+    pub drafted: u64,
+    pub accepted: u64,
+    pub rounds: u64,
+    pub draft_seconds: f64,
+    pub verify_seconds: f64,
+}
+
+/// When to stop drafting.
+#[derive(Debug, Clone, Copy)]
+pub struct DraftLimits<'a> {
+    pub max_drafts: usize,
+    /// Stop after drafting any of these ids.
+    pub stop_ids: &'a [u32],
+    /// Stop when the draft's top probability falls below this (0 disables).
+    pub confidence: f32,
+}
+
+/// Largest probability of softmax(logits) (temperature 1).
+fn top_probability(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    1.0 / logits.iter().map(|&l| (l - max).exp()).sum::<f32>()
+}
+
+/// Accept or reject one draft `x` given the full model's and the draft's
+/// distributions (Leviathan et al. 2023). On rejection returns the token
+/// drawn from the residual `max(0, p_full - p_draft)`.
+pub fn accept_sampled(
+    x: u32,
+    p_full: &[f32],
+    p_draft: Option<&[f32]>,
+    rng: &mut Rng64,
+) -> Option<u32> {
+    let x = x as usize;
+    let q = p_draft.map_or(1.0, |q| q[x]);
+    let ratio = if q > 0.0 { p_full[x] / q } else { 0.0 };
+    if p_full[x] > 0.0 && rng.uniform() < ratio.min(1.0) {
+        return None;
+    }
+    let residual: Vec<f32> = match p_draft {
+        Some(q) => p_full
+            .iter()
+            .zip(q)
+            .map(|(p, q)| (p - q).max(0.0))
+            .collect(),
+        None => p_full
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| if i == x { 0.0 } else { p })
+            .collect(),
+    };
+    if residual.iter().sum::<f32>() > 0.0 {
+        Some(rng.categorical(&residual))
+    } else {
+        Some(rng.categorical(p_full))
+    }
+}
+
+impl<E: Engine> Session<E> {
+    pub fn spec_stats(&self) -> SpecStats {
+        self.spec
+    }
+
+    /// Draft up to `limits.max_drafts` tokens with layers `0..exit`, starting
+    /// from `next` (the last accepted token, not cached yet). Every token fed
+    /// keeps its K/V in the shallow layers and its exit activation; the last
+    /// draft is not fed (verification feeds it).
+    pub fn draft(
+        &mut self,
+        next: u32,
+        exit: usize,
+        limits: DraftLimits,
+        sampling: &SamplingParams,
+        rng: &mut Rng64,
+    ) -> Result<Drafts> {
+        let t0 = Instant::now();
+        let mut drafts = Drafts::default();
+        let mut feed = next;
+        let room = self.capacity().saturating_sub(self.shallow_len() + 1);
+        let max = limits.max_drafts.min(room);
+        while drafts.tokens.len() < max {
+            self.forward(&[feed], exit, Logits::Last)?;
+            let logits = self.last_logits();
+            if limits.confidence > 0.0 && top_probability(logits) < limits.confidence {
+                break;
+            }
+            let tok = if sampling.is_greedy() {
+                argmax(logits)
+            } else {
+                let p = distribution(logits, sampling);
+                let t = rng.categorical(&p);
+                drafts.probs.extend_from_slice(&p);
+                t
+            };
+            drafts.tokens.push(tok);
+            if limits.stop_ids.contains(&tok) {
+                break;
+            }
+            feed = tok;
+        }
+        self.spec.draft_seconds += t0.elapsed().as_secs_f64();
+        Ok(drafts)
+    }
+
+    /// Verify `drafts` proposed after `next` (the last accepted token). Drafts
+    /// made by [`Session::draft`] are already in the shallow layers; any other
+    /// drafts (n-gram, another model, the caller) go through them now. The deep
+    /// layers then run once over all `drafts + 1` pending rows. The cache is
+    /// truncated to the accepted length; `token_after` is not cached.
+    pub fn verify(
+        &mut self,
+        next: u32,
+        drafts: &Drafts,
+        sampling: &SamplingParams,
+        rng: &mut Rng64,
+    ) -> Result<Verdict> {
+        let t0 = Instant::now();
+        let n_layers = self.model().config.num_layers;
+        let base = self.deep_len();
+        let mut seq = Vec::with_capacity(drafts.tokens.len() + 1);
+        seq.push(next);
+        seq.extend_from_slice(&drafts.tokens);
+        // Positions the shallow layers already hold must be exactly our prefix.
+        let held = self.shallow_len() - base;
+        if held > seq.len() || self.tokens()[base..] != seq[..held] {
+            self.rewind(base)?;
+        }
+        let held = self.shallow_len() - base;
+        if let Err(e) = self.forward(&seq[held..], n_layers, Logits::All) {
+            // Leave the session as it was before the speculative round.
+            self.rewind(base)?;
+            return Err(e);
+        }
+        let vocab = self.model().config.vocab_size;
+        let k = drafts.tokens.len();
+        let mut accepted = 0;
+        let mut token_after = None;
+        for i in 0..=k {
+            let row = &self.logits()[i * vocab..(i + 1) * vocab];
+            if sampling.is_greedy() {
+                let best = argmax(row);
+                if i < k && best == drafts.tokens[i] {
+                    accepted += 1;
+                    continue;
+                }
+                token_after = Some(best);
+            } else {
+                let p_full = distribution(row, sampling);
+                if i == k {
+                    token_after = Some(rng.categorical(&p_full));
+                } else {
+                    let q = (!drafts.probs.is_empty())
+                        .then(|| &drafts.probs[i * vocab..(i + 1) * vocab]);
+                    match accept_sampled(drafts.tokens[i], &p_full, q, rng) {
+                        None => {
+                            accepted += 1;
+                            continue;
+                        }
+                        Some(t) => token_after = Some(t),
+                    }
+                }
+            }
+            break;
+        }
+        self.rewind(base + 1 + accepted)?;
+        self.spec.drafted += k as u64;
+        self.spec.accepted += accepted as u64;
+        self.spec.rounds += 1;
+        self.spec.verify_seconds += t0.elapsed().as_secs_f64();
+        Ok(Verdict {
+            accepted,
+            token_after: token_after.expect("loop always decides"),
+        })
+    }
+}

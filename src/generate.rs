@@ -61,11 +61,34 @@ pub struct GenerateStats {
     pub verify_seconds: f64,
 }
 
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StopReason {
+    #[default]
+    MaxTokens,
+    Eos,
+    StopString,
+    /// The session's context is full.
+    ContextFull,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::Eos => "eos",
+            StopReason::StopString => "stop_string",
+            StopReason::ContextFull => "context_full",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct GenerateOutput {
     pub tokens: Vec<u32>,
     pub text: String,
     pub stats: GenerateStats,
+    pub stop_reason: StopReason,
 }
 
 /// Collects tokens, streams their text and decides when to stop.
@@ -80,6 +103,9 @@ struct Sink<'a, F: FnMut(&str)> {
     stops: &'a [String],
     on_text: F,
     done: bool,
+    /// What ends generation when the budget runs out.
+    budget_reason: StopReason,
+    reason: StopReason,
 }
 
 impl<F: FnMut(&str)> Sink<'_, F> {
@@ -91,6 +117,7 @@ impl<F: FnMut(&str)> Sink<'_, F> {
         self.tokens.push(tok);
         if self.eos.contains(&tok) {
             self.done = true;
+            self.reason = StopReason::Eos;
         } else {
             let piece = self.stream.push(&session.model().tokenizer, tok)?;
             self.text.push_str(&piece);
@@ -102,10 +129,12 @@ impl<F: FnMut(&str)> Sink<'_, F> {
             {
                 self.text.truncate(cut);
                 self.done = true;
+                self.reason = StopReason::StopString;
             }
         }
-        if self.tokens.len() >= self.budget {
+        if !self.done && self.tokens.len() >= self.budget {
             self.done = true;
+            self.reason = self.budget_reason;
         }
         self.flush(false);
         Ok(!self.done)
@@ -158,6 +187,14 @@ pub fn generate<E: Engine>(
     let start = Instant::now();
     let spec0 = session.spec_stats();
     let mut rng = Rng64::new(opts.sampling.seed);
+    // Every generated token but the last is fed back: the context bounds the budget.
+    let free = session.capacity() - session.shallow_len();
+    let fits = (free + 1).saturating_sub(prompt.len());
+    let (budget, budget_reason) = if opts.max_new_tokens > fits {
+        (fits, StopReason::ContextFull)
+    } else {
+        (opts.max_new_tokens, StopReason::MaxTokens)
+    };
     let eos = if opts.ignore_eos {
         Vec::new()
     } else {
@@ -168,11 +205,13 @@ pub fn generate<E: Engine>(
         text: String::new(),
         emitted: 0,
         tokens: Vec::new(),
-        budget: opts.max_new_tokens,
+        budget,
         eos: eos.clone(),
         stops: &opts.stop_strings,
         on_text,
-        done: opts.max_new_tokens == 0,
+        done: budget == 0,
+        budget_reason,
+        reason: budget_reason,
     };
 
     // The prompt runs through the layers the mode reads its tokens from.
@@ -242,5 +281,6 @@ pub fn generate<E: Engine>(
         tokens: sink.tokens,
         text: sink.text,
         stats,
+        stop_reason: sink.reason,
     })
 }

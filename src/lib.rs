@@ -18,7 +18,7 @@ pub mod weights;
 
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, ErrorKind, Result};
-pub use generate::{generate, GenerateOptions, GenerateOutput, GenerateStats, Mode};
+pub use generate::{generate, GenerateOptions, GenerateOutput, GenerateStats, Mode, StopReason};
 pub use model::Model;
 pub use sampling::SamplingParams;
 pub use session::{Logits, Session};

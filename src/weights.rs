@@ -207,10 +207,12 @@ impl WeightStore {
                 Dtype::F32 => DType::F32,
                 Dtype::BF16 => DType::BF16,
                 Dtype::F16 => DType::F16,
-                other => return Err(Error::weights(format!(
+                other => {
+                    return Err(Error::weights(format!(
                     "{}: tensor `{name}` has dtype {other:?}; only F32, BF16 and F16 are supported",
                     path.display()
-                ))),
+                )))
+                }
             };
             let data = view.data();
             let offset = data.as_ptr() as usize - base;

@@ -144,6 +144,7 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
         let v = json!({
             "tokens": res.tokens,
             "text": res.text,
+            "stop_reason": res.stop_reason.as_str(),
             "stats": {
                 "prompt_tokens": s.prompt_tokens,
                 "generated_tokens": s.generated_tokens,

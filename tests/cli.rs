@@ -1,0 +1,188 @@
+//! The `layerskip` command line, run as a user would.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_layerskip"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+fn ids_arg(ids: &[u32]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn generate_json_matches_reference_in_every_mode() {
+    for name in FIXTURES {
+        let dir = fixture_dir(name);
+        let dir = dir.to_str().unwrap();
+        let r = reference(name);
+        let prompt = ids_arg(&prompts(name)[1]);
+        let l = load(name).num_layers();
+        let want = |exit: usize| {
+            let case = r["greedy"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["prompt"] == 1 && c["exit"] == exit)
+                .unwrap();
+            ids(&case["tokens"])
+        };
+        let base = [
+            "generate",
+            "--model",
+            dir,
+            "--prompt-ids",
+            &prompt,
+            "--max-new-tokens",
+            "24",
+            "--ignore-eos",
+            "--json",
+        ];
+        let v = json_of(&cli(&base));
+        assert_eq!(ids(&v["tokens"]), want(l), "{name} full");
+        let stats = &v["stats"];
+        assert_eq!(stats["prompt_tokens"], 11);
+        assert_eq!(stats["generated_tokens"], 24);
+        for k in [
+            "seconds",
+            "tokens_per_second",
+            "drafted",
+            "accepted",
+            "acceptance_rate",
+        ] {
+            assert!(stats[k].is_number(), "{k} missing");
+        }
+        let ee = json_of(&cli(&[
+            &base[..],
+            &["--mode", "early-exit", "--exit-layer", "2"],
+        ]
+        .concat()));
+        assert_eq!(ids(&ee["tokens"]), want(2), "{name} early exit");
+        let ss = json_of(&cli(&[
+            &base[..],
+            &[
+                "--mode",
+                "self-speculative",
+                "--exit-layer",
+                "1",
+                "--draft-len",
+                "3",
+            ],
+        ]
+        .concat()));
+        assert_eq!(ids(&ss["tokens"]), want(l), "{name} self-speculative");
+        assert!(ss["stats"]["drafted"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn generate_streams_text_and_info_reports_the_model() {
+    let dir = fixture_dir("gqa-bf16-tied-llama3-sharded");
+    let dir = dir.to_str().unwrap();
+    let out = cli(&[
+        "generate",
+        "--model",
+        dir,
+        "--prompt",
+        "def f(x):",
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("def f(x):"));
+    let v = json_of(&cli(&["info", "--model", dir, "--json"]));
+    assert_eq!(v["layers"], 5);
+    assert_eq!(v["kv_heads"], 2);
+    assert_eq!(v["dtype"], "bf16");
+    assert_eq!(v["eos_token_ids"], serde_json::json!([2, 3]));
+}
+
+#[test]
+fn errors_exit_nonzero_without_a_panic() {
+    let dir = fixture_dir("mha-f32");
+    let dir = dir.to_str().unwrap();
+    let long_prompt = ids_arg(&[5; 129]);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["generate", "--model", "/no/such/dir", "--prompt", "x"],
+            "/no/such/dir",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                dir,
+                "--prompt",
+                "x",
+                "--mode",
+                "early-exit",
+                "--exit-layer",
+                "9",
+            ],
+            "exit layer",
+        ),
+        (
+            vec!["generate", "--model", dir, "--prompt-ids", "1,99999"],
+            "99999",
+        ),
+        (
+            vec!["generate", "--model", dir, "--prompt", "x", "--top-p", "0"],
+            "top_p",
+        ),
+        (
+            vec!["generate", "--model", dir, "--prompt-ids", &long_prompt],
+            "context overflow",
+        ),
+        (vec!["info", "--model", "/no/such/dir"], "not found"),
+    ];
+    for (args, needle) in cases {
+        let out = cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: {err} should mention {needle}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // Generation stops, and says so, when the context (128 here) is full.
+    let v = json_of(&cli(&[
+        "generate",
+        "--model",
+        dir,
+        "--prompt-ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "500",
+        "--ignore-eos",
+        "--json",
+    ]));
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 126);
+    assert_eq!(v["stop_reason"], "context_full");
+    let out = cli(&["generate", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+}

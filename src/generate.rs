@@ -68,6 +68,8 @@ pub enum StopReason {
     MaxTokens,
     Eos,
     StopString,
+    /// The token callback asked to stop.
+    Callback,
     /// The session's context is full.
     ContextFull,
 }
@@ -78,6 +80,7 @@ impl StopReason {
             StopReason::MaxTokens => "max_tokens",
             StopReason::Eos => "eos",
             StopReason::StopString => "stop_string",
+            StopReason::Callback => "callback",
             StopReason::ContextFull => "context_full",
         }
     }
@@ -92,7 +95,7 @@ pub struct GenerateOutput {
 }
 
 /// Collects tokens, streams their text and decides when to stop.
-struct Sink<'a, F: FnMut(&str)> {
+struct Sink<'a, F: FnMut(u32, &str) -> bool> {
     stream: StreamDecoder,
     text: String,
     /// Bytes of `text` already handed to the callback.
@@ -101,48 +104,59 @@ struct Sink<'a, F: FnMut(&str)> {
     budget: usize,
     eos: Vec<u32>,
     stops: &'a [String],
-    on_text: F,
+    on_token: F,
     done: bool,
     /// What ends generation when the budget runs out.
     budget_reason: StopReason,
     reason: StopReason,
 }
 
-impl<F: FnMut(&str)> Sink<'_, F> {
+impl<F: FnMut(u32, &str) -> bool> Sink<'_, F> {
+    fn stop(&mut self, reason: StopReason) {
+        self.done = true;
+        self.reason = reason;
+    }
+
     /// Take one token; returns false once generation must stop.
     fn push<E: Engine>(&mut self, session: &Session<E>, tok: u32) -> Result<bool> {
         if self.done {
             return Ok(false);
         }
+        let tokenizer = &session.model().tokenizer;
         self.tokens.push(tok);
         if self.eos.contains(&tok) {
-            self.done = true;
-            self.reason = StopReason::Eos;
+            self.stop(StopReason::Eos);
         } else {
-            let piece = self.stream.push(&session.model().tokenizer, tok)?;
+            let piece = self.stream.push(tokenizer, tok)?;
             self.text.push_str(&piece);
-            if let Some(cut) = self
+            let cut = self
                 .stops
                 .iter()
                 .filter_map(|s| self.text.find(s.as_str()))
-                .min()
-            {
+                .min();
+            if let Some(cut) = cut {
                 self.text.truncate(cut);
-                self.done = true;
-                self.reason = StopReason::StopString;
+                self.stop(StopReason::StopString);
             }
         }
         if !self.done && self.tokens.len() >= self.budget {
-            self.done = true;
-            self.reason = self.budget_reason;
+            self.stop(self.budget_reason);
         }
-        self.flush(false);
+        if self.done && self.reason != StopReason::StopString {
+            // Whatever the detokenizer still holds (an incomplete character).
+            let rest = self.stream.finish(tokenizer)?;
+            self.text.push_str(&rest);
+        }
+        let piece = self.final_range();
+        if !(self.on_token)(tok, &self.text[piece]) && !self.done {
+            self.stop(StopReason::Callback);
+        }
         Ok(!self.done)
     }
 
-    /// Emit text that can no longer become part of a stop string.
-    fn flush(&mut self, all: bool) {
-        let hold = if all || self.done {
+    /// Text that can no longer become part of a stop string, not yet emitted.
+    fn final_range(&mut self) -> std::ops::Range<usize> {
+        let hold = if self.done {
             0
         } else {
             self.stops
@@ -155,20 +169,21 @@ impl<F: FnMut(&str)> Sink<'_, F> {
         while !self.text.is_char_boundary(end) {
             end -= 1;
         }
-        if end > self.emitted {
-            (self.on_text)(&self.text[self.emitted..end]);
-            self.emitted = end;
-        }
+        let start = std::mem::replace(&mut self.emitted, end);
+        start..end
     }
 }
 
 /// Generate up to `opts.max_new_tokens` tokens after `prompt` in a fresh or
-/// continuing session, streaming text to `on_text`.
+/// continuing session. `on_token(token, text)` is called for every token with
+/// the text that became final with it (possibly empty: text is held back
+/// while it may still turn into a stop string or half a character); return
+/// false from it to stop.
 pub fn generate<E: Engine>(
     session: &mut Session<E>,
     prompt: &[u32],
     opts: &GenerateOptions,
-    on_text: impl FnMut(&str),
+    on_token: impl FnMut(u32, &str) -> bool,
 ) -> Result<GenerateOutput> {
     opts.sampling.validate()?;
     let n_layers = session.model().config.num_layers;
@@ -208,7 +223,7 @@ pub fn generate<E: Engine>(
         budget,
         eos: eos.clone(),
         stops: &opts.stop_strings,
-        on_text,
+        on_token,
         done: budget == 0,
         budget_reason,
         reason: budget_reason,
@@ -257,7 +272,6 @@ pub fn generate<E: Engine>(
             }
         }
     }
-    sink.flush(true);
     let seconds = start.elapsed().as_secs_f64();
     let spec = session.spec_stats();
     let (drafted, accepted) = (spec.drafted - spec0.drafted, spec.accepted - spec0.accepted);

@@ -4,6 +4,7 @@
 //! Data flows one way: files → [`Model`] → [`engine`] → [`Session`] →
 //! [`generate`]. The decode logic is written once against [`engine::Engine`].
 
+pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod engine;

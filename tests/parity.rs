@@ -61,7 +61,7 @@ fn greedy_continuations_match_transformers() {
                 ..Default::default()
             };
             let mut s = Session::new(model.clone(), 0).unwrap();
-            let got = generate(&mut s, prompt, &opts, |_| {}).unwrap().tokens;
+            let got = generate(&mut s, prompt, &opts, |_, _| true).unwrap().tokens;
             assert_eq!(
                 got, want,
                 "{name}: greedy at exit {exit}, prompt {}",

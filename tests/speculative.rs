@@ -25,14 +25,15 @@ fn greedy_self_speculation_equals_full_depth_for_every_exit_and_draft_length() {
         for prompt in [&p[0], &p[2]] {
             assert!(prompt.len() == 1 || prompt.len() == 40);
             let mut s = Session::new(model.clone(), 0).unwrap();
-            let full = generate(&mut s, prompt, &greedy_opts(Mode::Full, 64), |_| {})
+            let full = generate(&mut s, prompt, &greedy_opts(Mode::Full, 64), |_, _| true)
                 .unwrap()
                 .tokens;
             for exit in 1..l {
                 for d in [1, 2, 3, 5, 8] {
                     let mut s = Session::new(model.clone(), 0).unwrap();
                     let mode = Mode::SelfSpeculative { exit, draft_len: d };
-                    let out = generate(&mut s, prompt, &greedy_opts(mode, 64), |_| {}).unwrap();
+                    let out =
+                        generate(&mut s, prompt, &greedy_opts(mode, 64), |_, _| true).unwrap();
                     assert_eq!(
                         out.tokens,
                         full,
@@ -69,7 +70,7 @@ fn speculative_cache_is_bit_identical_to_full_decoding() {
         exit: 2,
         draft_len: 4,
     };
-    let out = generate(&mut spec, prompt, &greedy_opts(mode, 30), |_| {}).unwrap();
+    let out = generate(&mut spec, prompt, &greedy_opts(mode, 30), |_, _| true).unwrap();
     let mut full = Session::new(model.clone(), 0).unwrap();
     full.prefill(prompt).unwrap();
     for &t in &out.tokens[..out.tokens.len() - 1] {
@@ -308,7 +309,7 @@ fn sampling_is_reproducible_with_a_seed() {
             ..Default::default()
         };
         let mut s = Session::new(model.clone(), 0).unwrap();
-        generate(&mut s, prompt, &opts, |_| {}).unwrap().tokens
+        generate(&mut s, prompt, &opts, |_, _| true).unwrap().tokens
     };
     for mode in [
         Mode::Full,

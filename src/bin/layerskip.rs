@@ -22,6 +22,8 @@ struct Cli {
 enum Cmd {
     /// Generate text from a prompt.
     Generate(GenerateArgs),
+    /// Full depth against every (E, d) pair: tokens/s, speedup, acceptance.
+    Bench(BenchArgs),
     /// Print what a checkpoint holds.
     Info {
         #[arg(long)]
@@ -84,6 +86,29 @@ struct GenerateArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prompt text (repeatable).
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// A file with one prompt per non-empty line.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Exit layers to try (default: every layer 1..L-1).
+    #[arg(long, value_delimiter = ',')]
+    exit_layers: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "2,4,6,8")]
+    draft_lens: Vec<usize>,
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    #[arg(long)]
+    json: bool,
+}
+
 /// The bundled model, found next to the sources (cargo run) or the working directory.
 fn default_model() -> PathBuf {
     const BUNDLED: &str = "assets/layerskip-pycode-8l";
@@ -133,11 +158,12 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
             let _ = write!(out, "{text}");
         }
     }
-    let res = generate(&mut session, &prompt, &opts, |piece| {
-        if stream {
+    let res = generate(&mut session, &prompt, &opts, |_, piece| {
+        if stream && !piece.is_empty() {
             let _ = write!(out, "{piece}");
             let _ = out.flush();
         }
+        true
     })?;
     let s = &res.stats;
     if a.json {
@@ -161,6 +187,7 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
         writeln!(out, "{v}").ok();
     } else {
         writeln!(out).ok();
+        out.flush().ok();
         eprintln!(
             "[{} tokens in {:.2}s, {:.1} tokens/s{}]",
             s.generated_tokens,
@@ -172,6 +199,60 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
                 String::new()
             }
         );
+    }
+    Ok(())
+}
+
+fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
+    let model = Model::load(a.model.unwrap_or_else(default_model))?;
+    let mut texts = a.prompt.clone();
+    if let Some(f) = &a.prompt_file {
+        let body = std::fs::read_to_string(f).map_err(|e| layerskip::Error::io(f, e))?;
+        texts.extend(
+            body.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.replace("\\n", "\n")),
+        );
+    }
+    if texts.is_empty() {
+        texts.push("def fibonacci(n):".to_string());
+    }
+    let prompts = texts
+        .iter()
+        .map(|t| model.encode_prompt(t))
+        .collect::<layerskip::Result<Vec<_>>>()?;
+    let l = model.num_layers();
+    let exit_layers = if a.exit_layers.is_empty() {
+        (1..l).collect()
+    } else {
+        a.exit_layers
+    };
+    let cfg = layerskip::bench::BenchConfig {
+        prompts,
+        max_new_tokens: a.max_new_tokens,
+        exit_layers,
+        draft_lens: a.draft_lens,
+        repeat: a.repeat.max(1),
+    };
+    let rows = layerskip::bench::run(&model, &cfg, |done, total| {
+        let width = 30;
+        let filled = done * width / total;
+        eprint!(
+            "\r[{}{}] {done}/{total} runs",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+        if done == total {
+            eprintln!();
+        }
+    })?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("rows serialize")
+        );
+    } else {
+        print!("{}", layerskip::bench::format_table(&rows));
     }
     Ok(())
 }
@@ -210,6 +291,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Generate(a) => run_generate(a),
+        Cmd::Bench(a) => run_bench(a),
         Cmd::Info { model, json } => run_info(model, json),
     };
     match res {

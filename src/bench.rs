@@ -1,0 +1,157 @@
+//! `layerskip bench`: full-depth decoding against every (E, d) pair on the
+//! same prompts, runs interleaved so machine noise hits every row alike.
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::generate::{generate, GenerateOptions, Mode};
+use crate::model::Model;
+use crate::session::Session;
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// "full" or "self-speculative".
+    pub mode: &'static str,
+    pub exit_layer: Option<usize>,
+    pub draft_len: Option<usize>,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    pub speedup: f64,
+    pub acceptance_rate: f64,
+    /// Tokens produced per verify round (accepted drafts + 1).
+    pub tokens_per_round: f64,
+    pub draft_share: f64,
+    pub verify_share: f64,
+    /// Greedy output identical to full-depth decoding.
+    pub lossless: bool,
+}
+
+pub struct BenchConfig {
+    pub prompts: Vec<Vec<u32>>,
+    pub max_new_tokens: usize,
+    pub exit_layers: Vec<usize>,
+    pub draft_lens: Vec<usize>,
+    pub repeat: usize,
+}
+
+#[derive(Default, Clone)]
+struct Totals {
+    tokens: usize,
+    seconds: f64,
+    drafted: u64,
+    accepted: u64,
+    rounds: u64,
+    draft_s: f64,
+    verify_s: f64,
+    outputs: Vec<Vec<u32>>,
+}
+
+/// Run the benchmark; `progress(done, total)` is called after each run.
+pub fn run<E: Engine>(
+    model: &Arc<Model<E>>,
+    cfg: &BenchConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<BenchRow>> {
+    let mut modes = vec![Mode::Full];
+    for &e in &cfg.exit_layers {
+        for &d in &cfg.draft_lens {
+            modes.push(Mode::SelfSpeculative {
+                exit: e,
+                draft_len: d,
+            });
+        }
+    }
+    let mut totals = vec![Totals::default(); modes.len()];
+    let total_runs = modes.len() * cfg.prompts.len() * cfg.repeat;
+    let mut done = 0;
+    for rep in 0..cfg.repeat {
+        for (mode, t) in modes.iter().zip(totals.iter_mut()) {
+            for prompt in &cfg.prompts {
+                let opts = GenerateOptions {
+                    max_new_tokens: cfg.max_new_tokens,
+                    mode: *mode,
+                    ignore_eos: true,
+                    ..Default::default()
+                };
+                let mut s = Session::new(model.clone(), 0)?;
+                let out = generate(&mut s, prompt, &opts, |_, _| true)?;
+                let st = out.stats;
+                t.tokens += st.generated_tokens;
+                t.seconds += st.seconds;
+                t.drafted += st.drafted;
+                t.accepted += st.accepted;
+                t.rounds += st.rounds;
+                t.draft_s += st.draft_seconds;
+                t.verify_s += st.verify_seconds;
+                if rep == 0 {
+                    t.outputs.push(out.tokens);
+                }
+                done += 1;
+                progress(done, total_runs);
+            }
+        }
+    }
+    let full_tps = totals[0].tokens as f64 / totals[0].seconds;
+    let full_out = totals[0].outputs.clone();
+    Ok(modes
+        .iter()
+        .zip(&totals)
+        .map(|(mode, t)| {
+            let tps = t.tokens as f64 / t.seconds;
+            let (name, e, d) = match *mode {
+                Mode::SelfSpeculative { exit, draft_len } => {
+                    ("self-speculative", Some(exit), Some(draft_len))
+                }
+                _ => ("full", None, None),
+            };
+            BenchRow {
+                mode: name,
+                exit_layer: e,
+                draft_len: d,
+                tokens: t.tokens,
+                seconds: t.seconds,
+                tokens_per_second: tps,
+                speedup: tps / full_tps,
+                acceptance_rate: if t.drafted > 0 {
+                    t.accepted as f64 / t.drafted as f64
+                } else {
+                    0.0
+                },
+                tokens_per_round: if t.rounds > 0 {
+                    t.tokens as f64 / t.rounds as f64
+                } else {
+                    1.0
+                },
+                draft_share: t.draft_s / t.seconds,
+                verify_share: t.verify_s / t.seconds,
+                lossless: t.outputs == full_out,
+            }
+        })
+        .collect())
+}
+
+/// The table as text.
+pub fn format_table(rows: &[BenchRow]) -> String {
+    let mut s = String::from(
+        "mode              E   d   tokens/s  speedup  accept  tok/round  draft%  verify%  lossless\n",
+    );
+    for r in rows {
+        let opt = |v: Option<usize>| v.map_or("-".to_string(), |x| x.to_string());
+        s += &format!(
+            "{:<16} {:>2} {:>3} {:>10.1} {:>7.2}x {:>6.1}% {:>10.2} {:>6.1}% {:>7.1}%  {}\n",
+            r.mode,
+            opt(r.exit_layer),
+            opt(r.draft_len),
+            r.tokens_per_second,
+            r.speedup,
+            100.0 * r.acceptance_rate,
+            r.tokens_per_round,
+            100.0 * r.draft_share,
+            100.0 * r.verify_share,
+            if r.lossless { "yes" } else { "NO" },
+        );
+    }
+    s
+}

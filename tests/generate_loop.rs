@@ -1,0 +1,152 @@
+//! The generation loop: streaming, stop strings, EOS, callbacks, budgets.
+
+mod common;
+use common::*;
+use layerskip::{generate, GenerateOptions, Mode, Session, StopReason};
+use std::sync::Arc;
+
+const NAME: &str = "mqa-f16-linear";
+
+fn run(
+    model: &Arc<layerskip::Model>,
+    opts: &GenerateOptions,
+) -> (layerskip::GenerateOutput, String, usize) {
+    let mut s = Session::new(model.clone(), 0).unwrap();
+    let mut streamed = String::new();
+    let mut calls = 0;
+    let out = generate(&mut s, &prompts(NAME)[1], opts, |_, piece| {
+        streamed.push_str(piece);
+        calls += 1;
+        true
+    })
+    .unwrap();
+    (out, streamed, calls)
+}
+
+#[test]
+fn streamed_pieces_add_up_to_the_text_in_every_mode() {
+    let model = load(NAME);
+    for mode in [
+        Mode::Full,
+        Mode::EarlyExit { exit: 2 },
+        Mode::SelfSpeculative {
+            exit: 1,
+            draft_len: 3,
+        },
+    ] {
+        let opts = GenerateOptions {
+            max_new_tokens: 40,
+            mode,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let (out, streamed, calls) = run(&model, &opts);
+        assert_eq!(streamed, out.text);
+        assert_eq!(calls, out.tokens.len());
+        assert_eq!(out.text, model.tokenizer.decode(&out.tokens, true).unwrap());
+        assert_eq!(out.stop_reason, StopReason::MaxTokens);
+    }
+}
+
+#[test]
+fn a_stop_string_ends_generation_and_is_not_emitted() {
+    let model = load(NAME);
+    let base = GenerateOptions {
+        max_new_tokens: 40,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let (full, _, _) = run(&model, &base);
+    let cut = full
+        .text
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| i >= full.text.len() / 2)
+        .unwrap();
+    let stop: String = full.text[cut..].chars().take(3).collect();
+    let first = full.text.find(&stop).unwrap();
+    for mode in [
+        Mode::Full,
+        Mode::SelfSpeculative {
+            exit: 2,
+            draft_len: 4,
+        },
+    ] {
+        let opts = GenerateOptions {
+            stop_strings: vec![stop.clone()],
+            mode,
+            ..base.clone()
+        };
+        let (out, streamed, _) = run(&model, &opts);
+        assert_eq!(out.stop_reason, StopReason::StopString);
+        assert_eq!(out.text, full.text[..first]);
+        assert_eq!(streamed, out.text);
+        assert!(out.tokens.len() < full.tokens.len());
+    }
+}
+
+#[test]
+fn eos_and_callback_stop_generation() {
+    let mut model = Model::load(fixture_dir(NAME)).unwrap();
+    let base = GenerateOptions {
+        max_new_tokens: 30,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let (full, _, _) = run(&model, &base);
+    // Make the 6th generated token an EOS id.
+    Arc::get_mut(&mut model).unwrap().config.eos_token_ids = vec![full.tokens[5]];
+    let first = full
+        .tokens
+        .iter()
+        .position(|&t| t == full.tokens[5])
+        .unwrap();
+    for mode in [
+        Mode::Full,
+        Mode::SelfSpeculative {
+            exit: 1,
+            draft_len: 8,
+        },
+    ] {
+        let opts = GenerateOptions {
+            ignore_eos: false,
+            mode,
+            ..base.clone()
+        };
+        let (out, _, _) = run(&model, &opts);
+        assert_eq!(out.stop_reason, StopReason::Eos);
+        assert_eq!(out.tokens, full.tokens[..=first]);
+    }
+    let mut s = Session::new(model.clone(), 0).unwrap();
+    let mut n = 0;
+    let out = generate(&mut s, &prompts(NAME)[1], &base, |_, _| {
+        n += 1;
+        n < 3
+    })
+    .unwrap();
+    assert_eq!(out.tokens.len(), 3);
+    assert_eq!(out.stop_reason, StopReason::Callback);
+}
+
+#[test]
+fn drafting_never_passes_the_budget() {
+    let model = load(NAME);
+    for budget in [1, 2, 5, 9] {
+        let opts = GenerateOptions {
+            max_new_tokens: budget,
+            mode: Mode::SelfSpeculative {
+                exit: 1,
+                draft_len: 8,
+            },
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut s = Session::new(model.clone(), 0).unwrap();
+        let out = generate(&mut s, &prompts(NAME)[1], &opts, |_, _| true).unwrap();
+        assert_eq!(out.tokens.len(), budget);
+        // Every generated token but the last is cached; nothing beyond the budget is.
+        assert!(s.shallow_len() <= prompts(NAME)[1].len() + budget - 1);
+    }
+}
+
+use layerskip::Model;

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod ffi;
 pub mod generate;
 pub mod model;
 pub mod sampling;

@@ -102,6 +102,12 @@ impl<E: Engine> Session<E> {
         sampling: &SamplingParams,
         rng: &mut Rng64,
     ) -> Result<Drafts> {
+        let n_layers = self.model().config.num_layers;
+        if exit == 0 || exit >= n_layers {
+            return Err(crate::Error::invalid(format!(
+                "draft exit layer {exit} is out of range (1..{n_layers}: drafting needs layers left to verify)"
+            )));
+        }
         let t0 = Instant::now();
         let mut drafts = Drafts::default();
         let mut feed = next;

@@ -1,0 +1,541 @@
+/* Exercises every function of the C API, success and error paths.
+ * usage: api_test MODEL_DIR CORRUPT_DIR PROMPT_IDS FULL_GREEDY_IDS EXIT1_GREEDY_IDS
+ * (ids comma-separated). Prints one line per failed check and a summary. */
+#include "layerskip.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int passed = 0, failed = 0;
+#define CHECK(cond)                                                        \
+    do {                                                                   \
+        if (cond) {                                                        \
+            passed++;                                                      \
+        } else {                                                           \
+            failed++;                                                      \
+            fprintf(stderr, "FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                  \
+    } while (0)
+
+/* Check a call's code, and that a failure came with a message. */
+static void expect(lsk_result got, lsk_result want, lsk_error *err, int line) {
+    if (got != want) {
+        failed++;
+        fprintf(stderr, "FAILED line %d: got %u (%s: %s), want %u\n", line, (unsigned)got,
+                lsk_result_name(got), err ? lsk_error_message(err) : "", (unsigned)want);
+    } else if (want != LSK_OK && (err == NULL || lsk_error_code(err) != want ||
+                                  strlen(lsk_error_message(err)) == 0)) {
+        failed++;
+        fprintf(stderr, "FAILED line %d: error object missing or wrong\n", line);
+    } else {
+        passed++;
+    }
+    lsk_error_free(err);
+}
+#define EXPECT(want, call)                          \
+    do {                                            \
+        lsk_error *err_ = NULL;                     \
+        lsk_result r_ = (call);                     \
+        expect(r_, (want), err_, __LINE__);         \
+    } while (0)
+/* `call` uses `&err_` as its error argument. */
+
+static size_t parse_ids(const char *s, int32_t *out, size_t cap) {
+    size_t n = 0;
+    while (*s && n < cap) {
+        char *end;
+        out[n++] = (int32_t)strtol(s, &end, 10);
+        s = (*end == ',') ? end + 1 : end;
+    }
+    return n;
+}
+
+static int argmax(const float *x, size_t n) {
+    size_t i, best = 0;
+    for (i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return (int)best;
+}
+
+typedef struct {
+    int32_t tokens[256];
+    size_t n;
+    int stop_after;
+    lsk_session *self;
+    lsk_result reentrant;
+    char text[4096];
+    size_t text_len;
+} collect;
+
+static int32_t on_token(void *user, int32_t token, const char *text, size_t len) {
+    collect *c = (collect *)user;
+    c->tokens[c->n++] = token;
+    if (c->text_len + len < sizeof c->text) {
+        memcpy(c->text + c->text_len, text, len);
+        c->text_len += len;
+        c->text[c->text_len] = 0;
+    }
+    if (text[len] != 0) return 1; /* must be NUL-terminated */
+    if (c->self) c->reentrant = lsk_session_step(c->self, token, 0, NULL, NULL, NULL);
+    return c->stop_after > 0 && (int)c->n >= c->stop_after;
+}
+
+/* Generate greedily with the C loop of draft/verify calls. */
+static size_t speculate(lsk_session *s, const int32_t *prompt, size_t np, uint32_t exit, uint32_t d,
+                        int32_t *out, size_t want) {
+    int32_t next, drafts[16];
+    size_t n = 0, nd, acc, i;
+    if (lsk_session_prefill(s, prompt, np, NULL, &next, NULL) != LSK_OK) return 0;
+    while (n < want) {
+        out[n++] = next;
+        if (n >= want) break;
+        if (lsk_session_draft(s, next, exit, d, NULL, drafts, 16, &nd, NULL) != LSK_OK) return 0;
+        if (lsk_session_verify(s, next, drafts, nd, NULL, &acc, &next, NULL) != LSK_OK) return 0;
+        for (i = 0; i < acc && n < want; i++) out[n++] = drafts[i];
+    }
+    return n;
+}
+
+/* ---- threads: 8 threads x 4 sessions on one model ---- */
+typedef struct {
+    lsk_model *model;
+    const int32_t *prompt;
+    size_t np;
+    int id;
+    int32_t out[4][24];
+    size_t n[4];
+    int ok;
+} job;
+
+static void run_jobs(job *j) {
+    int k;
+    j->ok = 1;
+    for (k = 0; k < 4; k++) {
+        lsk_session *s = NULL;
+        lsk_generate_options o;
+        collect c;
+        memset(&c, 0, sizeof c);
+        lsk_generate_options_default(&o);
+        o.max_new_tokens = 24;
+        o.ignore_eos = 1;
+        o.mode = (uint32_t)((j->id + k) % 3);
+        o.exit_layer = 1;
+        o.draft_len = (uint32_t)(1 + k);
+        if (lsk_session_new(j->model, NULL, &s, NULL) != LSK_OK ||
+            lsk_session_generate(s, j->prompt + (j->id % 3), j->np - (size_t)(j->id % 3), &o, on_token,
+                                 &c, NULL, NULL) != LSK_OK)
+            j->ok = 0;
+        memcpy(j->out[k], c.tokens, sizeof j->out[k]);
+        j->n[k] = c.n;
+        lsk_session_free(s);
+    }
+}
+
+static void *thread_main(void *p) {
+    run_jobs((job *)p);
+    return NULL;
+}
+
+/* ---- a session used from two threads at once ---- */
+typedef struct {
+    lsk_session *s;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int phase; /* 1: generate is inside its callback; 2: the other thread tried */
+    lsk_result other;
+} busy_state;
+
+static int32_t busy_cb(void *user, int32_t token, const char *text, size_t len) {
+    busy_state *b = (busy_state *)user;
+    (void)token; (void)text; (void)len;
+    pthread_mutex_lock(&b->mu);
+    if (b->phase == 0) {
+        b->phase = 1;
+        pthread_cond_broadcast(&b->cv);
+        while (b->phase != 2) pthread_cond_wait(&b->cv, &b->mu);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
+static void *busy_other(void *p) {
+    busy_state *b = (busy_state *)p;
+    pthread_mutex_lock(&b->mu);
+    while (b->phase != 1) pthread_cond_wait(&b->cv, &b->mu);
+    pthread_mutex_unlock(&b->mu);
+    b->other = lsk_session_step(b->s, 5, 0, NULL, NULL, NULL);
+    pthread_mutex_lock(&b->mu);
+    b->phase = 2;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    lsk_model *model = NULL, *none = NULL;
+    lsk_session *s = NULL, *none_s = NULL;
+    lsk_model_summary info;
+    lsk_stats st;
+    int32_t prompt[64], full[64], exit1[64], toks[64], buf[64];
+    size_t np, nfull, nexit1, n, i;
+    uint32_t L;
+    char text[512];
+    if (argc != 6) {
+        fprintf(stderr, "usage: api_test MODEL CORRUPT PROMPT FULL EXIT1\n");
+        return 2;
+    }
+#ifdef __SANITIZE_ADDRESS__
+    printf("asan: on\n");
+#endif
+    np = parse_ids(argv[3], prompt, 64);
+    nfull = parse_ids(argv[4], full, 64);
+    nexit1 = parse_ids(argv[5], exit1, 64);
+
+    /* Versions and trivia. */
+    CHECK(lsk_abi_version() == LSK_ABI_VERSION);
+    CHECK(strcmp(lsk_version_string(), LSK_VERSION_STRING) == 0);
+    CHECK(strcmp(lsk_result_name(LSK_ERR_BUSY), "session busy") == 0);
+    CHECK(strcmp(lsk_result_name(999), "unknown result code") == 0);
+    CHECK(lsk_error_code(NULL) == LSK_ERR_NULL_POINTER);
+    CHECK(strcmp(lsk_error_message(NULL), "") == 0);
+    lsk_error_free(NULL);
+    lsk_model_free(NULL);
+    lsk_session_free(NULL);
+    CHECK(lsk_sampling_default(NULL) == LSK_ERR_NULL_POINTER);
+    CHECK(lsk_generate_options_default(NULL) == LSK_ERR_NULL_POINTER);
+
+    /* Loading: NULLs, bad paths, corrupt files, unknown devices, struct sizes. */
+    EXPECT(LSK_ERR_NULL_POINTER, lsk_model_load(NULL, NULL, &model, &err_));
+    EXPECT(LSK_ERR_NULL_POINTER, lsk_model_load(argv[1], NULL, NULL, &err_));
+    EXPECT(LSK_ERR_IO, lsk_model_load("/no/such/model", NULL, &none, &err_));
+    EXPECT(LSK_ERR_WEIGHTS, lsk_model_load(argv[2], NULL, &none, &err_));
+    CHECK(none == NULL);
+    {
+        lsk_model_options mo;
+        lsk_model_options_default(&mo);
+        mo.device = 7;
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_model_load(argv[1], &mo, &none, &err_));
+        mo.device = LSK_DEVICE_CPU;
+        mo.struct_size = 4;
+        EXPECT(LSK_ERR_STRUCT_SIZE, lsk_model_load(argv[1], &mo, &none, &err_));
+        lsk_model_options_default(&mo);
+        EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &model, &err_));
+    }
+    CHECK(model != NULL);
+    CHECK(lsk_model_load("/no/such/model", NULL, &none, NULL) == LSK_ERR_IO); /* err may be NULL */
+
+    /* Info. */
+    memset(&info, 0, sizeof info);
+    EXPECT(LSK_ERR_STRUCT_SIZE, lsk_model_info(model, &info, &err_));
+    lsk_model_summary_init(&info);
+    EXPECT(LSK_ERR_NULL_POINTER, lsk_model_info(NULL, &info, &err_));
+    EXPECT(LSK_OK, lsk_model_info(model, &info, &err_));
+    L = info.n_layers;
+    CHECK(L >= 2 && info.vocab_size > 0 && info.n_eos_token_ids >= 1);
+
+    /* Tokenize / detokenize with buffer-size queries. */
+    EXPECT(LSK_ERR_BUFFER_TOO_SMALL, lsk_tokenize(model, "def f(x):", 9, 1, NULL, 0, &n, &err_));
+    CHECK(n > 2);
+    EXPECT(LSK_OK, lsk_tokenize(model, "def f(x):", 9, 1, toks, 64, &n, &err_));
+    EXPECT(LSK_ERR_UTF8, lsk_tokenize(model, "\xff\xfe", 2, 1, toks, 64, &n, &err_));
+    EXPECT(LSK_ERR_NULL_POINTER, lsk_tokenize(model, NULL, 3, 1, toks, 64, &n, &err_));
+    {
+        size_t ne = 99;
+        EXPECT(LSK_OK, lsk_tokenize(model, NULL, 0, 0, toks + 32, 16, &ne, &err_));
+        CHECK(ne == 0);
+    }
+    {
+        size_t len = 0;
+        EXPECT(LSK_ERR_BUFFER_TOO_SMALL, lsk_detokenize(model, toks, n, 1, text, 3, &len, &err_));
+        CHECK(len == strlen("def f(x):") + 1);
+        EXPECT(LSK_OK, lsk_detokenize(model, toks, n, 1, text, sizeof text, &len, &err_));
+        CHECK(strcmp(text, "def f(x):") == 0 && len == 9);
+        buf[0] = (int32_t)info.vocab_size;
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_detokenize(model, buf, 1, 1, text, sizeof text, &len, &err_));
+        buf[0] = -1;
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_detokenize(model, buf, 1, 1, text, sizeof text, &len, &err_));
+    }
+
+    /* Sessions. */
+    EXPECT(LSK_ERR_NULL_POINTER, lsk_session_new(NULL, NULL, &s, &err_));
+    {
+        lsk_session_options so;
+        lsk_session_options_default(&so);
+        so.context_length = 4000000000u;
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_new(model, &so, &none_s, &err_));
+    }
+    EXPECT(LSK_OK, lsk_session_new(model, NULL, &s, &err_));
+
+    /* Hostile prefill/step leave the session untouched. */
+    buf[0] = 1;
+    buf[1] = (int32_t)info.vocab_size + 5;
+    EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_prefill(s, buf, 2, NULL, NULL, &err_));
+    EXPECT(LSK_ERR_NULL_POINTER, lsk_session_prefill(s, NULL, 2, NULL, NULL, &err_));
+    EXPECT(LSK_ERR_NULL_POINTER, lsk_session_prefill(NULL, buf, 1, NULL, NULL, &err_));
+    {
+        const float *lg = NULL;
+        size_t nv = 0;
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_logits(s, &lg, &nv, &err_));
+    }
+    lsk_stats_init(&st);
+    EXPECT(LSK_OK, lsk_session_stats(s, &st, &err_));
+    CHECK(st.shallow_len == 0);
+    {
+        lsk_sampling bad;
+        lsk_sampling_default(&bad);
+        bad.top_p = 0.0f;
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_prefill(s, prompt, np, &bad, NULL, &err_));
+    }
+
+    /* Prefill + greedy steps = the reference greedy continuation. */
+    {
+        int32_t next;
+        const float *lg;
+        size_t nv;
+        EXPECT(LSK_OK, lsk_session_prefill(s, prompt, np, NULL, &next, &err_));
+        EXPECT(LSK_OK, lsk_session_logits(s, &lg, &nv, &err_));
+        CHECK(nv == info.vocab_size && argmax(lg, nv) == next);
+        toks[0] = next;
+        for (i = 1; i < nfull; i++) {
+            EXPECT(LSK_OK, lsk_session_step(s, toks[i - 1], 0, NULL, &toks[i], &err_));
+        }
+        CHECK(memcmp(toks, full, nfull * sizeof(int32_t)) == 0);
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_step(s, 1, L + 1, NULL, &next, &err_));
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_step(s, -3, 0, NULL, &next, &err_));
+        lsk_stats_init(&st);
+        EXPECT(LSK_OK, lsk_session_stats(s, &st, &err_));
+        CHECK(st.shallow_len == np + nfull - 1 && st.deep_len == st.shallow_len);
+        /* Early exit leaves the deep layers behind. */
+        EXPECT(LSK_OK, lsk_session_step(s, toks[nfull - 1], 1, NULL, &next, &err_));
+        lsk_stats_init(&st);
+        EXPECT(LSK_OK, lsk_session_stats(s, &st, &err_));
+        CHECK(st.shallow_len == np + nfull && st.deep_len == np + nfull - 1);
+        /* Rewind. */
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_rewind(s, 100000, &err_));
+        EXPECT(LSK_OK, lsk_session_rewind(s, np, &err_));
+        lsk_stats_init(&st);
+        EXPECT(LSK_OK, lsk_session_stats(s, &st, &err_));
+        CHECK(st.shallow_len == np && st.deep_len == np);
+    }
+
+    /* Early exit greedy at E = 1 through steps. */
+    {
+        lsk_session *e = NULL;
+        int32_t next;
+        EXPECT(LSK_OK, lsk_session_new(model, NULL, &e, &err_));
+        EXPECT(LSK_OK, lsk_session_rewind(e, 0, &err_));
+        /* prefill at exit 1: feed prompt with steps */
+        for (i = 0; i < np; i++) EXPECT(LSK_OK, lsk_session_step(e, prompt[i], 1, NULL, &next, &err_));
+        toks[0] = next;
+        for (i = 1; i < nexit1; i++) EXPECT(LSK_OK, lsk_session_step(e, toks[i - 1], 1, NULL, &toks[i], &err_));
+        CHECK(memcmp(toks, exit1, nexit1 * sizeof(int32_t)) == 0);
+        lsk_session_free(e);
+    }
+
+    /* Draft/verify: hostile arguments, then a lossless loop for several (E, d). */
+    {
+        lsk_session *d = NULL;
+        int32_t drafts[16], next, after;
+        size_t nd, acc;
+        uint32_t E, D;
+        EXPECT(LSK_OK, lsk_session_new(model, NULL, &d, &err_));
+        EXPECT(LSK_OK, lsk_session_prefill(d, prompt, np, NULL, &next, &err_));
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_draft(d, next, 0, 4, NULL, drafts, 16, &nd, &err_));
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_draft(d, next, L, 4, NULL, drafts, 16, &nd, &err_));
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_draft(d, next, 1, 0, NULL, drafts, 16, &nd, &err_));
+        EXPECT(LSK_ERR_BUFFER_TOO_SMALL, lsk_session_draft(d, next, 1, 1000000, NULL, drafts, 16, &nd, &err_));
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_session_draft(d, next, 1, 4, NULL, NULL, 16, &nd, &err_));
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_session_verify(d, next, NULL, 2, NULL, &acc, &after, &err_));
+        lsk_session_free(d);
+        for (E = 1; E < L; E++) {
+            for (D = 1; D <= 5; D += 2) {
+                EXPECT(LSK_OK, lsk_session_new(model, NULL, &d, &err_));
+                n = speculate(d, prompt, np, E, D, toks, nfull);
+                CHECK(n == nfull && memcmp(toks, full, nfull * sizeof(int32_t)) == 0);
+                lsk_stats_init(&st);
+                EXPECT(LSK_OK, lsk_session_stats(d, &st, &err_));
+                CHECK(st.drafted > 0 && st.accepted <= st.drafted && st.rounds > 0);
+                lsk_session_free(d);
+            }
+        }
+        /* External drafts: the true continuation, with a wrong token in it. */
+        EXPECT(LSK_OK, lsk_session_new(model, NULL, &d, &err_));
+        EXPECT(LSK_OK, lsk_session_prefill(d, prompt, np, NULL, &next, &err_));
+        drafts[0] = full[1];
+        drafts[1] = full[2];
+        drafts[2] = (full[3] + 1) % (int32_t)info.vocab_size;
+        EXPECT(LSK_OK, lsk_session_verify(d, next, drafts, 3, NULL, &acc, &after, &err_));
+        CHECK(acc == 2 && after == full[3]);
+        /* Verify with no drafts is a full-depth step. */
+        EXPECT(LSK_OK, lsk_session_verify(d, after, NULL, 0, NULL, &acc, &after, &err_));
+        CHECK(acc == 0 && after == full[4]);
+        lsk_session_free(d);
+    }
+
+    /* Context overflow keeps the session and what it holds. */
+    {
+        lsk_session *c = NULL;
+        lsk_session_options so;
+        int32_t next;
+        lsk_session_options_default(&so);
+        so.context_length = (uint32_t)np + 2;
+        EXPECT(LSK_OK, lsk_session_new(model, &so, &c, &err_));
+        EXPECT(LSK_OK, lsk_session_prefill(c, prompt, np, NULL, &next, &err_));
+        EXPECT(LSK_ERR_CONTEXT_OVERFLOW, lsk_session_prefill(c, prompt, 3, NULL, NULL, &err_));
+        lsk_stats_init(&st);
+        EXPECT(LSK_OK, lsk_session_stats(c, &st, &err_));
+        CHECK(st.shallow_len == np);
+        EXPECT(LSK_OK, lsk_session_step(c, next, 0, NULL, &next, &err_));
+        CHECK(next == full[1]);
+        lsk_session_free(c);
+    }
+
+    /* Generate: callback, stop by callback, stop strings, bad options. */
+    {
+        lsk_session *g = NULL;
+        lsk_generate_options o;
+        lsk_generate_result res;
+        collect c;
+        const char *stops[1];
+        EXPECT(LSK_OK, lsk_session_new(model, NULL, &g, &err_));
+        lsk_generate_options_default(&o);
+        o.max_new_tokens = (uint32_t)nfull;
+        o.ignore_eos = 1;
+        memset(&c, 0, sizeof c);
+        lsk_generate_result_init(&res);
+        EXPECT(LSK_OK, lsk_session_generate(g, prompt, np, &o, on_token, &c, &res, &err_));
+        CHECK(c.n == nfull && memcmp(c.tokens, full, nfull * sizeof(int32_t)) == 0);
+        CHECK(res.n_tokens == nfull && res.stop_reason == LSK_STOP_MAX_TOKENS && res.prompt_tokens == np);
+        lsk_session_free(g);
+
+        EXPECT(LSK_OK, lsk_session_new(model, NULL, &g, &err_));
+        o.mode = LSK_MODE_SELF_SPECULATIVE;
+        o.exit_layer = 1;
+        o.draft_len = 3;
+        memset(&c, 0, sizeof c);
+        c.stop_after = 5;
+        lsk_generate_result_init(&res);
+        EXPECT(LSK_OK, lsk_session_generate(g, prompt, np, &o, on_token, &c, &res, &err_));
+        CHECK(c.n == 5 && res.stop_reason == LSK_STOP_CALLBACK && memcmp(c.tokens, full, 5 * sizeof(int32_t)) == 0);
+        /* The session still works after the callback stopped it. */
+        {
+            int32_t next;
+            EXPECT(LSK_OK, lsk_session_step(g, full[4], 0, NULL, &next, &err_));
+        }
+        lsk_session_free(g);
+
+        /* A callback calling back into its own session gets LSK_ERR_BUSY. */
+        EXPECT(LSK_OK, lsk_session_new(model, NULL, &g, &err_));
+        memset(&c, 0, sizeof c);
+        c.self = g;
+        c.stop_after = 2;
+        o.mode = LSK_MODE_FULL;
+        EXPECT(LSK_OK, lsk_session_generate(g, prompt, np, &o, on_token, &c, NULL, &err_));
+        CHECK(c.reentrant == LSK_ERR_BUSY);
+
+        /* Stop string: the text up to it, never the string itself. */
+        {
+            lsk_session *g2 = NULL;
+            collect all;
+            memset(&all, 0, sizeof all);
+            EXPECT(LSK_OK, lsk_session_new(model, NULL, &g2, &err_));
+            EXPECT(LSK_OK, lsk_session_generate(g2, prompt, np, &o, on_token, &all, NULL, &err_));
+            lsk_session_free(g2);
+            if (all.text_len > 4) {
+                char stop[3];
+                size_t cut = all.text_len / 2;
+                while (cut < all.text_len && (all.text[cut] & 0xC0) == 0x80) cut++;
+                memcpy(stop, all.text + cut, 2);
+                stop[2] = 0;
+                if (strlen(stop) == 2 && (stop[1] & 0xC0) != 0x80 && (stop[0] & 0x80) == 0) {
+                    stops[0] = stop;
+                    o.stop_strings = stops;
+                    o.n_stop_strings = 1;
+                    memset(&c, 0, sizeof c);
+                    lsk_generate_result_init(&res);
+                    EXPECT(LSK_OK, lsk_session_new(model, NULL, &g2, &err_));
+                    EXPECT(LSK_OK, lsk_session_generate(g2, prompt, np, &o, on_token, &c, &res, &err_));
+                    CHECK(res.stop_reason == LSK_STOP_STRING);
+                    CHECK(strstr(c.text, stop) == NULL && strncmp(c.text, all.text, c.text_len) == 0);
+                    lsk_session_free(g2);
+                    o.stop_strings = NULL;
+                    o.n_stop_strings = 0;
+                }
+            }
+        }
+        o.mode = 9;
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
+        o.mode = LSK_MODE_SELF_SPECULATIVE;
+        o.draft_len = 0;
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
+        o.draft_len = 2;
+        o.n_stop_strings = 2;
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
+        o.n_stop_strings = 0;
+        o.struct_size = 8;
+        EXPECT(LSK_ERR_STRUCT_SIZE, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_generate(g, NULL, 0, NULL, NULL, NULL, NULL, &err_));
+        lsk_session_free(g);
+    }
+
+    /* Two threads, one session: the second call fails with BUSY, nothing races. */
+    {
+        busy_state b;
+        pthread_t t;
+        lsk_generate_options o;
+        memset(&b, 0, sizeof b);
+        pthread_mutex_init(&b.mu, NULL);
+        pthread_cond_init(&b.cv, NULL);
+        EXPECT(LSK_OK, lsk_session_new(model, NULL, &b.s, &err_));
+        lsk_generate_options_default(&o);
+        o.max_new_tokens = 3;
+        pthread_create(&t, NULL, busy_other, &b);
+        EXPECT(LSK_OK, lsk_session_generate(b.s, prompt, np, &o, busy_cb, &b, NULL, &err_));
+        pthread_join(t, NULL);
+        CHECK(b.other == LSK_ERR_BUSY);
+        lsk_session_free(b.s);
+        pthread_mutex_destroy(&b.mu);
+        pthread_cond_destroy(&b.cv);
+    }
+
+    /* 8 threads x 4 sessions on ONE model = the same runs done sequentially. */
+    {
+        job par[8], seq[8];
+        pthread_t th[8];
+        int k, same = 1, ok = 1;
+        for (k = 0; k < 8; k++) {
+            memset(&par[k], 0, sizeof par[k]);
+            par[k].model = model;
+            par[k].prompt = prompt;
+            par[k].np = np;
+            par[k].id = k;
+            seq[k] = par[k];
+            pthread_create(&th[k], NULL, thread_main, &par[k]);
+        }
+        for (k = 0; k < 8; k++) pthread_join(th[k], NULL);
+        for (k = 0; k < 8; k++) {
+            run_jobs(&seq[k]);
+            ok = ok && par[k].ok && seq[k].ok;
+            same = same && memcmp(par[k].out, seq[k].out, sizeof par[k].out) == 0 &&
+                   memcmp(par[k].n, seq[k].n, sizeof par[k].n) == 0;
+        }
+        CHECK(ok);
+        CHECK(same);
+        CHECK(seq[0].n[0] == 24 && memcmp(seq[0].out[0], full, nfull * sizeof(int32_t)) == 0);
+    }
+
+    /* The model may be freed while a session still uses it. */
+    lsk_model_free(model);
+    {
+        int32_t next;
+        EXPECT(LSK_OK, lsk_session_rewind(s, 0, &err_));
+        EXPECT(LSK_OK, lsk_session_prefill(s, prompt, np, NULL, &next, &err_));
+        CHECK(next == full[0]);
+    }
+    lsk_session_free(s);
+
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}

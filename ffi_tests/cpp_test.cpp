@@ -1,0 +1,108 @@
+// Exercises the C++ wrapper. Same arguments as api_test.c.
+#include "layerskip.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+std::string second_tu_decode(const layerskip::Model& model, const std::vector<int32_t>& ids);
+
+static int passed = 0, failed = 0;
+#define CHECK(cond)                                                           \
+    do {                                                                      \
+        if (cond) passed++;                                                   \
+        else {                                                                \
+            failed++;                                                         \
+            std::fprintf(stderr, "FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                     \
+    } while (0)
+
+template <class F>
+static lsk_result error_code_of(F&& f) {
+    try {
+        f();
+    } catch (const layerskip::Error& e) {
+        return e.what()[0] ? e.code() : LSK_OK;
+    }
+    return LSK_OK;
+}
+
+static std::vector<int32_t> parse(const char* s) {
+    std::vector<int32_t> v;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) v.push_back(std::atoi(item.c_str()));
+    return v;
+}
+
+int main(int argc, char** argv) {
+    if (argc != 6) return 2;
+    const auto prompt = parse(argv[3]);
+    const auto full = parse(argv[4]);
+
+    CHECK(error_code_of([] { layerskip::Model m("/no/such/model"); }) == LSK_ERR_IO);
+    CHECK(error_code_of([&] { layerskip::Model m(argv[2]); }) == LSK_ERR_WEIGHTS);
+
+    layerskip::Model model(argv[1]);
+    const auto info = model.info();
+    CHECK(info.n_layers >= 2);
+
+    auto ids = model.tokenize("def f(x):");
+    CHECK(!ids.empty());
+    CHECK(second_tu_decode(model, ids) == "def f(x):");
+
+    // Generate with a lambda; the model may move, the session keeps it alive.
+    layerskip::Model moved = std::move(model);
+    layerskip::Session session(moved);
+    layerskip::GenerateOptions opts;
+    opts.max_new_tokens = static_cast<uint32_t>(full.size());
+    opts.ignore_eos = 1;
+    opts.mode = LSK_MODE_SELF_SPECULATIVE;
+    opts.exit_layer = 1;
+    opts.draft_len = 3;
+    std::vector<int32_t> got;
+    std::string text;
+    auto res = session.generate(prompt, opts, [&](int32_t t, std::string_view piece) {
+        got.push_back(t);
+        text += piece;
+        return true;
+    });
+    CHECK(got == full);
+    CHECK(res.n_tokens == full.size());
+    CHECK(text == moved.detokenize(got));
+    CHECK(session.stats().drafted > 0);
+
+    // Stop from the lambda; an exception from the lambda propagates.
+    layerskip::Session s2(moved);
+    int calls = 0;
+    res = s2.generate(prompt, opts, [&](int32_t, std::string_view) { return ++calls < 4; });
+    CHECK(calls == 4 && res.stop_reason == LSK_STOP_CALLBACK);
+    layerskip::Session s3(moved);
+    bool thrown = false;
+    try {
+        s3.generate(prompt, opts, [](int32_t, std::string_view) -> bool { throw std::runtime_error("boom"); });
+    } catch (const std::runtime_error& e) {
+        thrown = std::string(e.what()) == "boom";
+    }
+    CHECK(thrown);
+
+    // Step-by-step, draft/verify, logits, rewind, and errors as exceptions.
+    layerskip::Session s4(moved);
+    int32_t next = s4.prefill(prompt);
+    CHECK(next == full[0]);
+    CHECK(s4.logits().size() == info.vocab_size);
+    auto drafts = s4.draft(next, 1, 4);
+    auto v = s4.verify(next, drafts);
+    CHECK(v.accepted <= drafts.size());
+    CHECK(error_code_of([&] { s4.step(-1); }) == LSK_ERR_INVALID_ARGUMENT);
+    CHECK(error_code_of([&] { s4.draft(next, 0, 4); }) == LSK_ERR_INVALID_ARGUMENT);
+    s4.rewind(prompt.size());
+    CHECK(s4.step(full[0]) == full[1]);
+    layerskip::Session s5 = std::move(s4);
+    CHECK(s5.stats().shallow_len == prompt.size() + 1);
+
+    std::printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,225 @@
+// layerskip.hpp: header-only C++17 wrapper over the layerskip C API.
+//
+// Move-only RAII handles; every failure throws layerskip::Error carrying the
+// C result code and message.
+//
+//   layerskip::Model model("assets/layerskip-pycode-8l");
+//   layerskip::Session session(model);
+//   auto prompt = model.tokenize("def fibonacci(n):");
+//   layerskip::GenerateOptions opts;            // lsk_generate_options, defaulted
+//   opts.mode = LSK_MODE_SELF_SPECULATIVE;
+//   session.generate(prompt, opts, [](int32_t, std::string_view text) {
+//       std::cout << text;
+//       return true;                            // false stops
+//   });
+#ifndef LAYERSKIP_HPP
+#define LAYERSKIP_HPP
+
+#include "layerskip.h"
+
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace layerskip {
+
+class Error : public std::runtime_error {
+public:
+    Error(lsk_result code, const std::string& message)
+        : std::runtime_error(message), code_(code) {}
+    lsk_result code() const noexcept { return code_; }
+
+private:
+    lsk_result code_;
+};
+
+namespace detail {
+// Throw if `r` is an error, taking ownership of `err`.
+inline void check(lsk_result r, lsk_error* err) {
+    std::unique_ptr<lsk_error, decltype(&lsk_error_free)> guard(err, &lsk_error_free);
+    if (r != LSK_OK) {
+        throw Error(r, err ? lsk_error_message(err) : lsk_result_name(r));
+    }
+}
+struct ModelDeleter {
+    void operator()(lsk_model* m) const noexcept { lsk_model_free(m); }
+};
+struct SessionDeleter {
+    void operator()(lsk_session* s) const noexcept { lsk_session_free(s); }
+};
+}  // namespace detail
+
+// Options structs with their defaults filled in.
+struct Sampling : lsk_sampling {
+    Sampling() { lsk_sampling_default(this); }
+};
+struct GenerateOptions : lsk_generate_options {
+    GenerateOptions() { lsk_generate_options_default(this); }
+};
+struct SessionOptions : lsk_session_options {
+    SessionOptions() { lsk_session_options_default(this); }
+};
+
+struct Verdict {
+    size_t accepted;
+    int32_t token_after;
+};
+
+// A loaded model. Thread-safe; sessions keep it alive.
+class Model {
+public:
+    explicit Model(const std::string& path) {
+        lsk_model* m = nullptr;
+        lsk_error* err = nullptr;
+        detail::check(lsk_model_load(path.c_str(), nullptr, &m, &err), err);
+        handle_.reset(m);
+    }
+    lsk_model* get() const noexcept { return handle_.get(); }
+
+    lsk_model_summary info() const {
+        lsk_model_summary s;
+        lsk_model_summary_init(&s);
+        lsk_error* err = nullptr;
+        detail::check(lsk_model_info(get(), &s, &err), err);
+        return s;
+    }
+
+    std::vector<int32_t> tokenize(std::string_view text, bool add_special = true) const {
+        size_t n = 0;
+        lsk_error* err = nullptr;
+        lsk_result r = lsk_tokenize(get(), text.data(), text.size(), add_special, nullptr, 0, &n, &err);
+        if (r != LSK_ERR_BUFFER_TOO_SMALL) detail::check(r, err);
+        else lsk_error_free(err);
+        std::vector<int32_t> ids(n);
+        err = nullptr;
+        detail::check(lsk_tokenize(get(), text.data(), text.size(), add_special, ids.data(), ids.size(), &n, &err), err);
+        ids.resize(n);
+        return ids;
+    }
+
+    std::string detokenize(const std::vector<int32_t>& ids, bool skip_special = true) const {
+        size_t need = 0;
+        lsk_error* err = nullptr;
+        lsk_result r = lsk_detokenize(get(), ids.data(), ids.size(), skip_special, nullptr, 0, &need, &err);
+        if (r != LSK_ERR_BUFFER_TOO_SMALL) detail::check(r, err);
+        else lsk_error_free(err);
+        std::string text(need, '\0');
+        size_t len = 0;
+        err = nullptr;
+        detail::check(lsk_detokenize(get(), ids.data(), ids.size(), skip_special, text.data(), text.size(), &len, &err), err);
+        text.resize(len);
+        return text;
+    }
+
+private:
+    std::unique_ptr<lsk_model, detail::ModelDeleter> handle_;
+};
+
+// A decoding session: one call at a time (a concurrent call throws LSK_ERR_BUSY).
+class Session {
+public:
+    explicit Session(const Model& model, const SessionOptions& opts = SessionOptions()) {
+        lsk_session* s = nullptr;
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_new(model.get(), &opts, &s, &err), err);
+        handle_.reset(s);
+    }
+    lsk_session* get() const noexcept { return handle_.get(); }
+
+    // Feed the prompt at full depth; returns the next token.
+    int32_t prefill(const std::vector<int32_t>& tokens, const Sampling& s = Sampling()) {
+        int32_t next = -1;
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_prefill(get(), tokens.data(), tokens.size(), &s, &next, &err), err);
+        return next;
+    }
+
+    // One token through layers 0..exit_layer (0 = full depth); returns the next token.
+    int32_t step(int32_t token, uint32_t exit_layer = 0, const Sampling& s = Sampling()) {
+        int32_t next = -1;
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_step(get(), token, exit_layer, &s, &next, &err), err);
+        return next;
+    }
+
+    // Logits of the newest position (copied).
+    std::vector<float> logits() const {
+        const float* p = nullptr;
+        size_t n = 0;
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_logits(get(), &p, &n, &err), err);
+        return std::vector<float>(p, p + n);
+    }
+
+    std::vector<int32_t> draft(int32_t next, uint32_t exit_layer, uint32_t max_drafts, const Sampling& s = Sampling()) {
+        std::vector<int32_t> d(max_drafts);
+        size_t n = 0;
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_draft(get(), next, exit_layer, max_drafts, &s, d.data(), d.size(), &n, &err), err);
+        d.resize(n);
+        return d;
+    }
+
+    Verdict verify(int32_t next, const std::vector<int32_t>& drafts, const Sampling& s = Sampling()) {
+        Verdict v{0, -1};
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_verify(get(), next, drafts.data(), drafts.size(), &s, &v.accepted, &v.token_after, &err), err);
+        return v;
+    }
+
+    void rewind(size_t len) {
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_rewind(get(), len, &err), err);
+    }
+
+    lsk_stats stats() const {
+        lsk_stats st;
+        lsk_stats_init(&st);
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_stats(get(), &st, &err), err);
+        return st;
+    }
+
+    // Generate after `prompt`; `on_token(token, text)` returns false to stop.
+    // An exception thrown by the callback stops generation and is rethrown.
+    lsk_generate_result generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
+                                 const std::function<bool(int32_t, std::string_view)>& on_token = nullptr) {
+        struct Ctx {
+            const std::function<bool(int32_t, std::string_view)>* f;
+            std::exception_ptr error;
+        } ctx{&on_token, nullptr};
+        auto trampoline = [](void* user, int32_t token, const char* text, size_t len) -> int32_t {
+            auto* c = static_cast<Ctx*>(user);
+            try {
+                return (*c->f)(token, std::string_view(text, len)) ? 0 : 1;
+            } catch (...) {
+                c->error = std::current_exception();
+                return 1;
+            }
+        };
+        lsk_generate_result res;
+        lsk_generate_result_init(&res);
+        lsk_error* err = nullptr;
+        lsk_result r = lsk_session_generate(get(), prompt.data(), prompt.size(), &opts,
+                                            on_token ? +trampoline : nullptr, &ctx, &res, &err);
+        if (ctx.error) {
+            lsk_error_free(err);
+            std::rethrow_exception(ctx.error);
+        }
+        detail::check(r, err);
+        return res;
+    }
+
+private:
+    std::unique_ptr<lsk_session, detail::SessionDeleter> handle_;
+};
+
+}  // namespace layerskip
+
+#endif  // LAYERSKIP_HPP

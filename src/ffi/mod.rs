@@ -1,0 +1,98 @@
+//! The C ABI, and the only place with `extern "C"`. Conventions (documented in
+//! the generated header):
+//! - Every fallible call returns `lsk_result` and takes an optional
+//!   `lsk_error **err` that receives details on failure (free with
+//!   `lsk_error_free`); outputs are written only on success.
+//! - Options structs start with `struct_size` and are passed by pointer; NULL
+//!   means defaults. Fill them with the `lsk_*_default` initialisers.
+//! - A NULL pointer with length 0 is an empty array.
+//! - `lsk_model` may be used from any number of threads at once. An
+//!   `lsk_session` is used by one call at a time; a concurrent call fails with
+//!   `LSK_ERR_BUSY` (never blocks, never races).
+
+#![allow(non_camel_case_types)]
+// Every pointer argument is checked or documented; callers are C programs.
+#![allow(clippy::missing_safety_doc, clippy::not_unsafe_ptr_arg_deref)]
+
+pub mod error;
+mod model;
+mod session;
+mod types;
+
+pub use error::{lsk_error, lsk_result};
+pub use model::*;
+pub use session::*;
+pub use types::*;
+
+use error::{FfiError, FfiResult};
+use std::ffi::c_char;
+
+/// ABI version: bumped only on an incompatible change to this API.
+pub const LSK_ABI_VERSION: u32 = 1;
+
+/// The ABI version of the loaded library (compare with `LSK_ABI_VERSION`).
+#[no_mangle]
+pub extern "C" fn lsk_abi_version() -> u32 {
+    LSK_ABI_VERSION
+}
+
+/// The library version, e.g. "0.1.0" (static string).
+#[no_mangle]
+pub extern "C" fn lsk_version_string() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+/// `len` elements at `ptr`; NULL is allowed when `len == 0`.
+pub(crate) unsafe fn slice<'a, T>(ptr: *const T, len: usize, what: &str) -> FfiResult<&'a [T]> {
+    if len == 0 {
+        Ok(&[])
+    } else if ptr.is_null() {
+        Err(FfiError::null(what))
+    } else {
+        // SAFETY: the caller guarantees `len` readable elements (documented).
+        Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+}
+
+/// A NUL-terminated UTF-8 string argument.
+pub(crate) unsafe fn c_str<'a>(ptr: *const c_char, what: &str) -> FfiResult<&'a str> {
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    // SAFETY: the caller passes a NUL-terminated string (documented).
+    unsafe { std::ffi::CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| FfiError::new(lsk_result::LSK_ERR_UTF8, format!("`{what}` is not valid UTF-8")))
+}
+
+/// Write an output value (only called on success).
+pub(crate) unsafe fn put<T>(ptr: *mut T, v: T, what: &str) -> FfiResult {
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    // SAFETY: non-NULL output pointers are writable (documented).
+    unsafe { ptr.write(v) };
+    Ok(())
+}
+
+/// Check that a required output pointer is not NULL (before doing any work).
+pub(crate) fn need<T>(ptr: *const T, what: &str) -> FfiResult {
+    if ptr.is_null() {
+        Err(FfiError::null(what))
+    } else {
+        Ok(())
+    }
+}
+
+/// C token ids to validated model ids.
+pub(crate) fn token_ids(ids: &[i32], vocab: usize) -> FfiResult<Vec<u32>> {
+    ids.iter()
+        .map(|&t| {
+            if t < 0 || t as usize >= vocab {
+                Err(FfiError::invalid(format!("token id {t} is out of range (vocab_size {vocab})")))
+            } else {
+                Ok(t as u32)
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,177 @@
+//! Models: load, free, info, tokenize, detokenize.
+
+use super::error::{boundary, lsk_error, lsk_result, FfiError, FfiResult};
+use super::types::*;
+use super::{c_str, need, put, slice, token_ids};
+use crate::model::Model;
+use crate::weights::DType;
+use std::ffi::c_char;
+use std::sync::Arc;
+
+/// A loaded model (opaque). Thread-safe: share it across threads freely.
+/// Sessions keep it alive, so it may be freed while sessions still use it.
+pub struct lsk_model {
+    _private: [u8; 0],
+}
+
+/// The `Arc<Model>` behind a handle, borrowed.
+pub(crate) unsafe fn model_ref<'a>(m: *const lsk_model) -> FfiResult<&'a Arc<Model>> {
+    if m.is_null() {
+        return Err(FfiError::null("model"));
+    }
+    // SAFETY: handles are `Box<Arc<Model>>` made by lsk_model_load and not yet freed (documented).
+    Ok(unsafe { &*(m as *const Arc<Model>) })
+}
+
+/// Load a Hugging Face Llama checkpoint directory (`config.json`, safetensors,
+/// `tokenizer.json`). `options` may be NULL. On success `*out` owns a new
+/// model; free it with `lsk_model_free`.
+#[no_mangle]
+pub extern "C" fn lsk_model_load(
+    path: *const c_char,
+    options: *const lsk_model_options,
+    out: *mut *mut lsk_model,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        // SAFETY: see each helper's contract.
+        let path = unsafe { c_str(path, "path") }?;
+        let opts = unsafe { read_options(options, "options") }?;
+        need(out, "out")?;
+        match opts.device {
+            0 => {}
+            1 => {
+                return Err(FfiError::new(
+                    lsk_result::LSK_ERR_UNSUPPORTED,
+                    "the CUDA engine is not built into this library yet",
+                ))
+            }
+            d => return Err(FfiError::invalid(format!("unknown device {d}"))),
+        }
+        let model = Model::load(path)?;
+        let handle = Box::into_raw(Box::new(model)) as *mut lsk_model;
+        unsafe { put(out, handle, "out") }
+    })
+}
+
+/// Release the caller's reference. Sessions made from it stay valid. NULL is ignored.
+#[no_mangle]
+pub extern "C" fn lsk_model_free(model: *mut lsk_model) {
+    if !model.is_null() {
+        // SAFETY: made by lsk_model_load, freed once (documented).
+        drop(unsafe { Box::from_raw(model as *mut Arc<Model>) });
+    }
+}
+
+/// Describe the model. Set `out->struct_size` first (`lsk_model_summary_init`).
+#[no_mangle]
+pub extern "C" fn lsk_model_info(model: *const lsk_model, out: *mut lsk_model_summary, err: *mut *mut lsk_error) -> lsk_result {
+    boundary(err, || {
+        let m = unsafe { model_ref(model) }?;
+        let c = &m.config;
+        let mut eos = [0i32; LSK_MAX_EOS_IDS];
+        for (d, s) in eos.iter_mut().zip(&c.eos_token_ids) {
+            *d = *s as i32;
+        }
+        let info = lsk_model_summary {
+            struct_size: 0,
+            n_layers: c.num_layers as u32,
+            vocab_size: c.vocab_size as u32,
+            hidden_size: c.hidden_size as u32,
+            n_heads: c.num_heads as u32,
+            n_kv_heads: c.num_kv_heads as u32,
+            context_length: c.max_position_embeddings as u32,
+            bos_token_id: c.bos_token_id.map_or(-1, |b| b as i32),
+            n_eos_token_ids: c.eos_token_ids.len().min(LSK_MAX_EOS_IDS) as u32,
+            eos_token_ids: eos,
+            dtype: match m.dtype {
+                DType::F32 => lsk_dtype::LSK_DTYPE_F32,
+                DType::BF16 => lsk_dtype::LSK_DTYPE_BF16,
+                DType::F16 => lsk_dtype::LSK_DTYPE_F16,
+            } as u32,
+        };
+        unsafe { write_output(out, info, "out") }
+    })
+}
+
+/// Encode `text_len` bytes of UTF-8 `text` into token ids. With
+/// `add_special` non-zero the tokenizer's own special-token rules apply (e.g.
+/// a BOS). `*n_tokens` receives the count. When `capacity` is too small the
+/// call fails with `LSK_ERR_BUFFER_TOO_SMALL` and `*n_tokens` receives the
+/// needed capacity (the one output written on that failure).
+#[no_mangle]
+pub extern "C" fn lsk_tokenize(
+    model: *const lsk_model,
+    text: *const c_char,
+    text_len: usize,
+    add_special: u8,
+    tokens: *mut i32,
+    capacity: usize,
+    n_tokens: *mut usize,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        let m = unsafe { model_ref(model) }?;
+        let bytes = unsafe { slice(text as *const u8, text_len, "text") }?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| FfiError::new(lsk_result::LSK_ERR_UTF8, "`text` is not valid UTF-8"))?;
+        need(n_tokens, "n_tokens")?;
+        let ids = m.tokenizer.encode(text, add_special != 0)?;
+        if ids.len() > capacity || (capacity > 0 && tokens.is_null()) {
+            unsafe { put(n_tokens, ids.len(), "n_tokens") }?;
+            if tokens.is_null() && capacity > 0 {
+                return Err(FfiError::null("tokens"));
+            }
+            return Err(FfiError::new(
+                lsk_result::LSK_ERR_BUFFER_TOO_SMALL,
+                format!("{} tokens do not fit in a buffer of {capacity}", ids.len()),
+            ));
+        }
+        for (i, &t) in ids.iter().enumerate() {
+            // SAFETY: i < ids.len() <= capacity, and tokens is non-NULL when capacity > 0.
+            unsafe { tokens.add(i).write(t as i32) };
+        }
+        unsafe { put(n_tokens, ids.len(), "n_tokens") }
+    })
+}
+
+/// Decode `n` token ids into UTF-8 text, written NUL-terminated into `buf`
+/// (`capacity` bytes including the NUL). `*len` receives the text length
+/// without the NUL. With `skip_special` non-zero, special tokens are dropped.
+/// When `capacity` is too small the call fails with
+/// `LSK_ERR_BUFFER_TOO_SMALL` and `*len` receives the needed capacity
+/// (text length + 1).
+#[no_mangle]
+pub extern "C" fn lsk_detokenize(
+    model: *const lsk_model,
+    ids: *const i32,
+    n: usize,
+    skip_special: u8,
+    buf: *mut c_char,
+    capacity: usize,
+    len: *mut usize,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        let m = unsafe { model_ref(model) }?;
+        let ids = token_ids(unsafe { slice(ids, n, "ids") }?, m.config.vocab_size)?;
+        need(len, "len")?;
+        let text = m.tokenizer.decode(&ids, skip_special != 0)?;
+        if text.len() + 1 > capacity || buf.is_null() {
+            unsafe { put(len, text.len() + 1, "len") }?;
+            if buf.is_null() && capacity > 0 {
+                return Err(FfiError::null("buf"));
+            }
+            return Err(FfiError::new(
+                lsk_result::LSK_ERR_BUFFER_TOO_SMALL,
+                format!("{} bytes of text (+1 for the NUL) do not fit in {capacity}", text.len()),
+            ));
+        }
+        // SAFETY: buf has capacity >= text.len() + 1 bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, text.len());
+            buf.add(text.len()).write(0);
+        }
+        unsafe { put(len, text.len(), "len") }
+    })
+}

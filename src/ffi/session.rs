@@ -1,0 +1,375 @@
+//! Sessions: prefill, step, logits, draft, verify, rewind, generate, stats.
+
+use super::error::{boundary, lsk_error, lsk_result, FfiError, FfiResult};
+use super::model::{lsk_model, model_ref};
+use super::types::*;
+use super::{c_str, need, put, slice, token_ids};
+use crate::generate::{generate, GenerateOptions, Mode, StopReason};
+use crate::sampling::{sample, Rng64};
+use crate::session::{Logits, Session};
+use crate::speculative::{DraftLimits, Drafts};
+use parking_lot::Mutex;
+use std::ffi::c_void;
+
+/// A decoding session (opaque): one KV cache over a shared model. One call at
+/// a time: a concurrent call fails with `LSK_ERR_BUSY`.
+pub struct lsk_session {
+    _private: [u8; 0],
+}
+
+struct State {
+    session: Session,
+    rng: Rng64,
+    /// The last drafts `lsk_session_draft` made, with their distributions,
+    /// so that a following verify of the same tokens can use them.
+    drafts: Drafts,
+}
+
+struct Handle {
+    state: Mutex<State>,
+}
+
+/// Lock the session for one call, or fail with `LSK_ERR_BUSY`.
+fn with_session<T>(s: *mut lsk_session, f: impl FnOnce(&mut State) -> FfiResult<T>) -> FfiResult<T> {
+    // SAFETY: handles are `Box<Handle>` made by lsk_session_new and not yet freed (documented).
+    let h = unsafe { (s as *const Handle).as_ref() }.ok_or_else(|| FfiError::null("session"))?;
+    let mut guard = h.state.try_lock().ok_or_else(|| {
+        FfiError::new(lsk_result::LSK_ERR_BUSY, "the session is in use by another call")
+    })?;
+    f(&mut guard)
+}
+
+fn exit_or_full(exit: u32, n_layers: usize) -> usize {
+    if exit == 0 {
+        n_layers
+    } else {
+        exit as usize
+    }
+}
+
+fn one_token(t: i32, vocab: usize) -> FfiResult<u32> {
+    Ok(token_ids(&[t], vocab)?[0])
+}
+
+/// Open a session on `model` (which it keeps alive). `options` may be NULL.
+/// Free with `lsk_session_free`.
+#[no_mangle]
+pub extern "C" fn lsk_session_new(
+    model: *const lsk_model,
+    options: *const lsk_session_options,
+    out: *mut *mut lsk_session,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        let m = unsafe { model_ref(model) }?;
+        let o = unsafe { read_options(options, "options") }?;
+        need(out, "out")?;
+        let session = Session::new(m.clone(), o.context_length as usize)?;
+        let state = State { session, rng: Rng64::new(o.seed), drafts: Drafts::default() };
+        let h = Box::into_raw(Box::new(Handle { state: Mutex::new(state) })) as *mut lsk_session;
+        unsafe { put(out, h, "out") }
+    })
+}
+
+/// Free a session. NULL is ignored. The session must not be in use.
+#[no_mangle]
+pub extern "C" fn lsk_session_free(session: *mut lsk_session) {
+    if !session.is_null() {
+        // SAFETY: made by lsk_session_new, freed once (documented).
+        drop(unsafe { Box::from_raw(session as *mut Handle) });
+    }
+}
+
+/// Sample the next token from the session's newest logits.
+fn pick(st: &mut State, sampling: *const lsk_sampling) -> FfiResult<i32> {
+    let p = unsafe { read_options(sampling, "sampling") }?.params()?;
+    Ok(sample(st.session.last_logits(), &p, &mut st.rng) as i32)
+}
+
+/// Feed `n` prompt tokens at full depth. When `next_token` is not NULL it
+/// receives the next token chosen with `sampling` (NULL = greedy).
+#[no_mangle]
+pub extern "C" fn lsk_session_prefill(
+    session: *mut lsk_session,
+    tokens: *const i32,
+    n: usize,
+    sampling: *const lsk_sampling,
+    next_token: *mut i32,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_session(session, |st| {
+            let vocab = st.session.model().config.vocab_size;
+            let ids = token_ids(unsafe { slice(tokens, n, "tokens") }?, vocab)?;
+            unsafe { read_options(sampling, "sampling") }?.params()?;
+            let n_layers = st.session.model().num_layers();
+            st.session.forward(&ids, n_layers, Logits::Last)?;
+            if !next_token.is_null() && !ids.is_empty() {
+                let t = pick(st, sampling)?;
+                unsafe { put(next_token, t, "next_token") }?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Feed one token through layers `0..exit_layer` (0 = full depth; an early
+/// exit lets the deeper layers catch up lazily later) and write the next token
+/// chosen with `sampling` (NULL = greedy) to `*next_token` (may be NULL).
+#[no_mangle]
+pub extern "C" fn lsk_session_step(
+    session: *mut lsk_session,
+    token: i32,
+    exit_layer: u32,
+    sampling: *const lsk_sampling,
+    next_token: *mut i32,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_session(session, |st| {
+            let t = one_token(token, st.session.model().config.vocab_size)?;
+            unsafe { read_options(sampling, "sampling") }?.params()?;
+            let exit = exit_or_full(exit_layer, st.session.model().num_layers());
+            st.session.forward(&[t], exit, Logits::Last)?;
+            if !next_token.is_null() {
+                let t = pick(st, sampling)?;
+                unsafe { put(next_token, t, "next_token") }?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// The logits of the newest position from the last prefill/step: `*logits`
+/// points to `*n_vocab` floats owned by the session, valid until the next
+/// call on this session. Fails when the last call produced no logits.
+#[no_mangle]
+pub extern "C" fn lsk_session_logits(
+    session: *mut lsk_session,
+    logits: *mut *const f32,
+    n_vocab: *mut usize,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_session(session, |st| {
+            need(logits, "logits")?;
+            need(n_vocab, "n_vocab")?;
+            let row = st.session.last_logits();
+            if row.is_empty() {
+                return Err(FfiError::invalid("no logits: call lsk_session_prefill or lsk_session_step first"));
+            }
+            unsafe { put(logits, row.as_ptr(), "logits") }?;
+            unsafe { put(n_vocab, row.len(), "n_vocab") }
+        })
+    })
+}
+
+/// Draft up to `max_drafts` tokens with layers `0..exit_layer` (1 <= E < L),
+/// starting from `next_token` (the last accepted token, not yet fed). Drafts
+/// go to `drafts` (`capacity` >= `max_drafts` elements), their count to
+/// `*n_drafts`. Drafting stops early at an EOS id or the context's end.
+/// Follow with `lsk_session_verify` on the same `next_token` and drafts.
+#[no_mangle]
+pub extern "C" fn lsk_session_draft(
+    session: *mut lsk_session,
+    next_token: i32,
+    exit_layer: u32,
+    max_drafts: u32,
+    sampling: *const lsk_sampling,
+    drafts: *mut i32,
+    capacity: usize,
+    n_drafts: *mut usize,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_session(session, |st| {
+            let m = st.session.model().clone();
+            let t = one_token(next_token, m.config.vocab_size)?;
+            let p = unsafe { read_options(sampling, "sampling") }?.params()?;
+            if max_drafts == 0 {
+                return Err(FfiError::invalid("max_drafts must be at least 1"));
+            }
+            if (max_drafts as usize) > capacity {
+                return Err(FfiError::new(
+                    lsk_result::LSK_ERR_BUFFER_TOO_SMALL,
+                    format!("capacity {capacity} is smaller than max_drafts {max_drafts}"),
+                ));
+            }
+            need(drafts, "drafts")?;
+            need(n_drafts, "n_drafts")?;
+            let limits = DraftLimits {
+                max_drafts: max_drafts as usize,
+                stop_ids: &m.config.eos_token_ids,
+                confidence: 0.0,
+            };
+            let d = st.session.draft(t, exit_layer as usize, limits, &p, &mut st.rng)?;
+            for (i, &x) in d.tokens.iter().enumerate() {
+                // SAFETY: d.tokens.len() <= max_drafts <= capacity.
+                unsafe { drafts.add(i).write(x as i32) };
+            }
+            let n = d.tokens.len();
+            st.drafts = d;
+            unsafe { put(n_drafts, n, "n_drafts") }
+        })
+    })
+}
+
+/// Verify `n` drafts proposed after `next_token`: from `lsk_session_draft`, or
+/// from anywhere else (n-gram lookup, another model, the caller). The deep
+/// layers run once over all pending positions; the longest agreeing prefix is
+/// accepted (`*accepted`), the cache is truncated to it, and `*token_after`
+/// receives the verifier's own next token (not yet fed: pass it as the next
+/// round's `next_token`). Greedy (`sampling` NULL) is lossless.
+#[no_mangle]
+pub extern "C" fn lsk_session_verify(
+    session: *mut lsk_session,
+    next_token: i32,
+    drafts: *const i32,
+    n: usize,
+    sampling: *const lsk_sampling,
+    accepted: *mut usize,
+    token_after: *mut i32,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_session(session, |st| {
+            let vocab = st.session.model().config.vocab_size;
+            let t = one_token(next_token, vocab)?;
+            let ids = token_ids(unsafe { slice(drafts, n, "drafts") }?, vocab)?;
+            let p = unsafe { read_options(sampling, "sampling") }?.params()?;
+            need(accepted, "accepted")?;
+            need(token_after, "token_after")?;
+            let own = std::mem::take(&mut st.drafts);
+            let d = if own.tokens == ids { own } else { Drafts { tokens: ids, probs: Vec::new() } };
+            let v = st.session.verify(t, &d, &p, &mut st.rng)?;
+            unsafe { put(accepted, v.accepted, "accepted") }?;
+            unsafe { put(token_after, v.token_after as i32, "token_after") }
+        })
+    })
+}
+
+/// Keep only the first `len` positions in every layer (a length change).
+/// Fails if the session holds fewer than `len`.
+#[no_mangle]
+pub extern "C" fn lsk_session_rewind(session: *mut lsk_session, len: usize, err: *mut *mut lsk_error) -> lsk_result {
+    boundary(err, || with_session(session, |st| Ok(st.session.rewind(len)?)))
+}
+
+struct Callback {
+    f: lsk_token_callback,
+    user_data: *mut c_void,
+    text: Vec<u8>,
+}
+
+impl Callback {
+    fn call(&mut self, token: u32, piece: &str) -> bool {
+        let Some(f) = self.f else { return true };
+        self.text.clear();
+        self.text.extend_from_slice(piece.as_bytes());
+        self.text.push(0);
+        // SAFETY: the caller's callback contract (documented on lsk_token_callback).
+        unsafe { f(self.user_data, token as i32, self.text.as_ptr() as *const _, piece.len()) == 0 }
+    }
+}
+
+/// Feed `prompt` (`n` >= 1 tokens) and generate after it with `options`
+/// (NULL = defaults: full depth, greedy, 64 tokens), calling `callback` (may
+/// be NULL) for every token. A session may generate again: the new prompt
+/// continues its context.
+/// `result` (may be NULL) receives counts and timings. Tokens delivered
+/// before a failure stay delivered; the session stays usable.
+#[no_mangle]
+pub extern "C" fn lsk_session_generate(
+    session: *mut lsk_session,
+    prompt: *const i32,
+    n: usize,
+    options: *const lsk_generate_options,
+    callback: lsk_token_callback,
+    user_data: *mut c_void,
+    result: *mut lsk_generate_result,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_session(session, |st| {
+            let m = st.session.model().clone();
+            let ids = token_ids(unsafe { slice(prompt, n, "prompt") }?, m.config.vocab_size)?;
+            let o = unsafe { read_options(options, "options") }?;
+            let sampling = o.sampling;
+            let sampling = unsafe { read_options(&sampling, "options.sampling") }?.params()?;
+            let l = m.num_layers();
+            let exit = if o.exit_layer == 0 { (l / 2).max(1) } else { o.exit_layer as usize };
+            let mode = match o.mode {
+                0 => Mode::Full,
+                1 => Mode::EarlyExit { exit },
+                2 => {
+                    if o.draft_len == 0 {
+                        return Err(FfiError::invalid("draft_len must be at least 1"));
+                    }
+                    Mode::SelfSpeculative { exit, draft_len: o.draft_len as usize }
+                }
+                other => return Err(FfiError::invalid(format!("unknown mode {other}"))),
+            };
+            let stops = unsafe { slice(o.stop_strings, o.n_stop_strings, "stop_strings") }?
+                .iter()
+                .map(|&p| unsafe { c_str(p, "stop_strings[i]") }.map(str::to_string))
+                .collect::<FfiResult<Vec<_>>>()?;
+            if !(o.confidence_threshold.is_finite() && (0.0..=1.0).contains(&o.confidence_threshold)) {
+                return Err(FfiError::invalid("confidence_threshold must be in [0, 1]"));
+            }
+            let opts = GenerateOptions {
+                max_new_tokens: o.max_new_tokens as usize,
+                mode,
+                sampling,
+                ignore_eos: o.ignore_eos != 0,
+                stop_strings: stops,
+                confidence_threshold: o.confidence_threshold,
+            };
+            let mut cb = Callback { f: callback, user_data, text: Vec::new() };
+            let out = generate(&mut st.session, &ids, &opts, |t, piece| cb.call(t, piece))?;
+            if !result.is_null() {
+                let s = out.stats;
+                let r = lsk_generate_result {
+                    struct_size: 0,
+                    n_tokens: out.tokens.len() as u32,
+                    stop_reason: match out.stop_reason {
+                        StopReason::MaxTokens => lsk_stop_reason::LSK_STOP_MAX_TOKENS,
+                        StopReason::Eos => lsk_stop_reason::LSK_STOP_EOS,
+                        StopReason::StopString => lsk_stop_reason::LSK_STOP_STRING,
+                        StopReason::Callback => lsk_stop_reason::LSK_STOP_CALLBACK,
+                        StopReason::ContextFull => lsk_stop_reason::LSK_STOP_CONTEXT_FULL,
+                    } as u32,
+                    prompt_tokens: s.prompt_tokens as u32,
+                    seconds: s.seconds,
+                    tokens_per_second: s.tokens_per_second,
+                    drafted: s.drafted,
+                    accepted: s.accepted,
+                    rounds: s.rounds,
+                };
+                unsafe { write_output(result, r, "result") }?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Session counters and frontiers. Set `out->struct_size` first (`lsk_stats_init`).
+#[no_mangle]
+pub extern "C" fn lsk_session_stats(session: *mut lsk_session, out: *mut lsk_stats, err: *mut *mut lsk_error) -> lsk_result {
+    boundary(err, || {
+        with_session(session, |st| {
+            let s = st.session.spec_stats();
+            let v = lsk_stats {
+                struct_size: 0,
+                drafted: s.drafted,
+                accepted: s.accepted,
+                rounds: s.rounds,
+                draft_seconds: s.draft_seconds,
+                verify_seconds: s.verify_seconds,
+                shallow_len: st.session.shallow_len() as u32,
+                deep_len: st.session.deep_len() as u32,
+                context_length: st.session.capacity() as u32,
+            };
+            unsafe { write_output(out, v, "out") }
+        })
+    })
+}

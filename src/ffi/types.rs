@@ -1,0 +1,325 @@
+//! Options and output structs. Each starts with `struct_size`; fields are only
+//! ever appended, never reordered.
+
+use super::error::{lsk_result, FfiError, FfiResult};
+use crate::sampling::SamplingParams;
+use std::ffi::c_char;
+
+/// Structs versioned by their leading `struct_size`.
+pub(crate) trait Versioned: Copy {
+    fn defaults() -> Self;
+    fn struct_size(&self) -> usize;
+}
+
+/// Read an options struct: NULL gives the defaults; a `struct_size` smaller
+/// than ours is an error (fields are only appended, so larger is fine).
+pub(crate) unsafe fn read_options<T: Versioned>(ptr: *const T, what: &str) -> FfiResult<T> {
+    // SAFETY: non-NULL option pointers point to a readable struct of at least
+    // `struct_size` bytes; we read the size first.
+    let Some(v) = (unsafe { ptr.as_ref() }) else {
+        return Ok(T::defaults());
+    };
+    if v.struct_size() < std::mem::size_of::<T>() {
+        return Err(FfiError::new(
+            lsk_result::LSK_ERR_STRUCT_SIZE,
+            format!("{what}.struct_size is {}, expected at least {}", v.struct_size(), std::mem::size_of::<T>()),
+        ));
+    }
+    Ok(*v)
+}
+
+/// Write an output struct whose caller-set `struct_size` must cover ours.
+pub(crate) unsafe fn write_output<T: Versioned>(ptr: *mut T, mut v: T, what: &str) -> FfiResult {
+    // SAFETY: as in read_options.
+    let Some(dst) = (unsafe { ptr.as_mut() }) else {
+        return Err(FfiError::null(what));
+    };
+    let size = dst.struct_size();
+    if size < std::mem::size_of::<T>() {
+        return Err(FfiError::new(
+            lsk_result::LSK_ERR_STRUCT_SIZE,
+            format!("{what}.struct_size is {size}, expected at least {}", std::mem::size_of::<T>()),
+        ));
+    }
+    set_size(&mut v, size);
+    *dst = v;
+    Ok(())
+}
+
+fn set_size<T: Versioned>(v: &mut T, size: usize) {
+    // SAFETY: every Versioned struct is repr(C) with `struct_size: usize` first.
+    unsafe { *(v as *mut T as *mut usize) = size };
+}
+
+macro_rules! versioned {
+    ($t:ty, $defaults:expr) => {
+        impl Versioned for $t {
+            fn defaults() -> Self {
+                $defaults
+            }
+            fn struct_size(&self) -> usize {
+                self.struct_size
+            }
+        }
+    };
+}
+
+/// Which device a model runs on.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lsk_device {
+    LSK_DEVICE_CPU = 0,
+    LSK_DEVICE_CUDA = 1,
+}
+
+/// Options for `lsk_model_load`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lsk_model_options {
+    pub struct_size: usize,
+    /// An `lsk_device` value (default `LSK_DEVICE_CPU`).
+    pub device: u32,
+    /// Device ordinal for GPU devices (default 0).
+    pub device_index: u32,
+}
+versioned!(lsk_model_options, lsk_model_options { struct_size: std::mem::size_of::<Self>(), device: 0, device_index: 0 });
+
+/// How tokens are chosen. `temperature == 0` is greedy.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lsk_sampling {
+    pub struct_size: usize,
+    /// 0 (default) is greedy.
+    pub temperature: f32,
+    /// 0 (default) disables top-k.
+    pub top_k: u32,
+    /// 1.0 (default) disables top-p; must be in (0, 1].
+    pub top_p: f32,
+    /// Seed of the session's random generator for this call (generate) or,
+    /// for step/draft/verify, ignored: they use the session's generator.
+    pub seed: u64,
+}
+versioned!(lsk_sampling, lsk_sampling { struct_size: std::mem::size_of::<Self>(), temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 });
+
+impl lsk_sampling {
+    pub(crate) fn params(&self) -> FfiResult<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k as usize,
+            top_p: self.top_p,
+            seed: self.seed,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// Options for `lsk_session_new`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lsk_session_options {
+    pub struct_size: usize,
+    /// Maximum positions the session holds; 0 (default) = the model's context length.
+    pub context_length: u32,
+    /// Seed of the session's random generator (used by step/draft/verify sampling).
+    pub seed: u64,
+}
+versioned!(lsk_session_options, lsk_session_options { struct_size: std::mem::size_of::<Self>(), context_length: 0, seed: 0 });
+
+/// Decoding modes of `lsk_generate_options.mode`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lsk_mode {
+    LSK_MODE_FULL = 0,
+    LSK_MODE_EARLY_EXIT = 1,
+    LSK_MODE_SELF_SPECULATIVE = 2,
+}
+
+/// Options for `lsk_session_generate`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lsk_generate_options {
+    pub struct_size: usize,
+    /// Token budget (default 64).
+    pub max_new_tokens: u32,
+    /// An `lsk_mode` value (default `LSK_MODE_FULL`).
+    pub mode: u32,
+    /// Exit layer E for early-exit and self-speculative modes; 0 (default) = L/2.
+    pub exit_layer: u32,
+    /// Draft length d for self-speculative mode (default 4).
+    pub draft_len: u32,
+    pub sampling: lsk_sampling,
+    /// Non-zero: keep generating past EOS ids.
+    pub ignore_eos: u8,
+    /// `n_stop_strings` NUL-terminated UTF-8 strings; generation stops when the
+    /// text contains one (it is not emitted). May be NULL when the count is 0.
+    pub stop_strings: *const *const c_char,
+    pub n_stop_strings: usize,
+    /// Self-speculative: stop drafting when the draft's top probability is below
+    /// this (0, the default, disables).
+    pub confidence_threshold: f32,
+}
+versioned!(
+    lsk_generate_options,
+    lsk_generate_options {
+        struct_size: std::mem::size_of::<Self>(),
+        max_new_tokens: 64,
+        mode: 0,
+        exit_layer: 0,
+        draft_len: 4,
+        sampling: lsk_sampling::defaults(),
+        ignore_eos: 0,
+        stop_strings: std::ptr::null(),
+        n_stop_strings: 0,
+        confidence_threshold: 0.0,
+    }
+);
+
+/// Storage dtypes reported by `lsk_model_info`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lsk_dtype {
+    LSK_DTYPE_F32 = 0,
+    LSK_DTYPE_BF16 = 1,
+    LSK_DTYPE_F16 = 2,
+}
+
+/// Maximum EOS ids reported by `lsk_model_info`.
+pub const LSK_MAX_EOS_IDS: usize = 8;
+
+/// What `lsk_model_info` reports. Set `struct_size` before the call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lsk_model_summary {
+    pub struct_size: usize,
+    pub n_layers: u32,
+    pub vocab_size: u32,
+    pub hidden_size: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub context_length: u32,
+    /// -1 when the model has none.
+    pub bos_token_id: i32,
+    pub n_eos_token_ids: u32,
+    pub eos_token_ids: [i32; LSK_MAX_EOS_IDS],
+    /// An `lsk_dtype` value: how most weights are stored.
+    pub dtype: u32,
+}
+versioned!(lsk_model_summary, lsk_model_summary {
+    struct_size: std::mem::size_of::<Self>(), n_layers: 0, vocab_size: 0, hidden_size: 0, n_heads: 0,
+    n_kv_heads: 0, context_length: 0, bos_token_id: -1, n_eos_token_ids: 0, eos_token_ids: [0; LSK_MAX_EOS_IDS], dtype: 0,
+});
+
+/// Why `lsk_session_generate` stopped.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lsk_stop_reason {
+    LSK_STOP_MAX_TOKENS = 0,
+    LSK_STOP_EOS = 1,
+    LSK_STOP_STRING = 2,
+    LSK_STOP_CALLBACK = 3,
+    LSK_STOP_CONTEXT_FULL = 4,
+}
+
+/// What `lsk_session_generate` reports. Set `struct_size` before the call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lsk_generate_result {
+    pub struct_size: usize,
+    pub n_tokens: u32,
+    /// An `lsk_stop_reason` value.
+    pub stop_reason: u32,
+    pub prompt_tokens: u32,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    pub drafted: u64,
+    pub accepted: u64,
+    pub rounds: u64,
+}
+versioned!(lsk_generate_result, lsk_generate_result {
+    struct_size: std::mem::size_of::<Self>(), n_tokens: 0, stop_reason: 0, prompt_tokens: 0, seconds: 0.0,
+    tokens_per_second: 0.0, drafted: 0, accepted: 0, rounds: 0,
+});
+
+/// Session counters for `lsk_session_stats`. Set `struct_size` before the call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lsk_stats {
+    pub struct_size: usize,
+    /// Draft tokens proposed / accepted, and verify rounds, over the session's life.
+    pub drafted: u64,
+    pub accepted: u64,
+    pub rounds: u64,
+    pub draft_seconds: f64,
+    pub verify_seconds: f64,
+    /// Positions held by the first layer and by the last layer.
+    pub shallow_len: u32,
+    pub deep_len: u32,
+    pub context_length: u32,
+}
+versioned!(lsk_stats, lsk_stats {
+    struct_size: std::mem::size_of::<Self>(), drafted: 0, accepted: 0, rounds: 0, draft_seconds: 0.0,
+    verify_seconds: 0.0, shallow_len: 0, deep_len: 0, context_length: 0,
+});
+
+/// Called for every generated token with the text that became final with it
+/// (`text` is NUL-terminated, `text_len` bytes, valid only during the call;
+/// it may be empty). Return 0 to continue, non-zero to stop. The callback
+/// must not unwind (no C++ exceptions, no Go panics) and must not call into
+/// the same session (that call fails with `LSK_ERR_BUSY`).
+pub type lsk_token_callback =
+    Option<unsafe extern "C" fn(user_data: *mut std::ffi::c_void, token: i32, text: *const c_char, text_len: usize) -> i32>;
+
+/// Write `T::defaults()` to a caller's struct.
+fn init<T: Versioned>(out: *mut T) -> lsk_result {
+    if out.is_null() {
+        return lsk_result::LSK_ERR_NULL_POINTER;
+    }
+    // SAFETY: non-NULL and writable (documented).
+    unsafe { out.write(T::defaults()) };
+    lsk_result::LSK_OK
+}
+
+// cbindgen reads these signatures, so they are written out, not macro-made.
+
+/// Fill `*out` with defaults (CPU, device 0) and `struct_size`.
+#[no_mangle]
+pub extern "C" fn lsk_model_options_default(out: *mut lsk_model_options) -> lsk_result {
+    init(out)
+}
+
+/// Fill `*out` with defaults (greedy) and `struct_size`.
+#[no_mangle]
+pub extern "C" fn lsk_sampling_default(out: *mut lsk_sampling) -> lsk_result {
+    init(out)
+}
+
+/// Fill `*out` with defaults (model context length, seed 0) and `struct_size`.
+#[no_mangle]
+pub extern "C" fn lsk_session_options_default(out: *mut lsk_session_options) -> lsk_result {
+    init(out)
+}
+
+/// Fill `*out` with defaults (full depth, greedy, 64 tokens, E = L/2, d = 4) and `struct_size`.
+#[no_mangle]
+pub extern "C" fn lsk_generate_options_default(out: *mut lsk_generate_options) -> lsk_result {
+    init(out)
+}
+
+/// Prepare `*out` for `lsk_model_info` (zeroes it and sets `struct_size`).
+#[no_mangle]
+pub extern "C" fn lsk_model_summary_init(out: *mut lsk_model_summary) -> lsk_result {
+    init(out)
+}
+
+/// Prepare `*out` for `lsk_session_generate` (zeroes it and sets `struct_size`).
+#[no_mangle]
+pub extern "C" fn lsk_generate_result_init(out: *mut lsk_generate_result) -> lsk_result {
+    init(out)
+}
+
+/// Prepare `*out` for `lsk_session_stats` (zeroes it and sets `struct_size`).
+#[no_mangle]
+pub extern "C" fn lsk_stats_init(out: *mut lsk_stats) -> lsk_result {
+    init(out)
+}

@@ -29,7 +29,8 @@ fn main() {
         .expect("cbindgen could not generate the header")
         .write_to_file(&header);
     if env::var_os("LAYERSKIP_UPDATE_HEADER").is_some() {
-        std::fs::copy(&header, root.join("include/layerskip.h")).expect("write include/layerskip.h");
+        std::fs::copy(&header, root.join("include/layerskip.h"))
+            .expect("write include/layerskip.h");
     }
 
     // target/<profile>/ is three levels above OUT_DIR.

@@ -274,7 +274,7 @@ impl ModelConfig {
             (_, Some(_)) => parse_rope_scaling(&raw.rope_parameters, file)?,
             _ => RopeScaling::None,
         };
-        if !(eps.is_finite() && eps > 0.0) || !(theta.is_finite() && theta > 0.0) {
+        if !(eps.is_finite() && eps > 0.0 && theta.is_finite() && theta > 0.0) {
             return Err(Error::config(format!(
                 "{file}: rms_norm_eps ({eps}) and rope_theta ({theta}) must be positive"
             )));

@@ -26,7 +26,11 @@ fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
     println!("{stdout}");
     stdout
 }
@@ -48,7 +52,14 @@ fn compile(compiler: &str, sources: &[&str], out: &Path, flags: &[&str]) {
 }
 
 const C_FLAGS: &[&str] = &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"];
-const CXX_FLAGS: &[&str] = &["-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"];
+const CXX_FLAGS: &[&str] = &[
+    "-std=c++17",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-pedantic",
+    "-g",
+];
 
 /// Arguments of api_test: model, corrupt copy, prompt, full and exit-1 greedy ids.
 fn api_args(tmp: &Path) -> Vec<String> {
@@ -56,8 +67,17 @@ fn api_args(tmp: &Path) -> Vec<String> {
     let r = reference(name);
     let l = load(name).num_layers() as u64;
     let greedy = |exit: u64| {
-        let c = r["greedy"].as_array().unwrap().iter().find(|c| c["prompt"] == 1 && c["exit"] == exit).unwrap();
-        ids(&c["tokens"]).iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
+        let c = r["greedy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["prompt"] == 1 && c["exit"] == exit)
+            .unwrap();
+        ids(&c["tokens"])
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     };
     let corrupt = tmp.join("corrupt");
     std::fs::create_dir_all(&corrupt).unwrap();
@@ -68,13 +88,26 @@ fn api_args(tmp: &Path) -> Vec<String> {
     let st = corrupt.join("model.safetensors");
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
-    let prompt = prompts(name)[1].iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",");
-    vec![fixture_dir(name).display().to_string(), corrupt.display().to_string(), prompt, greedy(l), greedy(1)]
+    let prompt = prompts(name)[1]
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        fixture_dir(name).display().to_string(),
+        corrupt.display().to_string(),
+        prompt,
+        greedy(l),
+        greedy(1),
+    ]
 }
 
 fn assert_summary(out: &str) {
     let last = out.lines().last().unwrap_or("");
-    assert!(last.ends_with(" 0 failed") && !last.starts_with("0 passed"), "{out}");
+    assert!(
+        last.ends_with(" 0 failed") && !last.starts_with("0 passed"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -90,7 +123,15 @@ fn c_api_test_passes() {
 fn c_api_test_passes_under_asan_and_ubsan() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("api_test_asan");
-    let flags = [C_FLAGS, &["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]].concat();
+    let flags = [
+        C_FLAGS,
+        &[
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=all",
+        ],
+    ]
+    .concat();
     compile("cc", &["api_test.c"], &exe, &flags);
     // Leak checking is valgrind's job below; LSan cannot see through Rust's thread pool.
     let out = run_ok(
@@ -99,14 +140,20 @@ fn c_api_test_passes_under_asan_and_ubsan() {
             .env("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
             .env("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1"),
     );
-    assert!(out.contains("asan: on"), "the sanitizer was not linked:\n{out}");
+    assert!(
+        out.contains("asan: on"),
+        "the sanitizer was not linked:\n{out}"
+    );
     assert_summary(&out);
 }
 
 #[test]
 fn c_api_test_passes_under_valgrind() {
     if Command::new("valgrind").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "valgrind is missing in CI: .ci/run must install it");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "valgrind is missing in CI: .ci/run must install it"
+        );
         println!("SKIPPED: valgrind is not installed (apt-get install valgrind)");
         return;
     }
@@ -115,7 +162,12 @@ fn c_api_test_passes_under_valgrind() {
     compile("cc", &["api_test.c"], &exe, C_FLAGS);
     let out = run_ok(
         Command::new("valgrind")
-            .args(["--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite", "--quiet"])
+            .args([
+                "--error-exitcode=99",
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite",
+                "--quiet",
+            ])
             .arg(&exe)
             .args(api_args(tmp.path())),
     );
@@ -126,14 +178,20 @@ fn c_api_test_passes_under_valgrind() {
 fn cpp_wrapper_test_passes_from_two_translation_units() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("cpp_test");
-    compile("c++", &["cpp_test.cpp", "cpp_second_tu.cpp"], &exe, CXX_FLAGS);
+    compile(
+        "c++",
+        &["cpp_test.cpp", "cpp_second_tu.cpp"],
+        &exe,
+        CXX_FLAGS,
+    );
     let out = run_ok(Command::new(&exe).args(api_args(tmp.path())));
     assert_summary(&out);
 }
 
 #[test]
 fn header_is_up_to_date() {
-    let generated = std::fs::read_to_string(Path::new(env!("OUT_DIR")).join("layerskip.h")).unwrap();
+    let generated =
+        std::fs::read_to_string(Path::new(env!("OUT_DIR")).join("layerskip.h")).unwrap();
     let checked_in = std::fs::read_to_string(root().join("include/layerskip.h")).unwrap();
     assert!(
         generated == checked_in,
@@ -146,7 +204,13 @@ fn header_version_macros_match_cargo_toml() {
     let h = std::fs::read_to_string(root().join("include/layerskip.h")).unwrap();
     let v: Vec<&str> = env!("CARGO_PKG_VERSION").split('.').collect();
     for (name, val) in [("MAJOR", v[0]), ("MINOR", v[1]), ("PATCH", v[2])] {
-        assert!(h.contains(&format!("#define LSK_VERSION_{name} {val}\n")), "LSK_VERSION_{name}");
+        assert!(
+            h.contains(&format!("#define LSK_VERSION_{name} {val}\n")),
+            "LSK_VERSION_{name}"
+        );
     }
-    assert!(h.contains(&format!("#define LSK_VERSION_STRING \"{}\"", env!("CARGO_PKG_VERSION"))));
+    assert!(h.contains(&format!(
+        "#define LSK_VERSION_STRING \"{}\"",
+        env!("CARGO_PKG_VERSION")
+    )));
 }

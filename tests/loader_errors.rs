@@ -83,13 +83,11 @@ fn missing_directory_and_files() {
     assert_err(d.path(), ErrorKind::Weights, &["model.safetensors"]);
 }
 
+type ConfigEdit = Box<dyn Fn(&mut serde_json::Map<String, Value>)>;
+
 #[test]
 fn bad_configs() {
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&mut serde_json::Map<String, Value>)>,
-        &[&str],
-    )> = vec![
+    let cases: Vec<(&str, ConfigEdit, &[&str])> = vec![
         (
             "missing field",
             Box::new(|c| {

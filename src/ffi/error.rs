@@ -56,7 +56,10 @@ pub struct FfiError {
 
 impl FfiError {
     pub fn new(code: lsk_result, message: impl Into<String>) -> Self {
-        FfiError { code, message: message.into() }
+        FfiError {
+            code,
+            message: message.into(),
+        }
     }
     pub fn null(what: &str) -> Self {
         Self::new(LSK_ERR_NULL_POINTER, format!("`{what}` must not be NULL"))
@@ -96,11 +99,17 @@ pub fn boundary(err: *mut *mut lsk_error, f: impl FnOnce() -> FfiResult) -> lsk_
     let e = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => return LSK_OK,
         Ok(Err(e)) => e,
-        Err(p) => FfiError::new(LSK_ERR_PANIC, format!("internal panic: {}", panic_message(&*p))),
+        Err(p) => FfiError::new(
+            LSK_ERR_PANIC,
+            format!("internal panic: {}", panic_message(&*p)),
+        ),
     };
     if !err.is_null() {
         let message = CString::new(e.message.replace('\0', "\\0")).unwrap_or_default();
-        let boxed = Box::new(lsk_error { code: e.code, message });
+        let boxed = Box::new(lsk_error {
+            code: e.code,
+            message,
+        });
         // SAFETY: the caller passed a writable `lsk_error **` (documented).
         unsafe { *err = Box::into_raw(boxed) };
     }

@@ -62,7 +62,12 @@ pub(crate) unsafe fn c_str<'a>(ptr: *const c_char, what: &str) -> FfiResult<&'a 
     // SAFETY: the caller passes a NUL-terminated string (documented).
     unsafe { std::ffi::CStr::from_ptr(ptr) }
         .to_str()
-        .map_err(|_| FfiError::new(lsk_result::LSK_ERR_UTF8, format!("`{what}` is not valid UTF-8")))
+        .map_err(|_| {
+            FfiError::new(
+                lsk_result::LSK_ERR_UTF8,
+                format!("`{what}` is not valid UTF-8"),
+            )
+        })
 }
 
 /// Write an output value (only called on success).
@@ -89,7 +94,9 @@ pub(crate) fn token_ids(ids: &[i32], vocab: usize) -> FfiResult<Vec<u32>> {
     ids.iter()
         .map(|&t| {
             if t < 0 || t as usize >= vocab {
-                Err(FfiError::invalid(format!("token id {t} is out of range (vocab_size {vocab})")))
+                Err(FfiError::invalid(format!(
+                    "token id {t} is out of range (vocab_size {vocab})"
+                )))
             } else {
                 Ok(t as u32)
             }

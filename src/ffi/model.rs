@@ -65,7 +65,11 @@ pub extern "C" fn lsk_model_free(model: *mut lsk_model) {
 
 /// Describe the model. Set `out->struct_size` first (`lsk_model_summary_init`).
 #[no_mangle]
-pub extern "C" fn lsk_model_info(model: *const lsk_model, out: *mut lsk_model_summary, err: *mut *mut lsk_error) -> lsk_result {
+pub extern "C" fn lsk_model_info(
+    model: *const lsk_model,
+    out: *mut lsk_model_summary,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
     boundary(err, || {
         let m = unsafe { model_ref(model) }?;
         let c = &m.config;
@@ -164,7 +168,10 @@ pub extern "C" fn lsk_detokenize(
             }
             return Err(FfiError::new(
                 lsk_result::LSK_ERR_BUFFER_TOO_SMALL,
-                format!("{} bytes of text (+1 for the NUL) do not fit in {capacity}", text.len()),
+                format!(
+                    "{} bytes of text (+1 for the NUL) do not fit in {capacity}",
+                    text.len()
+                ),
             ));
         }
         // SAFETY: buf has capacity >= text.len() + 1 bytes.

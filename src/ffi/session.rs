@@ -30,11 +30,17 @@ struct Handle {
 }
 
 /// Lock the session for one call, or fail with `LSK_ERR_BUSY`.
-fn with_session<T>(s: *mut lsk_session, f: impl FnOnce(&mut State) -> FfiResult<T>) -> FfiResult<T> {
+fn with_session<T>(
+    s: *mut lsk_session,
+    f: impl FnOnce(&mut State) -> FfiResult<T>,
+) -> FfiResult<T> {
     // SAFETY: handles are `Box<Handle>` made by lsk_session_new and not yet freed (documented).
     let h = unsafe { (s as *const Handle).as_ref() }.ok_or_else(|| FfiError::null("session"))?;
     let mut guard = h.state.try_lock().ok_or_else(|| {
-        FfiError::new(lsk_result::LSK_ERR_BUSY, "the session is in use by another call")
+        FfiError::new(
+            lsk_result::LSK_ERR_BUSY,
+            "the session is in use by another call",
+        )
     })?;
     f(&mut guard)
 }
@@ -65,8 +71,14 @@ pub extern "C" fn lsk_session_new(
         let o = unsafe { read_options(options, "options") }?;
         need(out, "out")?;
         let session = Session::new(m.clone(), o.context_length as usize)?;
-        let state = State { session, rng: Rng64::new(o.seed), drafts: Drafts::default() };
-        let h = Box::into_raw(Box::new(Handle { state: Mutex::new(state) })) as *mut lsk_session;
+        let state = State {
+            session,
+            rng: Rng64::new(o.seed),
+            drafts: Drafts::default(),
+        };
+        let h = Box::into_raw(Box::new(Handle {
+            state: Mutex::new(state),
+        })) as *mut lsk_session;
         unsafe { put(out, h, "out") }
     })
 }
@@ -156,7 +168,9 @@ pub extern "C" fn lsk_session_logits(
             need(n_vocab, "n_vocab")?;
             let row = st.session.last_logits();
             if row.is_empty() {
-                return Err(FfiError::invalid("no logits: call lsk_session_prefill or lsk_session_step first"));
+                return Err(FfiError::invalid(
+                    "no logits: call lsk_session_prefill or lsk_session_step first",
+                ));
             }
             unsafe { put(logits, row.as_ptr(), "logits") }?;
             unsafe { put(n_vocab, row.len(), "n_vocab") }
@@ -202,7 +216,9 @@ pub extern "C" fn lsk_session_draft(
                 stop_ids: &m.config.eos_token_ids,
                 confidence: 0.0,
             };
-            let d = st.session.draft(t, exit_layer as usize, limits, &p, &mut st.rng)?;
+            let d = st
+                .session
+                .draft(t, exit_layer as usize, limits, &p, &mut st.rng)?;
             for (i, &x) in d.tokens.iter().enumerate() {
                 // SAFETY: d.tokens.len() <= max_drafts <= capacity.
                 unsafe { drafts.add(i).write(x as i32) };
@@ -240,7 +256,14 @@ pub extern "C" fn lsk_session_verify(
             need(accepted, "accepted")?;
             need(token_after, "token_after")?;
             let own = std::mem::take(&mut st.drafts);
-            let d = if own.tokens == ids { own } else { Drafts { tokens: ids, probs: Vec::new() } };
+            let d = if own.tokens == ids {
+                own
+            } else {
+                Drafts {
+                    tokens: ids,
+                    probs: Vec::new(),
+                }
+            };
             let v = st.session.verify(t, &d, &p, &mut st.rng)?;
             unsafe { put(accepted, v.accepted, "accepted") }?;
             unsafe { put(token_after, v.token_after as i32, "token_after") }
@@ -251,8 +274,14 @@ pub extern "C" fn lsk_session_verify(
 /// Keep only the first `len` positions in every layer (a length change).
 /// Fails if the session holds fewer than `len`.
 #[no_mangle]
-pub extern "C" fn lsk_session_rewind(session: *mut lsk_session, len: usize, err: *mut *mut lsk_error) -> lsk_result {
-    boundary(err, || with_session(session, |st| Ok(st.session.rewind(len)?)))
+pub extern "C" fn lsk_session_rewind(
+    session: *mut lsk_session,
+    len: usize,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_session(session, |st| Ok(st.session.rewind(len)?))
+    })
 }
 
 struct Callback {
@@ -268,7 +297,14 @@ impl Callback {
         self.text.extend_from_slice(piece.as_bytes());
         self.text.push(0);
         // SAFETY: the caller's callback contract (documented on lsk_token_callback).
-        unsafe { f(self.user_data, token as i32, self.text.as_ptr() as *const _, piece.len()) == 0 }
+        unsafe {
+            f(
+                self.user_data,
+                token as i32,
+                self.text.as_ptr() as *const _,
+                piece.len(),
+            ) == 0
+        }
     }
 }
 
@@ -297,7 +333,11 @@ pub extern "C" fn lsk_session_generate(
             let sampling = o.sampling;
             let sampling = unsafe { read_options(&sampling, "options.sampling") }?.params()?;
             let l = m.num_layers();
-            let exit = if o.exit_layer == 0 { (l / 2).max(1) } else { o.exit_layer as usize };
+            let exit = if o.exit_layer == 0 {
+                (l / 2).max(1)
+            } else {
+                o.exit_layer as usize
+            };
             let mode = match o.mode {
                 0 => Mode::Full,
                 1 => Mode::EarlyExit { exit },
@@ -305,7 +345,10 @@ pub extern "C" fn lsk_session_generate(
                     if o.draft_len == 0 {
                         return Err(FfiError::invalid("draft_len must be at least 1"));
                     }
-                    Mode::SelfSpeculative { exit, draft_len: o.draft_len as usize }
+                    Mode::SelfSpeculative {
+                        exit,
+                        draft_len: o.draft_len as usize,
+                    }
                 }
                 other => return Err(FfiError::invalid(format!("unknown mode {other}"))),
             };
@@ -313,7 +356,9 @@ pub extern "C" fn lsk_session_generate(
                 .iter()
                 .map(|&p| unsafe { c_str(p, "stop_strings[i]") }.map(str::to_string))
                 .collect::<FfiResult<Vec<_>>>()?;
-            if !(o.confidence_threshold.is_finite() && (0.0..=1.0).contains(&o.confidence_threshold)) {
+            if !(o.confidence_threshold.is_finite()
+                && (0.0..=1.0).contains(&o.confidence_threshold))
+            {
                 return Err(FfiError::invalid("confidence_threshold must be in [0, 1]"));
             }
             let opts = GenerateOptions {
@@ -324,7 +369,11 @@ pub extern "C" fn lsk_session_generate(
                 stop_strings: stops,
                 confidence_threshold: o.confidence_threshold,
             };
-            let mut cb = Callback { f: callback, user_data, text: Vec::new() };
+            let mut cb = Callback {
+                f: callback,
+                user_data,
+                text: Vec::new(),
+            };
             let out = generate(&mut st.session, &ids, &opts, |t, piece| cb.call(t, piece))?;
             if !result.is_null() {
                 let s = out.stats;
@@ -354,7 +403,11 @@ pub extern "C" fn lsk_session_generate(
 
 /// Session counters and frontiers. Set `out->struct_size` first (`lsk_stats_init`).
 #[no_mangle]
-pub extern "C" fn lsk_session_stats(session: *mut lsk_session, out: *mut lsk_stats, err: *mut *mut lsk_error) -> lsk_result {
+pub extern "C" fn lsk_session_stats(
+    session: *mut lsk_session,
+    out: *mut lsk_stats,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
     boundary(err, || {
         with_session(session, |st| {
             let s = st.session.spec_stats();

@@ -22,7 +22,11 @@ pub(crate) unsafe fn read_options<T: Versioned>(ptr: *const T, what: &str) -> Ff
     if v.struct_size() < std::mem::size_of::<T>() {
         return Err(FfiError::new(
             lsk_result::LSK_ERR_STRUCT_SIZE,
-            format!("{what}.struct_size is {}, expected at least {}", v.struct_size(), std::mem::size_of::<T>()),
+            format!(
+                "{what}.struct_size is {}, expected at least {}",
+                v.struct_size(),
+                std::mem::size_of::<T>()
+            ),
         ));
     }
     Ok(*v)
@@ -38,7 +42,10 @@ pub(crate) unsafe fn write_output<T: Versioned>(ptr: *mut T, mut v: T, what: &st
     if size < std::mem::size_of::<T>() {
         return Err(FfiError::new(
             lsk_result::LSK_ERR_STRUCT_SIZE,
-            format!("{what}.struct_size is {size}, expected at least {}", std::mem::size_of::<T>()),
+            format!(
+                "{what}.struct_size is {size}, expected at least {}",
+                std::mem::size_of::<T>()
+            ),
         ));
     }
     set_size(&mut v, size);
@@ -82,7 +89,14 @@ pub struct lsk_model_options {
     /// Device ordinal for GPU devices (default 0).
     pub device_index: u32,
 }
-versioned!(lsk_model_options, lsk_model_options { struct_size: std::mem::size_of::<Self>(), device: 0, device_index: 0 });
+versioned!(
+    lsk_model_options,
+    lsk_model_options {
+        struct_size: std::mem::size_of::<Self>(),
+        device: 0,
+        device_index: 0
+    }
+);
 
 /// How tokens are chosen. `temperature == 0` is greedy.
 #[repr(C)]
@@ -99,7 +113,16 @@ pub struct lsk_sampling {
     /// for step/draft/verify, ignored: they use the session's generator.
     pub seed: u64,
 }
-versioned!(lsk_sampling, lsk_sampling { struct_size: std::mem::size_of::<Self>(), temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 });
+versioned!(
+    lsk_sampling,
+    lsk_sampling {
+        struct_size: std::mem::size_of::<Self>(),
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0
+    }
+);
 
 impl lsk_sampling {
     pub(crate) fn params(&self) -> FfiResult<SamplingParams> {
@@ -124,7 +147,14 @@ pub struct lsk_session_options {
     /// Seed of the session's random generator (used by step/draft/verify sampling).
     pub seed: u64,
 }
-versioned!(lsk_session_options, lsk_session_options { struct_size: std::mem::size_of::<Self>(), context_length: 0, seed: 0 });
+versioned!(
+    lsk_session_options,
+    lsk_session_options {
+        struct_size: std::mem::size_of::<Self>(),
+        context_length: 0,
+        seed: 0
+    }
+);
 
 /// Decoding modes of `lsk_generate_options.mode`.
 #[repr(u32)]
@@ -205,10 +235,22 @@ pub struct lsk_model_summary {
     /// An `lsk_dtype` value: how most weights are stored.
     pub dtype: u32,
 }
-versioned!(lsk_model_summary, lsk_model_summary {
-    struct_size: std::mem::size_of::<Self>(), n_layers: 0, vocab_size: 0, hidden_size: 0, n_heads: 0,
-    n_kv_heads: 0, context_length: 0, bos_token_id: -1, n_eos_token_ids: 0, eos_token_ids: [0; LSK_MAX_EOS_IDS], dtype: 0,
-});
+versioned!(
+    lsk_model_summary,
+    lsk_model_summary {
+        struct_size: std::mem::size_of::<Self>(),
+        n_layers: 0,
+        vocab_size: 0,
+        hidden_size: 0,
+        n_heads: 0,
+        n_kv_heads: 0,
+        context_length: 0,
+        bos_token_id: -1,
+        n_eos_token_ids: 0,
+        eos_token_ids: [0; LSK_MAX_EOS_IDS],
+        dtype: 0,
+    }
+);
 
 /// Why `lsk_session_generate` stopped.
 #[repr(u32)]
@@ -236,10 +278,20 @@ pub struct lsk_generate_result {
     pub accepted: u64,
     pub rounds: u64,
 }
-versioned!(lsk_generate_result, lsk_generate_result {
-    struct_size: std::mem::size_of::<Self>(), n_tokens: 0, stop_reason: 0, prompt_tokens: 0, seconds: 0.0,
-    tokens_per_second: 0.0, drafted: 0, accepted: 0, rounds: 0,
-});
+versioned!(
+    lsk_generate_result,
+    lsk_generate_result {
+        struct_size: std::mem::size_of::<Self>(),
+        n_tokens: 0,
+        stop_reason: 0,
+        prompt_tokens: 0,
+        seconds: 0.0,
+        tokens_per_second: 0.0,
+        drafted: 0,
+        accepted: 0,
+        rounds: 0,
+    }
+);
 
 /// Session counters for `lsk_session_stats`. Set `struct_size` before the call.
 #[repr(C)]
@@ -257,18 +309,34 @@ pub struct lsk_stats {
     pub deep_len: u32,
     pub context_length: u32,
 }
-versioned!(lsk_stats, lsk_stats {
-    struct_size: std::mem::size_of::<Self>(), drafted: 0, accepted: 0, rounds: 0, draft_seconds: 0.0,
-    verify_seconds: 0.0, shallow_len: 0, deep_len: 0, context_length: 0,
-});
+versioned!(
+    lsk_stats,
+    lsk_stats {
+        struct_size: std::mem::size_of::<Self>(),
+        drafted: 0,
+        accepted: 0,
+        rounds: 0,
+        draft_seconds: 0.0,
+        verify_seconds: 0.0,
+        shallow_len: 0,
+        deep_len: 0,
+        context_length: 0,
+    }
+);
 
 /// Called for every generated token with the text that became final with it
 /// (`text` is NUL-terminated, `text_len` bytes, valid only during the call;
 /// it may be empty). Return 0 to continue, non-zero to stop. The callback
 /// must not unwind (no C++ exceptions, no Go panics) and must not call into
 /// the same session (that call fails with `LSK_ERR_BUSY`).
-pub type lsk_token_callback =
-    Option<unsafe extern "C" fn(user_data: *mut std::ffi::c_void, token: i32, text: *const c_char, text_len: usize) -> i32>;
+pub type lsk_token_callback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut std::ffi::c_void,
+        token: i32,
+        text: *const c_char,
+        text_len: usize,
+    ) -> i32,
+>;
 
 /// Write `T::defaults()` to a caller's struct.
 fn init<T: Versioned>(out: *mut T) -> lsk_result {

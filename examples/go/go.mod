@@ -1,0 +1,3 @@
+module github.com/layerskip/layerskip-go
+
+go 1.21

@@ -1,0 +1,380 @@
+// Package layerskip binds the layerskip C library (LayerSkip early exit and
+// self-speculative decoding) with cgo. Standard library only.
+//
+// Build the library first (cargo build --release at the repository root); the
+// cgo flags below point at ../../../include and ../../../target/release.
+package layerskip
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../../../include
+#cgo LDFLAGS: -L${SRCDIR}/../../../target/release -llayerskip -Wl,-rpath,${SRCDIR}/../../../target/release
+#include <stdlib.h>
+#include "layerskip.h"
+
+extern int32_t goTokenTrampoline(void *user_data, int32_t token, char *text, size_t text_len);
+
+static int32_t tokenTrampoline(void *user_data, int32_t token, const char *text, size_t text_len) {
+	return goTokenTrampoline(user_data, token, (char *)text, text_len);
+}
+
+static lsk_result generate_with_callback(lsk_session *s, const int32_t *prompt, size_t n,
+		const lsk_generate_options *o, uintptr_t handle, lsk_generate_result *res, lsk_error **err) {
+	return lsk_session_generate(s, prompt, n, o, tokenTrampoline, (void *)handle, res, err);
+}
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"runtime/cgo"
+	"sync"
+	"unsafe"
+)
+
+// Result codes (lsk_result).
+const (
+	ErrNullPointer     = 1
+	ErrInvalidArgument = 2
+	ErrIO              = 3
+	ErrConfig          = 4
+	ErrWeights         = 5
+	ErrTokenizer       = 6
+	ErrContextOverflow = 7
+	ErrUnsupported     = 8
+	ErrBufferTooSmall  = 9
+	ErrBusy            = 10
+	ErrPanic           = 11
+)
+
+// Decoding modes.
+const (
+	ModeFull            = 0
+	ModeEarlyExit       = 1
+	ModeSelfSpeculative = 2
+)
+
+// Error is a failed call: the C result code and the library's message.
+type Error struct {
+	Code    int
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("layerskip: %s (code %d)", e.Message, e.Code) }
+
+// check turns a result and its error object into a Go error, freeing the object.
+func check(r C.lsk_result, err *C.lsk_error) error {
+	if err != nil {
+		defer C.lsk_error_free(err)
+	}
+	if r == C.LSK_OK {
+		return nil
+	}
+	msg := C.GoString(C.lsk_result_name(C.uint32_t(r)))
+	if err != nil {
+		msg = C.GoString(C.lsk_error_message(err))
+	}
+	return &Error{Code: int(r), Message: msg}
+}
+
+// IsCode reports whether err is a layerskip error with the given code.
+func IsCode(err error, code int) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Version is the library's version string.
+func Version() string { return C.GoString(C.lsk_version_string()) }
+
+// Model is a loaded checkpoint. Safe for concurrent use.
+type Model struct {
+	mu sync.Mutex
+	h  *C.lsk_model
+}
+
+// Load loads a Hugging Face Llama checkpoint directory.
+func Load(path string) (*Model, error) {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var h *C.lsk_model
+	var cerr *C.lsk_error
+	if err := check(C.lsk_model_load(cpath, nil, &h, &cerr), cerr); err != nil {
+		return nil, err
+	}
+	m := &Model{h: h}
+	runtime.SetFinalizer(m, (*Model).Close)
+	return m, nil
+}
+
+// Close releases the model. Idempotent; sessions keep the model alive.
+func (m *Model) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.h != nil {
+		C.lsk_model_free(m.h)
+		m.h = nil
+	}
+	return nil
+}
+
+func (m *Model) handle() (*C.lsk_model, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.h == nil {
+		return nil, &Error{Code: ErrNullPointer, Message: "model is closed"}
+	}
+	return m.h, nil
+}
+
+// Info describes a model.
+type Info struct {
+	Layers, Vocab, Hidden, Context int
+	EOS                            []int32
+}
+
+// Info returns the model's shape and special tokens.
+func (m *Model) Info() (Info, error) {
+	h, err := m.handle()
+	if err != nil {
+		return Info{}, err
+	}
+	var s C.lsk_model_summary
+	C.lsk_model_summary_init(&s)
+	var cerr *C.lsk_error
+	if err := check(C.lsk_model_info(h, &s, &cerr), cerr); err != nil {
+		return Info{}, err
+	}
+	runtime.KeepAlive(m)
+	info := Info{Layers: int(s.n_layers), Vocab: int(s.vocab_size), Hidden: int(s.hidden_size), Context: int(s.context_length)}
+	for i := 0; i < int(s.n_eos_token_ids); i++ {
+		info.EOS = append(info.EOS, int32(s.eos_token_ids[i]))
+	}
+	return info, nil
+}
+
+// Tokenize encodes text; addSpecial applies the tokenizer's special-token rules (e.g. BOS).
+func (m *Model) Tokenize(text string, addSpecial bool) ([]int32, error) {
+	h, err := m.handle()
+	if err != nil {
+		return nil, err
+	}
+	ctext := C.CString(text)
+	defer C.free(unsafe.Pointer(ctext))
+	special := C.uint8_t(0)
+	if addSpecial {
+		special = 1
+	}
+	var n C.size_t
+	var cerr *C.lsk_error
+	r := C.lsk_tokenize(h, ctext, C.size_t(len(text)), special, nil, 0, &n, &cerr)
+	if r != C.LSK_ERR_BUFFER_TOO_SMALL {
+		if err := check(r, cerr); err != nil {
+			return nil, err
+		}
+	} else {
+		C.lsk_error_free(cerr)
+	}
+	ids := make([]int32, int(n)+1)
+	cerr = nil
+	r = C.lsk_tokenize(h, ctext, C.size_t(len(text)), special, (*C.int32_t)(unsafe.Pointer(&ids[0])), C.size_t(len(ids)), &n, &cerr)
+	runtime.KeepAlive(m)
+	if err := check(r, cerr); err != nil {
+		return nil, err
+	}
+	return ids[:n], nil
+}
+
+// Detokenize decodes ids, dropping special tokens.
+func (m *Model) Detokenize(ids []int32) (string, error) {
+	h, err := m.handle()
+	if err != nil {
+		return "", err
+	}
+	var need C.size_t
+	var cerr *C.lsk_error
+	r := C.lsk_detokenize(h, idsPtr(ids), C.size_t(len(ids)), 1, nil, 0, &need, &cerr)
+	if r != C.LSK_ERR_BUFFER_TOO_SMALL {
+		if err := check(r, cerr); err != nil {
+			return "", err
+		}
+	} else {
+		C.lsk_error_free(cerr)
+	}
+	buf := make([]byte, int(need))
+	var n C.size_t
+	cerr = nil
+	r = C.lsk_detokenize(h, idsPtr(ids), C.size_t(len(ids)), 1, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n, &cerr)
+	runtime.KeepAlive(m)
+	runtime.KeepAlive(ids)
+	if err := check(r, cerr); err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+func idsPtr(ids []int32) *C.int32_t {
+	if len(ids) == 0 {
+		return nil
+	}
+	return (*C.int32_t)(unsafe.Pointer(&ids[0]))
+}
+
+// Session is one decoding context. One call at a time: a concurrent call
+// returns an error with code ErrBusy.
+type Session struct {
+	mu sync.Mutex
+	h  *C.lsk_session
+}
+
+// NewSession opens a session on m (contextLength 0 = the model's).
+func (m *Model) NewSession(contextLength int, seed uint64) (*Session, error) {
+	h, err := m.handle()
+	if err != nil {
+		return nil, err
+	}
+	var o C.lsk_session_options
+	C.lsk_session_options_default(&o)
+	o.context_length = C.uint32_t(contextLength)
+	o.seed = C.uint64_t(seed)
+	var s *C.lsk_session
+	var cerr *C.lsk_error
+	r := C.lsk_session_new(h, &o, &s, &cerr)
+	runtime.KeepAlive(m)
+	if err := check(r, cerr); err != nil {
+		return nil, err
+	}
+	sess := &Session{h: s}
+	runtime.SetFinalizer(sess, (*Session).Close)
+	return sess, nil
+}
+
+// Close frees the session. Idempotent.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.h != nil {
+		C.lsk_session_free(s.h)
+		s.h = nil
+	}
+	return nil
+}
+
+func (s *Session) handle() (*C.lsk_session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.h == nil {
+		return nil, &Error{Code: ErrNullPointer, Message: "session is closed"}
+	}
+	return s.h, nil
+}
+
+// Options for Generate. Zero values mean: full depth, greedy, E = L/2, d = 4.
+type Options struct {
+	MaxNewTokens int
+	Mode         int
+	ExitLayer    int
+	DraftLen     int
+	Temperature  float32
+	TopK         int
+	TopP         float32
+	Seed         uint64
+	IgnoreEOS    bool
+	Stop         []string
+}
+
+// Result of Generate.
+type Result struct {
+	Tokens     []int32
+	Text       string
+	StopReason int
+	Drafted    uint64
+	Accepted   uint64
+}
+
+type callbackState struct {
+	fn     func(token int32, text string) bool
+	tokens []int32
+	text   []byte
+}
+
+//export goTokenTrampoline
+func goTokenTrampoline(user unsafe.Pointer, token C.int32_t, text *C.char, n C.size_t) C.int32_t {
+	st := cgo.Handle(uintptr(user)).Value().(*callbackState)
+	piece := C.GoStringN(text, C.int(n))
+	st.tokens = append(st.tokens, int32(token))
+	st.text = append(st.text, piece...)
+	if st.fn != nil && !st.fn(int32(token), piece) {
+		return 1
+	}
+	return 0
+}
+
+// Generate feeds prompt and generates; onToken (may be nil) sees every token
+// and the text that became final with it, and returns false to stop.
+func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32, text string) bool) (Result, error) {
+	h, err := s.handle()
+	if err != nil {
+		return Result{}, err
+	}
+	var o C.lsk_generate_options
+	C.lsk_generate_options_default(&o)
+	if opt.MaxNewTokens > 0 {
+		o.max_new_tokens = C.uint32_t(opt.MaxNewTokens)
+	}
+	o.mode = C.uint32_t(opt.Mode)
+	o.exit_layer = C.uint32_t(opt.ExitLayer)
+	if opt.DraftLen > 0 {
+		o.draft_len = C.uint32_t(opt.DraftLen)
+	}
+	o.sampling.temperature = C.float(opt.Temperature)
+	o.sampling.top_k = C.uint32_t(opt.TopK)
+	if opt.TopP > 0 {
+		o.sampling.top_p = C.float(opt.TopP)
+	}
+	o.sampling.seed = C.uint64_t(opt.Seed)
+	if opt.IgnoreEOS {
+		o.ignore_eos = 1
+	}
+	// Stop strings live in C memory for the call (cgo forbids Go pointers to Go pointers).
+	var stops **C.char
+	if len(opt.Stop) > 0 {
+		stops = (**C.char)(C.malloc(C.size_t(len(opt.Stop)) * C.size_t(unsafe.Sizeof(uintptr(0)))))
+		defer C.free(unsafe.Pointer(stops))
+		arr := unsafe.Slice(stops, len(opt.Stop))
+		for i, str := range opt.Stop {
+			arr[i] = C.CString(str)
+			defer C.free(unsafe.Pointer(arr[i]))
+		}
+		o.stop_strings = stops
+		o.n_stop_strings = C.size_t(len(opt.Stop))
+	}
+	st := &callbackState{fn: onToken}
+	handle := cgo.NewHandle(st)
+	defer handle.Delete()
+	var res C.lsk_generate_result
+	C.lsk_generate_result_init(&res)
+	var cerr *C.lsk_error
+	r := C.generate_with_callback(h, idsPtr(prompt), C.size_t(len(prompt)), &o, C.uintptr_t(handle), &res, &cerr)
+	runtime.KeepAlive(s)
+	runtime.KeepAlive(prompt)
+	if err := check(r, cerr); err != nil {
+		return Result{Tokens: st.tokens, Text: string(st.text)}, err
+	}
+	return Result{Tokens: st.tokens, Text: string(st.text), StopReason: int(res.stop_reason),
+		Drafted: uint64(res.drafted), Accepted: uint64(res.accepted)}, nil
+}
+
+// Step feeds one token through layers 0..exitLayer (0 = full depth) and
+// returns the greedy next token.
+func (s *Session) Step(token int32, exitLayer int) (int32, error) {
+	h, err := s.handle()
+	if err != nil {
+		return 0, err
+	}
+	var next C.int32_t
+	var cerr *C.lsk_error
+	r := C.lsk_session_step(h, C.int32_t(token), C.uint32_t(exitLayer), nil, &next, &cerr)
+	runtime.KeepAlive(s)
+	return int32(next), check(r, cerr)
+}

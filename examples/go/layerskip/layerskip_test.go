@@ -1,0 +1,131 @@
+package layerskip
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+// The bundled model, or LAYERSKIP_TEST_MODEL.
+func modelPath(t *testing.T) string {
+	if p := os.Getenv("LAYERSKIP_TEST_MODEL"); p != "" {
+		return p
+	}
+	return filepath.Join("..", "..", "..", "tests", "fixtures", "gqa-bf16-tied-llama3-sharded")
+}
+
+func load(t *testing.T) *Model {
+	m, err := Load(modelPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func TestLoadErrors(t *testing.T) {
+	_, err := Load("/no/such/model")
+	if !IsCode(err, ErrIO) {
+		t.Fatalf("want ErrIO, got %v", err)
+	}
+}
+
+func TestGenerateModesAgree(t *testing.T) {
+	m := load(t)
+	info, err := m.Info()
+	if err != nil || info.Layers < 2 {
+		t.Fatal(info, err)
+	}
+	prompt, err := m.Tokenize("def f(x):", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outs [][]int32
+	for _, mode := range []int{ModeFull, ModeSelfSpeculative} {
+		s, err := m.NewSession(0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var streamed string
+		res, err := s.Generate(prompt, Options{MaxNewTokens: 20, Mode: mode, ExitLayer: 1, DraftLen: 3, IgnoreEOS: true},
+			func(tok int32, text string) bool { streamed += text; return true })
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, _ := m.Detokenize(res.Tokens)
+		if len(res.Tokens) != 20 || streamed != res.Text || text != res.Text {
+			t.Fatalf("mode %d: %d tokens, %q vs %q vs %q", mode, len(res.Tokens), streamed, res.Text, text)
+		}
+		outs = append(outs, res.Tokens)
+		s.Close()
+		s.Close() // idempotent
+	}
+	for i := range outs[0] {
+		if outs[0][i] != outs[1][i] {
+			t.Fatalf("self-speculative differs from full at %d", i)
+		}
+	}
+}
+
+func TestCallbackStopAndErrors(t *testing.T) {
+	m := load(t)
+	s, _ := m.NewSession(0, 0)
+	defer s.Close()
+	prompt, _ := m.Tokenize("x", true)
+	n := 0
+	res, err := s.Generate(prompt, Options{MaxNewTokens: 20, IgnoreEOS: true}, func(int32, string) bool { n++; return n < 3 })
+	if err != nil || len(res.Tokens) != 3 {
+		t.Fatal(res, err)
+	}
+	if _, err := s.Step(-1, 0); !IsCode(err, ErrInvalidArgument) {
+		t.Fatalf("want ErrInvalidArgument, got %v", err)
+	}
+	if _, err := s.Step(1, 99); !IsCode(err, ErrInvalidArgument) {
+		t.Fatalf("want ErrInvalidArgument, got %v", err)
+	}
+	// Still usable after errors.
+	if _, err := s.Step(1, 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := s.Step(1, 0); !IsCode(err, ErrNullPointer) {
+		t.Fatalf("closed session: %v", err)
+	}
+}
+
+func TestConcurrentSessionsOnOneModel(t *testing.T) {
+	m := load(t)
+	prompt, _ := m.Tokenize("def g(y):", true)
+	run := func() []int32 {
+		s, err := m.NewSession(0, 0)
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		defer s.Close()
+		res, err := s.Generate(prompt, Options{MaxNewTokens: 16, Mode: ModeSelfSpeculative, ExitLayer: 2, IgnoreEOS: true}, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		return res.Tokens
+	}
+	want := run()
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.Gosched()
+			got := run()
+			for j := range want {
+				if got[j] != want[j] {
+					t.Errorf("concurrent run differs at %d", j)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}

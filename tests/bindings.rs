@@ -1,0 +1,130 @@
+//! The Go binding's own tests, and every example (C, C++, Go, Rust) printing
+//! the same greedy continuation as the CLI.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn go() -> Command {
+    let mut c = Command::new("go");
+    c.current_dir(root().join("examples/go"))
+        .env("CGO_ENABLED", "1");
+    c
+}
+
+fn have_go() -> bool {
+    let ok = Command::new("go").arg("version").output().is_ok();
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "Go is missing in CI: .ci/run must install it"
+    );
+    if !ok {
+        println!("SKIPPED: no Go toolchain on this machine");
+    }
+    ok
+}
+
+#[test]
+fn go_vet_and_go_test_pass() {
+    if !have_go() {
+        return;
+    }
+    output(go().args(["vet", "./..."]));
+    let out = output(go().args(["test", "-count=1", "-v", "./..."]));
+    println!("{out}");
+    assert!(
+        out.contains("--- PASS: TestGenerateModesAgree") && !out.contains("FAIL"),
+        "{out}"
+    );
+}
+
+#[test]
+fn examples_print_the_same_greedy_continuation_as_the_cli() {
+    let model = root().join("assets/layerskip-pycode-8l");
+    let model = model.to_str().unwrap();
+    let prompt = "def fibonacci(n):";
+    let n = "32";
+    let cli = output(Command::new(env!("CARGO_BIN_EXE_layerskip")).args([
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        n,
+    ]));
+    assert!(cli.len() > prompt.len() + 8, "{cli:?}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = lib_dir();
+    let link = [
+        format!("-I{}", root().join("include").display()),
+        format!("-L{}", lib.display()),
+        "-llayerskip".to_string(),
+        format!("-Wl,-rpath,{}", lib.display()),
+    ];
+    for (compiler, src, std) in [
+        ("cc", "examples/c/generate.c", "-std=c99"),
+        ("c++", "examples/cpp/generate.cpp", "-std=c++17"),
+    ] {
+        let exe = tmp.path().join(compiler);
+        output(
+            Command::new(compiler)
+                .args([std, "-Wall", "-Wextra", "-Werror"])
+                .arg(root().join(src))
+                .arg("-o")
+                .arg(&exe)
+                .args(&link),
+        );
+        assert_eq!(
+            output(Command::new(&exe).args([model, prompt, n])),
+            cli,
+            "{src}"
+        );
+    }
+    // The Rust example is self-speculative: lossless, so the same text.
+    let rust = output(Command::new(env!("CARGO")).current_dir(root()).args([
+        "run",
+        "--release",
+        "--quiet",
+        "--example",
+        "generate",
+        "--",
+        model,
+        prompt,
+        n,
+    ]));
+    assert_eq!(rust, cli, "examples/generate.rs");
+    if have_go() {
+        let goout = output(go().args([
+            "run",
+            "./cmd/generate",
+            "-model",
+            model,
+            "-prompt",
+            prompt,
+            "-max-new-tokens",
+            n,
+        ]));
+        assert_eq!(goout, cli, "examples/go/cmd/generate");
+    }
+}

@@ -78,6 +78,16 @@ fn dot<W: Weight>(w: &[W], x: &[f32]) -> f32 {
     (a[0] + a[2]) + (a[1] + a[3])
 }
 
+/// Weight types with a SIMD kernel.
+#[cfg(target_arch = "x86_64")]
+trait Kernel: avx2::Load8 {}
+#[cfg(target_arch = "x86_64")]
+impl<T: avx2::Load8> Kernel for T {}
+#[cfg(not(target_arch = "x86_64"))]
+trait Kernel: Weight {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T: Weight> Kernel for T {}
+
 /// Output pointer shared by worker threads that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -105,34 +115,116 @@ fn block<W: Weight>(
     }
 }
 
-/// The same block compiled for AVX2. Rust never fuses a multiply and an add on
-/// its own, so this gives bit-identical results to the portable path, only
-/// with wider registers.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2<W: Weight>(
-    w: &[W],
-    cols: usize,
-    n_out: usize,
-    x: &[f32],
-    rows: usize,
-    js: std::ops::Range<usize>,
-    out: OutPtr,
-) {
-    block(w, cols, n_out, x, rows, js, out)
+mod avx2 {
+    //! AVX2 + FMA + F16C kernel: each 8-wide weight chunk is converted once and
+    //! multiplied into up to four input rows' accumulators. A row's result uses
+    //! the same sequence of FMAs and the same final reduction however many rows
+    //! share the call, so it stays batch-invariant.
+    use super::{OutPtr, Weight};
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    pub trait Load8: Weight {
+        /// Eight consecutive weights at `p` as f32 lanes.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+    impl Load8 for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const Self) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+    }
+    impl Load8 for bf16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const Self) -> __m256 {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        }
+    }
+    impl Load8 for f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const Self) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+    }
+
+    /// Same pairwise reduction as the portable `dot`.
+    #[inline(always)]
+    unsafe fn reduce(v: __m256) -> f32 {
+        let mut a = [0f32; 8];
+        _mm256_storeu_ps(a.as_mut_ptr(), v);
+        let b = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+        (b[0] + b[2]) + (b[1] + b[3])
+    }
+
+    /// Dot products of weight row `w` with `R` input rows starting at `x`.
+    #[inline(always)]
+    unsafe fn dots<W: Load8, const R: usize>(w: &[W], x: &[f32], cols: usize, out: &mut [f32; 4]) {
+        let n = cols / 8 * 8;
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut c = 0;
+        while c < n {
+            let wv = W::load8(w.as_ptr().add(c));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(r * cols + c)), *a);
+            }
+            c += 8;
+        }
+        for r in 0..R {
+            let mut v = reduce(acc[r]);
+            for i in n..cols {
+                v = w[i].f32().mul_add(x[r * cols + i], v);
+            }
+            out[r] = v;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn block<W: Load8>(
+        w: &[W],
+        cols: usize,
+        n_out: usize,
+        x: &[f32],
+        rows: usize,
+        js: std::ops::Range<usize>,
+        out: OutPtr,
+    ) {
+        let mut res = [0f32; 4];
+        for j in js {
+            let wj = &w[j * cols..(j + 1) * cols];
+            let mut r0 = 0;
+            while r0 < rows {
+                let xr = &x[r0 * cols..];
+                let k = (rows - r0).min(4);
+                match k {
+                    4 => dots::<W, 4>(wj, xr, cols, &mut res),
+                    3 => dots::<W, 3>(wj, xr, cols, &mut res),
+                    2 => dots::<W, 2>(wj, xr, cols, &mut res),
+                    _ => dots::<W, 1>(wj, xr, cols, &mut res),
+                }
+                for (i, &v) in res[..k].iter().enumerate() {
+                    *out.0.add((r0 + i) * n_out + j) = v;
+                }
+                r0 += k;
+            }
+        }
+    }
 }
 
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        *AVX2.get_or_init(|| {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
-fn matmul_typed<W: Weight>(
+fn matmul_typed<W: Kernel>(
     w: &[W],
     cols: usize,
     n_out: usize,
@@ -148,8 +240,8 @@ fn matmul_typed<W: Weight>(
         let js = b * size..((b + 1) * size).min(n_out);
         #[cfg(target_arch = "x86_64")]
         if avx2 {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            return unsafe { block_avx2(w, cols, n_out, x, rows, js, ptr) };
+            // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
+            return unsafe { avx2::block(w, cols, n_out, x, rows, js, ptr) };
         }
         let _ = avx2;
         block(w, cols, n_out, x, rows, js, ptr)

@@ -1,0 +1,76 @@
+//! The pieces that decide self-speculation's speed: one decode step, the deep
+//! pass of a verify over d+1 rows (against one row), and the exit head.
+//!
+//!   cargo bench --bench decode                                  # bundled model
+//!   LAYERSKIP_BENCH_MODEL=/tmp/rand100m cargo bench --bench decode
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use layerskip::engine::cpu::HostActs;
+use layerskip::engine::Engine;
+use layerskip::{Logits, Model, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn model() -> Arc<Model> {
+    let dir = std::env::var("LAYERSKIP_BENCH_MODEL")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/assets/layerskip-pycode-8l").to_string());
+    Model::load(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"))
+}
+
+fn prompt(m: &Model, n: usize) -> Vec<u32> {
+    (0..n).map(|i| (i * 7919 % (m.config.vocab_size - 2) + 2) as u32).collect()
+}
+
+fn benches(c: &mut Criterion) {
+    let m = model();
+    let l = m.num_layers();
+    let e = (l / 2).max(1);
+    let ctx = prompt(&m, 64);
+
+    // One full-depth decode step at context 64.
+    let mut s = Session::new(m.clone(), 0).unwrap();
+    s.prefill(&ctx).unwrap();
+    c.bench_function("decode_step_full", |b| {
+        b.iter(|| {
+            s.step(5, l).unwrap();
+            s.rewind(ctx.len()).unwrap();
+        })
+    });
+    c.bench_function("decode_step_exit_half", |b| {
+        b.iter(|| {
+            s.step(5, e).unwrap();
+            s.rewind(ctx.len()).unwrap();
+        })
+    });
+
+    // The deep part of a verify: layers E..L plus the head on `rows` pending rows.
+    let mut g = c.benchmark_group("verify_deep_pass");
+    for rows in [1usize, 2, 3, 5, 7, 9] {
+        g.bench_with_input(BenchmarkId::from_parameter(rows), &rows, |b, &rows| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    s.forward(&ctx[..rows], e, Logits::None).unwrap();
+                    let t = Instant::now();
+                    s.forward(&[], l, Logits::All).unwrap();
+                    total += t.elapsed();
+                    s.rewind(ctx.len()).unwrap();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+
+    // The exit head (final norm + LM head) on one row.
+    let x = HostActs { data: vec![0.5; m.config.hidden_size], width: m.config.hidden_size };
+    let mut out = Vec::new();
+    c.bench_function("exit_head", |b| b.iter(|| m.engine.head(&x, 0, &mut out)));
+}
+
+criterion_group! {
+    name = decode;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = benches
+}
+criterion_main!(decode);

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn model() -> Arc<Model> {
-    let dir = std::env::var("LAYERSKIP_BENCH_MODEL")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/assets/layerskip-pycode-8l").to_string());
+    let dir = std::env::var("LAYERSKIP_BENCH_MODEL").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/assets/layerskip-pycode-8l").to_string()
+    });
     Model::load(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"))
 }
 
 fn prompt(m: &Model, n: usize) -> Vec<u32> {
-    (0..n).map(|i| (i * 7919 % (m.config.vocab_size - 2) + 2) as u32).collect()
+    (0..n)
+        .map(|i| (i * 7919 % (m.config.vocab_size - 2) + 2) as u32)
+        .collect()
 }
 
 fn benches(c: &mut Criterion) {
@@ -63,7 +66,10 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     // The exit head (final norm + LM head) on one row.
-    let x = HostActs { data: vec![0.5; m.config.hidden_size], width: m.config.hidden_size };
+    let x = HostActs {
+        data: vec![0.5; m.config.hidden_size],
+        width: m.config.hidden_size,
+    };
     let mut out = Vec::new();
     c.bench_function("exit_head", |b| b.iter(|| m.engine.head(&x, 0, &mut out)));
 }

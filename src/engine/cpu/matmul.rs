@@ -88,6 +88,9 @@ trait Kernel: Weight {}
 #[cfg(not(target_arch = "x86_64"))]
 impl<T: Weight> Kernel for T {}
 
+/// Products smaller than this many multiply-adds run on the calling thread.
+pub const SERIAL_BELOW: usize = 1 << 17;
+
 /// Output pointer shared by worker threads that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -217,7 +220,9 @@ fn has_avx2() -> bool {
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVX2.get_or_init(|| {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -236,7 +241,7 @@ fn matmul_typed<W: Kernel>(
     let avx2 = has_avx2();
     // Enough work per task to amortise scheduling (~32k multiply-adds).
     let size = (32768 / (cols * rows).max(1)).clamp(4, 512);
-    (0..n_out.div_ceil(size)).into_par_iter().for_each(|b| {
+    let run = |b: usize| {
         let js = b * size..((b + 1) * size).min(n_out);
         #[cfg(target_arch = "x86_64")]
         if avx2 {
@@ -245,7 +250,14 @@ fn matmul_typed<W: Kernel>(
         }
         let _ = avx2;
         block(w, cols, n_out, x, rows, js, ptr)
-    });
+    };
+    let blocks = n_out.div_ceil(size);
+    if blocks == 1 || n_out * cols * rows < SERIAL_BELOW {
+        // Waking worker threads costs more than small products save.
+        (0..blocks).for_each(run);
+    } else {
+        (0..blocks).into_par_iter().for_each(run);
+    }
 }
 
 /// `out (rows x m.rows) = x (rows x m.cols) · mᵀ`.

@@ -104,7 +104,7 @@ impl CpuEngine {
         let (hd, nh, kvd) = (cfg.head_dim, cfg.num_heads, cfg.kv_dim());
         let group = nh / cfg.num_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let one = |(idx, o): (usize, &mut [f32])| {
             let (r, h) = (idx / nh, idx % nh);
             let kvh = h / group;
             let qv = &q[r * nh * hd + h * hd..][..hd];
@@ -121,7 +121,13 @@ impl CpuEngine {
                 let vt = &v[t * kvd + kvh * hd..][..hd];
                 o.iter_mut().zip(vt).for_each(|(a, b)| *a += p * b);
             }
-        });
+        };
+        let work = out.len() / hd * (pos0 + out.len() / (nh * hd)) * hd * 2;
+        if work < matmul::SERIAL_BELOW {
+            out.chunks_mut(hd).enumerate().for_each(one);
+        } else {
+            out.par_chunks_mut(hd).enumerate().for_each(one);
+        }
     }
 }
 

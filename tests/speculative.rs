@@ -322,3 +322,67 @@ fn sampling_is_reproducible_with_a_seed() {
         assert_ne!(run(7, mode), run(8, mode));
     }
 }
+
+#[test]
+fn the_exit_layer_may_change_between_rounds() {
+    for name in FIXTURES {
+        let model = load(name);
+        let l = model.num_layers();
+        let prompt = &prompts(name)[2];
+        let mut reference = Session::new(model.clone(), 0).unwrap();
+        let full = greedy_steps(&mut reference, prompt, l, 48);
+        let greedy = SamplingParams::greedy();
+        let mut rng = Rng64::new(0);
+        let mut s = Session::new(model.clone(), 0).unwrap();
+        s.prefill(prompt).unwrap();
+        let mut out = vec![layerskip::sampling::argmax(s.last_logits())];
+        let mut round = 0;
+        while out.len() < 48 {
+            let exit = 1 + round % (l - 1);
+            let d = 1 + round % 4;
+            round += 1;
+            let limits = DraftLimits {
+                max_drafts: d,
+                stop_ids: &[],
+                confidence: 0.0,
+            };
+            let next = *out.last().unwrap();
+            let drafts = s.draft(next, exit, limits, &greedy, &mut rng).unwrap();
+            let v = s.verify(next, &drafts, &greedy, &mut rng).unwrap();
+            out.extend_from_slice(&drafts.tokens[..v.accepted]);
+            out.push(v.token_after);
+        }
+        assert_eq!(&out[..48], &full[..48], "{name}");
+    }
+}
+
+#[test]
+fn adaptive_drafting_stops_at_low_confidence_and_stays_lossless() {
+    let name = "mqa-f16-linear";
+    let model = load(name);
+    let prompt = &prompts(name)[1];
+    let run = |threshold: f32| {
+        let opts = GenerateOptions {
+            max_new_tokens: 40,
+            mode: Mode::SelfSpeculative {
+                exit: 1,
+                draft_len: 6,
+            },
+            ignore_eos: true,
+            confidence_threshold: threshold,
+            ..Default::default()
+        };
+        let mut s = Session::new(model.clone(), 0).unwrap();
+        generate(&mut s, prompt, &opts, |_, _| true).unwrap()
+    };
+    let (eager, picky, never) = (run(0.0), run(0.5), run(1.0));
+    assert_eq!(eager.tokens, picky.tokens);
+    assert_eq!(eager.tokens, never.tokens);
+    assert!(
+        eager.stats.drafted > picky.stats.drafted,
+        "{} vs {}",
+        eager.stats.drafted,
+        picky.stats.drafted
+    );
+    assert_eq!(never.stats.drafted, 0);
+}

@@ -78,6 +78,9 @@ struct GenerateArgs {
     /// Keep generating past EOS.
     #[arg(long)]
     ignore_eos: bool,
+    /// Self-speculative: stop drafting when the draft's top probability is below this.
+    #[arg(long, default_value_t = 0.0)]
+    confidence_threshold: f32,
     /// Stop when the text contains this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
@@ -148,7 +151,7 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
         },
         ignore_eos: a.ignore_eos,
         stop_strings: a.stop,
-        ..Default::default()
+        confidence_threshold: a.confidence_threshold,
     };
     let mut session = Session::new(model.clone(), 0)?;
     let stream = !a.json;

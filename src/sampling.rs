@@ -132,3 +132,70 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut Rng64) -> u32 {
         rng.categorical(&distribution(logits, p))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32, top_k: usize, top_p: f32) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_maxima() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn temperature_top_k_and_top_p_shape_the_distribution() {
+        let logits = [2.0f32, 1.0, 0.0, -1.0];
+        let p = distribution(&logits, &params(1.0, 0, 1.0));
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        for (pi, l) in p.iter().zip(logits) {
+            assert!((pi - l.exp() / z).abs() < 1e-6);
+        }
+        // Higher temperature flattens.
+        let hot = distribution(&logits, &params(4.0, 0, 1.0));
+        assert!(hot[0] < p[0] && hot[3] > p[3]);
+        // top-k keeps the k best.
+        let k2 = distribution(&logits, &params(1.0, 2, 1.0));
+        assert!(k2[2] == 0.0 && k2[3] == 0.0 && (k2[0] + k2[1] - 1.0).abs() < 1e-6);
+        // top-p keeps the smallest prefix whose mass reaches p.
+        let nucleus = distribution(&logits, &params(1.0, 0, 0.7));
+        assert!(nucleus[0] > 0.0 && nucleus[1] > 0.0 && nucleus[2] == 0.0);
+        let tiny = distribution(&logits, &params(1.0, 0, 0.01));
+        assert_eq!(tiny, vec![1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible_and_follows_the_distribution() {
+        let probs = [0.1f32, 0.6, 0.3];
+        let draw = |seed| {
+            let mut r = Rng64::new(seed);
+            (0..3000).map(|_| r.categorical(&probs)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(5), draw(5));
+        assert_ne!(draw(5), draw(6));
+        let counts = draw(9).iter().fold([0f32; 3], |mut c, &t| {
+            c[t as usize] += 1.0 / 3000.0;
+            c
+        });
+        for (c, p) in counts.iter().zip(probs) {
+            assert!((c - p).abs() < 0.03, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_parameters_are_rejected() {
+        assert!(params(-1.0, 0, 1.0).validate().is_err());
+        assert!(params(f32::NAN, 0, 1.0).validate().is_err());
+        assert!(params(1.0, 0, 0.0).validate().is_err());
+        assert!(params(1.0, 0, 1.5).validate().is_err());
+        assert!(params(0.0, 0, 1.0).validate().is_ok());
+    }
+}

@@ -150,3 +150,25 @@ fn drafting_never_passes_the_budget() {
 }
 
 use layerskip::Model;
+
+#[test]
+fn streaming_never_emits_half_a_character() {
+    let model = load("mha-f32");
+    let text = "unicode: héllo wörld — ✓ 日本語 🙂 done";
+    let ids = model.tokenizer.encode(text, false).unwrap();
+    // Byte-level BPE with a small vocabulary splits multi-byte characters over tokens.
+    assert!(ids.iter().any(|&i| model
+        .tokenizer
+        .decode(&[i], true)
+        .unwrap()
+        .contains('\u{FFFD}')));
+    let mut stream = layerskip::tokenizer::StreamDecoder::new();
+    let mut out = String::new();
+    for &i in &ids {
+        let piece = stream.push(&model.tokenizer, i).unwrap();
+        assert!(!piece.contains('\u{FFFD}'), "{piece:?}");
+        out.push_str(&piece);
+    }
+    out.push_str(&stream.finish(&model.tokenizer).unwrap());
+    assert_eq!(out, text);
+}

@@ -21,9 +21,11 @@ fn main() {
     );
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
     let header = out.join("layerskip.h");
+    // Only src/ffi (mod.rs and the modules it declares) is parsed: the C ABI
+    // lives there and nowhere else.
     cbindgen::Builder::new()
-        .with_crate(&root)
         .with_config(config)
+        .with_src(root.join("src/ffi/mod.rs"))
         .with_after_include(macros)
         .generate()
         .expect("cbindgen could not generate the header")

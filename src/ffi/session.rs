@@ -92,10 +92,22 @@ pub extern "C" fn lsk_session_free(session: *mut lsk_session) {
     }
 }
 
-/// Sample the next token from the session's newest logits.
-fn pick(st: &mut State, sampling: *const lsk_sampling) -> FfiResult<i32> {
+/// Feed `ids` through layers `0..exit`, then (when `next_token` is not NULL)
+/// sample the next token from the newest logits with `sampling`.
+fn feed(
+    st: &mut State,
+    ids: &[u32],
+    exit: usize,
+    sampling: *const lsk_sampling,
+    next_token: *mut i32,
+) -> FfiResult {
     let p = unsafe { read_options(sampling, "sampling") }?.params()?;
-    Ok(sample(st.session.last_logits(), &p, &mut st.rng) as i32)
+    st.session.forward(ids, exit, Logits::Last)?;
+    if !next_token.is_null() && !ids.is_empty() {
+        let t = sample(st.session.last_logits(), &p, &mut st.rng) as i32;
+        unsafe { put(next_token, t, "next_token") }?;
+    }
+    Ok(())
 }
 
 /// Feed `n` prompt tokens at full depth. When `next_token` is not NULL it
@@ -113,14 +125,8 @@ pub extern "C" fn lsk_session_prefill(
         with_session(session, |st| {
             let vocab = st.session.model().config.vocab_size;
             let ids = token_ids(unsafe { slice(tokens, n, "tokens") }?, vocab)?;
-            unsafe { read_options(sampling, "sampling") }?.params()?;
             let n_layers = st.session.model().num_layers();
-            st.session.forward(&ids, n_layers, Logits::Last)?;
-            if !next_token.is_null() && !ids.is_empty() {
-                let t = pick(st, sampling)?;
-                unsafe { put(next_token, t, "next_token") }?;
-            }
-            Ok(())
+            feed(st, &ids, n_layers, sampling, next_token)
         })
     })
 }
@@ -140,14 +146,8 @@ pub extern "C" fn lsk_session_step(
     boundary(err, || {
         with_session(session, |st| {
             let t = one_token(token, st.session.model().config.vocab_size)?;
-            unsafe { read_options(sampling, "sampling") }?.params()?;
             let exit = exit_or_full(exit_layer, st.session.model().num_layers());
-            st.session.forward(&[t], exit, Logits::Last)?;
-            if !next_token.is_null() {
-                let t = pick(st, sampling)?;
-                unsafe { put(next_token, t, "next_token") }?;
-            }
-            Ok(())
+            feed(st, &[t], exit, sampling, next_token)
         })
     })
 }

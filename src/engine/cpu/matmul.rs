@@ -89,7 +89,7 @@ trait Kernel: Weight {}
 impl<T: Weight> Kernel for T {}
 
 /// Products smaller than this many multiply-adds run on the calling thread.
-pub const SERIAL_BELOW: usize = 1 << 17;
+pub(crate) const SERIAL_BELOW: usize = 1 << 17;
 
 /// Output pointer shared by worker threads that write disjoint columns.
 #[derive(Clone, Copy)]

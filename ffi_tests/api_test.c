@@ -242,6 +242,13 @@ int main(int argc, char **argv) {
     EXPECT(LSK_ERR_UTF8, lsk_tokenize(model, "\xff\xfe", 2, 1, toks, 64, &n, &err_));
     EXPECT(LSK_ERR_NULL_POINTER, lsk_tokenize(model, NULL, 3, 1, toks, 64, &n, &err_));
     {
+        size_t nn = 77; /* outputs are untouched on failure */
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_tokenize(model, "abc", 3, 1, NULL, 5, &nn, &err_));
+        CHECK(nn == 77);
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_detokenize(model, toks, 1, 1, NULL, 5, &nn, &err_));
+        CHECK(nn == 77);
+    }
+    {
         size_t ne = 99;
         EXPECT(LSK_OK, lsk_tokenize(model, NULL, 0, 0, toks + 32, 16, &ne, &err_));
         CHECK(ne == 0);

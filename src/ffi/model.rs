@@ -120,12 +120,12 @@ pub extern "C" fn lsk_tokenize(
         let text = std::str::from_utf8(bytes)
             .map_err(|_| FfiError::new(lsk_result::LSK_ERR_UTF8, "`text` is not valid UTF-8"))?;
         need(n_tokens, "n_tokens")?;
+        if capacity > 0 {
+            need(tokens, "tokens")?;
+        }
         let ids = m.tokenizer.encode(text, add_special != 0)?;
-        if ids.len() > capacity || (capacity > 0 && tokens.is_null()) {
+        if ids.len() > capacity {
             unsafe { put(n_tokens, ids.len(), "n_tokens") }?;
-            if tokens.is_null() && capacity > 0 {
-                return Err(FfiError::null("tokens"));
-            }
             return Err(FfiError::new(
                 lsk_result::LSK_ERR_BUFFER_TOO_SMALL,
                 format!("{} tokens do not fit in a buffer of {capacity}", ids.len()),
@@ -160,12 +160,12 @@ pub extern "C" fn lsk_detokenize(
         let m = unsafe { model_ref(model) }?;
         let ids = token_ids(unsafe { slice(ids, n, "ids") }?, m.config.vocab_size)?;
         need(len, "len")?;
+        if capacity > 0 {
+            need(buf, "buf")?;
+        }
         let text = m.tokenizer.decode(&ids, skip_special != 0)?;
-        if text.len() + 1 > capacity || buf.is_null() {
+        if text.len() + 1 > capacity {
             unsafe { put(len, text.len() + 1, "len") }?;
-            if buf.is_null() && capacity > 0 {
-                return Err(FfiError::null("buf"));
-            }
             return Err(FfiError::new(
                 lsk_result::LSK_ERR_BUFFER_TOO_SMALL,
                 format!(

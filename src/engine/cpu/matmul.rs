@@ -161,25 +161,51 @@ mod avx2 {
         (b[0] + b[2]) + (b[1] + b[3])
     }
 
-    /// Dot products of weight row `w` with `R` input rows starting at `x`.
+    /// Dot products of `J` consecutive weight rows (`w` starts at the first)
+    /// with `R` input rows (`x` starts at the first): `out[r][j]`. Each (r, j)
+    /// has its own single accumulator fed in column order, so its value does
+    /// not depend on R or J; several independent chains hide the FMA latency.
     #[inline(always)]
-    unsafe fn dots<W: Load8, const R: usize>(w: &[W], x: &[f32], cols: usize, out: &mut [f32; 4]) {
+    unsafe fn tile<W: Load8, const R: usize, const J: usize>(w: &[W], x: &[f32], cols: usize, out: &mut [[f32; 4]; 4]) {
         let n = cols / 8 * 8;
-        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc = [[_mm256_setzero_ps(); J]; R];
         let mut c = 0;
         while c < n {
-            let wv = W::load8(w.as_ptr().add(c));
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(r * cols + c)), *a);
+            let mut wv = [_mm256_setzero_ps(); J];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = W::load8(w.as_ptr().add(j * cols + c));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(r * cols + c));
+                for (a, v) in row.iter_mut().zip(&wv) {
+                    *a = _mm256_fmadd_ps(*v, xv, *a);
+                }
             }
             c += 8;
         }
         for r in 0..R {
-            let mut v = reduce(acc[r]);
-            for i in n..cols {
-                v = w[i].f32().mul_add(x[r * cols + i], v);
+            for j in 0..J {
+                let mut v = reduce(acc[r][j]);
+                for i in n..cols {
+                    v = w[j * cols + i].f32().mul_add(x[r * cols + i], v);
+                }
+                out[r][j] = v;
             }
-            out[r] = v;
+        }
+    }
+
+    /// One tile of `rr` rows by `jj` outputs (1..=4 each).
+    #[inline(always)]
+    unsafe fn tile_dyn<W: Load8>(w: &[W], x: &[f32], cols: usize, rr: usize, jj: usize, out: &mut [[f32; 4]; 4]) {
+        match (rr, jj) {
+            (1, 4) => tile::<W, 1, 4>(w, x, cols, out),
+            (2, 4) => tile::<W, 2, 4>(w, x, cols, out),
+            (3, 2) => tile::<W, 3, 2>(w, x, cols, out),
+            (4, 2) => tile::<W, 4, 2>(w, x, cols, out),
+            (1, _) => tile::<W, 1, 1>(w, x, cols, out),
+            (2, _) => tile::<W, 2, 1>(w, x, cols, out),
+            (3, _) => tile::<W, 3, 1>(w, x, cols, out),
+            _ => tile::<W, 4, 1>(w, x, cols, out),
         }
     }
 
@@ -193,24 +219,25 @@ mod avx2 {
         js: std::ops::Range<usize>,
         out: OutPtr,
     ) {
-        let mut res = [0f32; 4];
-        for j in js {
-            let wj = &w[j * cols..(j + 1) * cols];
-            let mut r0 = 0;
-            while r0 < rows {
-                let xr = &x[r0 * cols..];
-                let k = (rows - r0).min(4);
-                match k {
-                    4 => dots::<W, 4>(wj, xr, cols, &mut res),
-                    3 => dots::<W, 3>(wj, xr, cols, &mut res),
-                    2 => dots::<W, 2>(wj, xr, cols, &mut res),
-                    _ => dots::<W, 1>(wj, xr, cols, &mut res),
+        let mut res = [[0f32; 4]; 4];
+        let mut r0 = 0;
+        while r0 < rows {
+            let rr = (rows - r0).min(4);
+            // Up to 12 accumulators: 4 outputs for 1-2 rows, 2 for 3-4 rows.
+            let width = if rr <= 2 { 4 } else { 2 };
+            let xr = &x[r0 * cols..];
+            let mut j = js.start;
+            while j < js.end {
+                let jj = if js.end - j >= width { width } else { 1 };
+                tile_dyn(&w[j * cols..], xr, cols, rr, jj, &mut res);
+                for (r, row) in res[..rr].iter().enumerate() {
+                    for (k, &v) in row[..jj].iter().enumerate() {
+                        *out.0.add((r0 + r) * n_out + j + k) = v;
+                    }
                 }
-                for (i, &v) in res[..k].iter().enumerate() {
-                    *out.0.add((r0 + i) * n_out + j) = v;
-                }
-                r0 += k;
+                j += jj;
             }
+            r0 += rr;
         }
     }
 }
@@ -240,7 +267,7 @@ fn matmul_typed<W: Kernel>(
     let ptr = OutPtr(out.as_mut_ptr());
     let avx2 = has_avx2();
     // Enough work per task to amortise scheduling (~32k multiply-adds).
-    let size = (32768 / (cols * rows).max(1)).clamp(4, 512);
+    let size = (32768 / (cols * rows).max(1)).clamp(4, 512) / 4 * 4;
     let run = |b: usize| {
         let js = b * size..((b + 1) * size).min(n_out);
         #[cfg(target_arch = "x86_64")]

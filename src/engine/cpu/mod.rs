@@ -112,7 +112,7 @@ impl CpuEngine {
             let mut scores: Vec<f32> = (0..n)
                 .map(|t| {
                     let kt = &k[t * kvd + kvh * hd..][..hd];
-                    qv.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale
+                    ops::dot(qv, kt) * scale
                 })
                 .collect();
             ops::softmax(&mut scores);

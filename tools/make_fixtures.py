@@ -201,6 +201,36 @@ def build(f):
     print(f"{f['name']}: min greedy margin {min(ref['min_margin'].values()):.4f}")
 
 
+def reference_for_checkpoint(model_dir: Path, out: Path, exits, n_logit_prompts=1):
+    """Reference outputs for an existing checkpoint (the bundled model): logits
+    for the first prompt at the given exits, greedy continuations at every exit
+    and tokenizer cases. Kept small: the checkpoint itself is not copied."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    L = model.config.num_hidden_layers
+    prompts = [tok.encode("def fibonacci(n):").ids, tok.encode("import os\nclass Config:\n    def __init__(self").ids]
+    ref_tensors, ref = {}, {"prompts": prompts, "greedy": [], "tokenizer": [], "min_margin": {}}
+    for i, p in enumerate(prompts[:n_logit_prompts]):
+        for e, lg in exit_logits(model, p).items():
+            if e in exits:
+                key = "full" if e == L else f"exit{e}"
+                ref_tensors[f"logits_{key}_p{i}"] = lg.float().contiguous()
+    for i, p in enumerate(prompts):
+        for e in range(1, L + 1):
+            toks, margin = greedy(model, p, e, 24)
+            ref["greedy"].append({"prompt": i, "exit": e, "tokens": toks})
+            ref["min_margin"][f"p{i}_e{e}"] = margin
+    for text in TOKENIZER_CASES:
+        ids = tok.encode(text).ids
+        ref["tokenizer"].append({"text": text, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=True)})
+    save_file(ref_tensors, str(out / "reference.safetensors"))
+    (out / "reference.json").write_text(json.dumps(ref) + "\n")
+    print(f"{model_dir}: min greedy margin {min(ref['min_margin'].values()):.4f}")
+
+
 if __name__ == "__main__":
     for f in FIXTURES:
         build(f)
+    bundled = ROOT.parent.parent / "assets" / "layerskip-pycode-8l"
+    reference_for_checkpoint(bundled, ROOT / "bundled-reference", exits=[2, 4, 6, 8])

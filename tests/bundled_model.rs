@@ -9,7 +9,8 @@ use std::path::PathBuf;
 const REF: &str = "bundled-reference";
 
 fn bundled() -> std::sync::Arc<Model> {
-    Model::load(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/layerskip-pycode-8l")).unwrap()
+    Model::load(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/layerskip-pycode-8l"))
+        .unwrap()
 }
 
 #[test]
@@ -18,26 +19,53 @@ fn bundled_model_matches_transformers() {
     let l = model.num_layers();
     let prompts = prompts(REF);
     for exit in [2, 4, 6, 8] {
-        let key = if exit == l { "logits_full_p0".to_string() } else { format!("logits_exit{exit}_p0") };
+        let key = if exit == l {
+            "logits_full_p0".to_string()
+        } else {
+            format!("logits_exit{exit}_p0")
+        };
         let (rows, reference) = ref_logits(REF, &key);
         let mut s = Session::new(model.clone(), 0).unwrap();
         assert_eq!(s.forward(&prompts[0], exit, Logits::All).unwrap(), rows);
         let scale = reference.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        let err = s.logits().iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale;
+        let err = s
+            .logits()
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+            / scale;
         assert!(err < 1e-4, "exit {exit}: relative error {err:e}");
     }
     for case in reference(REF)["greedy"].as_array().unwrap() {
         let prompt = &prompts[case["prompt"].as_u64().unwrap() as usize];
         let exit = case["exit"].as_u64().unwrap() as usize;
-        let mode = if exit == l { Mode::Full } else { Mode::EarlyExit { exit } };
+        let mode = if exit == l {
+            Mode::Full
+        } else {
+            Mode::EarlyExit { exit }
+        };
         let want = ids(&case["tokens"]);
-        let opts = GenerateOptions { max_new_tokens: want.len(), mode, ignore_eos: true, ..Default::default() };
+        let opts = GenerateOptions {
+            max_new_tokens: want.len(),
+            mode,
+            ignore_eos: true,
+            ..Default::default()
+        };
         let mut s = Session::new(model.clone(), 0).unwrap();
-        assert_eq!(generate(&mut s, prompt, &opts, |_, _| true).unwrap().tokens, want, "exit {exit}");
+        assert_eq!(
+            generate(&mut s, prompt, &opts, |_, _| true).unwrap().tokens,
+            want,
+            "exit {exit}"
+        );
     }
     for case in reference(REF)["tokenizer"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(model.tokenizer.encode(text, true).unwrap(), ids(&case["ids"]), "{text:?}");
+        assert_eq!(
+            model.tokenizer.encode(text, true).unwrap(),
+            ids(&case["ids"]),
+            "{text:?}"
+        );
     }
 }
 
@@ -46,13 +74,29 @@ fn bundled_model_generates_text_and_speculates_losslessly() {
     let model = bundled();
     let prompt = model.encode_prompt("def fibonacci(n):").unwrap();
     let run = |mode| {
-        let opts = GenerateOptions { max_new_tokens: 48, mode, ignore_eos: true, ..Default::default() };
+        let opts = GenerateOptions {
+            max_new_tokens: 48,
+            mode,
+            ignore_eos: true,
+            ..Default::default()
+        };
         let mut s = Session::new(model.clone(), 0).unwrap();
         generate(&mut s, &prompt, &opts, |_, _| true).unwrap()
     };
     let full = run(Mode::Full);
-    assert!(full.text.chars().filter(|c| c.is_alphabetic()).count() > 40, "{:?}", full.text);
-    let spec = run(Mode::SelfSpeculative { exit: 5, draft_len: 2 });
+    assert!(
+        full.text.chars().filter(|c| c.is_alphabetic()).count() > 40,
+        "{:?}",
+        full.text
+    );
+    let spec = run(Mode::SelfSpeculative {
+        exit: 5,
+        draft_len: 2,
+    });
     assert_eq!(spec.tokens, full.tokens);
-    assert!(spec.stats.acceptance_rate > 0.5, "{}", spec.stats.acceptance_rate);
+    assert!(
+        spec.stats.acceptance_rate > 0.5,
+        "{}",
+        spec.stats.acceptance_rate
+    );
 }

@@ -166,7 +166,12 @@ mod avx2 {
     /// has its own single accumulator fed in column order, so its value does
     /// not depend on R or J; several independent chains hide the FMA latency.
     #[inline(always)]
-    unsafe fn tile<W: Load8, const R: usize, const J: usize>(w: &[W], x: &[f32], cols: usize, out: &mut [[f32; 4]; 4]) {
+    unsafe fn tile<W: Load8, const R: usize, const J: usize>(
+        w: &[W],
+        x: &[f32],
+        cols: usize,
+        out: &mut [[f32; 4]; 4],
+    ) {
         let n = cols / 8 * 8;
         let mut acc = [[_mm256_setzero_ps(); J]; R];
         let mut c = 0;
@@ -196,7 +201,14 @@ mod avx2 {
 
     /// One tile of `rr` rows by `jj` outputs (1..=4 each).
     #[inline(always)]
-    unsafe fn tile_dyn<W: Load8>(w: &[W], x: &[f32], cols: usize, rr: usize, jj: usize, out: &mut [[f32; 4]; 4]) {
+    unsafe fn tile_dyn<W: Load8>(
+        w: &[W],
+        x: &[f32],
+        cols: usize,
+        rr: usize,
+        jj: usize,
+        out: &mut [[f32; 4]; 4],
+    ) {
         match (rr, jj) {
             (1, 4) => tile::<W, 1, 4>(w, x, cols, out),
             (2, 4) => tile::<W, 2, 4>(w, x, cols, out),

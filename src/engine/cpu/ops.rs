@@ -44,6 +44,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     for i in n..a.len() {
         acc[i - n] += a[i] * b[i];
     }
-    let h = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    let h = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
     (h[0] + h[2]) + (h[1] + h[3])
 }

@@ -176,40 +176,20 @@ def build(f):
     save_weights(d, random_weights(f, cfg), f["shards"])
 
     model = LlamaForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval()
-    L = f["layers"]
     g = torch.Generator().manual_seed(7)
     prompts = [
         [0],
         torch.randint(4, f["vocab"], (11,), generator=g).tolist(),
         torch.randint(4, f["vocab"], (40,), generator=g).tolist(),
     ]
-    ref_tensors, ref = {}, {"prompts": prompts, "greedy": [], "tokenizer": [], "min_margin": {}}
-    for i, p in enumerate(prompts[:2]):
-        for e, lg in exit_logits(model, p).items():
-            key = "full" if e == L else f"exit{e}"
-            ref_tensors[f"logits_{key}_p{i}"] = lg.float().contiguous()
-    for i, p in enumerate(prompts):
-        for e in range(1, L + 1):
-            toks, margin = greedy(model, p, e, 24)
-            ref["greedy"].append({"prompt": i, "exit": e, "tokens": toks})
-            ref["min_margin"][f"p{i}_e{e}"] = margin
-    for text in TOKENIZER_CASES:
-        ids = tok.encode(text).ids
-        ref["tokenizer"].append({"text": text, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=True)})
-    save_file(ref_tensors, str(d / "reference.safetensors"))
-    (d / "reference.json").write_text(json.dumps(ref) + "\n")
-    print(f"{f['name']}: min greedy margin {min(ref['min_margin'].values()):.4f}")
+    write_reference(model, tok, prompts, d, n_logit_prompts=2, exits=range(1, f["layers"] + 1))
+    print(f"{f['name']}: written")
 
 
-def reference_for_checkpoint(model_dir: Path, out: Path, exits, n_logit_prompts=1):
-    """Reference outputs for an existing checkpoint (the bundled model): logits
-    for the first prompt at the given exits, greedy continuations at every exit
-    and tokenizer cases. Kept small: the checkpoint itself is not copied."""
-    out.mkdir(parents=True, exist_ok=True)
-    model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+def write_reference(model, tok, prompts, out: Path, n_logit_prompts, exits):
+    """reference.safetensors (logits of the first prompts at `exits`) and
+    reference.json (prompts, greedy continuations at every exit, tokenizer cases)."""
     L = model.config.num_hidden_layers
-    prompts = [tok.encode("def fibonacci(n):").ids, tok.encode("import os\nclass Config:\n    def __init__(self").ids]
     ref_tensors, ref = {}, {"prompts": prompts, "greedy": [], "tokenizer": [], "min_margin": {}}
     for i, p in enumerate(prompts[:n_logit_prompts]):
         for e, lg in exit_logits(model, p).items():
@@ -226,7 +206,18 @@ def reference_for_checkpoint(model_dir: Path, out: Path, exits, n_logit_prompts=
         ref["tokenizer"].append({"text": text, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=True)})
     save_file(ref_tensors, str(out / "reference.safetensors"))
     (out / "reference.json").write_text(json.dumps(ref) + "\n")
-    print(f"{model_dir}: min greedy margin {min(ref['min_margin'].values()):.4f}")
+    print(f"{out}: min greedy margin {min(ref['min_margin'].values()):.4f}")
+
+
+def reference_for_checkpoint(model_dir: Path, out: Path, exits):
+    """Reference outputs for an existing checkpoint (the bundled model), kept
+    small: logits of the first prompt at `exits` only; the checkpoint itself
+    is not copied."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    prompts = [tok.encode("def fibonacci(n):").ids, tok.encode("import os\nclass Config:\n    def __init__(self").ids]
+    write_reference(model, tok, prompts, out, n_logit_prompts=1, exits=exits)
 
 
 if __name__ == "__main__":

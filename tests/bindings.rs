@@ -1,16 +1,13 @@
 //! The Go binding's own tests, and every example (C, C++, Go, Rust) printing
 //! the same greedy continuation as the CLI.
 
+mod common;
+use common::lib_dir;
 use std::path::PathBuf;
 use std::process::Command;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
 fn output(cmd: &mut Command) -> String {

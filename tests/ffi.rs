@@ -6,18 +6,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// target/<profile>/, where cargo puts liblayerskip.so.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("liblayerskip.so").exists(),
-        "{}/liblayerskip.so is missing: build the cdylib (cargo build --release) first",
-        dir.display()
-    );
-    dir
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

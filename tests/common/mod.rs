@@ -113,3 +113,17 @@ pub fn assert_greedy_cases(model: &Arc<Model>, name: &str) {
         );
     }
 }
+
+/// Where this `cargo test` put the freshly built cdylib: next to the test
+/// binaries (target/<profile>/deps). `cargo build` also copies it one level up,
+/// but `cargo test` alone does not, and a copy there may be stale.
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().to_path_buf();
+    assert!(
+        dir.join("liblayerskip.so").exists(),
+        "no liblayerskip.so in {}",
+        dir.display()
+    );
+    dir
+}

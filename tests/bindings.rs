@@ -23,8 +23,15 @@ fn output(cmd: &mut Command) -> String {
 
 fn go() -> Command {
     let mut c = Command::new("go");
+    // The binding's own cgo flags point at target/release (what `cargo build`
+    // fills); add the directory this test run built the library into.
+    let lib = lib_dir();
     c.current_dir(root().join("examples/go"))
-        .env("CGO_ENABLED", "1");
+        .env("CGO_ENABLED", "1")
+        .env(
+            "CGO_LDFLAGS",
+            format!("-L{0} -Wl,-rpath,{0}", lib.display()),
+        );
     c
 }
 

@@ -64,7 +64,6 @@ impl<E: Engine> KvCache<E> {
             } else if let Some(p) = &mut self.pending[b] {
                 p.truncate(keep);
             }
-            let _ = hi;
         }
         for (l, n) in self.lens.iter_mut().enumerate() {
             if *n > len {

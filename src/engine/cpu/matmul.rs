@@ -34,7 +34,7 @@ impl Mat {
 const LANES: usize = 8;
 
 /// Weight element types the kernels read.
-trait Weight: Copy + Sync {
+pub(crate) trait Weight: Copy + Sync {
     fn f32(self) -> f32;
 }
 impl Weight for f32 {
@@ -56,9 +56,10 @@ impl Weight for f16 {
     }
 }
 
-/// Dot product with 8 independent lanes and a fixed pairwise final reduction.
+/// Dot product with 8 independent lanes and a fixed pairwise final reduction
+/// (vectorised by the compiler; the order never depends on the batch).
 #[inline(always)]
-fn dot<W: Weight>(w: &[W], x: &[f32]) -> f32 {
+pub(crate) fn dot<W: Weight>(w: &[W], x: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let n = w.len() / LANES * LANES;
     for (wc, xc) in w[..n].chunks_exact(LANES).zip(x[..n].chunks_exact(LANES)) {

@@ -112,7 +112,7 @@ impl CpuEngine {
             let mut scores: Vec<f32> = (0..n)
                 .map(|t| {
                     let kt = &k[t * kvd + kvh * hd..][..hd];
-                    ops::dot(qv, kt) * scale
+                    matmul::dot(qv, kt) * scale
                 })
                 .collect();
             ops::softmax(&mut scores);

@@ -29,26 +29,3 @@ pub fn softmax(x: &mut [f32]) {
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
 }
-
-/// Dot product with 8 independent lanes and a fixed pairwise reduction (the
-/// compiler vectorises it; the order never depends on the batch).
-#[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let n = a.len() / 8 * 8;
-    for (ac, bc) in a[..n].chunks_exact(8).zip(b[..n].chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += ac[i] * bc[i];
-        }
-    }
-    for i in n..a.len() {
-        acc[i - n] += a[i] * b[i];
-    }
-    let h = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    (h[0] + h[2]) + (h[1] + h[3])
-}

@@ -433,6 +433,39 @@ int main(int argc, char **argv) {
         }
         lsk_session_free(g);
 
+        /* Automatic (E, d): the same greedy tokens, and the spans cover them. */
+        EXPECT(LSK_OK, lsk_session_new(model, NULL, &g, &err_));
+        o.exit_layer = LSK_AUTO;
+        o.draft_len = LSK_AUTO;
+        memset(&c, 0, sizeof c);
+        lsk_generate_result_init(&res);
+        EXPECT(LSK_OK, lsk_session_generate(g, prompt, np, &o, on_token, &c, &res, &err_));
+        CHECK(c.n == nfull && memcmp(c.tokens, full, nfull * sizeof(int32_t)) == 0);
+        {
+            lsk_choice_span spans[64];
+            size_t n = 0, i;
+            uint64_t rounds = 0;
+            EXPECT(LSK_OK, lsk_session_choices(g, spans, 64, &n, &err_));
+            CHECK(n >= 1 && n <= 64 && spans[0].first_token == 1); /* token 0 comes from the prompt pass */
+            for (i = 0; i < n && i < 64; i++) {
+                CHECK(spans[i].exit_layer >= 1 && spans[i].exit_layer <= info.n_layers);
+                CHECK(spans[i].draft_len == 0 ? spans[i].exit_layer == info.n_layers : spans[i].exit_layer < info.n_layers);
+                rounds += spans[i].rounds;
+            }
+            CHECK(rounds >= 1 && rounds <= nfull);
+            EXPECT(LSK_OK, lsk_session_choices(g, NULL, 0, &n, &err_));
+            EXPECT(LSK_ERR_NULL_POINTER, lsk_session_choices(g, NULL, 1, &n, &err_));
+            EXPECT(LSK_ERR_NULL_POINTER, lsk_session_choices(g, spans, 1, NULL, &err_));
+        }
+        o.mode = LSK_MODE_EARLY_EXIT;
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
+        o.mode = LSK_MODE_SELF_SPECULATIVE;
+        o.exit_layer = info.n_layers;
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
+        o.exit_layer = 1;
+        o.draft_len = 3;
+        lsk_session_free(g);
+
         /* A callback calling back into its own session gets LSK_ERR_BUSY. */
         EXPECT(LSK_OK, lsk_session_new(model, NULL, &g, &err_));
         memset(&c, 0, sizeof c);

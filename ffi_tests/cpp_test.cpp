@@ -74,6 +74,20 @@ int main(int argc, char** argv) {
     CHECK(text == moved.detokenize(got));
     CHECK(session.stats().drafted > 0);
 
+    // Automatic (E, d): lossless, and the chosen spans are reported.
+    layerskip::Session s_auto(moved);
+    layerskip::GenerateOptions auto_opts = opts;
+    auto_opts.exit_layer = LSK_AUTO;
+    auto_opts.draft_len = LSK_AUTO;
+    std::vector<int32_t> got_auto;
+    s_auto.generate(prompt, auto_opts, [&](int32_t t, std::string_view) {
+        got_auto.push_back(t);
+        return true;
+    });
+    CHECK(got_auto == full);
+    auto spans = s_auto.choices();
+    CHECK(!spans.empty() && spans.front().first_token == 1);
+
     // Stop from the lambda; an exception from the lambda propagates.
     layerskip::Session s2(moved);
     int calls = 0;

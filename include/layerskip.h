@@ -36,6 +36,12 @@
 // ABI version: bumped only on an incompatible change to this API.
 #define LSK_ABI_VERSION 1
 
+// `lsk_generate_options.exit_layer` / `.draft_len` value (with
+// `LSK_MODE_SELF_SPECULATIVE`): choose it every round from measured layer
+// costs and online acceptance estimates. Greedy output stays identical to
+// full depth. `lsk_session_choices` reports what was chosen.
+#define LSK_AUTO 4294967295
+
 // Maximum EOS ids reported by `lsk_model_info`.
 #define LSK_MAX_EOS_IDS 8
 
@@ -223,9 +229,11 @@ typedef struct lsk_generate_options {
   uint32_t max_new_tokens;
   // An `lsk_mode` value (default `LSK_MODE_FULL`).
   uint32_t mode;
-  // Exit layer E for early-exit and self-speculative modes; 0 (default) = L/2.
+  // Exit layer E for early-exit and self-speculative modes; 0 (default) =
+  // L/2; `LSK_AUTO` (self-speculative) = chosen every round.
   uint32_t exit_layer;
-  // Draft length d for self-speculative mode (default 4).
+  // Draft length d for self-speculative mode (default 4); `LSK_AUTO` =
+  // chosen every round.
   uint32_t draft_len;
   struct lsk_sampling sampling;
   // Non-zero: keep generating past EOS ids.
@@ -262,6 +270,17 @@ typedef struct lsk_generate_result {
   uint64_t accepted;
   uint64_t rounds;
 } lsk_generate_result;
+
+// Consecutive rounds of the last `lsk_session_generate` that used one (E, d).
+typedef struct lsk_choice_span {
+  // Index of the first generated token these rounds produced.
+  uint32_t first_token;
+  // The number of layers with `draft_len == 0`: full-depth steps.
+  uint32_t exit_layer;
+  // 0: plain steps without drafting.
+  uint32_t draft_len;
+  uint64_t rounds;
+} lsk_choice_span;
 
 // Session counters for `lsk_session_stats`. Set `struct_size` before the call.
 typedef struct lsk_stats {
@@ -433,6 +452,15 @@ lsk_result lsk_session_generate(struct lsk_session *session,
                                 void *user_data,
                                 struct lsk_generate_result *result,
                                 struct lsk_error **err);
+
+// The (E, d) choices of the session's last `lsk_session_generate`, one span
+// per change: up to `cap` spans are written to `out` (may be NULL when `cap`
+// is 0) and `*n_out` receives how many there are in all.
+lsk_result lsk_session_choices(struct lsk_session *session,
+                               struct lsk_choice_span *out,
+                               size_t cap,
+                               size_t *n_out,
+                               struct lsk_error **err);
 
 // Session counters and frontiers. Set `out->struct_size` first (`lsk_stats_init`).
 lsk_result lsk_session_stats(struct lsk_session *session,

@@ -186,6 +186,17 @@ public:
         return st;
     }
 
+    // The (E, d) spans chosen by the last generate (see LSK_AUTO).
+    std::vector<lsk_choice_span> choices() const {
+        size_t n = 0;
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_choices(get(), nullptr, 0, &n, &err), err);
+        std::vector<lsk_choice_span> spans(n);
+        detail::check(lsk_session_choices(get(), spans.data(), spans.size(), &n, &err), err);
+        spans.resize(n);
+        return spans;
+    }
+
     // Generate after `prompt`; `on_token(token, text)` returns false to stop.
     // An exception thrown by the callback stops generation and is rethrown.
     lsk_generate_result generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,

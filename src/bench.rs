@@ -1,6 +1,7 @@
 //! `layerskip bench`: full-depth decoding against every (E, d) pair on the
 //! same prompts, runs interleaved so machine noise hits every row alike.
 
+use crate::adaptive::AutoSpec;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::generate::{generate, GenerateOptions, Mode};
@@ -34,6 +35,8 @@ pub struct BenchConfig {
     pub exit_layers: Vec<usize>,
     pub draft_lens: Vec<usize>,
     pub repeat: usize,
+    /// Add a row for automatic (E, d).
+    pub auto: bool,
 }
 
 #[derive(Default, Clone)]
@@ -43,6 +46,8 @@ struct Totals {
     drafted: u64,
     accepted: u64,
     rounds: u64,
+    /// Rounds per (E, d) chosen (automatic mode).
+    choices: Vec<((usize, usize), u64)>,
     draft_s: f64,
     verify_s: f64,
     outputs: Vec<Vec<u32>>,
@@ -62,6 +67,11 @@ pub fn run<E: Engine>(
                 draft_len: d,
             });
         }
+    }
+    if cfg.auto {
+        modes.push(Mode::Auto(AutoSpec::default()));
+        // Timed once per model, like loading: not part of any run.
+        model.cost_model();
     }
     let mut totals = vec![Totals::default(); modes.len()];
     let total_runs = modes.len() * cfg.prompts.len() * cfg.repeat;
@@ -83,6 +93,13 @@ pub fn run<E: Engine>(
                 t.drafted += st.drafted;
                 t.accepted += st.accepted;
                 t.rounds += st.rounds;
+                for c in &st.choices {
+                    let key = (c.exit_layer, c.draft_len);
+                    match t.choices.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, n)) => *n += c.rounds,
+                        None => t.choices.push((key, c.rounds)),
+                    }
+                }
                 t.draft_s += st.draft_seconds;
                 t.verify_s += st.verify_seconds;
                 if rep == 0 {
@@ -103,6 +120,10 @@ pub fn run<E: Engine>(
             let (name, e, d) = match *mode {
                 Mode::SelfSpeculative { exit, draft_len } => {
                     ("self-speculative", Some(exit), Some(draft_len))
+                }
+                Mode::Auto(_) => {
+                    let main = t.choices.iter().max_by_key(|(_, n)| *n).map(|(k, _)| *k);
+                    ("auto", main.map(|k| k.0), main.map(|k| k.1))
                 }
                 _ => ("full", None, None),
             };
@@ -154,4 +175,31 @@ pub fn format_table(rows: &[BenchRow]) -> String {
         );
     }
     s
+}
+
+/// Best and median fixed (E, d) against automatic, as text.
+pub fn format_summary(rows: &[BenchRow]) -> String {
+    let mut fixed: Vec<&BenchRow> = rows
+        .iter()
+        .filter(|r| r.mode == "self-speculative")
+        .collect();
+    let Some(auto) = rows.iter().find(|r| r.mode == "auto") else {
+        return String::new();
+    };
+    if fixed.is_empty() {
+        return String::new();
+    }
+    fixed.sort_by(|a, b| a.tokens_per_second.total_cmp(&b.tokens_per_second));
+    let best = fixed[fixed.len() - 1];
+    let median = fixed[fixed.len() / 2];
+    format!(
+        "best fixed E={} d={}: {:.2}x; median fixed: {:.2}x; auto: {:.2}x ({:.2} of best, {:.2}x median)\n",
+        best.exit_layer.unwrap_or(0),
+        best.draft_len.unwrap_or(0),
+        best.speedup,
+        median.speedup,
+        auto.speedup,
+        auto.tokens_per_second / best.tokens_per_second,
+        auto.tokens_per_second / median.tokens_per_second,
+    )
 }

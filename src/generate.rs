@@ -1,10 +1,11 @@
 //! The generation loop shared by every mode: budget, EOS ids, stop strings and
 //! UTF-8-safe streaming.
 
+use crate::adaptive::{AutoSpec, Choice, Policy};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::sampling::{sample, Rng64, SamplingParams};
-use crate::session::{Logits, Session};
+use crate::sampling::{argmax, sample, Rng64, SamplingParams};
+use crate::session::{Logits, Probe, Session};
 use crate::speculative::{DraftLimits, Drafts};
 use crate::tokenizer::StreamDecoder;
 use std::time::Instant;
@@ -18,6 +19,22 @@ pub enum Mode {
     EarlyExit { exit: usize },
     /// Draft `draft_len` tokens with layers `0..exit`, verify with the rest.
     SelfSpeculative { exit: usize, draft_len: usize },
+    /// Self-speculative with E and/or d chosen every round to maximise the
+    /// expected tokens per second (falling back to full depth when nothing
+    /// is predicted to win). See [`crate::adaptive`].
+    Auto(AutoSpec),
+}
+
+/// Consecutive rounds that used the same (E, d).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChoiceSpan {
+    /// Index of the first generated token these rounds produced.
+    pub first_token: usize,
+    /// `num_layers` with `draft_len == 0`: full-depth steps.
+    pub exit_layer: usize,
+    /// 0: plain steps (no drafting).
+    pub draft_len: usize,
+    pub rounds: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +76,23 @@ pub struct GenerateStats {
     pub acceptance_rate: f64,
     pub draft_seconds: f64,
     pub verify_seconds: f64,
+    /// The (E, d) used over time, one span per change.
+    pub choices: Vec<ChoiceSpan>,
+}
+
+impl GenerateStats {
+    /// The (E, d) that ran the most rounds.
+    pub fn main_choice(&self) -> Option<(usize, usize)> {
+        let mut by: Vec<((usize, usize), u64)> = Vec::new();
+        for c in &self.choices {
+            let key = (c.exit_layer, c.draft_len);
+            match by.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += c.rounds,
+                None => by.push((key, c.rounds)),
+            }
+        }
+        by.into_iter().max_by_key(|&(_, n)| n).map(|(k, _)| k)
+    }
 }
 
 /// Why generation ended.
@@ -187,18 +221,15 @@ pub fn generate<E: Engine>(
 ) -> Result<GenerateOutput> {
     opts.sampling.validate()?;
     let n_layers = session.model().config.num_layers;
-    let exit = match opts.mode {
-        Mode::Full => n_layers,
-        Mode::EarlyExit { exit } | Mode::SelfSpeculative { exit, .. } => exit,
-    };
-    if exit == 0 || exit > n_layers {
-        return Err(Error::invalid(format!(
-            "exit layer {exit} is out of range (1..={n_layers})"
-        )));
-    }
+    check_mode(opts.mode, n_layers)?;
     if prompt.is_empty() {
         return Err(Error::invalid("the prompt is empty"));
     }
+    let model = session.model().clone();
+    let mut auto = match opts.mode {
+        Mode::Auto(spec) => Some((Policy::new(spec, n_layers), model.cost_model())),
+        _ => None,
+    };
     let start = Instant::now();
     let spec0 = session.spec_stats();
     let mut rng = Rng64::new(opts.sampling.seed);
@@ -230,48 +261,108 @@ pub fn generate<E: Engine>(
     };
 
     // The prompt runs through the layers the mode reads its tokens from.
+    // Automatic mode also probes a few exits on its newest rows.
     let prompt_exit = if let Mode::EarlyExit { exit } = opts.mode {
         exit
     } else {
         n_layers
     };
-    session.forward(prompt, prompt_exit, Logits::Last)?;
+    let mut which = Logits::Last;
+    if let Some((policy, cost)) = &auto {
+        let (exits, rows) = policy.prompt_probes(cost, prompt.len(), budget);
+        session.set_probes(&exits, rows);
+        which = Logits::Tail(rows);
+    }
+    let run = session.forward(prompt, prompt_exit, which);
+    if auto.is_some() {
+        score_step_probes(session);
+    }
+    run?;
     let mut next = sample(session.last_logits(), &opts.sampling, &mut rng);
+    let mut choices: Vec<ChoiceSpan> = Vec::new();
 
     while sink.push(session, next)? {
-        match opts.mode {
-            Mode::Full | Mode::EarlyExit { .. } => {
-                session.step(next, exit)?;
-                next = sample(session.last_logits(), &opts.sampling, &mut rng);
-            }
-            Mode::SelfSpeculative { draft_len, .. } => {
-                // A round yields accepted drafts + 1 tokens: never draft past the budget.
-                let room = sink.budget - sink.tokens.len();
-                let limits = DraftLimits {
-                    max_drafts: draft_len.min(room - 1),
-                    stop_ids: &eos,
-                    confidence: opts.confidence_threshold,
-                };
-                let drafts = if exit < n_layers {
-                    session.draft(next, exit, limits, &opts.sampling, &mut rng)?
+        let choice = match (opts.mode, &mut auto) {
+            (Mode::Full, _) => Choice::full(n_layers),
+            (Mode::EarlyExit { exit }, _) => Choice { exit, draft_len: 0 },
+            (Mode::SelfSpeculative { exit, draft_len }, _) => Choice { exit, draft_len },
+            (Mode::Auto(_), Some((policy, cost))) => {
+                session.acceptance.fade();
+                let c = policy.choose(cost, &session.acceptance);
+                let probe = policy.probe(cost, &session.acceptance, start.elapsed().as_secs_f64());
+                let rows = if c.is_step() || probe.is_some_and(|e| e < c.exit) {
+                    1
                 } else {
-                    Drafts::default()
+                    c.draft_len + 1
                 };
-                let verdict = session.verify(next, &drafts, &opts.sampling, &mut rng)?;
-                let mut going = true;
-                for &t in &drafts.tokens[..verdict.accepted] {
-                    going = sink.push(session, t)?;
-                    if !going {
-                        break;
-                    }
+                session.set_probes(probe.as_slice(), rows);
+                c
+            }
+            (Mode::Auto(_), None) => unreachable!("automatic mode has a policy"),
+        };
+        match choices.last_mut() {
+            Some(span) if (span.exit_layer, span.draft_len) == (choice.exit, choice.draft_len) => {
+                span.rounds += 1
+            }
+            _ => choices.push(ChoiceSpan {
+                first_token: sink.tokens.len(),
+                exit_layer: choice.exit,
+                draft_len: choice.draft_len,
+                rounds: 1,
+            }),
+        }
+        if choice.is_step() {
+            let run = session.step(next, choice.exit).map(|_| ());
+            if auto.is_some() {
+                score_step_probes(session);
+            }
+            run?;
+            next = sample(session.last_logits(), &opts.sampling, &mut rng);
+            continue;
+        }
+        let (exit, draft_len) = (choice.exit, choice.draft_len);
+        // A round yields accepted drafts + 1 tokens: never draft past the budget.
+        let room = sink.budget - sink.tokens.len();
+        let calibration = session.acceptance.calibration(exit);
+        let limits = DraftLimits {
+            max_drafts: draft_len.min(room - 1),
+            stop_ids: &eos,
+            confidence: opts.confidence_threshold,
+            cumulative: auto.as_ref().map_or(0.0, |(p, c)| p.stop_below(c, exit)),
+            calibration: if auto.is_some() { &calibration } else { &[] },
+        };
+        let round = speculative_round(session, next, exit, limits, &opts.sampling, &mut rng);
+        if auto.is_some() {
+            let probes = session.take_probes();
+            session.set_probes(&[], 0);
+            if let Ok((drafts, verdict)) = &round {
+                let (pos0, full) = std::mem::take(&mut session.verified);
+                score_probes(&mut session.acceptance, &probes, pos0, &full);
+                if drafts.confidence.len() == drafts.tokens.len() {
+                    session
+                        .acceptance
+                        .observe_drafts(exit, &drafts.confidence, verdict.accepted);
+                } else {
+                    session
+                        .acceptance
+                        .observe_round(exit, drafts.tokens.len(), verdict.accepted);
                 }
-                if !going {
-                    break;
-                }
-                next = verdict.token_after;
             }
         }
+        let (drafts, verdict) = round?;
+        let mut going = true;
+        for &t in &drafts.tokens[..verdict.accepted] {
+            going = sink.push(session, t)?;
+            if !going {
+                break;
+            }
+        }
+        if !going {
+            break;
+        }
+        next = verdict.token_after;
     }
+    session.set_probes(&[], 0);
     let seconds = start.elapsed().as_secs_f64();
     let spec = session.spec_stats();
     let (drafted, accepted) = (spec.drafted - spec0.drafted, spec.accepted - spec0.accepted);
@@ -290,6 +381,7 @@ pub fn generate<E: Engine>(
         },
         draft_seconds: spec.draft_seconds - spec0.draft_seconds,
         verify_seconds: spec.verify_seconds - spec0.verify_seconds,
+        choices,
     };
     Ok(GenerateOutput {
         tokens: sink.tokens,
@@ -297,4 +389,72 @@ pub fn generate<E: Engine>(
         stats,
         stop_reason: sink.reason,
     })
+}
+
+fn check_mode(mode: Mode, n_layers: usize) -> Result<()> {
+    let (exit, draft_len, draft_exit) = match mode {
+        Mode::Full => return Ok(()),
+        Mode::EarlyExit { exit } => (Some(exit), None, false),
+        Mode::SelfSpeculative { exit, draft_len } => (Some(exit), Some(draft_len), false),
+        Mode::Auto(spec) => (spec.exit, spec.draft_len, true),
+    };
+    // A fixed automatic exit must leave layers to verify with.
+    let top = if draft_exit { n_layers - 1 } else { n_layers };
+    if let Some(exit) = exit {
+        if exit == 0 || exit > top {
+            return Err(Error::invalid(format!(
+                "exit layer {exit} is out of range (1..={top} for this {n_layers}-layer model)"
+            )));
+        }
+    }
+    if draft_len == Some(0) {
+        return Err(Error::invalid("draft length must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Draft up to `limits.max_drafts` tokens at `exit` after `next` and verify them.
+fn speculative_round<E: Engine>(
+    session: &mut Session<E>,
+    next: u32,
+    exit: usize,
+    limits: DraftLimits,
+    sampling: &SamplingParams,
+    rng: &mut Rng64,
+) -> Result<(Drafts, crate::speculative::Verdict)> {
+    let drafts = if exit < session.model().config.num_layers {
+        session.draft(next, exit, limits, sampling, rng)?
+    } else {
+        Drafts::default()
+    };
+    let verdict = session.verify(next, &drafts, sampling, rng)?;
+    Ok((drafts, verdict))
+}
+
+/// Compare probed exits' tokens with the full model's greedy tokens
+/// `full[i]` at positions `pos0 + i`.
+fn score_probes(
+    acc: &mut crate::adaptive::AcceptanceTracker,
+    probes: &[Probe],
+    pos0: usize,
+    full: &[u32],
+) {
+    for p in probes {
+        if let Some(&t) = p.pos.checked_sub(pos0).and_then(|i| full.get(i)) {
+            acc.observe(p.exit, p.token == t);
+        }
+    }
+}
+
+/// Score the probes of a full-depth pass against its own logits, then stop probing.
+fn score_step_probes<E: Engine>(session: &mut Session<E>) {
+    let probes = session.take_probes();
+    session.set_probes(&[], 0);
+    if probes.is_empty() {
+        return;
+    }
+    let vocab = session.model().config.vocab_size;
+    let full: Vec<u32> = session.logits().chunks_exact(vocab).map(argmax).collect();
+    let pos0 = session.logits_pos0();
+    score_probes(&mut session.acceptance, &probes, pos0, &full);
 }

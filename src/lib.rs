@@ -4,6 +4,7 @@
 //! Data flows one way: files → [`Model`] → [`engine`] → [`Session`] →
 //! [`generate`]. The decode logic is written once against [`engine::Engine`].
 
+pub mod adaptive;
 pub mod bench;
 pub mod cache;
 pub mod config;
@@ -18,9 +19,12 @@ pub mod speculative;
 pub mod tokenizer;
 pub mod weights;
 
+pub use adaptive::AutoSpec;
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, ErrorKind, Result};
-pub use generate::{generate, GenerateOptions, GenerateOutput, GenerateStats, Mode, StopReason};
+pub use generate::{
+    generate, ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Mode, StopReason,
+};
 pub use model::Model;
 pub use sampling::SamplingParams;
 pub use session::{Logits, Session};

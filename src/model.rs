@@ -1,6 +1,7 @@
 //! A loaded model: config + weights on an engine + tokenizer. Immutable and
 //! shared (`Arc`) by any number of sessions on any threads.
 
+use crate::adaptive::CostModel;
 use crate::config::ModelConfig;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::Engine;
@@ -8,7 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{DType, WeightStore};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub struct Model<E: Engine = CpuEngine> {
     pub config: ModelConfig,
@@ -17,6 +18,8 @@ pub struct Model<E: Engine = CpuEngine> {
     pub dir: PathBuf,
     /// The dtype most weights are stored in.
     pub dtype: DType,
+    /// Layer and exit-head timings for automatic (E, d), measured on first use.
+    cost: OnceLock<CostModel>,
 }
 
 impl Model<CpuEngine> {
@@ -52,6 +55,7 @@ impl Model<CpuEngine> {
             tokenizer,
             dir: dir.to_path_buf(),
             dtype,
+            cost: OnceLock::new(),
         }))
     }
 }
@@ -59,6 +63,12 @@ impl Model<CpuEngine> {
 impl<E: Engine> Model<E> {
     pub fn num_layers(&self) -> usize {
         self.config.num_layers
+    }
+
+    /// What a layer and the exit head cost on this engine, by row count
+    /// (timed once, on first use, in a few milliseconds to ~a second).
+    pub fn cost_model(&self) -> &CostModel {
+        self.cost.get_or_init(|| CostModel::measure(&self.engine))
     }
 
     pub fn is_eos(&self, id: u32) -> bool {

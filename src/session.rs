@@ -18,6 +18,18 @@ pub enum Logits {
     All,
     /// No logits.
     None,
+    /// The newest `n` positions (fewer if the pass has fewer rows).
+    Tail(usize),
+}
+
+/// The greedy token an intermediate exit predicted for one position during a
+/// pass (see [`Session::set_probes`]): the argmax of the exit head on the
+/// hidden state that left layer `exit - 1` at position `pos`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub exit: usize,
+    pub pos: usize,
+    pub token: u32,
 }
 
 pub struct Session<E: Engine = CpuEngine> {
@@ -31,6 +43,16 @@ pub struct Session<E: Engine = CpuEngine> {
     /// Rows each layer has processed in this session (for "nothing recomputed" checks).
     layer_rows: Vec<u64>,
     pub(crate) spec: crate::speculative::SpecStats,
+    /// Exits probed on the rows passing them, at most `probe_rows` newest rows per pass.
+    probe_exits: Vec<usize>,
+    probe_rows: usize,
+    probes: Vec<Probe>,
+    probe_logits: Vec<f32>,
+    /// The full model's greedy tokens of the last verify pass (first position,
+    /// tokens), kept while probing.
+    pub(crate) verified: (usize, Vec<u32>),
+    /// Acceptance estimates per exit layer, kept across generations.
+    pub(crate) acceptance: crate::adaptive::AcceptanceTracker,
 }
 
 /// Exit-head logits for the rows of `x` that `which` selects (`x`'s first row
@@ -48,8 +70,9 @@ fn head_rows<E: Engine>(
             out.clear();
             return pos0 + rows;
         }
-        Logits::Last if rows > 0 => rows - 1,
-        _ => 0,
+        Logits::Last => rows.saturating_sub(1),
+        Logits::Tail(n) => rows.saturating_sub(n),
+        Logits::All => 0,
     };
     if from == rows {
         out.clear();
@@ -81,6 +104,12 @@ impl<E: Engine> Session<E> {
             logits_pos0: 0,
             layer_rows: vec![0; n],
             spec: Default::default(),
+            probe_exits: Vec::new(),
+            probe_rows: 0,
+            probes: Vec::new(),
+            probe_logits: Vec::new(),
+            verified: (0, Vec::new()),
+            acceptance: crate::adaptive::AcceptanceTracker::new(n),
         })
     }
 
@@ -192,6 +221,18 @@ impl<E: Engine> Session<E> {
             engine.run_layer(l, &mut self.cache.kv, pos0, &mut x);
             self.cache.grow(l, rows);
             self.layer_rows[l] += rows as u64;
+            if self.probe_exits.contains(&(l + 1)) && l + 1 < n_layers {
+                let from = rows.saturating_sub(self.probe_rows);
+                engine.head(&x, from, &mut self.probe_logits);
+                let vocab = self.model.config.vocab_size;
+                for (i, row) in self.probe_logits.chunks_exact(vocab).enumerate() {
+                    self.probes.push(Probe {
+                        exit: l + 1,
+                        pos: pos0 + from + i,
+                        token: crate::sampling::argmax(row),
+                    });
+                }
+            }
         }
         // Rows leaving layer exit-1 for positions lens[exit].. (or the rows the
         // last layer just produced, for a full-depth pass).
@@ -218,6 +259,26 @@ impl<E: Engine> Session<E> {
         self.logits = logits;
         self.logits_pos0 = pos0;
         self.logits_rows()
+    }
+
+    /// Probe `exits` (each below the last layer) in the following passes: the
+    /// exit head runs on at most `max_rows` of the newest rows that leave each
+    /// of them, and their greedy tokens are collected for
+    /// [`Session::take_probes`]. Probing costs exit-head time and changes
+    /// nothing else. An empty list stops probing.
+    pub fn set_probes(&mut self, exits: &[usize], max_rows: usize) {
+        self.probe_exits.clear();
+        self.probe_exits.extend_from_slice(exits);
+        self.probe_rows = max_rows;
+    }
+
+    pub fn probing(&self) -> bool {
+        !self.probe_exits.is_empty()
+    }
+
+    /// Probe results collected since the last call.
+    pub fn take_probes(&mut self) -> Vec<Probe> {
+        std::mem::take(&mut self.probes)
     }
 
     /// Feed tokens at full depth (prompt processing); logits of the last one.

@@ -13,6 +13,9 @@ pub struct Drafts {
     pub tokens: Vec<u32>,
     /// `tokens.len() x vocab` (empty for greedy or external drafts).
     pub probs: Vec<f32>,
+    /// Each draft's top probability at temperature 1 (only when the limits
+    /// look at confidence).
+    pub confidence: Vec<f32>,
 }
 
 /// The outcome of verifying drafts.
@@ -43,6 +46,12 @@ pub struct DraftLimits<'a> {
     pub stop_ids: &'a [u32],
     /// Stop when the draft's top probability falls below this (0 disables).
     pub confidence: f32,
+    /// Stop when the estimated probability that every draft so far is
+    /// accepted falls below this (0 disables). Each draft's acceptance is
+    /// estimated from its top probability through `calibration` (bin
+    /// `floor(top * len)`), or is the top probability itself when empty.
+    pub cumulative: f32,
+    pub calibration: &'a [f32],
 }
 
 /// Largest probability of softmax(logits) (temperature 1).
@@ -113,11 +122,22 @@ impl<E: Engine> Session<E> {
         let mut feed = next;
         let room = self.capacity().saturating_sub(self.shallow_len() + 1);
         let max = limits.max_drafts.min(room);
+        let mut all_accepted = 1.0f32;
         while drafts.tokens.len() < max {
             self.forward(&[feed], exit, Logits::Last)?;
             let logits = self.last_logits();
-            if limits.confidence > 0.0 && top_probability(logits) < limits.confidence {
-                break;
+            if limits.confidence > 0.0 || limits.cumulative > 0.0 {
+                let top = top_probability(logits);
+                let n = limits.calibration.len();
+                all_accepted *= if n > 0 {
+                    limits.calibration[((top * n as f32) as usize).min(n - 1)]
+                } else {
+                    top
+                };
+                if top < limits.confidence || all_accepted < limits.cumulative {
+                    break;
+                }
+                drafts.confidence.push(top);
             }
             let tok = if sampling.is_greedy() {
                 argmax(logits)
@@ -167,6 +187,11 @@ impl<E: Engine> Session<E> {
             return Err(e);
         }
         let vocab = self.model().config.vocab_size;
+        if self.probing() {
+            // The full model's greedy token for every row, to score the probes.
+            let rows = self.logits().chunks_exact(vocab).map(argmax).collect();
+            self.verified = (self.logits_pos0(), rows);
+        }
         let k = drafts.tokens.len();
         let mut accepted = 0;
         let mut token_after = None;

@@ -109,6 +109,8 @@ fn rollback_after_rejection_leaves_exactly_the_accepted_length() {
     for _ in 0..12 {
         let base = s.deep_len();
         let limits = DraftLimits {
+            cumulative: 0.0,
+            calibration: &[],
             max_drafts: 5,
             stop_ids: &[],
             confidence: 0.0,
@@ -169,7 +171,7 @@ fn external_drafts_verify_to_full_depth_greedy() {
                     *out.last().unwrap(),
                     &Drafts {
                         tokens: tokens.clone(),
-                        probs: vec![],
+                        ..Default::default()
                     },
                     &greedy,
                     &mut rng,
@@ -219,6 +221,8 @@ fn speculative_sampling_preserves_the_full_model_distribution() {
     let mut counts = vec![0f32; p_full.len()];
     let mut rng = Rng64::new(42);
     let limits = DraftLimits {
+        cumulative: 0.0,
+        calibration: &[],
         max_drafts: 1,
         stop_ids: &[],
         confidence: 0.0,
@@ -279,7 +283,7 @@ fn a_draft_the_full_model_gives_zero_probability_is_never_accepted() {
                 prompt[0],
                 &Drafts {
                     tokens: vec![outside],
-                    probs: vec![],
+                    ..Default::default()
                 },
                 &params,
                 &mut rng,
@@ -342,6 +346,8 @@ fn the_exit_layer_may_change_between_rounds() {
             let d = 1 + round % 4;
             round += 1;
             let limits = DraftLimits {
+                cumulative: 0.0,
+                calibration: &[],
                 max_drafts: d,
                 stop_ids: &[],
                 confidence: 0.0,

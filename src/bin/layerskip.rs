@@ -1,7 +1,7 @@
 //! The `layerskip` command line: generate, info, bench.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use layerskip::{generate, GenerateOptions, Mode, Model, SamplingParams, Session};
+use layerskip::{generate, AutoSpec, GenerateOptions, Mode, Model, SamplingParams, Session};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,12 +59,13 @@ struct GenerateArgs {
     max_new_tokens: usize,
     #[arg(long, value_enum, default_value_t = ModeArg::Full)]
     mode: ModeArg,
-    /// Exit layer E for early-exit and self-speculative modes (default: half the layers).
-    #[arg(long)]
-    exit_layer: Option<usize>,
-    /// Draft length d for self-speculative mode.
-    #[arg(long, default_value_t = 4)]
-    draft_len: usize,
+    /// Exit layer E for early-exit and self-speculative modes (default: half
+    /// the layers); `auto` (self-speculative) chooses it every round.
+    #[arg(long, value_parser = parse_setting)]
+    exit_layer: Option<Setting>,
+    /// Draft length d for self-speculative mode; `auto` chooses it every round.
+    #[arg(long, value_parser = parse_setting, default_value = "4")]
+    draft_len: Setting,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -108,8 +109,36 @@ struct BenchArgs {
     draft_lens: Vec<usize>,
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Leave out the automatic (E, d) row.
+    #[arg(long)]
+    no_auto: bool,
     #[arg(long)]
     json: bool,
+}
+
+/// A number, or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Setting {
+    Auto,
+    Fixed(usize),
+}
+
+fn parse_setting(s: &str) -> Result<Setting, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Setting::Auto);
+    }
+    s.parse()
+        .map(Setting::Fixed)
+        .map_err(|_| format!("expected a number or `auto`, got `{s}`"))
+}
+
+impl Setting {
+    fn fixed(self) -> Option<usize> {
+        match self {
+            Setting::Auto => None,
+            Setting::Fixed(n) => Some(n),
+        }
+    }
 }
 
 /// The bundled model, found next to the sources (cargo run) or the working directory.
@@ -126,14 +155,19 @@ fn default_model() -> PathBuf {
 fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
     let model = Model::load(a.model.unwrap_or_else(default_model))?;
     let n = model.num_layers();
-    let exit = a.exit_layer.unwrap_or((n / 2).max(1));
-    let mode = match a.mode {
-        ModeArg::Full => Mode::Full,
-        ModeArg::EarlyExit => Mode::EarlyExit { exit },
-        ModeArg::SelfSpeculative => Mode::SelfSpeculative {
-            exit,
-            draft_len: a.draft_len,
-        },
+    let exit = a.exit_layer.unwrap_or(Setting::Fixed((n / 2).max(1)));
+    let mode = match (a.mode, exit.fixed(), a.draft_len.fixed()) {
+        (ModeArg::Full, _, _) => Mode::Full,
+        (ModeArg::EarlyExit, Some(exit), _) => Mode::EarlyExit { exit },
+        (ModeArg::EarlyExit, None, _) => {
+            return Err(layerskip::Error::invalid(
+                "--exit-layer auto needs --mode self-speculative",
+            ))
+        }
+        (ModeArg::SelfSpeculative, Some(exit), Some(draft_len)) => {
+            Mode::SelfSpeculative { exit, draft_len }
+        }
+        (ModeArg::SelfSpeculative, exit, draft_len) => Mode::Auto(AutoSpec { exit, draft_len }),
     };
     let prompt = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
@@ -185,6 +219,12 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
                 "rounds": s.rounds,
                 "draft_seconds": s.draft_seconds,
                 "verify_seconds": s.verify_seconds,
+                "choices": s.choices.iter().map(|c| json!({
+                    "first_token": c.first_token,
+                    "exit_layer": c.exit_layer,
+                    "draft_len": c.draft_len,
+                    "rounds": c.rounds,
+                })).collect::<Vec<_>>(),
             }
         });
         writeln!(out, "{v}").ok();
@@ -202,6 +242,12 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
                 String::new()
             }
         );
+        if let (Mode::Auto(_), Some((e, d))) = (opts.mode, s.main_choice()) {
+            eprintln!(
+                "[auto: mostly E={e} d={d}; {} changes of (E, d)]",
+                s.choices.len().saturating_sub(1)
+            );
+        }
     }
     Ok(())
 }
@@ -236,6 +282,7 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
         exit_layers,
         draft_lens: a.draft_lens,
         repeat: a.repeat.max(1),
+        auto: !a.no_auto,
     };
     let rows = layerskip::bench::run(&model, &cfg, |done, total| {
         let width = 30;
@@ -256,6 +303,7 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
         );
     } else {
         print!("{}", layerskip::bench::format_table(&rows));
+        print!("{}", layerskip::bench::format_summary(&rows));
     }
     Ok(())
 }

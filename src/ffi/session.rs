@@ -4,7 +4,8 @@ use super::error::{boundary, lsk_error, lsk_result, FfiError, FfiResult};
 use super::model::{lsk_model, model_ref};
 use super::types::*;
 use super::{c_str, need, put, slice, token_ids};
-use crate::generate::{generate, GenerateOptions, Mode, StopReason};
+use crate::adaptive::AutoSpec;
+use crate::generate::{generate, ChoiceSpan, GenerateOptions, Mode, StopReason};
 use crate::sampling::{sample, Rng64};
 use crate::session::{Logits, Session};
 use crate::speculative::{DraftLimits, Drafts};
@@ -23,6 +24,8 @@ struct State {
     /// The last drafts `lsk_session_draft` made, with their distributions,
     /// so that a following verify of the same tokens can use them.
     drafts: Drafts,
+    /// The (E, d) spans of the last generation.
+    choices: Vec<ChoiceSpan>,
 }
 
 struct Handle {
@@ -75,6 +78,7 @@ pub extern "C" fn lsk_session_new(
             session,
             rng: Rng64::new(o.seed),
             drafts: Drafts::default(),
+            choices: Vec::new(),
         };
         let h = Box::into_raw(Box::new(Handle {
             state: Mutex::new(state),
@@ -212,6 +216,8 @@ pub extern "C" fn lsk_session_draft(
             need(drafts, "drafts")?;
             need(n_drafts, "n_drafts")?;
             let limits = DraftLimits {
+                cumulative: 0.0,
+                calibration: &[],
                 max_drafts: max_drafts as usize,
                 stop_ids: &m.config.eos_token_ids,
                 confidence: 0.0,
@@ -261,7 +267,7 @@ pub extern "C" fn lsk_session_verify(
             } else {
                 Drafts {
                     tokens: ids,
-                    probs: Vec::new(),
+                    ..Default::default()
                 }
             };
             let v = st.session.verify(t, &d, &p, &mut st.rng)?;
@@ -333,24 +339,24 @@ pub extern "C" fn lsk_session_generate(
             let sampling = o.sampling;
             let sampling = unsafe { read_options(&sampling, "options.sampling") }?.params()?;
             let l = m.num_layers();
-            let exit = if o.exit_layer == 0 {
-                (l / 2).max(1)
-            } else {
-                o.exit_layer as usize
+            let exit = match o.exit_layer {
+                0 => Some((l / 2).max(1)),
+                LSK_AUTO => None,
+                e => Some(e as usize),
             };
-            let mode = match o.mode {
-                0 => Mode::Full,
-                1 => Mode::EarlyExit { exit },
-                2 => {
-                    if o.draft_len == 0 {
-                        return Err(FfiError::invalid("draft_len must be at least 1"));
-                    }
-                    Mode::SelfSpeculative {
-                        exit,
-                        draft_len: o.draft_len as usize,
-                    }
+            let draft_len = (o.draft_len != LSK_AUTO).then_some(o.draft_len as usize);
+            let mode = match (o.mode, exit, draft_len) {
+                (0, _, _) => Mode::Full,
+                (1, Some(exit), _) => Mode::EarlyExit { exit },
+                (1, None, _) => {
+                    return Err(FfiError::invalid(
+                        "exit_layer LSK_AUTO needs LSK_MODE_SELF_SPECULATIVE",
+                    ))
                 }
-                other => return Err(FfiError::invalid(format!("unknown mode {other}"))),
+                (2, _, Some(0)) => return Err(FfiError::invalid("draft_len must be at least 1")),
+                (2, Some(exit), Some(draft_len)) => Mode::SelfSpeculative { exit, draft_len },
+                (2, exit, draft_len) => Mode::Auto(AutoSpec { exit, draft_len }),
+                (other, _, _) => return Err(FfiError::invalid(format!("unknown mode {other}"))),
             };
             let stops = unsafe { slice(o.stop_strings, o.n_stop_strings, "stop_strings") }?
                 .iter()
@@ -374,7 +380,9 @@ pub extern "C" fn lsk_session_generate(
                 user_data,
                 text: Vec::new(),
             };
+            st.choices.clear();
             let out = generate(&mut st.session, &ids, &opts, |t, piece| cb.call(t, piece))?;
+            st.choices.clone_from(&out.stats.choices);
             if !result.is_null() {
                 let s = out.stats;
                 let r = lsk_generate_result {
@@ -397,6 +405,38 @@ pub extern "C" fn lsk_session_generate(
                 unsafe { write_output(result, r, "result") }?;
             }
             Ok(())
+        })
+    })
+}
+
+/// The (E, d) choices of the session's last `lsk_session_generate`, one span
+/// per change: up to `cap` spans are written to `out` (may be NULL when `cap`
+/// is 0) and `*n_out` receives how many there are in all.
+#[no_mangle]
+pub extern "C" fn lsk_session_choices(
+    session: *mut lsk_session,
+    out: *mut lsk_choice_span,
+    cap: usize,
+    n_out: *mut usize,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        need(n_out, "n_out")?;
+        if cap > 0 {
+            need(out, "out")?;
+        }
+        with_session(session, |st| {
+            for (i, c) in st.choices.iter().take(cap).enumerate() {
+                let span = lsk_choice_span {
+                    first_token: c.first_token as u32,
+                    exit_layer: c.exit_layer as u32,
+                    draft_len: c.draft_len as u32,
+                    rounds: c.rounds,
+                };
+                // SAFETY: `out` holds `cap` writable elements (documented).
+                unsafe { out.add(i).write(span) };
+            }
+            unsafe { put(n_out, st.choices.len(), "n_out") }
         })
     })
 }

@@ -165,6 +165,25 @@ pub enum lsk_mode {
     LSK_MODE_SELF_SPECULATIVE = 2,
 }
 
+/// `lsk_generate_options.exit_layer` / `.draft_len` value (with
+/// `LSK_MODE_SELF_SPECULATIVE`): choose it every round from measured layer
+/// costs and online acceptance estimates. Greedy output stays identical to
+/// full depth. `lsk_session_choices` reports what was chosen.
+pub const LSK_AUTO: u32 = 0xFFFF_FFFF;
+
+/// Consecutive rounds of the last `lsk_session_generate` that used one (E, d).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lsk_choice_span {
+    /// Index of the first generated token these rounds produced.
+    pub first_token: u32,
+    /// The number of layers with `draft_len == 0`: full-depth steps.
+    pub exit_layer: u32,
+    /// 0: plain steps without drafting.
+    pub draft_len: u32,
+    pub rounds: u64,
+}
+
 /// Options for `lsk_session_generate`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -174,9 +193,11 @@ pub struct lsk_generate_options {
     pub max_new_tokens: u32,
     /// An `lsk_mode` value (default `LSK_MODE_FULL`).
     pub mode: u32,
-    /// Exit layer E for early-exit and self-speculative modes; 0 (default) = L/2.
+    /// Exit layer E for early-exit and self-speculative modes; 0 (default) =
+    /// L/2; `LSK_AUTO` (self-speculative) = chosen every round.
     pub exit_layer: u32,
-    /// Draft length d for self-speculative mode (default 4).
+    /// Draft length d for self-speculative mode (default 4); `LSK_AUTO` =
+    /// chosen every round.
     pub draft_len: u32,
     pub sampling: lsk_sampling,
     /// Non-zero: keep generating past EOS ids.

@@ -127,3 +127,134 @@ pub fn lib_dir() -> PathBuf {
     );
     dir
 }
+
+/// Write a random Llama checkpoint (f32, hidden 64, 4/2 heads, vocab 320 with
+/// the mha-f32 fixture's tokenizer) with `layers` layers into `dir`. Layers
+/// from `zero_from` on get zero output projections, so they pass their input
+/// through unchanged and every exit from `zero_from` agrees with the full model.
+pub fn write_random_llama(
+    dir: &std::path::Path,
+    layers: usize,
+    zero_from: Option<usize>,
+    seed: u64,
+) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let (h, inter, vocab, kv) = (64usize, 128usize, 320usize, 32usize);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut uniform = move |scale: f32| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut add = |name: String, shape: Vec<usize>, scale: f32, zero: bool| {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| match (zero, scale.is_nan()) {
+                (true, _) => 0.0,
+                (_, true) => 1.0, // norm weights
+                _ => uniform(scale),
+            })
+            .collect();
+        tensors.push((name, shape, data));
+    };
+    add(
+        "model.embed_tokens.weight".into(),
+        vec![vocab, h],
+        1.0,
+        false,
+    );
+    for l in 0..layers {
+        let zero = zero_from.is_some_and(|z| l >= z);
+        let p = format!("model.layers.{l}");
+        // Large weights: every layer changes the prediction a lot.
+        add(
+            format!("{p}.self_attn.q_proj.weight"),
+            vec![h, h],
+            0.3,
+            false,
+        );
+        add(
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![kv, h],
+            0.3,
+            false,
+        );
+        add(
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![kv, h],
+            0.3,
+            false,
+        );
+        add(
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![h, h],
+            0.3,
+            zero,
+        );
+        add(
+            format!("{p}.mlp.gate_proj.weight"),
+            vec![inter, h],
+            0.3,
+            false,
+        );
+        add(
+            format!("{p}.mlp.up_proj.weight"),
+            vec![inter, h],
+            0.3,
+            false,
+        );
+        add(
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, inter],
+            0.3,
+            zero,
+        );
+        add(
+            format!("{p}.input_layernorm.weight"),
+            vec![h],
+            f32::NAN,
+            false,
+        );
+        add(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            f32::NAN,
+            false,
+        );
+    }
+    add("model.norm.weight".into(), vec![h], f32::NAN, false);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, d)| (n, s, d.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let data = safetensors::serialize(views, None).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("model.safetensors"), data).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": h, "intermediate_size": inter, "num_hidden_layers": layers,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "vocab_size": vocab, "tie_word_embeddings": true, "bos_token_id": 0, "eos_token_id": 2,
+        "torch_dtype": "float32"
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        fixture_dir("mha-f32").join("tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+}

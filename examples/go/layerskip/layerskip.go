@@ -269,6 +269,9 @@ func (s *Session) handle() (*C.lsk_session, error) {
 	return s.h, nil
 }
 
+// Auto as ExitLayer or DraftLen (with ModeSelfSpeculative) chooses it every round.
+const Auto = -1
+
 // Options for Generate. Zero values mean: full depth, greedy, E = L/2, d = 4.
 type Options struct {
 	MaxNewTokens int
@@ -324,8 +327,13 @@ func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32
 	}
 	o.mode = C.uint32_t(opt.Mode)
 	o.exit_layer = C.uint32_t(opt.ExitLayer)
+	if opt.ExitLayer == Auto {
+		o.exit_layer = C.LSK_AUTO
+	}
 	if opt.DraftLen > 0 {
 		o.draft_len = C.uint32_t(opt.DraftLen)
+	} else if opt.DraftLen == Auto {
+		o.draft_len = C.LSK_AUTO
 	}
 	o.sampling.temperature = C.float(opt.Temperature)
 	o.sampling.top_k = C.uint32_t(opt.TopK)

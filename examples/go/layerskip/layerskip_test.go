@@ -43,13 +43,17 @@ func TestGenerateModesAgree(t *testing.T) {
 		t.Fatal(err)
 	}
 	var outs [][]int32
-	for _, mode := range []int{ModeFull, ModeSelfSpeculative} {
+	for i, mode := range []int{ModeFull, ModeSelfSpeculative, ModeSelfSpeculative} {
 		s, err := m.NewSession(0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var streamed string
-		res, err := s.Generate(prompt, Options{MaxNewTokens: 20, Mode: mode, ExitLayer: 1, DraftLen: 3, IgnoreEOS: true},
+		opt := Options{MaxNewTokens: 20, Mode: mode, ExitLayer: 1, DraftLen: 3, IgnoreEOS: true}
+		if i == 2 {
+			opt.ExitLayer, opt.DraftLen = Auto, Auto
+		}
+		res, err := s.Generate(prompt, opt,
 			func(tok int32, text string) bool { streamed += text; return true })
 		if err != nil {
 			t.Fatal(err)
@@ -62,9 +66,11 @@ func TestGenerateModesAgree(t *testing.T) {
 		s.Close()
 		s.Close() // idempotent
 	}
-	for i := range outs[0] {
-		if outs[0][i] != outs[1][i] {
-			t.Fatalf("self-speculative differs from full at %d", i)
+	for k := 1; k < len(outs); k++ {
+		for i := range outs[0] {
+			if outs[0][i] != outs[k][i] {
+				t.Fatalf("self-speculative run %d differs from full at %d", k, i)
+			}
 		}
 	}
 }

@@ -1,0 +1,291 @@
+//! Choosing (E, d): expected tokens per second from the cost model and the
+//! acceptance estimates, with hysteresis, a margin before leaving full depth,
+//! and a bounded time budget for probing other exits.
+
+use super::{AcceptanceTracker, AutoSpec, CostModel, MAX_DRAFT};
+
+/// A choice for one round. `draft_len == 0` is a plain step at depth `exit`
+/// (`exit == num_layers`: full depth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub exit: usize,
+    pub draft_len: usize,
+}
+
+impl Choice {
+    pub fn full(n_layers: usize) -> Choice {
+        Choice {
+            exit: n_layers,
+            draft_len: 0,
+        }
+    }
+    pub fn is_step(&self) -> bool {
+        self.draft_len == 0
+    }
+}
+
+/// Self-speculation must be predicted this much faster than full depth.
+const MIN_SPEEDUP: f64 = 1.03;
+/// A new choice must be predicted this much faster than the current one.
+const SWITCH_GAIN: f64 = 1.03;
+/// Share of generation time that probing other exits may take.
+const PROBE_SHARE: f64 = 0.02;
+/// Share of the predicted generation time the prompt probe may take.
+const PROMPT_PROBE_SHARE: f64 = 0.02;
+
+/// Expected tokens of a round with `d` drafts when each is accepted with
+/// probability `alpha` independently: the accepted prefix plus the
+/// verifier's own token.
+pub fn expected_tokens(alpha: f64, d: usize) -> f64 {
+    (0..=d).map(|k| alpha.powi(k as i32)).sum()
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    spec: AutoSpec,
+    n_layers: usize,
+    pub current: Choice,
+    /// Predicted seconds spent on probes so far.
+    probe_seconds: f64,
+}
+
+impl Policy {
+    pub fn new(spec: AutoSpec, n_layers: usize) -> Policy {
+        Policy {
+            spec,
+            n_layers,
+            current: Choice::full(n_layers),
+            probe_seconds: 0.0,
+        }
+    }
+
+    /// Exits that may be chosen (and so are worth probing).
+    fn exits(&self) -> Vec<usize> {
+        match self.spec.exit {
+            Some(e) => vec![e],
+            None => (1..self.n_layers).collect(),
+        }
+    }
+
+    fn drafts(&self) -> Vec<usize> {
+        match self.spec.draft_len {
+            Some(d) => vec![d],
+            None => (1..=MAX_DRAFT).collect(),
+        }
+    }
+
+    /// Predicted speed of `c` relative to full depth.
+    pub fn speedup(&self, cost: &CostModel, acc: &AcceptanceTracker, c: Choice) -> f64 {
+        if c.is_step() {
+            return cost.full_token() / (c.exit as f64 * cost.layer(1) + cost.head(1));
+        }
+        let tokens = expected_tokens(acc.rate(c.exit), c.draft_len);
+        tokens * cost.full_token() / cost.round(c.exit, c.draft_len)
+    }
+
+    /// The choice for the next round.
+    pub fn choose(&mut self, cost: &CostModel, acc: &AcceptanceTracker) -> Choice {
+        let mut best = (Choice::full(self.n_layers), MIN_SPEEDUP);
+        for e in self.exits() {
+            for d in self.drafts() {
+                let c = Choice {
+                    exit: e,
+                    draft_len: d,
+                };
+                let s = self.speedup(cost, acc, c);
+                if s > best.1 {
+                    best = (c, s);
+                }
+            }
+        }
+        let kept = self.speedup(cost, acc, self.current);
+        let current_allowed = self.current.is_step() || kept >= MIN_SPEEDUP;
+        if !current_allowed || best.1 > kept * SWITCH_GAIN {
+            self.current = if best.0.is_step() {
+                Choice::full(self.n_layers)
+            } else {
+                best.0
+            };
+        }
+        self.current
+    }
+
+    /// With an automatic draft length, drafting stops once the probability
+    /// that every draft so far is accepted (the product of their top
+    /// probabilities) falls below what one more draft step costs relative to
+    /// a full token. 0 (never stop) with a fixed draft length.
+    pub fn stop_below(&self, cost: &CostModel, exit: usize) -> f32 {
+        match self.spec.draft_len {
+            Some(_) => 0.0,
+            None => (cost.draft_step(exit) / cost.full_token()) as f32,
+        }
+    }
+
+    /// The exit to probe in the next round, if the probe budget allows one:
+    /// the candidate with the least evidence. Exits shallower than a draft
+    /// exit are probed on the draft rows, deeper ones on the verify rows.
+    pub fn probe(
+        &mut self,
+        cost: &CostModel,
+        acc: &AcceptanceTracker,
+        elapsed: f64,
+    ) -> Option<usize> {
+        let c = self.current;
+        let exit = self
+            .exits()
+            .into_iter()
+            .filter(|&e| c.is_step() || e != c.exit)
+            .min_by(|&a, &b| acc.evidence(a).total_cmp(&acc.evidence(b)))?;
+        let price = if c.is_step() {
+            cost.head(1)
+        } else if exit < c.exit {
+            c.draft_len as f64 * cost.head(1)
+        } else {
+            cost.head(c.draft_len + 1)
+        };
+        if self.probe_seconds + price > PROBE_SHARE * elapsed {
+            return None;
+        }
+        self.probe_seconds += price;
+        Some(exit)
+    }
+
+    /// Exits to probe on the prompt's newest rows, and how many rows, within
+    /// a share of the predicted generation time of `max_new_tokens` tokens.
+    pub fn prompt_probes(
+        &self,
+        cost: &CostModel,
+        prompt_len: usize,
+        max_new_tokens: usize,
+    ) -> (Vec<usize>, usize) {
+        let exits = self.exits();
+        let budget = PROMPT_PROBE_SHARE * max_new_tokens as f64 * cost.full_token();
+        let want = exits.len().min(4);
+        let mut plan = (Vec::new(), 0);
+        for rows in [16, 8, 4, 2, 1] {
+            let rows = rows.min(prompt_len.max(1));
+            // The final head runs on the same rows to compare against.
+            let left = budget - (cost.head(rows) - cost.head(1));
+            let n = ((left / cost.head(rows)).max(0.0) as usize).min(exits.len());
+            plan = (spread(&exits, n), rows);
+            if n >= want {
+                break;
+            }
+        }
+        plan
+    }
+}
+
+/// `n` of `items`, evenly spaced.
+fn spread(items: &[usize], n: usize) -> Vec<usize> {
+    (0..n)
+        .map(|i| items[(2 * i + 1) * items.len() / (2 * n)])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 8 layers, each 1.0 per row, multi-row passes cheap: 1 + 0.1 per extra row; head 0.5.
+    fn cost() -> CostModel {
+        let layer = (1..=9).map(|r| 1.0 + 0.1 * (r - 1) as f64).collect();
+        let head = (1..=9).map(|r| 0.5 + 0.05 * (r - 1) as f64).collect();
+        CostModel::from_tables(8, layer, head)
+    }
+
+    fn tracker(rates: &[(usize, f64)]) -> AcceptanceTracker {
+        let mut t = AcceptanceTracker::new(8);
+        for &(e, r) in rates {
+            let hits = (r * 100.0).round() as usize;
+            (0..hits).for_each(|_| t.observe(e, true));
+            (hits..100).for_each(|_| t.observe(e, false));
+        }
+        t
+    }
+
+    #[test]
+    fn expected_tokens_counts_the_bonus() {
+        assert_eq!(expected_tokens(0.0, 4), 1.0);
+        assert_eq!(expected_tokens(1.0, 4), 5.0);
+        assert!((expected_tokens(0.5, 2) - 1.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn perfect_shallow_exit_gets_small_e_and_long_drafts() {
+        let acc = tracker(
+            &(1..8)
+                .map(|e| (e, if e >= 2 { 1.0 } else { 0.0 }))
+                .collect::<Vec<_>>(),
+        );
+        let mut p = Policy::new(AutoSpec::default(), 8);
+        let c = p.choose(&cost(), &acc);
+        assert_eq!(
+            c,
+            Choice {
+                exit: 2,
+                draft_len: MAX_DRAFT
+            }
+        );
+    }
+
+    #[test]
+    fn hopeless_exits_fall_back_to_full_depth() {
+        let acc = tracker(&(1..8).map(|e| (e, 0.05)).collect::<Vec<_>>());
+        let mut p = Policy::new(AutoSpec::default(), 8);
+        assert_eq!(p.choose(&cost(), &acc), Choice::full(8));
+        // Having chosen speculation, collapsing acceptance brings it back.
+        let good = tracker(&[(4, 0.95)]);
+        assert!(!p.choose(&cost(), &good).is_step());
+        assert_eq!(p.choose(&cost(), &acc), Choice::full(8));
+    }
+
+    #[test]
+    fn fixed_parts_are_respected_and_hysteresis_holds() {
+        let acc = tracker(&[(3, 0.8), (5, 0.9)]);
+        let mut p = Policy::new(
+            AutoSpec {
+                exit: Some(5),
+                draft_len: None,
+            },
+            8,
+        );
+        let c = p.choose(&cost(), &acc);
+        assert_eq!(c.exit, 5);
+        let mut q = Policy::new(
+            AutoSpec {
+                exit: None,
+                draft_len: Some(3),
+            },
+            8,
+        );
+        assert_eq!(q.choose(&cost(), &acc).draft_len, 3);
+        // A marginally better estimate elsewhere does not flip the choice.
+        let first = q.current;
+        let mut acc2 = acc.clone();
+        acc2.observe(5, false);
+        assert_eq!(q.choose(&cost(), &acc2), first);
+    }
+
+    #[test]
+    fn probing_stays_within_budget() {
+        let acc = tracker(&[(4, 0.9)]);
+        let c = cost();
+        let mut p = Policy::new(AutoSpec::default(), 8);
+        assert_eq!(
+            p.probe(&c, &acc, 0.0),
+            None,
+            "no time spent, nothing to spend"
+        );
+        let elapsed = 1000.0;
+        let mut spent = 0;
+        while p.probe(&c, &acc, elapsed).is_some() {
+            spent += 1;
+        }
+        // Full depth: each probe costs head(1) = 0.5; 2% of 1000 = 20.
+        assert_eq!(spent, 40);
+        let (exits, rows) = p.prompt_probes(&c, 100, 128);
+        assert_eq!(rows, 16);
+        assert!(!exits.is_empty() && exits.iter().all(|&e| (1..8).contains(&e)));
+    }
+}

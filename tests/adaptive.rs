@@ -1,0 +1,182 @@
+//! Automatic (E, d): lossless on every model, and the choices it makes where
+//! the answer is known (perfect shallow exits; hopeless exits).
+
+mod common;
+
+use common::{load, prompts, write_random_llama, FIXTURES};
+use layerskip::{generate, AutoSpec, GenerateOptions, Mode, Model, Session};
+use std::sync::Arc;
+
+fn run(model: &Arc<Model>, prompt: &[u32], mode: Mode, n: usize) -> layerskip::GenerateOutput {
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        mode,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut s = Session::new(model.clone(), 0).unwrap();
+    generate(&mut s, prompt, &opts, |_, _| true).unwrap()
+}
+
+fn autos(n_layers: usize) -> Vec<AutoSpec> {
+    vec![
+        AutoSpec::default(),
+        AutoSpec {
+            exit: Some(1),
+            draft_len: None,
+        },
+        AutoSpec {
+            exit: None,
+            draft_len: Some(3),
+        },
+        AutoSpec {
+            exit: Some(n_layers - 1),
+            draft_len: Some(2),
+        },
+    ]
+}
+
+#[test]
+fn automatic_greedy_equals_full_depth_on_every_fixture() {
+    for name in FIXTURES {
+        let model = load(name);
+        let l = model.num_layers();
+        for prompt in prompts(name) {
+            let full = run(&model, &prompt, Mode::Full, 24);
+            for spec in autos(l) {
+                let out = run(&model, &prompt, Mode::Auto(spec), 24);
+                assert_eq!(out.tokens, full.tokens, "{name}: {spec:?}");
+                let st = &out.stats;
+                // The prompt pass produced token 0; rounds produce the rest.
+                assert_eq!(st.choices[0].first_token, 1);
+                let rounds: u64 = st.choices.iter().map(|c| c.rounds).sum();
+                assert!(rounds >= 1 && rounds as usize <= out.tokens.len());
+                for c in &st.choices {
+                    if c.draft_len == 0 {
+                        assert_eq!(c.exit_layer, l, "plain steps are full depth");
+                    } else {
+                        assert!(
+                            spec.exit.is_none_or(|e| e == c.exit_layer),
+                            "{spec:?}: {c:?}"
+                        );
+                        assert!(
+                            spec.draft_len.is_none_or(|d| d == c.draft_len),
+                            "{spec:?}: {c:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn automatic_greedy_equals_full_depth_on_the_bundled_model() {
+    let model = Model::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/assets/layerskip-pycode-8l"
+    ))
+    .unwrap();
+    let prompt = model
+        .encode_prompt("import os\n\ndef walk(root):\n")
+        .unwrap();
+    let full = run(&model, &prompt, Mode::Full, 96);
+    // One session over several generations: estimates carry over and stay lossless.
+    let mut s = Session::new(model.clone(), 0).unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 96,
+        mode: Mode::Auto(AutoSpec::default()),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let out = generate(&mut s, &prompt, &opts, |_, _| true).unwrap();
+    assert_eq!(out.tokens, full.tokens);
+    assert!(
+        out.stats.accepted > 0,
+        "a trained model's exits are worth drafting from"
+    );
+    let again = run(&model, &prompt, Mode::Auto(AutoSpec::default()), 96);
+    assert_eq!(again.tokens, full.tokens);
+}
+
+#[test]
+fn invalid_automatic_settings_are_errors() {
+    let model = load("mha-f32");
+    let l = model.num_layers();
+    let mut s = Session::new(model.clone(), 0).unwrap();
+    for spec in [
+        AutoSpec {
+            exit: Some(0),
+            draft_len: None,
+        },
+        AutoSpec {
+            exit: Some(l),
+            draft_len: None,
+        },
+        AutoSpec {
+            exit: None,
+            draft_len: Some(0),
+        },
+    ] {
+        let opts = GenerateOptions {
+            mode: Mode::Auto(spec),
+            ..Default::default()
+        };
+        let err = generate(&mut s, &[1, 2], &opts, |_, _| true).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            layerskip::ErrorKind::InvalidArgument,
+            "{spec:?}"
+        );
+    }
+    assert_eq!(s.shallow_len(), 0, "a rejected call changes nothing");
+}
+
+#[test]
+fn perfect_shallow_exits_get_a_small_exit_and_drafts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layers, zero_from) = (8, 2);
+    write_random_llama(dir.path(), layers, Some(zero_from), 7);
+    let model = Model::load(dir.path()).unwrap();
+    let prompt: Vec<u32> = (0..24).map(|i| (i * 37 % 300) as u32 + 3).collect();
+    let full = run(&model, &prompt, Mode::Full, 160);
+    let out = run(&model, &prompt, Mode::Auto(AutoSpec::default()), 160);
+    assert_eq!(out.tokens, full.tokens);
+    let (e, d) = out.stats.main_choice().unwrap();
+    println!(
+        "zeroed from {zero_from}: main choice E={e} d={d}, {:?}",
+        out.stats.choices
+    );
+    // How long the drafts get depends on how much cheaper multi-row passes
+    // are on this machine (the policy's unit tests pin that down).
+    assert!(e <= zero_from + 1 && d >= 2, "E={e} d={d}");
+    assert!(out.stats.acceptance_rate > 0.95);
+}
+
+#[test]
+fn hopeless_exits_fall_back_to_full_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random_llama(dir.path(), 8, None, 11);
+    let model = Model::load(dir.path()).unwrap();
+    let prompt: Vec<u32> = (0..24).map(|i| (i * 53 % 300) as u32 + 3).collect();
+    let full = run(&model, &prompt, Mode::Full, 160);
+    let out = run(&model, &prompt, Mode::Auto(AutoSpec::default()), 160);
+    assert_eq!(out.tokens, full.tokens);
+    let st = &out.stats;
+    println!(
+        "random: {:?}, drafted {} accepted {}",
+        st.choices, st.drafted, st.accepted
+    );
+    assert_eq!(st.main_choice(), Some((8, 0)), "{:?}", st.choices);
+    let full_rounds: u64 = st
+        .choices
+        .iter()
+        .filter(|c| c.draft_len == 0)
+        .map(|c| c.rounds)
+        .sum();
+    let all: u64 = st.choices.iter().map(|c| c.rounds).sum();
+    assert!(
+        full_rounds * 10 >= all * 9,
+        "{full_rounds} of {all} rounds at full depth"
+    );
+}

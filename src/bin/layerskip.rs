@@ -24,6 +24,12 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Full depth against every (E, d) pair: tokens/s, speedup, acceptance.
     Bench(BenchArgs),
+    /// Time one layer and the exit head by row count (the cost model that
+    /// automatic (E, d) uses).
+    Costs {
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Print what a checkpoint holds.
     Info {
         #[arg(long)]
@@ -308,6 +314,28 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
     Ok(())
 }
 
+fn run_costs(model: Option<PathBuf>) -> layerskip::Result<()> {
+    let model = Model::load(model.unwrap_or_else(default_model))?;
+    let c = model.cost_model();
+    println!("rows  layer_us  per_row  head_us  per_row");
+    for r in 1..=c.layer.len() {
+        println!(
+            "{r:>4} {:>9.1} {:>8.2} {:>8.1} {:>8.2}",
+            1e6 * c.layer(r),
+            c.layer(r) / (r as f64 * c.layer(1)),
+            1e6 * c.head(r),
+            c.head(r) / (r as f64 * c.head(1)),
+        );
+    }
+    println!(
+        "full token {:.1} us ({} layers + head); measured in {:.0} ms",
+        1e6 * c.full_token(),
+        c.n_layers,
+        1e3 * c.measure_seconds
+    );
+    Ok(())
+}
+
 fn run_info(model: Option<PathBuf>, as_json: bool) -> layerskip::Result<()> {
     let model = Model::load(model.unwrap_or_else(default_model))?;
     let c = &model.config;
@@ -344,6 +372,7 @@ fn main() -> ExitCode {
         Cmd::Generate(a) => run_generate(a),
         Cmd::Bench(a) => run_bench(a),
         Cmd::Info { model, json } => run_info(model, json),
+        Cmd::Costs { model } => run_costs(model),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

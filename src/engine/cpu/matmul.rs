@@ -153,13 +153,13 @@ mod avx2 {
         }
     }
 
-    /// Same pairwise reduction as the portable `dot`.
+    /// Same pairwise reduction as the portable `dot`, in registers:
+    /// (a0+a4, a1+a5, a2+a6, a3+a7) = b, then (b0+b2) + (b1+b3).
     #[inline(always)]
     unsafe fn reduce(v: __m256) -> f32 {
-        let mut a = [0f32; 8];
-        _mm256_storeu_ps(a.as_mut_ptr(), v);
-        let b = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
-        (b[0] + b[2]) + (b[1] + b[3])
+        let b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+        _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)))
     }
 
     /// Dot products of `J` consecutive weight rows (`w` starts at the first)

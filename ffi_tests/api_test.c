@@ -222,6 +222,52 @@ int main(int argc, char **argv) {
         EXPECT(LSK_ERR_STRUCT_SIZE, lsk_model_load(argv[1], &mo, &none, &err_));
         lsk_model_options_default(&mo);
         EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &model, &err_));
+
+        /* Resource limits: a context cap and a KV-cache budget, enforced at session creation. */
+        {
+            lsk_model *limited = NULL;
+            lsk_session *a = NULL, *b = NULL;
+            lsk_session_options so;
+            lsk_session_options_default(&so);
+            lsk_model_options_default(&mo);
+            mo.max_context = 32;
+            EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
+            so.context_length = 33;
+            EXPECT(LSK_ERR_RESOURCE_LIMIT, lsk_session_new(limited, &so, &a, &err_));
+            so.context_length = 32;
+            EXPECT(LSK_OK, lsk_session_new(limited, &so, &a, &err_));
+            lsk_session_free(a);
+            lsk_model_free(limited);
+            /* A budget no session fits in; the Rust tests check the exact accounting. */
+            lsk_model_options_default(&mo);
+            mo.kv_budget_bytes = 1;
+            EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
+            so.context_length = 1;
+            {
+                lsk_error *e = NULL;
+                CHECK(lsk_session_new(limited, &so, &a, &e) == LSK_ERR_RESOURCE_LIMIT);
+                CHECK(e != NULL && strstr(lsk_error_message(e), "budget") != NULL);
+                lsk_error_free(e);
+            }
+            lsk_model_free(limited);
+            lsk_model_options_default(&mo);
+            mo.kv_budget_bytes = (uint64_t)1 << 40;
+            EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
+            EXPECT(LSK_OK, lsk_session_new(limited, &so, &a, &err_));
+            EXPECT(LSK_OK, lsk_session_new(limited, &so, &b, &err_));
+            lsk_session_free(a);
+            lsk_session_free(b);
+            lsk_model_free(limited);
+            /* A caller built against the first header version (16-byte options) still works. */
+            lsk_model_options_default(&mo);
+            mo.struct_size = 16;
+            mo.max_context = 5; /* beyond its struct: must be ignored */
+            EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
+            so.context_length = 32;
+            EXPECT(LSK_OK, lsk_session_new(limited, &so, &a, &err_));
+            lsk_session_free(a);
+            lsk_model_free(limited);
+        }
     }
     CHECK(model != NULL);
     CHECK(lsk_model_load("/no/such/model", NULL, &none, NULL) == LSK_ERR_IO); /* err may be NULL */

@@ -80,6 +80,9 @@ enum lsk_result
   LSK_ERR_STRUCT_SIZE = 12,
   // A string argument is not valid UTF-8.
   LSK_ERR_UTF8 = 13,
+  // A limit set in `lsk_model_options` (context per session, KV-cache
+  // memory) would be exceeded.
+  LSK_ERR_RESOURCE_LIMIT = 14,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -180,6 +183,14 @@ typedef struct lsk_model_options {
   uint32_t device;
   // Device ordinal for GPU devices (default 0).
   uint32_t device_index;
+  // Longest context a session may ask for; 0 (default) = the model's
+  // context length. Added in 0.2 (older callers get the default).
+  uint32_t max_context;
+  // KV-cache bytes all open sessions of this model may reserve together
+  // (each reserves its context length's worth when created); 0 (default)
+  // = unlimited. Exceeding it fails `lsk_session_new` with
+  // `LSK_ERR_RESOURCE_LIMIT`.
+  uint64_t kv_budget_bytes;
 } lsk_model_options;
 
 // What `lsk_model_info` reports. Set `struct_size` before the call.

@@ -21,6 +21,9 @@ pub enum ErrorKind {
     ContextOverflow,
     /// A feature that is recognised but not implemented.
     Unsupported,
+    /// A configured resource limit (context per session, KV-cache memory per
+    /// model) would be exceeded.
+    ResourceLimit,
 }
 
 #[derive(Debug, thiserror::Error)]

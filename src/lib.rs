@@ -25,6 +25,6 @@ pub use error::{Error, ErrorKind, Result};
 pub use generate::{
     generate, ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Mode, StopReason,
 };
-pub use model::Model;
+pub use model::{LoadOptions, Model};
 pub use sampling::SamplingParams;
 pub use session::{Logits, Session};

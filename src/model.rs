@@ -9,7 +9,20 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{DType, WeightStore};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+
+/// Limits a serving process sets when it loads a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Longest context a session may ask for; 0 = the model's
+    /// `max_position_embeddings` (a larger value is capped there).
+    pub max_context: usize,
+    /// KV-cache memory that all open sessions together may reserve, in bytes;
+    /// 0 = unlimited. A session reserves `context length x
+    /// kv_bytes_per_position` when it is created and releases it when dropped.
+    pub kv_budget_bytes: u64,
+}
 
 pub struct Model<E: Engine = CpuEngine> {
     pub config: ModelConfig,
@@ -20,11 +33,19 @@ pub struct Model<E: Engine = CpuEngine> {
     pub dtype: DType,
     /// Layer and exit-head timings for automatic (E, d), measured on first use.
     cost: OnceLock<CostModel>,
+    limits: LoadOptions,
+    /// KV-cache bytes reserved by open sessions.
+    kv_reserved: AtomicU64,
 }
 
 impl Model<CpuEngine> {
     /// Load a Hugging Face Llama checkpoint directory onto the CPU engine.
     pub fn load(dir: impl AsRef<Path>) -> Result<Arc<Self>> {
+        Self::load_with(dir, &LoadOptions::default())
+    }
+
+    /// [`Model::load`] with resource limits.
+    pub fn load_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Arc<Self>> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
             return Err(Error::new(
@@ -56,7 +77,18 @@ impl Model<CpuEngine> {
             dir: dir.to_path_buf(),
             dtype,
             cost: OnceLock::new(),
+            limits: *options,
+            kv_reserved: AtomicU64::new(0),
         }))
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} bytes"),
     }
 }
 
@@ -69,6 +101,58 @@ impl<E: Engine> Model<E> {
     /// (timed once, on first use, in a few milliseconds to ~a second).
     pub fn cost_model(&self) -> &CostModel {
         self.cost.get_or_init(|| CostModel::measure(&self.engine))
+    }
+
+    /// The longest context a session may have.
+    pub fn max_context(&self) -> usize {
+        let max = self.config.max_position_embeddings;
+        match self.limits.max_context {
+            0 => max,
+            n => n.min(max),
+        }
+    }
+
+    pub fn limits(&self) -> LoadOptions {
+        self.limits
+    }
+
+    /// KV-cache bytes reserved by open sessions now.
+    pub fn kv_reserved_bytes(&self) -> u64 {
+        self.kv_reserved.load(Ordering::Relaxed)
+    }
+
+    /// Reserve KV-cache memory for a session of `positions` positions.
+    pub(crate) fn reserve_kv(&self, positions: usize) -> Result<u64> {
+        let need = positions as u64 * self.engine.kv_bytes_per_position() as u64;
+        let budget = self.limits.kv_budget_bytes;
+        let mut cur = self.kv_reserved.load(Ordering::Relaxed);
+        loop {
+            if budget > 0 && cur.saturating_add(need) > budget {
+                return Err(Error::new(
+                    ErrorKind::ResourceLimit,
+                    format!(
+                        "KV-cache budget exceeded: a session of {positions} positions needs {}, \
+                         open sessions hold {} of the model's {}",
+                        human_bytes(need),
+                        human_bytes(cur),
+                        human_bytes(budget)
+                    ),
+                ));
+            }
+            match self.kv_reserved.compare_exchange_weak(
+                cur,
+                cur + need,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(need),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    pub(crate) fn release_kv(&self, bytes: u64) {
+        self.kv_reserved.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     pub fn is_eos(&self, id: u32) -> bool {

@@ -53,6 +53,14 @@ pub struct Session<E: Engine = CpuEngine> {
     pub(crate) verified: (usize, Vec<u32>),
     /// Acceptance estimates per exit layer, kept across generations.
     pub(crate) acceptance: crate::adaptive::AcceptanceTracker,
+    /// KV-cache bytes reserved against the model's budget.
+    kv_reserved: u64,
+}
+
+impl<E: Engine> Drop for Session<E> {
+    fn drop(&mut self) {
+        self.model.release_kv(self.kv_reserved);
+    }
 }
 
 /// Exit-head logits for the rows of `x` that `which` selects (`x`'s first row
@@ -84,15 +92,26 @@ fn head_rows<E: Engine>(
 
 impl<E: Engine> Session<E> {
     /// A session whose context holds at most `capacity` positions (0 = the
-    /// model's `max_position_embeddings`).
+    /// model's maximum context). Its KV-cache memory is reserved against the
+    /// model's budget ([`crate::LoadOptions`]) until it is dropped.
     pub fn new(model: Arc<Model<E>>, capacity: usize) -> Result<Self> {
-        let max = model.config.max_position_embeddings;
-        if capacity > max {
+        let model_max = model.config.max_position_embeddings;
+        if capacity > model_max {
             return Err(Error::invalid(format!(
-                "context length {capacity} exceeds the model's max_position_embeddings ({max})"
+                "context length {capacity} exceeds the model's max_position_embeddings ({model_max})"
             )));
         }
+        let max = model.max_context();
+        if capacity > max {
+            return Err(Error::new(
+                ErrorKind::ResourceLimit,
+                format!(
+                    "context length {capacity} exceeds the maximum context per session set when the model was loaded ({max})"
+                ),
+            ));
+        }
         let capacity = if capacity == 0 { max } else { capacity };
+        let kv_reserved = model.reserve_kv(capacity)?;
         let cache = KvCache::new(&model.engine, capacity);
         let n = model.config.num_layers;
         Ok(Session {
@@ -110,6 +129,7 @@ impl<E: Engine> Session<E> {
             probe_logits: Vec::new(),
             verified: (0, Vec::new()),
             acceptance: crate::adaptive::AcceptanceTracker::new(n),
+            kv_reserved,
         })
     }
 

@@ -3,7 +3,8 @@
 reference outputs transformers computes for them (float32).
 
 Run by a developer, never by CI (it needs torch + transformers):
-    python tools/make_fixtures.py            # writes tests/fixtures/*
+    python tools/make_fixtures.py                  # writes tests/fixtures/*
+    python tools/make_fixtures.py --only-bundled   # just the bundled model's reference
 
 Each fixture directory holds a Hugging Face checkpoint (config.json written in
 the hub's classic format, safetensors, tokenizer.json) and:
@@ -220,8 +221,22 @@ def reference_for_checkpoint(model_dir: Path, out: Path, exits):
     write_reference(model, tok, prompts, out, n_logit_prompts=1, exits=exits)
 
 
+# The bundled model (tests/bundled_model.rs checks these exits against transformers).
+BUNDLED = ROOT.parent.parent / "assets" / "layerskip-pycode-8l"
+
+
+def bundled_exits(model_dir: Path):
+    layers = json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+    return [layers * q // 4 for q in (1, 2, 3, 4)]
+
+
 if __name__ == "__main__":
-    for f in FIXTURES:
-        build(f)
-    bundled = ROOT.parent.parent / "assets" / "layerskip-pycode-8l"
-    reference_for_checkpoint(bundled, ROOT / "bundled-reference", exits=[2, 4, 6, 8])
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only-bundled", action="store_true")
+    args = ap.parse_args()
+    if not args.only_bundled:
+        for f in FIXTURES:
+            build(f)
+    reference_for_checkpoint(BUNDLED, ROOT / "bundled-reference", exits=bundled_exits(BUNDLED))

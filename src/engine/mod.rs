@@ -26,6 +26,8 @@ pub trait Engine: Send + Sync + 'static {
     type Kv: Send;
 
     fn config(&self) -> &ModelConfig;
+    /// Bytes of K/V storage one position takes in every layer.
+    fn kv_bytes_per_position(&self) -> usize;
     /// Empty K/V storage; it grows on demand up to `capacity` positions.
     fn new_kv(&self, capacity: usize) -> Self::Kv;
     /// Forget positions `len..` of `layer` (a length change, not a copy).

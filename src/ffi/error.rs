@@ -38,6 +38,9 @@ pub enum lsk_result {
     LSK_ERR_STRUCT_SIZE = 12,
     /// A string argument is not valid UTF-8.
     LSK_ERR_UTF8 = 13,
+    /// A limit set in `lsk_model_options` (context per session, KV-cache
+    /// memory) would be exceeded.
+    LSK_ERR_RESOURCE_LIMIT = 14,
 }
 
 use lsk_result::*;
@@ -79,6 +82,7 @@ impl From<Error> for FfiError {
             ErrorKind::InvalidArgument => LSK_ERR_INVALID_ARGUMENT,
             ErrorKind::ContextOverflow => LSK_ERR_CONTEXT_OVERFLOW,
             ErrorKind::Unsupported => LSK_ERR_UNSUPPORTED,
+            ErrorKind::ResourceLimit => LSK_ERR_RESOURCE_LIMIT,
         };
         FfiError::new(code, e.message())
     }
@@ -163,6 +167,7 @@ pub extern "C" fn lsk_result_name(code: u32) -> *const c_char {
         11 => c"internal panic",
         12 => c"struct size mismatch",
         13 => c"invalid utf-8",
+        14 => c"resource limit",
         _ => c"unknown result code",
     };
     s.as_ptr()

@@ -48,7 +48,11 @@ pub extern "C" fn lsk_model_load(
             }
             d => return Err(FfiError::invalid(format!("unknown device {d}"))),
         }
-        let model = Model::load(path)?;
+        let limits = crate::model::LoadOptions {
+            max_context: opts.max_context as usize,
+            kv_budget_bytes: opts.kv_budget_bytes,
+        };
+        let model = Model::load_with(path, &limits)?;
         let handle = Box::into_raw(Box::new(model)) as *mut lsk_model;
         unsafe { put(out, handle, "out") }
     })

@@ -7,29 +7,38 @@ use std::ffi::c_char;
 
 /// Structs versioned by their leading `struct_size`.
 pub(crate) trait Versioned: Copy {
+    /// The size of the struct's first published version.
+    const MIN_SIZE: usize;
     fn defaults() -> Self;
     fn struct_size(&self) -> usize;
 }
 
-/// Read an options struct: NULL gives the defaults; a `struct_size` smaller
-/// than ours is an error (fields are only appended, so larger is fine).
+/// Read an options struct: NULL gives the defaults. Fields are only ever
+/// appended, so a caller built against an older header passes a smaller
+/// `struct_size`: the fields it has are read and the newer ones keep their
+/// defaults. A size below the first version's is an error.
 pub(crate) unsafe fn read_options<T: Versioned>(ptr: *const T, what: &str) -> FfiResult<T> {
-    // SAFETY: non-NULL option pointers point to a readable struct of at least
-    // `struct_size` bytes; we read the size first.
-    let Some(v) = (unsafe { ptr.as_ref() }) else {
+    if ptr.is_null() {
         return Ok(T::defaults());
-    };
-    if v.struct_size() < std::mem::size_of::<T>() {
+    }
+    // SAFETY: a non-NULL options pointer points to a readable struct that
+    // starts with `struct_size` (documented); read that field alone first.
+    let size = unsafe { (ptr as *const usize).read_unaligned() };
+    if size < T::MIN_SIZE {
         return Err(FfiError::new(
             lsk_result::LSK_ERR_STRUCT_SIZE,
             format!(
-                "{what}.struct_size is {}, expected at least {}",
-                v.struct_size(),
-                std::mem::size_of::<T>()
+                "{what}.struct_size is {size}, expected at least {}",
+                T::MIN_SIZE
             ),
         ));
     }
-    Ok(*v)
+    let mut v = T::defaults();
+    let n = size.min(std::mem::size_of::<T>());
+    // SAFETY: the caller's struct holds `size >= n` readable bytes, ours `n`.
+    unsafe { std::ptr::copy_nonoverlapping(ptr as *const u8, &mut v as *mut T as *mut u8, n) };
+    set_size(&mut v, std::mem::size_of::<T>());
+    Ok(v)
 }
 
 /// Write an output struct whose caller-set `struct_size` must cover ours.
@@ -60,7 +69,11 @@ fn set_size<T: Versioned>(v: &mut T, size: usize) {
 
 macro_rules! versioned {
     ($t:ty, $defaults:expr) => {
+        versioned!($t, $defaults, std::mem::size_of::<$t>());
+    };
+    ($t:ty, $defaults:expr, $min:expr) => {
         impl Versioned for $t {
+            const MIN_SIZE: usize = $min;
             fn defaults() -> Self {
                 $defaults
             }
@@ -88,14 +101,26 @@ pub struct lsk_model_options {
     pub device: u32,
     /// Device ordinal for GPU devices (default 0).
     pub device_index: u32,
+    /// Longest context a session may ask for; 0 (default) = the model's
+    /// context length. Added in 0.2 (older callers get the default).
+    pub max_context: u32,
+    /// KV-cache bytes all open sessions of this model may reserve together
+    /// (each reserves its context length's worth when created); 0 (default)
+    /// = unlimited. Exceeding it fails `lsk_session_new` with
+    /// `LSK_ERR_RESOURCE_LIMIT`.
+    pub kv_budget_bytes: u64,
 }
 versioned!(
     lsk_model_options,
     lsk_model_options {
         struct_size: std::mem::size_of::<Self>(),
         device: 0,
-        device_index: 0
-    }
+        device_index: 0,
+        max_context: 0,
+        kv_budget_bytes: 0,
+    },
+    // struct_size + device + device_index: the first version.
+    16
 );
 
 /// How tokens are chosen. `temperature == 0` is greedy.

@@ -147,6 +147,11 @@ impl Engine for CpuEngine {
         &self.cfg
     }
 
+    fn kv_bytes_per_position(&self) -> usize {
+        // K and V, f32, every layer.
+        2 * self.cfg.num_layers * self.cfg.kv_dim() * std::mem::size_of::<f32>()
+    }
+
     fn new_kv(&self, _capacity: usize) -> CpuKv {
         let n = self.cfg.num_layers;
         CpuKv {

@@ -3,6 +3,7 @@
 
     python tools/make_random_model.py --out /tmp/rand100m            # ~100M params, bf16
     python tools/make_random_model.py --out /tmp/rand100m-ceiling --zero-deep-from 4
+    python tools/make_random_model.py --out /tmp/rand100m-hopeless --branch-scale 16
 
 --zero-deep-from E zeroes o_proj and down_proj of layers E..L, so those layers
 add nothing to the residual stream: early exit at E equals the full model and
@@ -52,6 +53,9 @@ def main():
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--zero-deep-from", type=int, default=None)
+    ap.add_argument("--branch-scale", type=float, default=0.5,
+                    help="scale of o_proj/down_proj; large values make every layer change the "
+                         "prediction (early exits then almost never agree with the full model)")
     ap.add_argument("--tokenizer", default=str(ROOT / "tests/fixtures/mha-f32/tokenizer.json"))
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -71,10 +75,10 @@ def main():
         t[p + "self_attn.q_proj.weight"] = w(a.heads * hd, h)
         t[p + "self_attn.k_proj.weight"] = w(a.kv_heads * hd, h)
         t[p + "self_attn.v_proj.weight"] = w(a.kv_heads * hd, h)
-        t[p + "self_attn.o_proj.weight"] = w(h, a.heads * hd, 0.5) * (0 if zero else 1)
+        t[p + "self_attn.o_proj.weight"] = w(h, a.heads * hd, a.branch_scale) * (0 if zero else 1)
         t[p + "mlp.gate_proj.weight"] = w(a.intermediate, h)
         t[p + "mlp.up_proj.weight"] = w(a.intermediate, h)
-        t[p + "mlp.down_proj.weight"] = w(h, a.intermediate, 0.5) * (0 if zero else 1)
+        t[p + "mlp.down_proj.weight"] = w(h, a.intermediate, a.branch_scale) * (0 if zero else 1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     write_safetensors(out / "model.safetensors", t)

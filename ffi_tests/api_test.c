@@ -490,15 +490,17 @@ int main(int argc, char **argv) {
         {
             lsk_choice_span spans[64];
             size_t n = 0, i;
-            uint64_t rounds = 0;
+            uint64_t rounds = 0, tokens = 0;
             EXPECT(LSK_OK, lsk_session_choices(g, spans, 64, &n, &err_));
             CHECK(n >= 1 && n <= 64 && spans[0].first_token == 1); /* token 0 comes from the prompt pass */
             for (i = 0; i < n && i < 64; i++) {
                 CHECK(spans[i].exit_layer >= 1 && spans[i].exit_layer <= info.n_layers);
                 CHECK(spans[i].draft_len == 0 ? spans[i].exit_layer == info.n_layers : spans[i].exit_layer < info.n_layers);
                 rounds += spans[i].rounds;
+                tokens += spans[i].tokens;
             }
             CHECK(rounds >= 1 && rounds <= nfull);
+            CHECK(n > 64 || tokens == nfull - 1); /* token 0 comes from the prompt pass */
             EXPECT(LSK_OK, lsk_session_choices(g, NULL, 0, &n, &err_));
             EXPECT(LSK_ERR_NULL_POINTER, lsk_session_choices(g, NULL, 1, &n, &err_));
             EXPECT(LSK_ERR_NULL_POINTER, lsk_session_choices(g, spans, 1, NULL, &err_));

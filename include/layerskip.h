@@ -291,6 +291,8 @@ typedef struct lsk_choice_span {
   // 0: plain steps without drafting.
   uint32_t draft_len;
   uint64_t rounds;
+  // Tokens these rounds produced.
+  uint64_t tokens;
 } lsk_choice_span;
 
 // Session counters for `lsk_session_stats`. Set `struct_size` before the call.

@@ -46,8 +46,8 @@ struct Totals {
     drafted: u64,
     accepted: u64,
     rounds: u64,
-    /// Rounds per (E, d) chosen (automatic mode).
-    choices: Vec<((usize, usize), u64)>,
+    /// Tokens per (E, d) chosen (automatic mode).
+    choices: Vec<((usize, usize), usize)>,
     draft_s: f64,
     verify_s: f64,
     outputs: Vec<Vec<u32>>,
@@ -96,8 +96,8 @@ pub fn run<E: Engine>(
                 for c in &st.choices {
                     let key = (c.exit_layer, c.draft_len);
                     match t.choices.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, n)) => *n += c.rounds,
-                        None => t.choices.push((key, c.rounds)),
+                        Some((_, n)) => *n += c.tokens,
+                        None => t.choices.push((key, c.tokens)),
                     }
                 }
                 t.draft_s += st.draft_seconds;

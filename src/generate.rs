@@ -35,6 +35,8 @@ pub struct ChoiceSpan {
     /// 0: plain steps (no drafting).
     pub draft_len: usize,
     pub rounds: u64,
+    /// Tokens these rounds produced.
+    pub tokens: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -81,14 +83,14 @@ pub struct GenerateStats {
 }
 
 impl GenerateStats {
-    /// The (E, d) that ran the most rounds.
+    /// The (E, d) that produced the most tokens.
     pub fn main_choice(&self) -> Option<(usize, usize)> {
-        let mut by: Vec<((usize, usize), u64)> = Vec::new();
+        let mut by: Vec<((usize, usize), usize)> = Vec::new();
         for c in &self.choices {
             let key = (c.exit_layer, c.draft_len);
             match by.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, n)) => *n += c.rounds,
-                None => by.push((key, c.rounds)),
+                Some((_, n)) => *n += c.tokens,
+                None => by.push((key, c.tokens)),
             }
         }
         by.into_iter().max_by_key(|&(_, n)| n).map(|(k, _)| k)
@@ -309,10 +311,15 @@ pub fn generate<E: Engine>(
                 exit_layer: choice.exit,
                 draft_len: choice.draft_len,
                 rounds: 1,
+                tokens: 0,
             }),
         }
+        let round_start = Instant::now();
         if choice.is_step() {
             let run = session.step(next, choice.exit).map(|_| ());
+            if let Some((policy, cost)) = &mut auto {
+                policy.observe_time(cost, choice, 0, round_start.elapsed().as_secs_f64());
+            }
             if auto.is_some() {
                 score_step_probes(session);
             }
@@ -350,6 +357,10 @@ pub fn generate<E: Engine>(
             }
         }
         let (drafts, verdict) = round?;
+        if let Some((policy, cost)) = &mut auto {
+            let seconds = round_start.elapsed().as_secs_f64();
+            policy.observe_time(cost, choice, drafts.tokens.len(), seconds);
+        }
         let mut going = true;
         for &t in &drafts.tokens[..verdict.accepted] {
             going = sink.push(session, t)?;
@@ -363,6 +374,16 @@ pub fn generate<E: Engine>(
         next = verdict.token_after;
     }
     session.set_probes(&[], 0);
+    // Each span produced the tokens up to the next span's first one.
+    let ends: Vec<usize> = choices
+        .iter()
+        .skip(1)
+        .map(|c| c.first_token)
+        .chain([sink.tokens.len()])
+        .collect();
+    for (c, end) in choices.iter_mut().zip(ends) {
+        c.tokens = end.saturating_sub(c.first_token);
+    }
     let seconds = start.elapsed().as_secs_f64();
     let spec = session.spec_stats();
     let (drafted, accepted) = (spec.drafted - spec0.drafted, spec.accepted - spec0.accepted);

@@ -51,6 +51,12 @@ fn automatic_greedy_equals_full_depth_on_every_fixture() {
                 assert_eq!(st.choices[0].first_token, 1);
                 let rounds: u64 = st.choices.iter().map(|c| c.rounds).sum();
                 assert!(rounds >= 1 && rounds as usize <= out.tokens.len());
+                let tokens: usize = st.choices.iter().map(|c| c.tokens).sum();
+                assert_eq!(
+                    tokens,
+                    out.tokens.len() - 1,
+                    "every token after the prompt pass's"
+                );
                 for c in &st.choices {
                     if c.draft_len == 0 {
                         assert_eq!(c.exit_layer, l, "plain steps are full depth");

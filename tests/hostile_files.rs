@@ -101,7 +101,9 @@ fn config_case(
     needles: &'static [&'static str],
     f: impl Fn(&mut serde_json::Map<String, Value>) + 'static,
 ) -> Case {
-    case(name, ErrorKind::Config, needles, move |d| edit_config(d, &f))
+    case(name, ErrorKind::Config, needles, move |d| {
+        edit_config(d, &f)
+    })
 }
 
 fn cases() -> Vec<Case> {
@@ -109,109 +111,217 @@ fn cases() -> Vec<Case> {
     let index = "model.safetensors.index.json";
     vec![
         // Missing pieces.
-        case("missing directory", Io, &["model directory not found"], |d| {
-            std::fs::remove_dir_all(d).unwrap()
-        }),
+        case(
+            "missing directory",
+            Io,
+            &["model directory not found"],
+            |d| std::fs::remove_dir_all(d).unwrap(),
+        ),
         case("missing config.json", Io, &["config.json"], |d| {
             std::fs::remove_file(d.join("config.json")).unwrap()
         }),
-        case("missing tokenizer.json", Tokenizer, &["tokenizer.json", "not found"], |d| {
-            std::fs::remove_file(d.join("tokenizer.json")).unwrap()
-        }),
+        case(
+            "missing tokenizer.json",
+            Tokenizer,
+            &["tokenizer.json", "not found"],
+            |d| std::fs::remove_file(d.join("tokenizer.json")).unwrap(),
+        ),
         case("missing weights", Weights, &["no model.safetensors"], |d| {
             std::fs::remove_file(d.join("model.safetensors")).unwrap()
         }),
         // Safetensors headers that lie.
-        case("truncated data", Weights, &["model.safetensors", "corrupt"], |d| {
-            let p = d.join("model.safetensors");
-            let b = std::fs::read(&p).unwrap();
-            std::fs::write(&p, &b[..b.len() - 1000]).unwrap();
-        }),
-        case("header length past EOF", Weights, &["model.safetensors", "corrupt"], |d| {
-            let mut b = (u64::MAX / 2).to_le_bytes().to_vec();
-            b.extend_from_slice(b"{}");
-            std::fs::write(d.join("model.safetensors"), b).unwrap();
-        }),
-        case("file shorter than a header length", Weights, &["model.safetensors"], |d| {
-            std::fs::write(d.join("model.safetensors"), [1, 2, 3]).unwrap()
-        }),
-        case("non-UTF-8 header", Weights, &["model.safetensors", "corrupt"], |d| {
-            raw_safetensors(d, &[0xff, 0xfe, b'{', 0, 1, 2, 3, 4], 0)
-        }),
-        case("offsets past the data", Weights, &["model.safetensors", "corrupt"], |d| {
-            let h = header_with(json!({"model.norm.weight": {"dtype": "F32", "shape": [64], "data_offsets": [0, 1_000_000]}}));
-            raw_safetensors(d, &h, 256);
-        }),
-        case("overlapping offsets", Weights, &["model.safetensors", "corrupt"], |d| {
-            let h = header_with(json!({
-                "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
-                "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}
-            }));
-            raw_safetensors(d, &h, 24);
-        }),
-        case("negative offset", Weights, &["model.safetensors", "corrupt"], |d| {
-            let h = header_with(json!({"a": {"dtype": "F32", "shape": [4], "data_offsets": [-16, 0]}}));
-            raw_safetensors(d, &h, 16);
-        }),
-        case("huge offsets and shape", Weights, &["model.safetensors", "corrupt"], |d| {
-            let h = header_with(json!({"a": {"dtype": "F32", "shape": [u64::MAX / 2, 4], "data_offsets": [0, u64::MAX]}}));
-            raw_safetensors(d, &h, 16);
-        }),
-        case("shape disagrees with byte length", Weights, &["model.safetensors", "corrupt"], |d| {
-            let h = header_with(json!({"a": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 8]}}));
-            raw_safetensors(d, &h, 8);
-        }),
+        case(
+            "truncated data",
+            Weights,
+            &["model.safetensors", "corrupt"],
+            |d| {
+                let p = d.join("model.safetensors");
+                let b = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &b[..b.len() - 1000]).unwrap();
+            },
+        ),
+        case(
+            "header length past EOF",
+            Weights,
+            &["model.safetensors", "corrupt"],
+            |d| {
+                let mut b = (u64::MAX / 2).to_le_bytes().to_vec();
+                b.extend_from_slice(b"{}");
+                std::fs::write(d.join("model.safetensors"), b).unwrap();
+            },
+        ),
+        case(
+            "file shorter than a header length",
+            Weights,
+            &["model.safetensors"],
+            |d| std::fs::write(d.join("model.safetensors"), [1, 2, 3]).unwrap(),
+        ),
+        case(
+            "non-UTF-8 header",
+            Weights,
+            &["model.safetensors", "corrupt"],
+            |d| raw_safetensors(d, &[0xff, 0xfe, b'{', 0, 1, 2, 3, 4], 0),
+        ),
+        case(
+            "offsets past the data",
+            Weights,
+            &["model.safetensors", "corrupt"],
+            |d| {
+                let h = header_with(
+                    json!({"model.norm.weight": {"dtype": "F32", "shape": [64], "data_offsets": [0, 1_000_000]}}),
+                );
+                raw_safetensors(d, &h, 256);
+            },
+        ),
+        case(
+            "overlapping offsets",
+            Weights,
+            &["model.safetensors", "corrupt"],
+            |d| {
+                let h = header_with(json!({
+                    "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                    "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}
+                }));
+                raw_safetensors(d, &h, 24);
+            },
+        ),
+        case(
+            "negative offset",
+            Weights,
+            &["model.safetensors", "corrupt"],
+            |d| {
+                let h = header_with(
+                    json!({"a": {"dtype": "F32", "shape": [4], "data_offsets": [-16, 0]}}),
+                );
+                raw_safetensors(d, &h, 16);
+            },
+        ),
+        case(
+            "huge offsets and shape",
+            Weights,
+            &["model.safetensors", "corrupt"],
+            |d| {
+                let h = header_with(
+                    json!({"a": {"dtype": "F32", "shape": [u64::MAX / 2, 4], "data_offsets": [0, u64::MAX]}}),
+                );
+                raw_safetensors(d, &h, 16);
+            },
+        ),
+        case(
+            "shape disagrees with byte length",
+            Weights,
+            &["model.safetensors", "corrupt"],
+            |d| {
+                let h = header_with(
+                    json!({"a": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 8]}}),
+                );
+                raw_safetensors(d, &h, 8);
+            },
+        ),
         // Tensors that do not fit the config.
-        case("missing tensor", Weights, &["model.layers.2.mlp.up_proj.weight", "missing"], |d| {
-            edit_tensors(d, |m| {
-                m.remove("model.layers.2.mlp.up_proj.weight");
-            })
-        }),
-        case("wrong shape", Weights, &["model.layers.1.self_attn.k_proj.weight", "shape", "model.safetensors"], |d| {
-            edit_tensors(d, |m| {
-                let t = m.get_mut("model.layers.1.self_attn.k_proj.weight").unwrap();
-                t.1 = vec![t.1[1], t.1[0] / 2];
-                t.2.truncate(t.2.len() / 2);
-            })
-        }),
-        case("unsupported dtype", Weights, &["model.norm.weight", "dtype", "I32"], |d| {
-            edit_tensors(d, |m| m.get_mut("model.norm.weight").unwrap().0 = Dtype::I32)
-        }),
-        case("NaN weight", Weights, &["model.layers.0.mlp.down_proj.weight", "NaN"], |d| {
-            edit_tensors(d, |m| {
-                let t = m.get_mut("model.layers.0.mlp.down_proj.weight").unwrap();
-                t.2[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
-            })
-        }),
-        case("infinite weight", Weights, &["model.embed_tokens.weight", "infinite"], |d| {
-            edit_tensors(d, |m| {
-                let t = m.get_mut("model.embed_tokens.weight").unwrap();
-                t.2[0..4].copy_from_slice(&f32::NEG_INFINITY.to_le_bytes());
-            })
-        }),
+        case(
+            "missing tensor",
+            Weights,
+            &["model.layers.2.mlp.up_proj.weight", "missing"],
+            |d| {
+                edit_tensors(d, |m| {
+                    m.remove("model.layers.2.mlp.up_proj.weight");
+                })
+            },
+        ),
+        case(
+            "wrong shape",
+            Weights,
+            &[
+                "model.layers.1.self_attn.k_proj.weight",
+                "shape",
+                "model.safetensors",
+            ],
+            |d| {
+                edit_tensors(d, |m| {
+                    let t = m.get_mut("model.layers.1.self_attn.k_proj.weight").unwrap();
+                    t.1 = vec![t.1[1], t.1[0] / 2];
+                    t.2.truncate(t.2.len() / 2);
+                })
+            },
+        ),
+        case(
+            "unsupported dtype",
+            Weights,
+            &["model.norm.weight", "dtype", "I32"],
+            |d| {
+                edit_tensors(d, |m| {
+                    m.get_mut("model.norm.weight").unwrap().0 = Dtype::I32
+                })
+            },
+        ),
+        case(
+            "NaN weight",
+            Weights,
+            &["model.layers.0.mlp.down_proj.weight", "NaN"],
+            |d| {
+                edit_tensors(d, |m| {
+                    let t = m.get_mut("model.layers.0.mlp.down_proj.weight").unwrap();
+                    t.2[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+                })
+            },
+        ),
+        case(
+            "infinite weight",
+            Weights,
+            &["model.embed_tokens.weight", "infinite"],
+            |d| {
+                edit_tensors(d, |m| {
+                    let t = m.get_mut("model.embed_tokens.weight").unwrap();
+                    t.2[0..4].copy_from_slice(&f32::NEG_INFINITY.to_le_bytes());
+                })
+            },
+        ),
         // Shards and index.
-        sharded(case("missing shard", Weights, &["model-00002-of-00002.safetensors", "missing"], |d| {
-            std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap()
-        })),
-        sharded(case("index not JSON", Weights, &["model.safetensors.index.json", "invalid JSON"], move |d| {
-            std::fs::write(d.join(index), "[1,2").unwrap()
-        })),
-        sharded(case("index names an absent tensor", Weights, &["model.layers.9.extra.weight"], move |d| {
-            let p = d.join(index);
-            let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-            v["weight_map"]["model.layers.9.extra.weight"] = "model-00001-of-00002.safetensors".into();
-            std::fs::write(&p, v.to_string()).unwrap();
-        })),
-        sharded(case("shard path escapes the directory", Weights, &["shard name"], move |d| {
-            let p = d.join(index);
-            let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-            v["weight_map"]["model.norm.weight"] = "../../etc/passwd".into();
-            std::fs::write(&p, v.to_string()).unwrap();
-        })),
+        sharded(case(
+            "missing shard",
+            Weights,
+            &["model-00002-of-00002.safetensors", "missing"],
+            |d| std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap(),
+        )),
+        sharded(case(
+            "index not JSON",
+            Weights,
+            &["model.safetensors.index.json", "invalid JSON"],
+            move |d| std::fs::write(d.join(index), "[1,2").unwrap(),
+        )),
+        sharded(case(
+            "index names an absent tensor",
+            Weights,
+            &["model.layers.9.extra.weight"],
+            move |d| {
+                let p = d.join(index);
+                let mut v: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                v["weight_map"]["model.layers.9.extra.weight"] =
+                    "model-00001-of-00002.safetensors".into();
+                std::fs::write(&p, v.to_string()).unwrap();
+            },
+        )),
+        sharded(case(
+            "shard path escapes the directory",
+            Weights,
+            &["shard name"],
+            move |d| {
+                let p = d.join(index);
+                let mut v: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                v["weight_map"]["model.norm.weight"] = "../../etc/passwd".into();
+                std::fs::write(&p, v.to_string()).unwrap();
+            },
+        )),
         // Configs.
-        case("config not JSON", Config, &["config.json", "invalid JSON"], |d| {
-            std::fs::write(d.join("config.json"), "{ not json").unwrap()
-        }),
+        case(
+            "config not JSON",
+            Config,
+            &["config.json", "invalid JSON"],
+            |d| std::fs::write(d.join("config.json"), "{ not json").unwrap(),
+        ),
         config_case("missing field", &["hidden_size"], |c| {
             c.remove("hidden_size");
         }),
@@ -222,20 +332,31 @@ fn cases() -> Vec<Case> {
             c.insert("num_attention_heads".into(), 5.into());
             c.insert("num_key_value_heads".into(), 5.into());
         }),
-        config_case("kv heads not dividing heads", &["num_key_value_heads"], |c| {
-            c.insert("num_key_value_heads".into(), 3.into());
-        }),
+        config_case(
+            "kv heads not dividing heads",
+            &["num_key_value_heads"],
+            |c| {
+                c.insert("num_key_value_heads".into(), 3.into());
+            },
+        ),
         config_case("vocab 0", &["vocab_size", "out of range"], |c| {
             c.insert("vocab_size".into(), 0.into());
         }),
         config_case("layers 0", &["num_hidden_layers"], |c| {
             c.insert("num_hidden_layers".into(), 0.into());
         }),
-        config_case("absurd sizes", &["intermediate_size", "out of range"], |c| {
-            c.insert("intermediate_size".into(), 1_000_000_000_000u64.into());
-        }),
+        config_case(
+            "absurd sizes",
+            &["intermediate_size", "out of range"],
+            |c| {
+                c.insert("intermediate_size".into(), 1_000_000_000_000u64.into());
+            },
+        ),
         config_case("10^12 context", &["max_position_embeddings"], |c| {
-            c.insert("max_position_embeddings".into(), 1_000_000_000_000u64.into());
+            c.insert(
+                "max_position_embeddings".into(),
+                1_000_000_000_000u64.into(),
+            );
         }),
         config_case("eos out of vocab", &["100000"], |c| {
             c.insert("eos_token_id".into(), 100000.into());
@@ -253,25 +374,36 @@ fn cases() -> Vec<Case> {
         }),
         case("rope type", Unsupported, &["yarn"], |d| {
             edit_config(d, |c| {
-                c.insert("rope_scaling".into(), json!({"rope_type": "yarn", "factor": 2.0}));
+                c.insert(
+                    "rope_scaling".into(),
+                    json!({"rope_type": "yarn", "factor": 2.0}),
+                );
             })
         }),
         // Tokenizers.
-        case("tokenizer not a tokenizer", Tokenizer, &["tokenizer.json", "invalid tokenizer"], |d| {
-            std::fs::write(d.join("tokenizer.json"), "{\"model\": 3}").unwrap()
-        }),
-        case("tokenizer larger than the vocab", Tokenizer, &["tokenizer.json", "vocab_size is 100"], |d| {
-            edit_config(d, |c| {
-                c.insert("vocab_size".into(), 100.into());
-            });
-            edit_tensors(d, |m| {
-                for n in ["model.embed_tokens.weight", "lm_head.weight"] {
-                    let t = m.get_mut(n).unwrap();
-                    t.1[0] = 100;
-                    t.2.truncate(100 * t.1[1] * 4);
-                }
-            });
-        }),
+        case(
+            "tokenizer not a tokenizer",
+            Tokenizer,
+            &["tokenizer.json", "invalid tokenizer"],
+            |d| std::fs::write(d.join("tokenizer.json"), "{\"model\": 3}").unwrap(),
+        ),
+        case(
+            "tokenizer larger than the vocab",
+            Tokenizer,
+            &["tokenizer.json", "vocab_size is 100"],
+            |d| {
+                edit_config(d, |c| {
+                    c.insert("vocab_size".into(), 100.into());
+                });
+                edit_tensors(d, |m| {
+                    for n in ["model.embed_tokens.weight", "lm_head.weight"] {
+                        let t = m.get_mut(n).unwrap();
+                        t.1[0] = 100;
+                        t.2.truncate(100 * t.1[1] * 4);
+                    }
+                });
+            },
+        ),
     ]
 }
 

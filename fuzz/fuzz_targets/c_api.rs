@@ -220,6 +220,7 @@ fuzz_target!(|data: &[u8]| {
                     exit_layer: 0,
                     draft_len: 0,
                     rounds: 0,
+                    tokens: 0,
                 }; 4];
                 let mut n = 0;
                 ok(

@@ -47,7 +47,18 @@ pub struct Policy {
     pub current: Choice,
     /// Predicted seconds spent on probes so far.
     probe_seconds: f64,
+    /// Measured / predicted time of full-depth steps and of speculative
+    /// rounds (moving averages): what the isolated layer timings miss
+    /// (sampling, streaming, thread wake-ups, a busy machine).
+    step_scale: f64,
+    round_scale: f64,
 }
+
+/// Weight of the newest timing in the moving averages.
+const TIMING_WEIGHT: f64 = 0.05;
+/// Per round, both corrections drift back toward the cost model by this much,
+/// so a correction learned on a busy moment cannot lock a choice in.
+const TIMING_REVERSION: f64 = 0.01;
 
 impl Policy {
     pub fn new(spec: AutoSpec, n_layers: usize) -> Policy {
@@ -56,6 +67,8 @@ impl Policy {
             n_layers,
             current: Choice::full(n_layers),
             probe_seconds: 0.0,
+            step_scale: 1.0,
+            round_scale: 1.0,
         }
     }
 
@@ -80,7 +93,24 @@ impl Policy {
             return cost.full_token() / (c.exit as f64 * cost.layer(1) + cost.head(1));
         }
         let tokens = expected_tokens(acc.rate(c.exit), c.draft_len);
-        tokens * cost.full_token() / cost.round(c.exit, c.draft_len)
+        let full = cost.full_token() * self.step_scale;
+        tokens * full / (cost.round(c.exit, c.draft_len) * self.round_scale)
+    }
+
+    /// Learn from the measured time of a round that ran `c` with `drafted`
+    /// drafts (0 for a step).
+    pub fn observe_time(&mut self, cost: &CostModel, c: Choice, drafted: usize, seconds: f64) {
+        let (predicted, scale) = if c.is_step() {
+            (cost.full_token(), &mut self.step_scale)
+        } else {
+            (cost.round(c.exit, drafted), &mut self.round_scale)
+        };
+        if predicted > 0.0 && seconds.is_finite() {
+            let ratio = (seconds / predicted).clamp(0.5, 2.0);
+            *scale += TIMING_WEIGHT * (ratio - *scale);
+        }
+        self.step_scale += TIMING_REVERSION * (1.0 - self.step_scale);
+        self.round_scale += TIMING_REVERSION * (1.0 - self.round_scale);
     }
 
     /// The choice for the next round.
@@ -265,6 +295,26 @@ mod tests {
         let mut acc2 = acc.clone();
         acc2.observe(5, false);
         assert_eq!(q.choose(&cost(), &acc2), first);
+    }
+
+    #[test]
+    fn measured_round_times_correct_the_prediction() {
+        let acc = tracker(&[(4, 0.95)]);
+        let c = cost();
+        let mut p = Policy::new(
+            AutoSpec {
+                exit: Some(4),
+                draft_len: Some(3),
+            },
+            8,
+        );
+        let spec = p.choose(&c, &acc);
+        assert!(!spec.is_step());
+        // Rounds keep taking twice their prediction: speculation stops paying.
+        for _ in 0..60 {
+            p.observe_time(&c, spec, 3, 2.0 * c.round(4, 3));
+        }
+        assert_eq!(p.choose(&c, &acc), Choice::full(8));
     }
 
     #[test]

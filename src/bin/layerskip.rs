@@ -230,6 +230,7 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
                     "exit_layer": c.exit_layer,
                     "draft_len": c.draft_len,
                     "rounds": c.rounds,
+                    "tokens": c.tokens,
                 })).collect::<Vec<_>>(),
             }
         });

@@ -432,6 +432,7 @@ pub extern "C" fn lsk_session_choices(
                     exit_layer: c.exit_layer as u32,
                     draft_len: c.draft_len as u32,
                     rounds: c.rounds,
+                    tokens: c.tokens as u64,
                 };
                 // SAFETY: `out` holds `cap` writable elements (documented).
                 unsafe { out.add(i).write(span) };

@@ -207,6 +207,8 @@ pub struct lsk_choice_span {
     /// 0: plain steps without drafting.
     pub draft_len: u32,
     pub rounds: u64,
+    /// Tokens these rounds produced.
+    pub tokens: u64,
 }
 
 /// Options for `lsk_session_generate`.

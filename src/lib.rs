@@ -27,4 +27,4 @@ pub use generate::{
 };
 pub use model::{LoadOptions, Model};
 pub use sampling::SamplingParams;
-pub use session::{Logits, Session};
+pub use session::{forward_batch, BatchItem, Logits, Probe, Session};

@@ -3,7 +3,7 @@
 
 use crate::cache::KvCache;
 use crate::engine::cpu::CpuEngine;
-use crate::engine::{Engine, Rows};
+use crate::engine::{Engine, Rows, Segment};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
 use std::sync::Arc;
@@ -63,31 +63,210 @@ impl<E: Engine> Drop for Session<E> {
     }
 }
 
-/// Exit-head logits for the rows of `x` that `which` selects (`x`'s first row
-/// is at position `pos0`); returns the position of the first logit row.
-fn head_rows<E: Engine>(
-    engine: &E,
-    x: &E::Acts,
-    pos0: usize,
-    which: Logits,
-    out: &mut Vec<f32>,
-) -> usize {
-    let rows = x.rows();
-    let from = match which {
-        Logits::None => {
-            out.clear();
-            return pos0 + rows;
-        }
+/// The first of `rows` rows that `which` selects for logits (`rows` = none).
+fn head_from(rows: usize, which: Logits) -> usize {
+    match which {
+        Logits::None => rows,
         Logits::Last => rows.saturating_sub(1),
         Logits::Tail(n) => rows.saturating_sub(n),
         Logits::All => 0,
-    };
-    if from == rows {
-        out.clear();
-    } else {
-        engine.head(x, from, out);
     }
-    pos0 + from
+}
+
+/// One session's part of [`forward_batch`]: what [`Session::forward`] takes.
+pub struct BatchItem<'a, E: Engine = CpuEngine> {
+    pub session: &'a mut Session<E>,
+    pub tokens: &'a [u32],
+    pub exit: usize,
+    pub logits: Logits,
+}
+
+/// Where a session's logit rows come from after the layers.
+enum HeadSource<A> {
+    /// The exit activations waiting at its exit layer.
+    Pending,
+    /// The rows the last layer just produced.
+    Output(A),
+}
+
+/// [`Session::forward`] for several sessions of one model at once: every
+/// layer runs once over the rows of all sessions that go through it (each
+/// row attending to its own session's cache), and the exit head runs once
+/// over every session's logit rows. Sessions may have different exits and
+/// lagging layers. Kernels are batch-invariant, so each session's results are
+/// bit-identical to running it alone. A session whose arguments are invalid
+/// gets its error and is left unchanged; the others proceed.
+pub fn forward_batch<E: Engine>(items: &mut [BatchItem<'_, E>]) -> Vec<Result<usize>> {
+    let Some(model) = items.first().map(|it| it.session.model.clone()) else {
+        return Vec::new();
+    };
+    let engine = &model.engine;
+    let n_layers = model.config.num_layers;
+    let mut results: Vec<Result<usize>> = items
+        .iter()
+        .map(|it| {
+            if !Arc::ptr_eq(&it.session.model, &model) {
+                return Err(Error::invalid(
+                    "all sessions of a batch must share one model",
+                ));
+            }
+            it.session.check(it.tokens, it.exit).map(|_| 0)
+        })
+        .collect();
+    let mut xs: Vec<Option<E::Acts>> = items
+        .iter_mut()
+        .zip(&results)
+        .map(|(it, r)| {
+            r.is_ok().then(|| {
+                it.session.tokens.extend_from_slice(it.tokens);
+                engine.embed(it.tokens)
+            })
+        })
+        .collect();
+    let max_exit = items
+        .iter()
+        .zip(&xs)
+        .filter(|(_, x)| x.is_some())
+        .map(|(it, _)| it.exit)
+        .max()
+        .unwrap_or(0);
+
+    for l in 0..max_exit {
+        // Rows for layer l: per session, its lagging rows, then the new ones.
+        let mut batch: Option<E::Acts> = None;
+        let mut members: Vec<(usize, usize, usize)> = Vec::new(); // (item, pos0, rows)
+        for (i, it) in items.iter_mut().enumerate() {
+            if it.exit <= l {
+                continue;
+            }
+            let Some(mut x) = xs[i].take() else { continue };
+            if l > 0 {
+                if let Some(mut lagging) = it.session.cache.take_pending(l) {
+                    lagging.append(x);
+                    x = lagging;
+                }
+            }
+            let rows = x.rows();
+            if rows > 0 {
+                members.push((i, it.session.cache.layer_lens()[l], rows));
+                match &mut batch {
+                    Some(b) => b.append(x),
+                    None => batch = Some(x),
+                }
+            } else {
+                xs[i] = Some(x);
+            }
+        }
+        let Some(mut batch) = batch else { continue };
+        {
+            let mut m = members.iter().peekable();
+            let mut segments: Vec<Segment<'_, E::Kv>> = Vec::with_capacity(members.len());
+            for (i, it) in items.iter_mut().enumerate() {
+                if let Some(&(_, pos0, rows)) = m.next_if(|(j, _, _)| *j == i) {
+                    segments.push(Segment {
+                        kv: &mut it.session.cache.kv,
+                        pos0,
+                        rows,
+                    });
+                }
+            }
+            engine.run_layer_batch(l, &mut segments, &mut batch);
+        }
+        // Hand each session its rows back, last first.
+        let mut end = batch.rows();
+        for &(i, pos0, rows) in members.iter().rev() {
+            end -= rows;
+            let x = batch.split_off(end);
+            let s = &mut *items[i].session;
+            s.cache.grow(l, rows);
+            s.layer_rows[l] += rows as u64;
+            s.probe(l + 1, &x, pos0);
+            xs[i] = Some(x);
+        }
+    }
+
+    // Exit: rows below the last layer join the exit activations; logits come
+    // from one exit-head call over every session's selected rows.
+    let mut jobs: Vec<(usize, HeadSource<E::Acts>, usize, usize)> = Vec::new(); // (item, source, pos0, from)
+    for (i, it) in items.iter_mut().enumerate() {
+        let Some(x) = xs[i].take() else { continue };
+        let s = &mut *it.session;
+        let (source, rows, pos0) = if it.exit < n_layers {
+            if x.rows() > 0 {
+                s.cache.push_pending(it.exit, x);
+            }
+            match s.cache.pending(it.exit) {
+                Some(p) => (HeadSource::Pending, p.rows(), s.cache.layer_lens()[it.exit]),
+                None => {
+                    results[i] = Ok(s.set_logits(Vec::new(), 0));
+                    continue;
+                }
+            }
+        } else {
+            let rows = x.rows();
+            let pos0 = s.cache.layer_lens()[it.exit - 1] - rows;
+            (HeadSource::Output(x), rows, pos0)
+        };
+        let from = head_from(rows, it.logits);
+        if from == rows {
+            let mut empty = std::mem::take(&mut s.logits);
+            empty.clear();
+            results[i] = Ok(s.set_logits(empty, pos0 + from));
+        } else {
+            jobs.push((i, source, pos0, from));
+        }
+    }
+    if let [(i, source, pos0, from)] = &jobs[..] {
+        let s = &mut *items[*i].session;
+        let mut logits = std::mem::take(&mut s.logits);
+        match source {
+            HeadSource::Output(x) => engine.head(x, *from, &mut logits),
+            HeadSource::Pending => engine.head(
+                s.cache.pending(items[*i].exit).expect("pending rows"),
+                *from,
+                &mut logits,
+            ),
+        }
+        results[*i] = Ok(s.set_logits(logits, pos0 + from));
+    } else if !jobs.is_empty() {
+        let mut all: Option<E::Acts> = None;
+        for (i, source, _, from) in &jobs {
+            let rows = match source {
+                HeadSource::Output(x) => x.tail(*from),
+                HeadSource::Pending => items[*i]
+                    .session
+                    .cache
+                    .pending(items[*i].exit)
+                    .expect("pending rows")
+                    .tail(*from),
+            };
+            match &mut all {
+                Some(a) => a.append(rows),
+                None => all = Some(rows),
+            }
+        }
+        let mut logits = Vec::new();
+        engine.head(all.as_ref().expect("jobs"), 0, &mut logits);
+        let vocab = model.config.vocab_size;
+        let mut at = 0;
+        for (i, source, pos0, from) in &jobs {
+            let s = &mut *items[*i].session;
+            let rows = match source {
+                HeadSource::Output(x) => x.rows(),
+                HeadSource::Pending => s
+                    .cache
+                    .pending(items[*i].exit)
+                    .expect("pending rows")
+                    .rows(),
+            } - from;
+            let mut mine = std::mem::take(&mut s.logits);
+            mine.clear();
+            mine.extend_from_slice(&logits[at * vocab..(at + rows) * vocab]);
+            at += rows;
+            results[*i] = Ok(s.set_logits(mine, pos0 + from));
+        }
+    }
+    results
 }
 
 impl<E: Engine> Session<E> {
@@ -221,58 +400,31 @@ impl<E: Engine> Session<E> {
     ///
     /// Returns the number of logit rows. On error nothing changes.
     pub fn forward(&mut self, tokens: &[u32], exit: usize, which: Logits) -> Result<usize> {
-        self.check(tokens, exit)?;
-        let engine = &self.model.engine;
-        let n_layers = self.model.config.num_layers;
-        let mut x = engine.embed(tokens);
-        self.tokens.extend_from_slice(tokens);
-        for l in 0..exit {
-            if l > 0 {
-                if let Some(mut lagging) = self.cache.take_pending(l) {
-                    lagging.append(x);
-                    x = lagging;
-                }
-            }
-            let rows = x.rows();
-            if rows == 0 {
-                continue;
-            }
-            let pos0 = self.cache.layer_lens()[l];
-            engine.run_layer(l, &mut self.cache.kv, pos0, &mut x);
-            self.cache.grow(l, rows);
-            self.layer_rows[l] += rows as u64;
-            if self.probe_exits.contains(&(l + 1)) && l + 1 < n_layers {
-                let from = rows.saturating_sub(self.probe_rows);
-                engine.head(&x, from, &mut self.probe_logits);
-                let vocab = self.model.config.vocab_size;
-                for (i, row) in self.probe_logits.chunks_exact(vocab).enumerate() {
-                    self.probes.push(Probe {
-                        exit: l + 1,
-                        pos: pos0 + from + i,
-                        token: crate::sampling::argmax(row),
-                    });
-                }
-            }
+        let mut item = [BatchItem {
+            session: self,
+            tokens,
+            exit,
+            logits: which,
+        }];
+        forward_batch(&mut item).pop().expect("one result per item")
+    }
+
+    /// Probe results for rows `x` (positions `pos0..`) leaving layer `exit - 1`.
+    fn probe(&mut self, exit: usize, x: &E::Acts, pos0: usize) {
+        if !self.probe_exits.contains(&exit) || exit >= self.model.config.num_layers {
+            return;
         }
-        // Rows leaving layer exit-1 for positions lens[exit].. (or the rows the
-        // last layer just produced, for a full-depth pass).
-        let (out, pos0) = if exit < n_layers {
-            if x.rows() > 0 {
-                self.cache.push_pending(exit, x);
-            }
-            match self.cache.pending(exit) {
-                Some(p) => (p, self.cache.layer_lens()[exit]),
-                None => return Ok(self.set_logits(Vec::new(), 0)),
-            }
-        } else {
-            let pos0 = self.cache.layer_lens()[exit - 1] - x.rows();
-            let mut logits = std::mem::take(&mut self.logits);
-            let p = head_rows(engine, &x, pos0, which, &mut logits);
-            return Ok(self.set_logits(logits, p));
-        };
-        let mut logits = std::mem::take(&mut self.logits);
-        let p = head_rows(engine, out, pos0, which, &mut logits);
-        Ok(self.set_logits(logits, p))
+        let engine = &self.model.engine;
+        let from = x.rows().saturating_sub(self.probe_rows);
+        engine.head(x, from, &mut self.probe_logits);
+        let vocab = self.model.config.vocab_size;
+        for (i, row) in self.probe_logits.chunks_exact(vocab).enumerate() {
+            self.probes.push(Probe {
+                exit,
+                pos: pos0 + from + i,
+                token: crate::sampling::argmax(row),
+            });
+        }
     }
 
     fn set_logits(&mut self, logits: Vec<f32>, pos0: usize) -> usize {

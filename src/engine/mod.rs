@@ -14,6 +14,18 @@ pub trait Rows: Send + Sized {
     fn append(&mut self, other: Self);
     /// Keep only the first `rows` rows.
     fn truncate(&mut self, rows: usize);
+    /// Split off rows `at..` (this keeps `..at`).
+    fn split_off(&mut self, at: usize) -> Self;
+    /// A copy of rows `from..`.
+    fn tail(&self, from: usize) -> Self;
+}
+
+/// One session's part of a batched layer call: its K/V storage, the position
+/// of its first row, and how many consecutive rows of the batch are its own.
+pub struct Segment<'a, K> {
+    pub kv: &'a mut K,
+    pub pos0: usize,
+    pub rows: usize,
 }
 
 /// A compute backend for one loaded model. Implementations must be
@@ -34,9 +46,22 @@ pub trait Engine: Send + Sync + 'static {
     fn truncate_kv(&self, kv: &mut Self::Kv, layer: usize, len: usize);
     /// Token embeddings. Ids must already be validated against the vocabulary.
     fn embed(&self, tokens: &[u32]) -> Self::Acts;
-    /// Run decoder layer `layer` on `x` (positions `pos0..pos0+rows`), appending
-    /// their K/V to that layer's cache (which must hold exactly `pos0` positions).
-    fn run_layer(&self, layer: usize, kv: &mut Self::Kv, pos0: usize, x: &mut Self::Acts);
+    /// Run decoder layer `layer` on `x`, whose rows belong to `segments` in
+    /// order: each segment's rows are positions `pos0..pos0+rows` of its own
+    /// session, attend only to that session's cache (which must hold exactly
+    /// `pos0` positions) and append their K/V to it. A row's result does not
+    /// depend on the other rows of the batch.
+    fn run_layer_batch(
+        &self,
+        layer: usize,
+        segments: &mut [Segment<'_, Self::Kv>],
+        x: &mut Self::Acts,
+    );
+    /// [`Engine::run_layer_batch`] for one session.
+    fn run_layer(&self, layer: usize, kv: &mut Self::Kv, pos0: usize, x: &mut Self::Acts) {
+        let rows = x.rows();
+        self.run_layer_batch(layer, &mut [Segment { kv, pos0, rows }], x);
+    }
     /// Exit head (final norm + LM head) on rows `from..` of `x`; writes
     /// `(rows - from) x vocab` logits into `out`.
     fn head(&self, x: &Self::Acts, from: usize, out: &mut Vec<f32>);

@@ -5,7 +5,7 @@ mod ops;
 
 pub use matmul::{matmul, Mat};
 
-use super::{rope, Engine, Rows};
+use super::{rope, Engine, Rows, Segment};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::weights::WeightStore;
@@ -47,6 +47,18 @@ impl Rows for HostActs {
     }
     fn truncate(&mut self, rows: usize) {
         self.data.truncate(rows * self.width);
+    }
+    fn split_off(&mut self, at: usize) -> Self {
+        HostActs {
+            data: self.data.split_off(at * self.width),
+            width: self.width,
+        }
+    }
+    fn tail(&self, from: usize) -> Self {
+        HostActs {
+            data: self.data[from * self.width..].to_vec(),
+            width: self.width,
+        }
     }
 }
 
@@ -175,13 +187,14 @@ impl Engine for CpuEngine {
         HostActs { data, width: h }
     }
 
-    fn run_layer(&self, layer: usize, kv: &mut CpuKv, pos0: usize, x: &mut HostActs) {
+    fn run_layer_batch(&self, layer: usize, segments: &mut [Segment<'_, CpuKv>], x: &mut HostActs) {
         let cfg = &self.cfg;
         let w = &self.layers[layer];
         let rows = x.rows();
+        debug_assert_eq!(rows, segments.iter().map(|s| s.rows).sum::<usize>());
         let (h, hd, qd, kvd) = (cfg.hidden_size, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
-        debug_assert_eq!(kv.k[layer].len(), pos0 * kvd);
 
+        // Projections over every row of the batch: weights are read once.
         let xn = norm_rows(&x.data, &w.attn_norm, cfg.rms_norm_eps, h);
         let mut q = vec![0.0; rows * qd];
         let mut k = vec![0.0; rows * kvd];
@@ -189,15 +202,29 @@ impl Engine for CpuEngine {
         matmul(&xn, rows, &w.q, &mut q);
         matmul(&xn, rows, &w.k, &mut k);
         matmul(&xn, rows, &w.v, &mut v);
-        for r in 0..rows {
-            rope::apply(&mut q[r * qd..(r + 1) * qd], hd, pos0 + r, &self.inv_freq);
-            rope::apply(&mut k[r * kvd..(r + 1) * kvd], hd, pos0 + r, &self.inv_freq);
-        }
-        kv.k[layer].extend_from_slice(&k);
-        kv.v[layer].extend_from_slice(&v);
 
+        // Attention per session, over its own cache.
         let mut attn = vec![0.0; rows * qd];
-        self.attention(&q, &kv.k[layer], &kv.v[layer], pos0, &mut attn);
+        let mut r0 = 0;
+        for seg in segments.iter_mut() {
+            let (n, pos0) = (seg.rows, seg.pos0);
+            debug_assert_eq!(seg.kv.k[layer].len(), pos0 * kvd);
+            for r in r0..r0 + n {
+                let pos = pos0 + r - r0;
+                rope::apply(&mut q[r * qd..(r + 1) * qd], hd, pos, &self.inv_freq);
+                rope::apply(&mut k[r * kvd..(r + 1) * kvd], hd, pos, &self.inv_freq);
+            }
+            seg.kv.k[layer].extend_from_slice(&k[r0 * kvd..(r0 + n) * kvd]);
+            seg.kv.v[layer].extend_from_slice(&v[r0 * kvd..(r0 + n) * kvd]);
+            self.attention(
+                &q[r0 * qd..(r0 + n) * qd],
+                &seg.kv.k[layer],
+                &seg.kv.v[layer],
+                pos0,
+                &mut attn[r0 * qd..(r0 + n) * qd],
+            );
+            r0 += n;
+        }
         let mut o = vec![0.0; rows * h];
         matmul(&attn, rows, &w.o, &mut o);
         x.data.iter_mut().zip(&o).for_each(|(a, b)| *a += b);

@@ -1,0 +1,181 @@
+//! Batched forward passes over several sessions: bit-identical to running
+//! each session alone, whatever the mix of exits, lagging layers and logits.
+
+mod common;
+
+use common::{load, prompts, FIXTURES};
+use layerskip::sampling::argmax;
+use layerskip::{forward_batch, BatchItem, Logits, Session};
+
+/// Sessions in different states: fresh, prefilled at full depth, and with
+/// lagging deep layers after early-exit steps.
+fn sessions(
+    model: &std::sync::Arc<layerskip::Model>,
+    prompts: &[Vec<u32>],
+    n: usize,
+) -> Vec<Session> {
+    let l = model.num_layers();
+    (0..n)
+        .map(|i| {
+            let mut s = Session::new(model.clone(), 0).unwrap();
+            let p = &prompts[i % prompts.len()];
+            match i % 3 {
+                0 => {}
+                1 => {
+                    s.forward(p, l, Logits::Last).unwrap();
+                }
+                _ => {
+                    s.forward(p, l, Logits::Last).unwrap();
+                    s.forward(&[3, 4], 1, Logits::Last).unwrap();
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn batched_passes_equal_solo_passes_bit_for_bit() {
+    for name in FIXTURES {
+        let model = load(name);
+        let l = model.num_layers();
+        let ps = prompts(name);
+        let n = 16;
+        let mut solo = sessions(&model, &ps, n);
+        let mut batched = sessions(&model, &ps, n);
+        let args: Vec<(Vec<u32>, usize, Logits)> = (0..n)
+            .map(|i| {
+                let tokens = if i % 3 == 0 {
+                    ps[i % ps.len()].clone()
+                } else {
+                    vec![(i * 7 % 200) as u32 + 5]
+                };
+                let exit = [l, 1, l.div_ceil(2), l][i % 4];
+                let which = [Logits::Last, Logits::All, Logits::Tail(2), Logits::None][i % 4];
+                (tokens, exit, which)
+            })
+            .collect();
+        for round in 0..3 {
+            for (s, (t, e, w)) in solo.iter_mut().zip(&args) {
+                s.forward(t, *e, *w).unwrap();
+            }
+            let mut items: Vec<BatchItem> = batched
+                .iter_mut()
+                .zip(&args)
+                .map(|(s, (t, e, w))| BatchItem {
+                    session: s,
+                    tokens: t,
+                    exit: *e,
+                    logits: *w,
+                })
+                .collect();
+            for r in forward_batch(&mut items) {
+                r.unwrap();
+            }
+            for (i, (a, b)) in solo.iter().zip(&batched).enumerate() {
+                let what = format!("{name} round {round} session {i}");
+                assert_eq!(a.layer_lens(), b.layer_lens(), "{what}");
+                assert_eq!(a.logits_pos0(), b.logits_pos0(), "{what}");
+                let (x, y) = (a.logits(), b.logits());
+                assert_eq!(x.len(), y.len(), "{what}");
+                assert!(
+                    x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{what}: logits differ"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn batched_greedy_decoding_equals_solo_decoding() {
+    let model = load("gqa-bf16-tied-llama3-sharded");
+    let l = model.num_layers();
+    let ps = prompts("gqa-bf16-tied-llama3-sharded");
+    let n = 8;
+    let solo: Vec<Vec<u32>> = (0..n)
+        .map(|i| {
+            let mut s = Session::new(model.clone(), 0).unwrap();
+            common::greedy_steps(
+                &mut s,
+                &ps[i % ps.len()],
+                if i % 2 == 0 { l } else { 2 },
+                20,
+            )
+        })
+        .collect();
+    let mut ss: Vec<Session> = (0..n)
+        .map(|_| Session::new(model.clone(), 0).unwrap())
+        .collect();
+    let exits: Vec<usize> = (0..n).map(|i| if i % 2 == 0 { l } else { 2 }).collect();
+    let mut feed: Vec<Vec<u32>> = (0..n).map(|i| ps[i % ps.len()].clone()).collect();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for _ in 0..20 {
+        let mut items: Vec<BatchItem> = ss
+            .iter_mut()
+            .zip(&feed)
+            .zip(&exits)
+            .map(|((s, t), &e)| BatchItem {
+                session: s,
+                tokens: t,
+                exit: e,
+                logits: Logits::Last,
+            })
+            .collect();
+        for r in forward_batch(&mut items) {
+            r.unwrap();
+        }
+        for i in 0..n {
+            let t = argmax(ss[i].last_logits());
+            out[i].push(t);
+            feed[i] = vec![t];
+        }
+    }
+    assert_eq!(out, solo);
+}
+
+#[test]
+fn a_bad_item_fails_alone() {
+    let model = load("mha-f32");
+    let other = load("mha-f32");
+    let l = model.num_layers();
+    let mut a = Session::new(model.clone(), 0).unwrap();
+    let mut b = Session::new(model.clone(), 0).unwrap();
+    let mut c = Session::new(other, 0).unwrap();
+    let mut d = Session::new(model.clone(), 0).unwrap();
+    let mut items = vec![
+        BatchItem {
+            session: &mut a,
+            tokens: &[1, 2, 3],
+            exit: l,
+            logits: Logits::Last,
+        },
+        BatchItem {
+            session: &mut b,
+            tokens: &[1, 100_000],
+            exit: l,
+            logits: Logits::Last,
+        },
+        BatchItem {
+            session: &mut c,
+            tokens: &[1, 2],
+            exit: l,
+            logits: Logits::Last,
+        },
+        BatchItem {
+            session: &mut d,
+            tokens: &[1],
+            exit: l + 1,
+            logits: Logits::Last,
+        },
+    ];
+    let r = forward_batch(&mut items);
+    assert_eq!(r[0].as_ref().unwrap(), &1);
+    assert!(r[1].as_ref().unwrap_err().to_string().contains("100000"));
+    assert!(r[2].as_ref().unwrap_err().to_string().contains("one model"));
+    assert!(r[3].is_err());
+    assert_eq!(a.shallow_len(), 3);
+    for s in [&b, &c, &d] {
+        assert_eq!(s.shallow_len(), 0, "a failed item changes nothing");
+    }
+}

@@ -203,3 +203,116 @@ pub fn format_summary(rows: &[BenchRow]) -> String {
         auto.tokens_per_second / median.tokens_per_second,
     )
 }
+
+/// Aggregate decoding speed of `sessions` concurrent greedy sessions at exit
+/// `exit` (full depth when `exit == num_layers`): stepped together in one
+/// batched forward per token, and the same sessions stepped one at a time.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchRow {
+    pub sessions: usize,
+    pub tokens: usize,
+    pub batched_tokens_per_second: f64,
+    pub sequential_tokens_per_second: f64,
+    /// Batched aggregate tokens/s over one session's tokens/s (sequential, 1 session).
+    pub scaling: f64,
+    /// Outputs of the batched and sequential runs are identical.
+    pub identical: bool,
+}
+
+/// Decode `max_new_tokens` greedy tokens for each of `n` sessions; returns
+/// (seconds spent decoding, outputs).
+fn decode_sessions<E: Engine>(
+    model: &Arc<Model<E>>,
+    prompts: &[Vec<u32>],
+    n: usize,
+    exit: usize,
+    max_new_tokens: usize,
+    batched: bool,
+) -> Result<(f64, Vec<Vec<u32>>)> {
+    use crate::sampling::argmax;
+    use crate::session::{forward_batch, BatchItem, Logits};
+    let mut ss = (0..n)
+        .map(|_| Session::new(model.clone(), 0))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut feed: Vec<Vec<u32>> = (0..n).map(|i| prompts[i % prompts.len()].clone()).collect();
+    let mut t = std::time::Instant::now();
+    for step in 0..=max_new_tokens {
+        if step == 1 {
+            // Time decoding only, not the prompts.
+            t = std::time::Instant::now();
+        }
+        if batched {
+            let mut items: Vec<BatchItem<'_, E>> = ss
+                .iter_mut()
+                .zip(&feed)
+                .map(|(s, f)| BatchItem {
+                    session: s,
+                    tokens: f,
+                    exit,
+                    logits: Logits::Last,
+                })
+                .collect();
+            for r in forward_batch(&mut items) {
+                r?;
+            }
+        } else {
+            for (s, f) in ss.iter_mut().zip(&feed) {
+                s.forward(f, exit, Logits::Last)?;
+            }
+        }
+        if step < max_new_tokens {
+            for i in 0..n {
+                let tok = argmax(ss[i].last_logits());
+                out[i].push(tok);
+                feed[i] = vec![tok];
+            }
+        }
+    }
+    Ok((t.elapsed().as_secs_f64(), out))
+}
+
+pub fn run_batched<E: Engine>(
+    model: &Arc<Model<E>>,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    counts: &[usize],
+    exit: usize,
+) -> Result<Vec<BatchRow>> {
+    let mut rows = Vec::new();
+    let mut single = 0.0;
+    for &n in counts {
+        let (tb, ob) = decode_sessions(model, prompts, n, exit, max_new_tokens, true)?;
+        let (ts, os) = decode_sessions(model, prompts, n, exit, max_new_tokens, false)?;
+        let tokens = n * max_new_tokens;
+        let seq = tokens as f64 / ts;
+        if single == 0.0 {
+            single = max_new_tokens as f64 / (ts / n as f64);
+        }
+        rows.push(BatchRow {
+            sessions: n,
+            tokens,
+            batched_tokens_per_second: tokens as f64 / tb,
+            sequential_tokens_per_second: seq,
+            scaling: tokens as f64 / tb / single,
+            identical: ob == os,
+        });
+    }
+    Ok(rows)
+}
+
+pub fn format_batch_table(rows: &[BatchRow]) -> String {
+    let mut s = String::from("sessions  batched tok/s  one-at-a-time tok/s  batched/one-at-a-time  scaling vs 1  identical\n");
+    for r in rows {
+        s += &format!(
+            "{:>8} {:>14.1} {:>20.1} {:>22.2}x {:>12.2}x  {}\n",
+            r.sessions,
+            r.batched_tokens_per_second,
+            r.sequential_tokens_per_second,
+            r.batched_tokens_per_second / r.sequential_tokens_per_second,
+            r.scaling,
+            if r.identical { "yes" } else { "NO" }
+        );
+    }
+    s
+}

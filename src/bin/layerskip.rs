@@ -118,6 +118,13 @@ struct BenchArgs {
     /// Leave out the automatic (E, d) row.
     #[arg(long)]
     no_auto: bool,
+    /// Instead of the (E, d) sweep: these numbers of concurrent greedy
+    /// sessions, stepped in one batched forward per token and one at a time.
+    #[arg(long, value_delimiter = ',')]
+    sessions: Vec<usize>,
+    /// With --sessions: the exit layer (default: full depth).
+    #[arg(long)]
+    batch_exit: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -278,6 +285,20 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
         .map(|t| model.encode_prompt(t))
         .collect::<layerskip::Result<Vec<_>>>()?;
     let l = model.num_layers();
+    if !a.sessions.is_empty() {
+        let exit = a.batch_exit.unwrap_or(l);
+        let rows =
+            layerskip::bench::run_batched(&model, &prompts, a.max_new_tokens, &a.sessions, exit)?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&rows).expect("rows serialize")
+            );
+        } else {
+            print!("{}", layerskip::bench::format_batch_table(&rows));
+        }
+        return Ok(());
+    }
     let exit_layers = if a.exit_layers.is_empty() {
         (1..l).collect()
     } else {

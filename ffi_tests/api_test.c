@@ -568,6 +568,51 @@ int main(int argc, char **argv) {
         lsk_session_free(g);
     }
 
+    /* Batched stepping: sessions at full depth and at exit 1 advance together
+       and produce exactly their solo greedy continuations; a bad token, a
+       NULL session and a session listed twice fail alone. */
+    {
+        lsk_session *bs[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+        const int32_t *tk[6];
+        size_t ntk[6], k, step;
+        uint32_t ex[6] = {0, 1, 0, 1, 0, 0};
+        int32_t next[6], bad = 1 << 20;
+        lsk_result rs[6];
+        int32_t got[4][64];
+        for (k = 0; k < 4; k++) EXPECT(LSK_OK, lsk_session_new(model, NULL, &bs[k], &err_));
+        bs[4] = NULL;
+        bs[5] = bs[0];
+        for (k = 0; k < 6; k++) {
+            tk[k] = prompt;
+            ntk[k] = np;
+        }
+        for (step = 0; step < nfull && step < nexit1; step++) {
+            tk[2] = &bad; /* session 2 always gets an out-of-range token */
+            ntk[2] = 1;
+            EXPECT(LSK_OK, lsk_batch_step(bs, 6, tk, ntk, ex, NULL, next, rs, &err_));
+            CHECK(rs[0] == LSK_OK && rs[1] == LSK_OK && rs[3] == LSK_OK);
+            CHECK(rs[2] == LSK_ERR_INVALID_ARGUMENT && next[2] == -1);
+            CHECK(rs[4] == LSK_ERR_NULL_POINTER && rs[5] == LSK_ERR_BUSY && next[5] == -1);
+            for (k = 0; k < 4; k++) {
+                if (k == 2) continue;
+                got[k][step] = next[k];
+                tk[k] = &got[k][step];
+                ntk[k] = 1;
+            }
+        }
+        CHECK(memcmp(got[0], full, step * sizeof(int32_t)) == 0);
+        CHECK(memcmp(got[1], exit1, step * sizeof(int32_t)) == 0);
+        CHECK(memcmp(got[3], exit1, step * sizeof(int32_t)) == 0);
+        lsk_stats_init(&st);
+        EXPECT(LSK_OK, lsk_session_stats(bs[2], &st, &err_));
+        CHECK(st.shallow_len == 0); /* the failed session is untouched and usable */
+        EXPECT(LSK_OK, lsk_session_prefill(bs[2], prompt, np, NULL, NULL, &err_));
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_batch_step(NULL, 2, tk, ntk, NULL, NULL, next, rs, &err_));
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_batch_step(bs, 2, tk, ntk, NULL, NULL, NULL, rs, &err_));
+        EXPECT(LSK_OK, lsk_batch_step(NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, &err_));
+        for (k = 0; k < 4; k++) lsk_session_free(bs[k]);
+    }
+
     /* Two threads, one session: the second call fails with BUSY, nothing races. */
     {
         busy_state b;

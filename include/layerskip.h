@@ -176,6 +176,20 @@ typedef struct lsk_model lsk_model;
 // a time: a concurrent call fails with `LSK_ERR_BUSY`.
 typedef struct lsk_session lsk_session;
 
+// How tokens are chosen. `temperature == 0` is greedy.
+typedef struct lsk_sampling {
+  size_t struct_size;
+  // 0 (default) is greedy.
+  float temperature;
+  // 0 (default) disables top-k.
+  uint32_t top_k;
+  // 1.0 (default) disables top-p; must be in (0, 1].
+  float top_p;
+  // Seed of the session's random generator for this call (generate) or,
+  // for step/draft/verify, ignored: they use the session's generator.
+  uint64_t seed;
+} lsk_sampling;
+
 // Options for `lsk_model_load`.
 typedef struct lsk_model_options {
   size_t struct_size;
@@ -218,20 +232,6 @@ typedef struct lsk_session_options {
   // Seed of the session's random generator (used by step/draft/verify sampling).
   uint64_t seed;
 } lsk_session_options;
-
-// How tokens are chosen. `temperature == 0` is greedy.
-typedef struct lsk_sampling {
-  size_t struct_size;
-  // 0 (default) is greedy.
-  float temperature;
-  // 0 (default) disables top-k.
-  uint32_t top_k;
-  // 1.0 (default) disables top-p; must be in (0, 1].
-  float top_p;
-  // Seed of the session's random generator for this call (generate) or,
-  // for step/draft/verify, ignored: they use the session's generator.
-  uint64_t seed;
-} lsk_sampling;
 
 // Options for `lsk_session_generate`.
 typedef struct lsk_generate_options {
@@ -319,6 +319,29 @@ uint32_t lsk_abi_version(void);
 
 // The library version, e.g. "0.1.0" (static string).
 const char *lsk_version_string(void);
+
+// Advance `n` sessions of one model together: session `i` takes
+// `n_tokens[i]` tokens from `tokens[i]` (a prompt, or the one token it
+// sampled last) through layers `0..exit_layers[i]` (`exit_layers` may be
+// NULL: full depth; 0 = full depth), and `next_tokens[i]` receives its next
+// token chosen with `sampling` (NULL = greedy) from the session's own random
+// stream. Every layer runs once over the rows of all sessions; each
+// session's result is bit-identical to stepping it alone.
+//
+// A failure in one session (a bad token, a full context, the session busy in
+// another call, the same session twice) fails that session only:
+// `results[i]` receives each session's code and `next_tokens[i]` is -1 for
+// a failed one. The call itself returns `LSK_OK` unless its own arguments
+// are bad (NULL arrays, a bad `sampling`).
+lsk_result lsk_batch_step(struct lsk_session *const *sessions,
+                          size_t n,
+                          const int32_t *const *tokens,
+                          const size_t *n_tokens,
+                          const uint32_t *exit_layers,
+                          const struct lsk_sampling *sampling,
+                          int32_t *next_tokens,
+                          lsk_result *results,
+                          struct lsk_error **err);
 
 // The error's code.
 //

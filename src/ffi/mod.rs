@@ -14,11 +14,13 @@
 // Every pointer argument is checked or documented; callers are C programs.
 #![allow(clippy::missing_safety_doc, clippy::not_unsafe_ptr_arg_deref)]
 
+mod batch;
 pub mod error;
 mod model;
 mod session;
 mod types;
 
+pub use batch::*;
 pub use error::{lsk_error, lsk_result};
 pub use model::*;
 pub use session::*;

@@ -18,9 +18,9 @@ pub struct lsk_session {
     _private: [u8; 0],
 }
 
-struct State {
-    session: Session,
-    rng: Rng64,
+pub(crate) struct State {
+    pub(crate) session: Session,
+    pub(crate) rng: Rng64,
     /// The last drafts `lsk_session_draft` made, with their distributions,
     /// so that a following verify of the same tokens can use them.
     drafts: Drafts,
@@ -28,8 +28,8 @@ struct State {
     choices: Vec<ChoiceSpan>,
 }
 
-struct Handle {
-    state: Mutex<State>,
+pub(crate) struct Handle {
+    pub(crate) state: Mutex<State>,
 }
 
 /// Lock the session for one call, or fail with `LSK_ERR_BUSY`.
@@ -48,7 +48,7 @@ fn with_session<T>(
     f(&mut guard)
 }
 
-fn exit_or_full(exit: u32, n_layers: usize) -> usize {
+pub(crate) fn exit_or_full(exit: u32, n_layers: usize) -> usize {
     if exit == 0 {
         n_layers
     } else {

@@ -94,6 +94,86 @@ pub fn accept_sampled(
     }
 }
 
+/// Drafting one token at a time, so that several sessions can draft in one
+/// batched pass: `feed()` says what to run through the shallow layers next,
+/// `take()` reads the logits that pass produced.
+#[derive(Debug, Clone)]
+pub struct Drafter {
+    pub exit: usize,
+    pub drafts: Drafts,
+    max: usize,
+    feed: Option<u32>,
+    confidence: f32,
+    cumulative: f32,
+    calibration: Vec<f32>,
+    stop_ids: Vec<u32>,
+    all_accepted: f32,
+}
+
+impl Drafter {
+    pub fn start<E: Engine>(
+        session: &Session<E>,
+        next: u32,
+        exit: usize,
+        limits: &DraftLimits,
+    ) -> Result<Drafter> {
+        let n_layers = session.model().config.num_layers;
+        if exit == 0 || exit >= n_layers {
+            return Err(crate::Error::invalid(format!(
+                "draft exit layer {exit} is out of range (1..{n_layers}: drafting needs layers left to verify)"
+            )));
+        }
+        let room = session.capacity().saturating_sub(session.shallow_len() + 1);
+        let max = limits.max_drafts.min(room);
+        Ok(Drafter {
+            exit,
+            drafts: Drafts::default(),
+            max,
+            feed: (max > 0).then_some(next),
+            confidence: limits.confidence,
+            cumulative: limits.cumulative,
+            calibration: limits.calibration.to_vec(),
+            stop_ids: limits.stop_ids.to_vec(),
+            all_accepted: 1.0,
+        })
+    }
+
+    /// The token to run through layers `0..exit` next, if drafting goes on.
+    pub fn feed(&self) -> Option<u32> {
+        self.feed
+    }
+
+    /// The exit logits of the token just fed: draft from them or stop.
+    pub fn take(&mut self, logits: &[f32], sampling: &SamplingParams, rng: &mut Rng64) {
+        self.feed = None;
+        if self.confidence > 0.0 || self.cumulative > 0.0 {
+            let top = top_probability(logits);
+            let n = self.calibration.len();
+            self.all_accepted *= if n > 0 {
+                self.calibration[((top * n as f32) as usize).min(n - 1)]
+            } else {
+                top
+            };
+            if top < self.confidence || self.all_accepted < self.cumulative {
+                return;
+            }
+            self.drafts.confidence.push(top);
+        }
+        let tok = if sampling.is_greedy() {
+            argmax(logits)
+        } else {
+            let p = distribution(logits, sampling);
+            let t = rng.categorical(&p);
+            self.drafts.probs.extend_from_slice(&p);
+            t
+        };
+        self.drafts.tokens.push(tok);
+        if self.drafts.tokens.len() < self.max && !self.stop_ids.contains(&tok) {
+            self.feed = Some(tok);
+        }
+    }
+}
+
 impl<E: Engine> Session<E> {
     pub fn spec_stats(&self) -> SpecStats {
         self.spec
@@ -111,50 +191,14 @@ impl<E: Engine> Session<E> {
         sampling: &SamplingParams,
         rng: &mut Rng64,
     ) -> Result<Drafts> {
-        let n_layers = self.model().config.num_layers;
-        if exit == 0 || exit >= n_layers {
-            return Err(crate::Error::invalid(format!(
-                "draft exit layer {exit} is out of range (1..{n_layers}: drafting needs layers left to verify)"
-            )));
-        }
         let t0 = Instant::now();
-        let mut drafts = Drafts::default();
-        let mut feed = next;
-        let room = self.capacity().saturating_sub(self.shallow_len() + 1);
-        let max = limits.max_drafts.min(room);
-        let mut all_accepted = 1.0f32;
-        while drafts.tokens.len() < max {
+        let mut d = Drafter::start(self, next, exit, &limits)?;
+        while let Some(feed) = d.feed() {
             self.forward(&[feed], exit, Logits::Last)?;
-            let logits = self.last_logits();
-            if limits.confidence > 0.0 || limits.cumulative > 0.0 {
-                let top = top_probability(logits);
-                let n = limits.calibration.len();
-                all_accepted *= if n > 0 {
-                    limits.calibration[((top * n as f32) as usize).min(n - 1)]
-                } else {
-                    top
-                };
-                if top < limits.confidence || all_accepted < limits.cumulative {
-                    break;
-                }
-                drafts.confidence.push(top);
-            }
-            let tok = if sampling.is_greedy() {
-                argmax(logits)
-            } else {
-                let p = distribution(logits, sampling);
-                let t = rng.categorical(&p);
-                drafts.probs.extend_from_slice(&p);
-                t
-            };
-            drafts.tokens.push(tok);
-            if limits.stop_ids.contains(&tok) {
-                break;
-            }
-            feed = tok;
+            d.take(self.last_logits(), sampling, rng);
         }
         self.spec.draft_seconds += t0.elapsed().as_secs_f64();
-        Ok(drafts)
+        Ok(d.drafts)
     }
 
     /// Verify `drafts` proposed after `next` (the last accepted token). Drafts
@@ -171,6 +215,21 @@ impl<E: Engine> Session<E> {
     ) -> Result<Verdict> {
         let t0 = Instant::now();
         let n_layers = self.model().config.num_layers;
+        let (base, feed) = self.verify_begin(next, drafts)?;
+        if let Err(e) = self.forward(&feed, n_layers, Logits::All) {
+            // Leave the session as it was before the speculative round.
+            self.rewind(base)?;
+            return Err(e);
+        }
+        let v = self.verify_end(base, drafts, sampling, rng);
+        self.spec.verify_seconds += t0.elapsed().as_secs_f64();
+        v
+    }
+
+    /// First half of [`Session::verify`]: make the shallow layers hold exactly
+    /// `next` and the drafts' prefix, and return the deep frontier and the
+    /// tokens still to feed at full depth (with logits for every row).
+    pub fn verify_begin(&mut self, next: u32, drafts: &Drafts) -> Result<(usize, Vec<u32>)> {
         let base = self.deep_len();
         let mut seq = Vec::with_capacity(drafts.tokens.len() + 1);
         seq.push(next);
@@ -181,11 +240,18 @@ impl<E: Engine> Session<E> {
             self.rewind(base)?;
         }
         let held = self.shallow_len() - base;
-        if let Err(e) = self.forward(&seq[held..], n_layers, Logits::All) {
-            // Leave the session as it was before the speculative round.
-            self.rewind(base)?;
-            return Err(e);
-        }
+        Ok((base, seq.split_off(held)))
+    }
+
+    /// Second half of [`Session::verify`], after the full-depth pass: accept
+    /// a prefix of the drafts and truncate the cache to it.
+    pub fn verify_end(
+        &mut self,
+        base: usize,
+        drafts: &Drafts,
+        sampling: &SamplingParams,
+        rng: &mut Rng64,
+    ) -> Result<Verdict> {
         let vocab = self.model().config.vocab_size;
         if self.probing() {
             // The full model's greedy token for every row, to score the probes.
@@ -226,7 +292,6 @@ impl<E: Engine> Session<E> {
         self.spec.drafted += k as u64;
         self.spec.accepted += accepted as u64;
         self.spec.rounds += 1;
-        self.spec.verify_seconds += t0.elapsed().as_secs_f64();
         Ok(Verdict {
             accepted,
             token_after: token_after.expect("loop always decides"),

@@ -1,13 +1,15 @@
 //! The generation loop shared by every mode: budget, EOS ids, stop strings and
 //! UTF-8-safe streaming.
 
-use crate::adaptive::{AutoSpec, Choice, Policy};
+use crate::adaptive::{AutoSpec, Choice, CostModel, Policy};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::sampling::{argmax, sample, Rng64, SamplingParams};
-use crate::session::{Logits, Probe, Session};
-use crate::speculative::{DraftLimits, Drafts};
+use crate::session::{forward_batch, BatchItem, Logits, Probe, Session};
+use crate::speculative::{DraftLimits, Drafter, SpecStats};
 use crate::tokenizer::StreamDecoder;
+use std::borrow::BorrowMut;
+use std::marker::PhantomData;
 use std::time::Instant;
 
 /// How tokens are produced.
@@ -130,8 +132,11 @@ pub struct GenerateOutput {
     pub stop_reason: StopReason,
 }
 
+/// The token callback: `(token, text that became final) -> keep going`.
+pub type OnToken<'cb> = Box<dyn FnMut(u32, &str) -> bool + 'cb>;
+
 /// Collects tokens, streams their text and decides when to stop.
-struct Sink<'a, F: FnMut(u32, &str) -> bool> {
+struct Sink<'cb> {
     stream: StreamDecoder,
     text: String,
     /// Bytes of `text` already handed to the callback.
@@ -139,15 +144,15 @@ struct Sink<'a, F: FnMut(u32, &str) -> bool> {
     tokens: Vec<u32>,
     budget: usize,
     eos: Vec<u32>,
-    stops: &'a [String],
-    on_token: F,
+    stops: Vec<String>,
+    on_token: OnToken<'cb>,
     done: bool,
     /// What ends generation when the budget runs out.
     budget_reason: StopReason,
     reason: StopReason,
 }
 
-impl<F: FnMut(u32, &str) -> bool> Sink<'_, F> {
+impl Sink<'_> {
     fn stop(&mut self, reason: StopReason) {
         self.done = true;
         self.reason = reason;
@@ -221,195 +226,513 @@ pub fn generate<E: Engine>(
     opts: &GenerateOptions,
     on_token: impl FnMut(u32, &str) -> bool,
 ) -> Result<GenerateOutput> {
-    opts.sampling.validate()?;
-    let n_layers = session.model().config.num_layers;
-    check_mode(opts.mode, n_layers)?;
-    if prompt.is_empty() {
-        return Err(Error::invalid("the prompt is empty"));
+    let mut g = Generation::new(session, prompt, opts.clone(), Box::new(on_token))?;
+    while !g.is_done() {
+        step_all(&mut [&mut g]);
     }
-    let model = session.model().clone();
-    let mut auto = match opts.mode {
-        Mode::Auto(spec) => Some((Policy::new(spec, n_layers), model.cost_model())),
-        _ => None,
-    };
-    let start = Instant::now();
-    let spec0 = session.spec_stats();
-    let mut rng = Rng64::new(opts.sampling.seed);
-    // Every generated token but the last is fed back: the context bounds the budget.
-    let free = session.capacity() - session.shallow_len();
-    let fits = (free + 1).saturating_sub(prompt.len());
-    let (budget, budget_reason) = if opts.max_new_tokens > fits {
-        (fits, StopReason::ContextFull)
-    } else {
-        (opts.max_new_tokens, StopReason::MaxTokens)
-    };
-    let eos = if opts.ignore_eos {
-        Vec::new()
-    } else {
-        session.model().config.eos_token_ids.clone()
-    };
-    let mut sink = Sink {
-        stream: StreamDecoder::new(),
-        text: String::new(),
-        emitted: 0,
-        tokens: Vec::new(),
-        budget,
-        eos: eos.clone(),
-        stops: &opts.stop_strings,
-        on_token,
-        done: budget == 0,
-        budget_reason,
-        reason: budget_reason,
-    };
+    g.finish()
+}
 
-    // The prompt runs through the layers the mode reads its tokens from.
-    // Automatic mode also probes a few exits on its newest rows.
-    let prompt_exit = if let Mode::EarlyExit { exit } = opts.mode {
-        exit
-    } else {
-        n_layers
-    };
-    let mut which = Logits::Last;
-    if let Some((policy, cost)) = &auto {
-        let (exits, rows) = policy.prompt_probes(cost, prompt.len(), budget);
-        session.set_probes(&exits, rows);
-        which = Logits::Tail(rows);
-    }
-    let run = session.forward(prompt, prompt_exit, which);
-    if auto.is_some() {
-        score_step_probes(session);
-    }
-    run?;
-    let mut next = sample(session.last_logits(), &opts.sampling, &mut rng);
-    let mut choices: Vec<ChoiceSpan> = Vec::new();
+/// One generation as a state machine, advanced one round at a time by
+/// [`step_all`] together with any number of others (of the same model): the
+/// unit a serving loop batches. `S` is the session, owned or borrowed.
+pub struct Generation<'cb, E: Engine, S: BorrowMut<Session<E>> = Session<E>> {
+    session: S,
+    opts: GenerateOptions,
+    sink: Sink<'cb>,
+    rng: Rng64,
+    auto: Option<(Policy, CostModel)>,
+    /// The prompt, until its pass has run.
+    prompt: Option<Vec<u32>>,
+    prompt_len: usize,
+    /// The newest token, emitted but not yet fed.
+    next: u32,
+    choices: Vec<ChoiceSpan>,
+    start: Instant,
+    spec0: SpecStats,
+    error: Option<Error>,
+    _engine: PhantomData<E>,
+}
 
-    while sink.push(session, next)? {
-        let choice = match (opts.mode, &mut auto) {
+/// What a generation does in the current round.
+enum Plan {
+    Step(usize),
+    Speculate(Drafter),
+}
+
+impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
+    /// Validate and set up; nothing runs until [`step_all`].
+    pub fn new(
+        mut session: S,
+        prompt: &[u32],
+        opts: GenerateOptions,
+        on_token: OnToken<'cb>,
+    ) -> Result<Self> {
+        opts.sampling.validate()?;
+        let s: &mut Session<E> = session.borrow_mut();
+        let n_layers = s.model().config.num_layers;
+        check_mode(opts.mode, n_layers)?;
+        if prompt.is_empty() {
+            return Err(Error::invalid("the prompt is empty"));
+        }
+        let model = s.model().clone();
+        let auto = match opts.mode {
+            Mode::Auto(spec) => Some((Policy::new(spec, n_layers), model.cost_model().clone())),
+            _ => None,
+        };
+        // Every generated token but the last is fed back: the context bounds the budget.
+        let free = s.capacity() - s.shallow_len();
+        let fits = (free + 1).saturating_sub(prompt.len());
+        let (budget, budget_reason) = if opts.max_new_tokens > fits {
+            (fits, StopReason::ContextFull)
+        } else {
+            (opts.max_new_tokens, StopReason::MaxTokens)
+        };
+        let eos = if opts.ignore_eos {
+            Vec::new()
+        } else {
+            model.config.eos_token_ids.clone()
+        };
+        let sink = Sink {
+            stream: StreamDecoder::new(),
+            text: String::new(),
+            emitted: 0,
+            tokens: Vec::new(),
+            budget,
+            eos,
+            stops: opts.stop_strings.clone(),
+            on_token,
+            done: budget == 0,
+            budget_reason,
+            reason: budget_reason,
+        };
+        let spec0 = s.spec_stats();
+        Ok(Generation {
+            rng: Rng64::new(opts.sampling.seed),
+            session,
+            sink,
+            auto,
+            prompt: Some(prompt.to_vec()),
+            prompt_len: prompt.len(),
+            next: 0,
+            choices: Vec::new(),
+            start: Instant::now(),
+            spec0,
+            error: None,
+            opts,
+            _engine: PhantomData,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.error.is_some() || (self.prompt.is_none() && self.sink.done)
+    }
+
+    /// Tokens generated so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.sink.tokens
+    }
+
+    pub fn session(&self) -> &Session<E> {
+        self.session.borrow()
+    }
+
+    /// Stop early (as if the callback had asked to).
+    pub fn cancel(&mut self) {
+        if !self.sink.done {
+            self.sink.stop(StopReason::Callback);
+        }
+        self.prompt = None;
+    }
+
+    fn fail(&mut self, e: Error) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    /// Emit a token; false once generation must stop.
+    fn emit(&mut self, tok: u32) -> bool {
+        match self.sink.push(self.session.borrow(), tok) {
+            Ok(going) => going,
+            Err(e) => {
+                self.fail(e);
+                false
+            }
+        }
+    }
+
+    /// The outcome: everything emitted, or the error that stopped it (tokens
+    /// already delivered stay delivered, and the session stays usable).
+    pub fn finish(self) -> Result<GenerateOutput> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let mut choices = self.choices;
+        // Each span produced the tokens up to the next span's first one.
+        let ends: Vec<usize> = choices
+            .iter()
+            .skip(1)
+            .map(|c| c.first_token)
+            .chain([self.sink.tokens.len()])
+            .collect();
+        for (c, end) in choices.iter_mut().zip(ends) {
+            c.tokens = end.saturating_sub(c.first_token);
+        }
+        let seconds = self.start.elapsed().as_secs_f64();
+        let spec = self.session.borrow().spec_stats();
+        let spec0 = self.spec0;
+        let (drafted, accepted) = (spec.drafted - spec0.drafted, spec.accepted - spec0.accepted);
+        let n = self.sink.tokens.len();
+        let stats = GenerateStats {
+            prompt_tokens: self.prompt_len,
+            generated_tokens: n,
+            seconds,
+            tokens_per_second: n as f64 / seconds.max(1e-9),
+            drafted,
+            accepted,
+            rounds: spec.rounds - spec0.rounds,
+            acceptance_rate: if drafted > 0 {
+                accepted as f64 / drafted as f64
+            } else {
+                0.0
+            },
+            draft_seconds: spec.draft_seconds - spec0.draft_seconds,
+            verify_seconds: spec.verify_seconds - spec0.verify_seconds,
+            choices,
+        };
+        Ok(GenerateOutput {
+            tokens: self.sink.tokens,
+            text: self.sink.text,
+            stats,
+            stop_reason: self.sink.reason,
+        })
+    }
+
+    /// Decide this round's plan (and the automatic policy's probes).
+    fn plan(&mut self) -> Result<Plan> {
+        let n_layers = self.session.borrow().model().config.num_layers;
+        let choice = match (self.opts.mode, &mut self.auto) {
             (Mode::Full, _) => Choice::full(n_layers),
             (Mode::EarlyExit { exit }, _) => Choice { exit, draft_len: 0 },
             (Mode::SelfSpeculative { exit, draft_len }, _) => Choice { exit, draft_len },
             (Mode::Auto(_), Some((policy, cost))) => {
-                session.acceptance.fade();
-                let c = policy.choose(cost, &session.acceptance);
-                let probe = policy.probe(cost, &session.acceptance, start.elapsed().as_secs_f64());
+                let s: &mut Session<E> = self.session.borrow_mut();
+                s.acceptance.fade();
+                let c = policy.choose(cost, &s.acceptance);
+                let probe = policy.probe(cost, &s.acceptance, self.start.elapsed().as_secs_f64());
                 let rows = if c.is_step() || probe.is_some_and(|e| e < c.exit) {
                     1
                 } else {
                     c.draft_len + 1
                 };
-                session.set_probes(probe.as_slice(), rows);
+                s.set_probes(probe.as_slice(), rows);
                 c
             }
             (Mode::Auto(_), None) => unreachable!("automatic mode has a policy"),
         };
-        match choices.last_mut() {
+        match self.choices.last_mut() {
             Some(span) if (span.exit_layer, span.draft_len) == (choice.exit, choice.draft_len) => {
                 span.rounds += 1
             }
-            _ => choices.push(ChoiceSpan {
-                first_token: sink.tokens.len(),
+            _ => self.choices.push(ChoiceSpan {
+                first_token: self.sink.tokens.len(),
                 exit_layer: choice.exit,
                 draft_len: choice.draft_len,
                 rounds: 1,
                 tokens: 0,
             }),
         }
-        let round_start = Instant::now();
         if choice.is_step() {
-            let run = session.step(next, choice.exit).map(|_| ());
-            if let Some((policy, cost)) = &mut auto {
-                policy.observe_time(cost, choice, 0, round_start.elapsed().as_secs_f64());
-            }
-            if auto.is_some() {
-                score_step_probes(session);
-            }
-            run?;
-            next = sample(session.last_logits(), &opts.sampling, &mut rng);
+            return Ok(Plan::Step(choice.exit));
+        }
+        let s: &Session<E> = self.session.borrow();
+        let calibration = s.acceptance.calibration(choice.exit);
+        // A round yields accepted drafts + 1 tokens: never draft past the budget.
+        let room = self.sink.budget - self.sink.tokens.len();
+        let limits = DraftLimits {
+            max_drafts: choice.draft_len.min(room - 1),
+            stop_ids: &self.sink.eos,
+            confidence: self.opts.confidence_threshold,
+            cumulative: self
+                .auto
+                .as_ref()
+                .map_or(0.0, |(p, c)| p.stop_below(c, choice.exit)),
+            calibration: if self.auto.is_some() {
+                &calibration
+            } else {
+                &[]
+            },
+        };
+        if choice.exit >= n_layers {
+            // Nothing to draft with: the round verifies `next` alone.
+            return Ok(Plan::Speculate(Drafter::none(n_layers)));
+        }
+        Ok(Plan::Speculate(Drafter::start(
+            s,
+            self.next,
+            choice.exit,
+            &limits,
+        )?))
+    }
+}
+
+/// Run `items` through [`forward_batch`]; returns each one's result.
+fn run_batch<E: Engine>(items: &mut [BatchItem<'_, E>]) -> Vec<Result<usize>> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    forward_batch(items)
+}
+
+/// Advance every generation by one round, batched: prompts in one pass; then
+/// the drafts of all speculating generations one position per pass through
+/// their shallow layers; then one pass with every verification and every
+/// plain step. A generation that fails stops with its error; the others go on.
+pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation<'_, E, S>]) {
+    let t0 = Instant::now();
+    // Prompts.
+    let mut idx: Vec<usize> = Vec::new();
+    let mut prompts: Vec<(Vec<u32>, usize, Logits)> = Vec::new();
+    for (i, g) in gens.iter_mut().enumerate() {
+        if g.is_done() || g.prompt.is_none() {
             continue;
         }
-        let (exit, draft_len) = (choice.exit, choice.draft_len);
-        // A round yields accepted drafts + 1 tokens: never draft past the budget.
-        let room = sink.budget - sink.tokens.len();
-        let calibration = session.acceptance.calibration(exit);
-        let limits = DraftLimits {
-            max_drafts: draft_len.min(room - 1),
-            stop_ids: &eos,
-            confidence: opts.confidence_threshold,
-            cumulative: auto.as_ref().map_or(0.0, |(p, c)| p.stop_below(c, exit)),
-            calibration: if auto.is_some() { &calibration } else { &[] },
+        let s: &mut Session<E> = g.session.borrow_mut();
+        let n_layers = s.model().config.num_layers;
+        let exit = if let Mode::EarlyExit { exit } = g.opts.mode {
+            exit
+        } else {
+            n_layers
         };
-        let round = speculative_round(session, next, exit, limits, &opts.sampling, &mut rng);
-        if auto.is_some() {
-            let probes = session.take_probes();
-            session.set_probes(&[], 0);
-            if let Ok((drafts, verdict)) = &round {
-                let (pos0, full) = std::mem::take(&mut session.verified);
-                score_probes(&mut session.acceptance, &probes, pos0, &full);
-                if drafts.confidence.len() == drafts.tokens.len() {
-                    session
-                        .acceptance
-                        .observe_drafts(exit, &drafts.confidence, verdict.accepted);
-                } else {
-                    session
-                        .acceptance
-                        .observe_round(exit, drafts.tokens.len(), verdict.accepted);
+        let prompt = g.prompt.take().expect("checked");
+        let mut which = Logits::Last;
+        if let Some((policy, cost)) = &g.auto {
+            let (exits, rows) = policy.prompt_probes(cost, prompt.len(), g.sink.budget);
+            s.set_probes(&exits, rows);
+            which = Logits::Tail(rows);
+        }
+        idx.push(i);
+        prompts.push((prompt, exit, which));
+    }
+    if !idx.is_empty() {
+        let results = {
+            let mut items: Vec<BatchItem<'_, E>> = Vec::new();
+            let mut want = idx.iter().zip(&prompts).peekable();
+            for (i, g) in gens.iter_mut().enumerate() {
+                if let Some((_, (p, exit, which))) = want.next_if(|(j, _)| **j == i) {
+                    items.push(BatchItem {
+                        session: g.session.borrow_mut(),
+                        tokens: p,
+                        exit: *exit,
+                        logits: *which,
+                    });
+                }
+            }
+            run_batch(&mut items)
+        };
+        for (&i, r) in idx.iter().zip(results) {
+            let g = &mut *gens[i];
+            if g.auto.is_some() {
+                score_step_probes(g.session.borrow_mut());
+            }
+            match r {
+                Ok(_) => {
+                    g.next = sample(
+                        g.session.borrow().last_logits(),
+                        &g.opts.sampling,
+                        &mut g.rng,
+                    );
+                    let tok = g.next;
+                    g.emit(tok);
+                }
+                Err(e) => g.fail(e),
+            }
+        }
+        // Prompted generations start their rounds in the next call.
+    }
+
+    // Plans for the generations that are running.
+    let mut plans: Vec<Option<Plan>> = Vec::with_capacity(gens.len());
+    for (i, g) in gens.iter_mut().enumerate() {
+        let running = !g.is_done() && !idx.contains(&i);
+        plans.push(if running {
+            match g.plan() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    g.fail(e);
+                    None
+                }
+            }
+        } else {
+            None
+        });
+    }
+    let round_start = Instant::now();
+
+    // Drafts: one position per pass for every generation still drafting.
+    loop {
+        let mut feeds: Vec<(usize, [u32; 1], usize)> = Vec::new();
+        for (i, p) in plans.iter().enumerate() {
+            if let Some(Plan::Speculate(d)) = p {
+                if let Some(f) = d.feed() {
+                    feeds.push((i, [f], d.exit));
                 }
             }
         }
-        let (drafts, verdict) = round?;
-        if let Some((policy, cost)) = &mut auto {
-            let seconds = round_start.elapsed().as_secs_f64();
-            policy.observe_time(cost, choice, drafts.tokens.len(), seconds);
-        }
-        let mut going = true;
-        for &t in &drafts.tokens[..verdict.accepted] {
-            going = sink.push(session, t)?;
-            if !going {
-                break;
-            }
-        }
-        if !going {
+        if feeds.is_empty() {
             break;
         }
-        next = verdict.token_after;
+        let results = {
+            let mut items: Vec<BatchItem<'_, E>> = Vec::new();
+            let mut want = feeds.iter().peekable();
+            for (i, g) in gens.iter_mut().enumerate() {
+                if let Some((_, t, exit)) = want.next_if(|(j, _, _)| *j == i) {
+                    items.push(BatchItem {
+                        session: g.session.borrow_mut(),
+                        tokens: t,
+                        exit: *exit,
+                        logits: Logits::Last,
+                    });
+                }
+            }
+            run_batch(&mut items)
+        };
+        for ((i, _, _), r) in feeds.iter().zip(results) {
+            let g = &mut *gens[*i];
+            let Some(Plan::Speculate(d)) = &mut plans[*i] else {
+                unreachable!("drafting")
+            };
+            match r {
+                Ok(_) => d.take(
+                    g.session.borrow().last_logits(),
+                    &g.opts.sampling,
+                    &mut g.rng,
+                ),
+                Err(e) => {
+                    g.fail(e);
+                    plans[*i] = None;
+                }
+            }
+        }
     }
-    session.set_probes(&[], 0);
-    // Each span produced the tokens up to the next span's first one.
-    let ends: Vec<usize> = choices
-        .iter()
-        .skip(1)
-        .map(|c| c.first_token)
-        .chain([sink.tokens.len()])
-        .collect();
-    for (c, end) in choices.iter_mut().zip(ends) {
-        c.tokens = end.saturating_sub(c.first_token);
+    let draft_seconds = round_start.elapsed().as_secs_f64();
+
+    // Verifications and plain steps, in one pass.
+    let mut work: Vec<(usize, Vec<u32>, usize, Logits, usize)> = Vec::new(); // (gen, tokens, exit, logits, base)
+    for (i, p) in plans.iter_mut().enumerate() {
+        let g = &mut *gens[i];
+        match p {
+            Some(Plan::Step(exit)) => work.push((i, vec![g.next], *exit, Logits::Last, 0)),
+            Some(Plan::Speculate(d)) => {
+                let n_layers = g.session.borrow().model().config.num_layers;
+                match g.session.borrow_mut().verify_begin(g.next, &d.drafts) {
+                    Ok((base, feed)) => work.push((i, feed, n_layers, Logits::All, base)),
+                    Err(e) => {
+                        g.fail(e);
+                        *p = None;
+                    }
+                }
+            }
+            None => {}
+        }
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let spec = session.spec_stats();
-    let (drafted, accepted) = (spec.drafted - spec0.drafted, spec.accepted - spec0.accepted);
-    let stats = GenerateStats {
-        prompt_tokens: prompt.len(),
-        generated_tokens: sink.tokens.len(),
-        seconds,
-        tokens_per_second: sink.tokens.len() as f64 / seconds.max(1e-9),
-        drafted,
-        accepted,
-        rounds: spec.rounds - spec0.rounds,
-        acceptance_rate: if drafted > 0 {
-            accepted as f64 / drafted as f64
-        } else {
-            0.0
-        },
-        draft_seconds: spec.draft_seconds - spec0.draft_seconds,
-        verify_seconds: spec.verify_seconds - spec0.verify_seconds,
-        choices,
+    let verify_start = Instant::now();
+    let results = {
+        let mut items: Vec<BatchItem<'_, E>> = Vec::new();
+        let mut want = work.iter().peekable();
+        for (i, g) in gens.iter_mut().enumerate() {
+            if let Some((_, t, exit, which, _)) = want.next_if(|w| w.0 == i) {
+                items.push(BatchItem {
+                    session: g.session.borrow_mut(),
+                    tokens: t,
+                    exit: *exit,
+                    logits: *which,
+                });
+            }
+        }
+        run_batch(&mut items)
     };
-    Ok(GenerateOutput {
-        tokens: sink.tokens,
-        text: sink.text,
-        stats,
-        stop_reason: sink.reason,
-    })
+    let verify_seconds = verify_start.elapsed().as_secs_f64();
+    let round_seconds = round_start.elapsed().as_secs_f64();
+
+    for ((i, _, _, _, base), r) in work.iter().zip(results) {
+        let g = &mut *gens[*i];
+        match plans[*i].take() {
+            Some(Plan::Step(exit)) => {
+                if g.auto.is_some() {
+                    score_step_probes(g.session.borrow_mut());
+                }
+                if let Err(e) = r {
+                    g.fail(e);
+                    continue;
+                }
+                if let Some((policy, cost)) = &mut g.auto {
+                    policy.observe_time(cost, Choice { exit, draft_len: 0 }, 0, round_seconds);
+                }
+                g.next = sample(
+                    g.session.borrow().last_logits(),
+                    &g.opts.sampling,
+                    &mut g.rng,
+                );
+                let tok = g.next;
+                g.emit(tok);
+            }
+            Some(Plan::Speculate(d)) => {
+                let s: &mut Session<E> = g.session.borrow_mut();
+                let verdict =
+                    r.and_then(|_| s.verify_end(*base, &d.drafts, &g.opts.sampling, &mut g.rng));
+                s.spec.draft_seconds += draft_seconds;
+                s.spec.verify_seconds += verify_seconds;
+                let verdict = match verdict {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // Leave the session as it was before the speculative round.
+                        let _ = s.rewind(*base);
+                        s.set_probes(&[], 0);
+                        g.fail(e);
+                        continue;
+                    }
+                };
+                if let Some((policy, cost)) = &mut g.auto {
+                    let probes = s.take_probes();
+                    s.set_probes(&[], 0);
+                    let (pos0, full) = std::mem::take(&mut s.verified);
+                    score_probes(&mut s.acceptance, &probes, pos0, &full);
+                    if d.drafts.confidence.len() == d.drafts.tokens.len() {
+                        s.acceptance
+                            .observe_drafts(d.exit, &d.drafts.confidence, verdict.accepted);
+                    } else {
+                        s.acceptance
+                            .observe_round(d.exit, d.drafts.tokens.len(), verdict.accepted);
+                    }
+                    let choice = Choice {
+                        exit: d.exit,
+                        draft_len: d.drafts.tokens.len().max(1),
+                    };
+                    policy.observe_time(cost, choice, d.drafts.tokens.len(), round_seconds);
+                }
+                let mut going = true;
+                for &t in &d.drafts.tokens[..verdict.accepted] {
+                    going = g.emit(t);
+                    if !going {
+                        break;
+                    }
+                }
+                if going {
+                    g.next = verdict.token_after;
+                    g.emit(verdict.token_after);
+                }
+            }
+            None => {}
+        }
+    }
+    for g in gens.iter_mut() {
+        if g.is_done() {
+            g.session.borrow_mut().set_probes(&[], 0);
+        }
+    }
+    let _ = t0;
 }
 
 fn check_mode(mode: Mode, n_layers: usize) -> Result<()> {
@@ -432,24 +755,6 @@ fn check_mode(mode: Mode, n_layers: usize) -> Result<()> {
         return Err(Error::invalid("draft length must be at least 1"));
     }
     Ok(())
-}
-
-/// Draft up to `limits.max_drafts` tokens at `exit` after `next` and verify them.
-fn speculative_round<E: Engine>(
-    session: &mut Session<E>,
-    next: u32,
-    exit: usize,
-    limits: DraftLimits,
-    sampling: &SamplingParams,
-    rng: &mut Rng64,
-) -> Result<(Drafts, crate::speculative::Verdict)> {
-    let drafts = if exit < session.model().config.num_layers {
-        session.draft(next, exit, limits, sampling, rng)?
-    } else {
-        Drafts::default()
-    };
-    let verdict = session.verify(next, &drafts, sampling, rng)?;
-    Ok((drafts, verdict))
 }
 
 /// Compare probed exits' tokens with the full model's greedy tokens

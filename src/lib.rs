@@ -23,7 +23,8 @@ pub use adaptive::AutoSpec;
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{
-    generate, ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Mode, StopReason,
+    generate, step_all, ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Generation,
+    Mode, OnToken, StopReason,
 };
 pub use model::{LoadOptions, Model};
 pub use sampling::SamplingParams;

@@ -104,6 +104,15 @@ impl<E: Engine> Model<E> {
     }
 
     /// The longest context a session may have.
+    /// Use `cost` instead of timing this machine (e.g. costs measured once and
+    /// stored by a serving process, or a what-if analysis). Fails once the
+    /// cost model has been measured or set.
+    pub fn set_cost_model(&self, cost: CostModel) -> Result<()> {
+        self.cost
+            .set(cost)
+            .map_err(|_| Error::invalid("the cost model is already measured or set"))
+    }
+
     pub fn max_context(&self) -> usize {
         let max = self.config.max_position_embeddings;
         match self.limits.max_context {

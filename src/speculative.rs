@@ -138,6 +138,21 @@ impl Drafter {
         })
     }
 
+    /// A drafter that drafts nothing.
+    pub fn none(exit: usize) -> Drafter {
+        Drafter {
+            exit,
+            drafts: Drafts::default(),
+            max: 0,
+            feed: None,
+            confidence: 0.0,
+            cumulative: 0.0,
+            calibration: Vec::new(),
+            stop_ids: Vec::new(),
+            all_accepted: 1.0,
+        }
+    }
+
     /// The token to run through layers `0..exit` next, if drafting goes on.
     pub fn feed(&self) -> Option<u32> {
         self.feed

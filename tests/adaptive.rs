@@ -7,6 +7,13 @@ use common::{load, prompts, write_random_llama, FIXTURES};
 use layerskip::{generate, AutoSpec, GenerateOptions, Mode, Model, Session};
 use std::sync::Arc;
 
+/// A cost model where a layer over r rows costs 1 + 0.05 (r - 1) and the head 0.3 + 0.02 (r - 1).
+fn memory_bound(layers: usize) -> layerskip::adaptive::CostModel {
+    let layer = (1..=9).map(|r| 1.0 + 0.05 * (r - 1) as f64).collect();
+    let head = (1..=9).map(|r| 0.3 + 0.02 * (r - 1) as f64).collect();
+    layerskip::adaptive::CostModel::from_tables(layers, layer, head)
+}
+
 fn run(model: &Arc<Model>, prompt: &[u32], mode: Mode, n: usize) -> layerskip::GenerateOutput {
     let opts = GenerateOptions {
         max_new_tokens: n,
@@ -144,6 +151,9 @@ fn perfect_shallow_exits_get_a_small_exit_and_drafts() {
     let (layers, zero_from) = (8, 2);
     write_random_llama(dir.path(), layers, Some(zero_from), 7);
     let model = Model::load(dir.path()).unwrap();
+    // Costs of a memory-bound model (extra verify rows are cheap), fixed so
+    // the choice does not depend on this machine's timing.
+    model.set_cost_model(memory_bound(layers)).unwrap();
     let prompt: Vec<u32> = (0..24).map(|i| (i * 37 % 300) as u32 + 3).collect();
     let full = run(&model, &prompt, Mode::Full, 160);
     let out = run(&model, &prompt, Mode::Auto(AutoSpec::default()), 160);
@@ -153,9 +163,7 @@ fn perfect_shallow_exits_get_a_small_exit_and_drafts() {
         "zeroed from {zero_from}: main choice E={e} d={d}, {:?}",
         out.stats.choices
     );
-    // How long the drafts get depends on how much cheaper multi-row passes
-    // are on this machine (the policy's unit tests pin that down).
-    assert!(e <= zero_from + 1 && d >= 2, "E={e} d={d}");
+    assert!(e <= zero_from + 1 && d >= 6, "E={e} d={d}");
     assert!(out.stats.acceptance_rate > 0.95);
 }
 
@@ -164,6 +172,8 @@ fn hopeless_exits_fall_back_to_full_depth() {
     let dir = tempfile::tempdir().unwrap();
     write_random_llama(dir.path(), 8, None, 11);
     let model = Model::load(dir.path()).unwrap();
+    model.set_cost_model(memory_bound(8)).unwrap();
+    assert!(model.set_cost_model(memory_bound(8)).is_err(), "set once");
     let prompt: Vec<u32> = (0..24).map(|i| (i * 53 % 300) as u32 + 3).collect();
     let full = run(&model, &prompt, Mode::Full, 160);
     let out = run(&model, &prompt, Mode::Auto(AutoSpec::default()), 160);

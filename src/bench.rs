@@ -204,69 +204,57 @@ pub fn format_summary(rows: &[BenchRow]) -> String {
     )
 }
 
-/// Aggregate decoding speed of `sessions` concurrent greedy sessions at exit
-/// `exit` (full depth when `exit == num_layers`): stepped together in one
-/// batched forward per token, and the same sessions stepped one at a time.
+/// Aggregate decoding speed of `sessions` concurrent greedy generations in
+/// one mode: advanced together by [`crate::step_all`] (one batched pass per
+/// layer), and the same generations run one after another.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchRow {
+    pub mode: String,
     pub sessions: usize,
     pub tokens: usize,
     pub batched_tokens_per_second: f64,
     pub sequential_tokens_per_second: f64,
-    /// Batched aggregate tokens/s over one session's tokens/s (sequential, 1 session).
+    /// Batched aggregate tokens/s over one generation's tokens/s at full depth alone.
     pub scaling: f64,
     /// Outputs of the batched and sequential runs are identical.
     pub identical: bool,
 }
 
-/// Decode `max_new_tokens` greedy tokens for each of `n` sessions; returns
-/// (seconds spent decoding, outputs).
-fn decode_sessions<E: Engine>(
+fn run_generations<E: Engine>(
     model: &Arc<Model<E>>,
     prompts: &[Vec<u32>],
     n: usize,
-    exit: usize,
-    max_new_tokens: usize,
+    opts: &GenerateOptions,
     batched: bool,
 ) -> Result<(f64, Vec<Vec<u32>>)> {
-    use crate::sampling::argmax;
-    use crate::session::{forward_batch, BatchItem, Logits};
-    let mut ss = (0..n)
-        .map(|_| Session::new(model.clone(), 0))
-        .collect::<Result<Vec<_>>>()?;
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
-    let mut feed: Vec<Vec<u32>> = (0..n).map(|i| prompts[i % prompts.len()].clone()).collect();
-    let mut t = std::time::Instant::now();
-    for step in 0..=max_new_tokens {
-        if step == 1 {
-            // Time decoding only, not the prompts.
-            t = std::time::Instant::now();
+    let t = std::time::Instant::now();
+    let mut out = Vec::with_capacity(n);
+    if batched {
+        let mut gens = (0..n)
+            .map(|i| {
+                let s = Session::new(model.clone(), 0)?;
+                crate::Generation::new(
+                    s,
+                    &prompts[i % prompts.len()],
+                    opts.clone(),
+                    Box::new(|_, _| true),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        loop {
+            let mut active: Vec<_> = gens.iter_mut().filter(|g| !g.is_done()).collect();
+            if active.is_empty() {
+                break;
+            }
+            crate::step_all(&mut active);
         }
-        if batched {
-            let mut items: Vec<BatchItem<'_, E>> = ss
-                .iter_mut()
-                .zip(&feed)
-                .map(|(s, f)| BatchItem {
-                    session: s,
-                    tokens: f,
-                    exit,
-                    logits: Logits::Last,
-                })
-                .collect();
-            for r in forward_batch(&mut items) {
-                r?;
-            }
-        } else {
-            for (s, f) in ss.iter_mut().zip(&feed) {
-                s.forward(f, exit, Logits::Last)?;
-            }
+        for g in gens {
+            out.push(g.finish()?.tokens);
         }
-        if step < max_new_tokens {
-            for i in 0..n {
-                let tok = argmax(ss[i].last_logits());
-                out[i].push(tok);
-                feed[i] = vec![tok];
-            }
+    } else {
+        for i in 0..n {
+            let mut s = Session::new(model.clone(), 0)?;
+            out.push(generate(&mut s, &prompts[i % prompts.len()], opts, |_, _| true)?.tokens);
         }
     }
     Ok((t.elapsed().as_secs_f64(), out))
@@ -277,35 +265,53 @@ pub fn run_batched<E: Engine>(
     prompts: &[Vec<u32>],
     max_new_tokens: usize,
     counts: &[usize],
-    exit: usize,
+    modes: &[Mode],
 ) -> Result<Vec<BatchRow>> {
     let mut rows = Vec::new();
     let mut single = 0.0;
-    for &n in counts {
-        let (tb, ob) = decode_sessions(model, prompts, n, exit, max_new_tokens, true)?;
-        let (ts, os) = decode_sessions(model, prompts, n, exit, max_new_tokens, false)?;
-        let tokens = n * max_new_tokens;
-        let seq = tokens as f64 / ts;
-        if single == 0.0 {
-            single = max_new_tokens as f64 / (ts / n as f64);
+    for mode in modes {
+        let opts = GenerateOptions {
+            max_new_tokens,
+            mode: *mode,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        for &n in counts {
+            let (tb, ob) = run_generations(model, prompts, n, &opts, true)?;
+            let (ts, os) = run_generations(model, prompts, n, &opts, false)?;
+            let tokens: usize = ob.iter().map(Vec::len).sum();
+            if single == 0.0 {
+                single = tokens as f64 / ts;
+            }
+            rows.push(BatchRow {
+                mode: match mode {
+                    Mode::SelfSpeculative { exit, draft_len } => {
+                        format!("self-spec E={exit} d={draft_len}")
+                    }
+                    Mode::EarlyExit { exit } => format!("early exit E={exit}"),
+                    Mode::Auto(_) => "auto".to_string(),
+                    Mode::Full => "full".to_string(),
+                },
+                sessions: n,
+                tokens,
+                batched_tokens_per_second: tokens as f64 / tb,
+                sequential_tokens_per_second: tokens as f64 / ts,
+                scaling: tokens as f64 / tb / single,
+                identical: ob == os,
+            });
         }
-        rows.push(BatchRow {
-            sessions: n,
-            tokens,
-            batched_tokens_per_second: tokens as f64 / tb,
-            sequential_tokens_per_second: seq,
-            scaling: tokens as f64 / tb / single,
-            identical: ob == os,
-        });
     }
     Ok(rows)
 }
 
 pub fn format_batch_table(rows: &[BatchRow]) -> String {
-    let mut s = String::from("sessions  batched tok/s  one-at-a-time tok/s  batched/one-at-a-time  scaling vs 1  identical\n");
+    let mut s = String::from(
+        "mode                sessions  batched tok/s  one-at-a-time tok/s  batched/one-at-a-time  vs 1 full  identical\n",
+    );
     for r in rows {
         s += &format!(
-            "{:>8} {:>14.1} {:>20.1} {:>22.2}x {:>12.2}x  {}\n",
+            "{:<19} {:>8} {:>14.1} {:>20.1} {:>22.2}x {:>9.2}x  {}\n",
+            r.mode,
             r.sessions,
             r.batched_tokens_per_second,
             r.sequential_tokens_per_second,

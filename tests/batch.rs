@@ -185,15 +185,23 @@ fn a_bad_item_fails_alone() {
 /// join and leave at any round.
 #[test]
 fn batched_generations_equal_solo_generations_in_every_mode() {
-    use layerskip::{generate, step_all, AutoSpec, GenerateOptions, Generation, Mode, SamplingParams};
+    use layerskip::{
+        generate, step_all, AutoSpec, GenerateOptions, Generation, Mode, SamplingParams,
+    };
     let model = load("gqa-bf16-tied-llama3-sharded");
     let l = model.num_layers();
     let ps = prompts("gqa-bf16-tied-llama3-sharded");
     let modes = [
         Mode::Full,
         Mode::EarlyExit { exit: 2 },
-        Mode::SelfSpeculative { exit: 1, draft_len: 3 },
-        Mode::SelfSpeculative { exit: l - 1, draft_len: 6 },
+        Mode::SelfSpeculative {
+            exit: 1,
+            draft_len: 3,
+        },
+        Mode::SelfSpeculative {
+            exit: l - 1,
+            draft_len: 6,
+        },
         Mode::Auto(AutoSpec::default()),
     ];
     let mut cases: Vec<(Vec<u32>, GenerateOptions)> = Vec::new();
@@ -203,7 +211,12 @@ fn batched_generations_equal_solo_generations_in_every_mode() {
                 continue; // automatic choices depend on timing: only greedy is reproducible
             }
             let sampling = if sampled {
-                SamplingParams { temperature: 0.9, top_k: 0, top_p: 0.95, seed: 7 + i as u64 }
+                SamplingParams {
+                    temperature: 0.9,
+                    top_k: 0,
+                    top_p: 0.95,
+                    seed: 7 + i as u64,
+                }
             } else {
                 SamplingParams::default()
             };

@@ -119,12 +119,11 @@ struct BenchArgs {
     #[arg(long)]
     no_auto: bool,
     /// Instead of the (E, d) sweep: these numbers of concurrent greedy
-    /// sessions, stepped in one batched forward per token and one at a time.
+    /// generations, advanced together (batched) and one after another, at
+    /// full depth and self-speculatively with the first --exit-layers and
+    /// --draft-lens values (default L/2 and 4).
     #[arg(long, value_delimiter = ',')]
     sessions: Vec<usize>,
-    /// With --sessions: the exit layer (default: full depth).
-    #[arg(long)]
-    batch_exit: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -286,9 +285,15 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
         .collect::<layerskip::Result<Vec<_>>>()?;
     let l = model.num_layers();
     if !a.sessions.is_empty() {
-        let exit = a.batch_exit.unwrap_or(l);
+        let exit = a.exit_layers.first().copied().unwrap_or((l / 2).max(1));
+        let draft_len = if a.draft_lens == [2, 4, 6, 8] {
+            4
+        } else {
+            a.draft_lens[0]
+        };
+        let modes = [Mode::Full, Mode::SelfSpeculative { exit, draft_len }];
         let rows =
-            layerskip::bench::run_batched(&model, &prompts, a.max_new_tokens, &a.sessions, exit)?;
+            layerskip::bench::run_batched(&model, &prompts, a.max_new_tokens, &a.sessions, &modes)?;
         if a.json {
             println!(
                 "{}",

@@ -589,7 +589,7 @@ int main(int argc, char **argv) {
         for (step = 0; step < nfull && step < nexit1; step++) {
             tk[2] = &bad; /* session 2 always gets an out-of-range token */
             ntk[2] = 1;
-            EXPECT(LSK_OK, lsk_batch_step(bs, 6, tk, ntk, ex, NULL, next, rs, &err_));
+            EXPECT(LSK_OK, lsk_sessions_step(bs, 6, tk, ntk, ex, NULL, next, rs, &err_));
             CHECK(rs[0] == LSK_OK && rs[1] == LSK_OK && rs[3] == LSK_OK);
             CHECK(rs[2] == LSK_ERR_INVALID_ARGUMENT && next[2] == -1);
             CHECK(rs[4] == LSK_ERR_NULL_POINTER && rs[5] == LSK_ERR_BUSY && next[5] == -1);
@@ -607,10 +607,88 @@ int main(int argc, char **argv) {
         EXPECT(LSK_OK, lsk_session_stats(bs[2], &st, &err_));
         CHECK(st.shallow_len == 0); /* the failed session is untouched and usable */
         EXPECT(LSK_OK, lsk_session_prefill(bs[2], prompt, np, NULL, NULL, &err_));
-        EXPECT(LSK_ERR_NULL_POINTER, lsk_batch_step(NULL, 2, tk, ntk, NULL, NULL, next, rs, &err_));
-        EXPECT(LSK_ERR_NULL_POINTER, lsk_batch_step(bs, 2, tk, ntk, NULL, NULL, NULL, rs, &err_));
-        EXPECT(LSK_OK, lsk_batch_step(NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, &err_));
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_sessions_step(NULL, 2, tk, ntk, NULL, NULL, next, rs, &err_));
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_sessions_step(bs, 2, tk, ntk, NULL, NULL, NULL, rs, &err_));
+        EXPECT(LSK_OK, lsk_sessions_step(NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, &err_));
         for (k = 0; k < 4; k++) lsk_session_free(bs[k]);
+    }
+
+    /* A continuous batch of generations in every mode: each yields exactly its
+       solo greedy output; one joins late, one is cancelled, one fails. */
+    {
+        lsk_batch *b = NULL;
+        lsk_session *gs[5] = {NULL, NULL, NULL, NULL, NULL};
+        collect cs[5];
+        lsk_generate_options go[5];
+        uint64_t ids[5];
+        size_t running = 0, k, rounds = 0;
+        lsk_generate_result res;
+        int32_t bad = -7;
+        EXPECT(LSK_OK, lsk_batch_new(model, &b, &err_));
+        for (k = 0; k < 5; k++) {
+            EXPECT(LSK_OK, lsk_session_new(model, NULL, &gs[k], &err_));
+            lsk_generate_options_default(&go[k]);
+            go[k].max_new_tokens = (uint32_t)nfull;
+            go[k].ignore_eos = 1;
+            memset(&cs[k], 0, sizeof cs[k]);
+        }
+        go[1].mode = LSK_MODE_SELF_SPECULATIVE;
+        go[1].exit_layer = 1;
+        go[1].draft_len = 3;
+        go[2].mode = LSK_MODE_SELF_SPECULATIVE;
+        go[2].exit_layer = LSK_AUTO;
+        go[2].draft_len = LSK_AUTO;
+        go[3].mode = LSK_MODE_EARLY_EXIT;
+        go[3].exit_layer = 1;
+        for (k = 0; k < 3; k++) EXPECT(LSK_OK, lsk_batch_add(b, gs[k], prompt, np, &go[k], on_token, &cs[k], &ids[k], &err_));
+        /* A bad prompt is refused at once; the session stays its caller's. */
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_batch_add(b, gs[4], &bad, 1, NULL, NULL, NULL, &ids[4], &err_));
+        EXPECT(LSK_OK, lsk_session_prefill(gs[4], prompt, np, NULL, NULL, &err_));
+        /* A lent session is busy for other calls. */
+        EXPECT(LSK_ERR_BUSY, lsk_session_step(gs[0], 5, 0, NULL, NULL, &err_));
+        EXPECT(LSK_ERR_BUSY, lsk_batch_add(b, gs[0], prompt, np, NULL, NULL, NULL, &ids[4], &err_));
+        EXPECT(LSK_ERR_BUSY, lsk_batch_result(b, ids[0], &res, &err_));
+        do {
+            if (rounds == 2) EXPECT(LSK_OK, lsk_batch_add(b, gs[3], prompt, np, &go[3], on_token, &cs[3], &ids[3], &err_));
+            EXPECT(LSK_OK, lsk_batch_step(b, &running, &err_));
+            rounds++;
+        } while ((running > 0 || rounds < 3) && rounds < 1000);
+        CHECK(cs[0].n == nfull && memcmp(cs[0].tokens, full, nfull * sizeof(int32_t)) == 0);
+        CHECK(cs[1].n == nfull && memcmp(cs[1].tokens, full, nfull * sizeof(int32_t)) == 0);
+        CHECK(cs[2].n == nfull && memcmp(cs[2].tokens, full, nfull * sizeof(int32_t)) == 0);
+        CHECK(cs[3].n >= nexit1 && memcmp(cs[3].tokens, exit1, nexit1 * sizeof(int32_t)) == 0);
+        for (k = 0; k < 4; k++) {
+            lsk_generate_result_init(&res);
+            EXPECT(LSK_OK, lsk_batch_result(b, ids[k], &res, &err_));
+            CHECK(res.n_tokens == nfull && res.stop_reason == LSK_STOP_MAX_TOKENS && res.prompt_tokens == np);
+            EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_batch_result(b, ids[k], &res, &err_)); /* collected once */
+            /* The session is back and continues from its generation. */
+            lsk_stats_init(&st);
+            EXPECT(LSK_OK, lsk_session_stats(gs[k], &st, &err_));
+            CHECK(st.shallow_len == np + nfull - 1);
+        }
+        /* Cancel: tokens so far stay delivered, the session comes back. */
+        memset(&cs[0], 0, sizeof cs[0]);
+        EXPECT(LSK_OK, lsk_session_rewind(gs[0], 0, &err_));
+        EXPECT(LSK_OK, lsk_batch_add(b, gs[0], prompt, np, &go[0], on_token, &cs[0], &ids[0], &err_));
+        EXPECT(LSK_OK, lsk_batch_step(b, &running, &err_));
+        EXPECT(LSK_OK, lsk_batch_step(b, &running, &err_));
+        CHECK(running == 1);
+        EXPECT(LSK_OK, lsk_batch_cancel(b, ids[0], &err_));
+        EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_batch_cancel(b, ids[0], &err_));
+        lsk_generate_result_init(&res);
+        EXPECT(LSK_OK, lsk_batch_result(b, ids[0], &res, &err_));
+        CHECK(res.stop_reason == LSK_STOP_CALLBACK && res.n_tokens == cs[0].n && cs[0].n >= 1);
+        EXPECT(LSK_OK, lsk_session_step(gs[0], full[0], 0, NULL, NULL, &err_));
+        /* Freeing a batch with a running generation returns its session. */
+        EXPECT(LSK_OK, lsk_session_rewind(gs[1], 0, &err_));
+        EXPECT(LSK_OK, lsk_batch_add(b, gs[1], prompt, np, &go[1], NULL, NULL, &ids[1], &err_));
+        EXPECT(LSK_OK, lsk_batch_step(b, &running, &err_));
+        lsk_batch_free(b);
+        EXPECT(LSK_OK, lsk_session_step(gs[1], full[0], 0, NULL, NULL, &err_));
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_batch_step(NULL, &running, &err_));
+        lsk_batch_free(NULL);
+        for (k = 0; k < 5; k++) lsk_session_free(gs[k]);
     }
 
     /* Two threads, one session: the second call fails with BUSY, nothing races. */

@@ -165,6 +165,9 @@ typedef uint32_t lsk_stop_reason;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// A continuous batch of generations over one model (opaque).
+typedef struct lsk_batch lsk_batch;
+
 // Error details: a code and a message. Free with `lsk_error_free`.
 typedef struct lsk_error lsk_error;
 
@@ -189,49 +192,6 @@ typedef struct lsk_sampling {
   // for step/draft/verify, ignored: they use the session's generator.
   uint64_t seed;
 } lsk_sampling;
-
-// Options for `lsk_model_load`.
-typedef struct lsk_model_options {
-  size_t struct_size;
-  // An `lsk_device` value (default `LSK_DEVICE_CPU`).
-  uint32_t device;
-  // Device ordinal for GPU devices (default 0).
-  uint32_t device_index;
-  // Longest context a session may ask for; 0 (default) = the model's
-  // context length. Added in 0.2 (older callers get the default).
-  uint32_t max_context;
-  // KV-cache bytes all open sessions of this model may reserve together
-  // (each reserves its context length's worth when created); 0 (default)
-  // = unlimited. Exceeding it fails `lsk_session_new` with
-  // `LSK_ERR_RESOURCE_LIMIT`.
-  uint64_t kv_budget_bytes;
-} lsk_model_options;
-
-// What `lsk_model_info` reports. Set `struct_size` before the call.
-typedef struct lsk_model_summary {
-  size_t struct_size;
-  uint32_t n_layers;
-  uint32_t vocab_size;
-  uint32_t hidden_size;
-  uint32_t n_heads;
-  uint32_t n_kv_heads;
-  uint32_t context_length;
-  // -1 when the model has none.
-  int32_t bos_token_id;
-  uint32_t n_eos_token_ids;
-  int32_t eos_token_ids[LSK_MAX_EOS_IDS];
-  // An `lsk_dtype` value: how most weights are stored.
-  uint32_t dtype;
-} lsk_model_summary;
-
-// Options for `lsk_session_new`.
-typedef struct lsk_session_options {
-  size_t struct_size;
-  // Maximum positions the session holds; 0 (default) = the model's context length.
-  uint32_t context_length;
-  // Seed of the session's random generator (used by step/draft/verify sampling).
-  uint64_t seed;
-} lsk_session_options;
 
 // Options for `lsk_session_generate`.
 typedef struct lsk_generate_options {
@@ -281,6 +241,49 @@ typedef struct lsk_generate_result {
   uint64_t accepted;
   uint64_t rounds;
 } lsk_generate_result;
+
+// Options for `lsk_model_load`.
+typedef struct lsk_model_options {
+  size_t struct_size;
+  // An `lsk_device` value (default `LSK_DEVICE_CPU`).
+  uint32_t device;
+  // Device ordinal for GPU devices (default 0).
+  uint32_t device_index;
+  // Longest context a session may ask for; 0 (default) = the model's
+  // context length. Added in 0.2 (older callers get the default).
+  uint32_t max_context;
+  // KV-cache bytes all open sessions of this model may reserve together
+  // (each reserves its context length's worth when created); 0 (default)
+  // = unlimited. Exceeding it fails `lsk_session_new` with
+  // `LSK_ERR_RESOURCE_LIMIT`.
+  uint64_t kv_budget_bytes;
+} lsk_model_options;
+
+// What `lsk_model_info` reports. Set `struct_size` before the call.
+typedef struct lsk_model_summary {
+  size_t struct_size;
+  uint32_t n_layers;
+  uint32_t vocab_size;
+  uint32_t hidden_size;
+  uint32_t n_heads;
+  uint32_t n_kv_heads;
+  uint32_t context_length;
+  // -1 when the model has none.
+  int32_t bos_token_id;
+  uint32_t n_eos_token_ids;
+  int32_t eos_token_ids[LSK_MAX_EOS_IDS];
+  // An `lsk_dtype` value: how most weights are stored.
+  uint32_t dtype;
+} lsk_model_summary;
+
+// Options for `lsk_session_new`.
+typedef struct lsk_session_options {
+  size_t struct_size;
+  // Maximum positions the session holds; 0 (default) = the model's context length.
+  uint32_t context_length;
+  // Seed of the session's random generator (used by step/draft/verify sampling).
+  uint64_t seed;
+} lsk_session_options;
 
 // Consecutive rounds of the last `lsk_session_generate` that used one (E, d).
 typedef struct lsk_choice_span {
@@ -333,15 +336,62 @@ const char *lsk_version_string(void);
 // `results[i]` receives each session's code and `next_tokens[i]` is -1 for
 // a failed one. The call itself returns `LSK_OK` unless its own arguments
 // are bad (NULL arrays, a bad `sampling`).
-lsk_result lsk_batch_step(struct lsk_session *const *sessions,
-                          size_t n,
-                          const int32_t *const *tokens,
-                          const size_t *n_tokens,
-                          const uint32_t *exit_layers,
-                          const struct lsk_sampling *sampling,
-                          int32_t *next_tokens,
-                          lsk_result *results,
-                          struct lsk_error **err);
+lsk_result lsk_sessions_step(struct lsk_session *const *sessions,
+                             size_t n,
+                             const int32_t *const *tokens,
+                             const size_t *n_tokens,
+                             const uint32_t *exit_layers,
+                             const struct lsk_sampling *sampling,
+                             int32_t *next_tokens,
+                             lsk_result *results,
+                             struct lsk_error **err);
+
+// A new, empty batch for generations on sessions of `model`. Free with
+// `lsk_batch_free`.
+lsk_result lsk_batch_new(const struct lsk_model *model,
+                         struct lsk_batch **out,
+                         struct lsk_error **err);
+
+// Free a batch: running generations stop and their sessions return to
+// their handles. NULL is ignored. The batch must not be in use.
+void lsk_batch_free(struct lsk_batch *batch);
+
+// Add a generation: `session` (of the batch's model) is lent to the batch
+// until the generation finishes (its other calls fail with `LSK_ERR_BUSY`
+// meanwhile; do not free it before), then it continues from the generated
+// text as after `lsk_session_generate`. `prompt`, `options` and `callback`
+// are as for `lsk_session_generate`; the callback runs inside
+// `lsk_batch_step`. `*id` receives the generation's id.
+lsk_result lsk_batch_add(struct lsk_batch *batch,
+                         struct lsk_session *session,
+                         const int32_t *prompt,
+                         size_t n,
+                         const struct lsk_generate_options *options,
+                         lsk_token_callback callback,
+                         void *user_data,
+                         uint64_t *id,
+                         struct lsk_error **err);
+
+// One round for every running generation of the batch, in one batched pass
+// per phase (prompts; drafts; verifications and plain steps). Token
+// callbacks run from here. Generations that end (budget, EOS, stop string,
+// callback, error) return their sessions and wait for `lsk_batch_result`.
+// `*n_running` (may be NULL) receives how many are still running.
+lsk_result lsk_batch_step(struct lsk_batch *batch, size_t *n_running, struct lsk_error **err);
+
+// Stop generation `id` now (its tokens so far stay delivered; its stop
+// reason is `LSK_STOP_CALLBACK`) and return its session. Unknown or already
+// finished ids are `LSK_ERR_INVALID_ARGUMENT`.
+lsk_result lsk_batch_cancel(struct lsk_batch *batch, uint64_t id, struct lsk_error **err);
+
+// Collect finished generation `id`: `*result` (may be NULL) receives its
+// counts as from `lsk_session_generate`, and the call returns the
+// generation's own result code (its error message in `*err`). Each finished
+// generation is collected once. A running one gives `LSK_ERR_BUSY`.
+lsk_result lsk_batch_result(struct lsk_batch *batch,
+                            uint64_t id,
+                            struct lsk_generate_result *result,
+                            struct lsk_error **err);
 
 // The error's code.
 //

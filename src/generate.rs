@@ -263,18 +263,34 @@ enum Plan {
 impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
     /// Validate and set up; nothing runs until [`step_all`].
     pub fn new(
-        mut session: S,
+        session: S,
         prompt: &[u32],
         opts: GenerateOptions,
         on_token: OnToken<'cb>,
     ) -> Result<Self> {
+        Self::validate(session.borrow(), prompt, &opts)?;
+        Ok(Self::build(session, prompt, opts, on_token))
+    }
+
+    /// What [`Generation::new`] checks, without taking the session.
+    pub fn validate(session: &Session<E>, prompt: &[u32], opts: &GenerateOptions) -> Result<()> {
         opts.sampling.validate()?;
-        let s: &mut Session<E> = session.borrow_mut();
-        let n_layers = s.model().config.num_layers;
-        check_mode(opts.mode, n_layers)?;
+        check_mode(opts.mode, session.model().config.num_layers)?;
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
         }
+        Ok(())
+    }
+
+    /// Set up after [`Generation::validate`].
+    pub(crate) fn build(
+        mut session: S,
+        prompt: &[u32],
+        opts: GenerateOptions,
+        on_token: OnToken<'cb>,
+    ) -> Self {
+        let s: &mut Session<E> = session.borrow_mut();
+        let n_layers = s.model().config.num_layers;
         let model = s.model().clone();
         let auto = match opts.mode {
             Mode::Auto(spec) => Some((Policy::new(spec, n_layers), model.cost_model().clone())),
@@ -307,7 +323,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             reason: budget_reason,
         };
         let spec0 = s.spec_stats();
-        Ok(Generation {
+        Generation {
             rng: Rng64::new(opts.sampling.seed),
             session,
             sink,
@@ -321,7 +337,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             error: None,
             opts,
             _engine: PhantomData,
-        })
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -365,8 +381,13 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
     /// The outcome: everything emitted, or the error that stopped it (tokens
     /// already delivered stay delivered, and the session stays usable).
     pub fn finish(self) -> Result<GenerateOutput> {
+        self.finish_with_session().1
+    }
+
+    /// [`Generation::finish`], also handing back the session.
+    pub fn finish_with_session(self) -> (S, Result<GenerateOutput>) {
         if let Some(e) = self.error {
-            return Err(e);
+            return (self.session, Err(e));
         }
         let mut choices = self.choices;
         // Each span produced the tokens up to the next span's first one.
@@ -401,12 +422,13 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             verify_seconds: spec.verify_seconds - spec0.verify_seconds,
             choices,
         };
-        Ok(GenerateOutput {
+        let out = GenerateOutput {
             tokens: self.sink.tokens,
             text: self.sink.text,
             stats,
             stop_reason: self.sink.reason,
-        })
+        };
+        (self.session, Ok(out))
     }
 
     /// Decide this round's plan (and the automatic policy's probes).

@@ -1,12 +1,22 @@
-//! Batched stepping: several sessions of one model advance in one forward
-//! pass per layer (continuous batching: any set of sessions, any call).
+//! Batching: several sessions of one model advance in one forward pass per
+//! layer. `lsk_sessions_step` steps sessions directly; `lsk_batch_*` runs
+//! whole generations (every mode) as a continuous batch that requests join
+//! and leave between steps.
 
 use super::error::{boundary, lsk_error, lsk_result, FfiError, FfiResult};
-use super::session::{exit_or_full, lsk_session, Handle};
+use super::model::{lsk_model, model_ref};
+use super::session::{
+    exit_or_full, generate_options, generate_result, handle, lsk_session, with_live, Callback,
+};
 use super::types::*;
-use super::{slice, token_ids};
+use super::{need, put, slice, token_ids};
+use crate::generate::{step_all, Generation};
+use crate::model::Model;
 use crate::sampling::sample;
-use crate::session::{forward_batch, BatchItem, Logits};
+use crate::session::{forward_batch, BatchItem, Logits, Session};
+use parking_lot::Mutex;
+use std::ffi::c_void;
+use std::sync::Arc;
 
 /// Advance `n` sessions of one model together: session `i` takes
 /// `n_tokens[i]` tokens from `tokens[i]` (a prompt, or the one token it
@@ -22,7 +32,7 @@ use crate::session::{forward_batch, BatchItem, Logits};
 /// a failed one. The call itself returns `LSK_OK` unless its own arguments
 /// are bad (NULL arrays, a bad `sampling`).
 #[no_mangle]
-pub extern "C" fn lsk_batch_step(
+pub extern "C" fn lsk_sessions_step(
     sessions: *const *mut lsk_session,
     n: usize,
     tokens: *const *const i32,
@@ -56,32 +66,37 @@ pub extern "C" fn lsk_batch_step(
         next_out.fill(-1);
         res_out.fill(lsk_result::LSK_OK);
 
-        // Lock every session for the call; a busy or repeated one fails alone.
+        // Lock every session for the call; a busy, lent or repeated one fails alone.
         let mut guards = Vec::with_capacity(n);
         let mut ids: Vec<Vec<u32>> = Vec::with_capacity(n);
         let mut index = Vec::with_capacity(n); // batch position -> caller position
         for (i, &h) in handles.iter().enumerate() {
-            let fail = |code: lsk_result, out: &mut [lsk_result]| out[i] = code;
-            // SAFETY: handles come from lsk_session_new and are not freed (documented).
-            let Some(handle) = (unsafe { (h as *const Handle).as_ref() }) else {
-                fail(lsk_result::LSK_ERR_NULL_POINTER, res_out);
-                continue;
+            let locked = handle(h).and_then(|h| {
+                h.state
+                    .try_lock()
+                    .ok_or_else(|| FfiError::new(lsk_result::LSK_ERR_BUSY, "session busy"))
+            });
+            let mut guard = match locked {
+                Ok(g) => g,
+                Err(e) => {
+                    res_out[i] = e.code;
+                    continue;
+                }
             };
-            let Some(guard) = handle.state.try_lock() else {
-                fail(lsk_result::LSK_ERR_BUSY, res_out);
-                continue;
-            };
-            let vocab = guard.session.model().config.vocab_size;
-            let parsed: FfiResult<Vec<u32>> =
-                unsafe { slice(token_ptrs[i], counts[i], "tokens[i]") }
-                    .and_then(|t| token_ids(t, vocab));
+            let parsed = with_live(&mut guard, |st| {
+                let vocab = st.session.model().config.vocab_size;
+                token_ids(
+                    unsafe { slice(token_ptrs[i], counts[i], "tokens[i]") }?,
+                    vocab,
+                )
+            });
             match parsed {
                 Ok(t) => {
                     guards.push(guard);
                     ids.push(t);
                     index.push(i);
                 }
-                Err(e) => fail(e.code, res_out),
+                Err(e) => res_out[i] = e.code,
             }
         }
         let mut items: Vec<BatchItem<'_>> = guards
@@ -89,10 +104,11 @@ pub extern "C" fn lsk_batch_step(
             .zip(&ids)
             .zip(&index)
             .map(|((g, t), &i)| {
-                let l = g.session.model().num_layers();
+                let session = g.session.as_mut().expect("checked by with_live");
+                let l = session.model().num_layers();
                 let exit = exits.map_or(l, |e| exit_or_full(e[i], l));
                 BatchItem {
-                    session: &mut g.session,
+                    session,
                     tokens: t,
                     exit,
                     logits: Logits::Last,
@@ -105,12 +121,280 @@ pub extern "C" fn lsk_batch_step(
             match r {
                 Ok(_) if !t.is_empty() => {
                     let st = &mut **g;
-                    next_out[i] = sample(st.session.last_logits(), &params, &mut st.rng) as i32;
+                    let s = st.session.as_ref().expect("checked by with_live");
+                    next_out[i] = sample(s.last_logits(), &params, &mut st.rng) as i32;
                 }
                 Ok(_) => {}
                 Err(e) => res_out[i] = FfiError::from(e).code,
             }
         }
         Ok(())
+    })
+}
+
+/// A continuous batch of generations over one model (opaque).
+pub struct lsk_batch {
+    _private: [u8; 0],
+}
+
+/// A generation in a batch, running on a session lent by its handle.
+struct Running {
+    id: u64,
+    owner: *mut lsk_session,
+    gen: Generation<'static, crate::engine::cpu::CpuEngine, Session>,
+}
+
+/// How a generation ended, kept until `lsk_batch_result` collects it.
+struct Finished {
+    id: u64,
+    result: lsk_generate_result,
+    error: Option<(lsk_result, String)>,
+}
+
+struct Batch {
+    model: Arc<Model>,
+    running: Vec<Running>,
+    finished: Vec<Finished>,
+    next_id: u64,
+}
+
+impl Batch {
+    /// End generation `k`: give the session back to its handle, keep the outcome.
+    fn retire(&mut self, k: usize) {
+        let r = self.running.swap_remove(k);
+        let (session, out) = r.gen.finish_with_session();
+        // SAFETY: the handle outlives its lent session (documented on lsk_batch_add).
+        if let Ok(h) = handle(r.owner) {
+            let mut st = h.state.lock();
+            st.choices = out
+                .as_ref()
+                .map(|o| o.stats.choices.clone())
+                .unwrap_or_default();
+            st.session = Some(session);
+        }
+        let (result, error) = match out {
+            Ok(o) => (generate_result(&o), None),
+            Err(e) => {
+                let e = FfiError::from(e);
+                (
+                    lsk_generate_result {
+                        struct_size: 0,
+                        ..lsk_generate_result::defaults()
+                    },
+                    Some((e.code, e.message)),
+                )
+            }
+        };
+        self.finished.push(Finished {
+            id: r.id,
+            result,
+            error,
+        });
+    }
+}
+
+struct BatchHandle {
+    state: Mutex<Batch>,
+}
+
+fn with_batch<T>(b: *mut lsk_batch, f: impl FnOnce(&mut Batch) -> FfiResult<T>) -> FfiResult<T> {
+    // SAFETY: made by lsk_batch_new and not yet freed (documented).
+    let h = unsafe { (b as *const BatchHandle).as_ref() }.ok_or_else(|| FfiError::null("batch"))?;
+    let mut guard = h.state.try_lock().ok_or_else(|| {
+        FfiError::new(
+            lsk_result::LSK_ERR_BUSY,
+            "the batch is in use by another call",
+        )
+    })?;
+    f(&mut guard)
+}
+
+/// A new, empty batch for generations on sessions of `model`. Free with
+/// `lsk_batch_free`.
+#[no_mangle]
+pub extern "C" fn lsk_batch_new(
+    model: *const lsk_model,
+    out: *mut *mut lsk_batch,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        let m = unsafe { model_ref(model) }?.clone();
+        need(out, "out")?;
+        let b = Box::new(BatchHandle {
+            state: Mutex::new(Batch {
+                model: m,
+                running: Vec::new(),
+                finished: Vec::new(),
+                next_id: 1,
+            }),
+        });
+        unsafe { put(out, Box::into_raw(b) as *mut lsk_batch, "out") }
+    })
+}
+
+/// Free a batch: running generations stop and their sessions return to
+/// their handles. NULL is ignored. The batch must not be in use.
+#[no_mangle]
+pub extern "C" fn lsk_batch_free(batch: *mut lsk_batch) {
+    if batch.is_null() {
+        return;
+    }
+    // SAFETY: made by lsk_batch_new, freed once (documented).
+    let h = unsafe { Box::from_raw(batch as *mut BatchHandle) };
+    let mut b = h.state.into_inner();
+    while !b.running.is_empty() {
+        b.running[0].gen.cancel();
+        b.retire(0);
+    }
+}
+
+/// Add a generation: `session` (of the batch's model) is lent to the batch
+/// until the generation finishes (its other calls fail with `LSK_ERR_BUSY`
+/// meanwhile; do not free it before), then it continues from the generated
+/// text as after `lsk_session_generate`. `prompt`, `options` and `callback`
+/// are as for `lsk_session_generate`; the callback runs inside
+/// `lsk_batch_step`. `*id` receives the generation's id.
+#[no_mangle]
+pub extern "C" fn lsk_batch_add(
+    batch: *mut lsk_batch,
+    session: *mut lsk_session,
+    prompt: *const i32,
+    n: usize,
+    options: *const lsk_generate_options,
+    callback: lsk_token_callback,
+    user_data: *mut c_void,
+    id: *mut u64,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        need(id, "id")?;
+        with_batch(batch, |b| {
+            let h = handle(session)?;
+            let mut st = h.state.try_lock().ok_or_else(|| {
+                FfiError::new(
+                    lsk_result::LSK_ERR_BUSY,
+                    "the session is in use by another call",
+                )
+            })?;
+            let (ids, opts) = with_live(&mut st, |live| {
+                if !Arc::ptr_eq(live.session.model(), &b.model) {
+                    return Err(FfiError::invalid(
+                        "the session belongs to another model than the batch",
+                    ));
+                }
+                let m = live.session.model();
+                let ids = token_ids(unsafe { slice(prompt, n, "prompt") }?, m.config.vocab_size)?;
+                let opts = unsafe { generate_options(options, m.num_layers()) }?;
+                Generation::<_, Session>::validate(live.session, &ids, &opts)?;
+                Ok((ids, opts))
+            })?;
+            let s = st.session.take().expect("checked by with_live");
+            let mut cb = Callback {
+                f: callback,
+                user_data,
+                text: Vec::new(),
+            };
+            let gen = Generation::build(s, &ids, opts, Box::new(move |t, piece| cb.call(t, piece)));
+            let gid = b.next_id;
+            b.next_id += 1;
+            b.running.push(Running {
+                id: gid,
+                owner: session,
+                gen,
+            });
+            unsafe { put(id, gid, "id") }
+        })
+    })
+}
+
+/// One round for every running generation of the batch, in one batched pass
+/// per phase (prompts; drafts; verifications and plain steps). Token
+/// callbacks run from here. Generations that end (budget, EOS, stop string,
+/// callback, error) return their sessions and wait for `lsk_batch_result`.
+/// `*n_running` (may be NULL) receives how many are still running.
+#[no_mangle]
+pub extern "C" fn lsk_batch_step(
+    batch: *mut lsk_batch,
+    n_running: *mut usize,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_batch(batch, |b| {
+            {
+                let mut gens: Vec<_> = b.running.iter_mut().map(|r| &mut r.gen).collect();
+                step_all(&mut gens);
+            }
+            let mut k = 0;
+            while k < b.running.len() {
+                if b.running[k].gen.is_done() {
+                    b.retire(k);
+                } else {
+                    k += 1;
+                }
+            }
+            if !n_running.is_null() {
+                unsafe { put(n_running, b.running.len(), "n_running") }?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Stop generation `id` now (its tokens so far stay delivered; its stop
+/// reason is `LSK_STOP_CALLBACK`) and return its session. Unknown or already
+/// finished ids are `LSK_ERR_INVALID_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn lsk_batch_cancel(
+    batch: *mut lsk_batch,
+    id: u64,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_batch(batch, |b| {
+            let k = b
+                .running
+                .iter()
+                .position(|r| r.id == id)
+                .ok_or_else(|| FfiError::invalid(format!("no running generation {id}")))?;
+            b.running[k].gen.cancel();
+            b.retire(k);
+            Ok(())
+        })
+    })
+}
+
+/// Collect finished generation `id`: `*result` (may be NULL) receives its
+/// counts as from `lsk_session_generate`, and the call returns the
+/// generation's own result code (its error message in `*err`). Each finished
+/// generation is collected once. A running one gives `LSK_ERR_BUSY`.
+#[no_mangle]
+pub extern "C" fn lsk_batch_result(
+    batch: *mut lsk_batch,
+    id: u64,
+    result: *mut lsk_generate_result,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_batch(batch, |b| {
+            if b.running.iter().any(|r| r.id == id) {
+                return Err(FfiError::new(
+                    lsk_result::LSK_ERR_BUSY,
+                    format!("generation {id} is still running"),
+                ));
+            }
+            let k = b
+                .finished
+                .iter()
+                .position(|f| f.id == id)
+                .ok_or_else(|| FfiError::invalid(format!("no finished generation {id}")))?;
+            let f = b.finished.swap_remove(k);
+            if !result.is_null() {
+                unsafe { write_output(result, f.result, "result") }?;
+            }
+            match f.error {
+                Some((code, message)) => Err(FfiError::new(code, message)),
+                None => Ok(()),
+            }
+        })
     })
 }

@@ -19,33 +19,65 @@ pub struct lsk_session {
 }
 
 pub(crate) struct State {
-    pub(crate) session: Session,
+    /// `None` while the session is lent to an `lsk_batch` generation.
+    pub(crate) session: Option<Session>,
     pub(crate) rng: Rng64,
     /// The last drafts `lsk_session_draft` made, with their distributions,
     /// so that a following verify of the same tokens can use them.
     drafts: Drafts,
     /// The (E, d) spans of the last generation.
-    choices: Vec<ChoiceSpan>,
+    pub(crate) choices: Vec<ChoiceSpan>,
+}
+
+/// A locked session that is not lent out.
+pub(crate) struct Live<'a> {
+    pub(crate) session: &'a mut Session,
+    pub(crate) rng: &'a mut Rng64,
+    drafts: &'a mut Drafts,
+    choices: &'a mut Vec<ChoiceSpan>,
 }
 
 pub(crate) struct Handle {
     pub(crate) state: Mutex<State>,
 }
 
-/// Lock the session for one call, or fail with `LSK_ERR_BUSY`.
-fn with_session<T>(
-    s: *mut lsk_session,
-    f: impl FnOnce(&mut State) -> FfiResult<T>,
-) -> FfiResult<T> {
+fn busy(why: &str) -> FfiError {
+    FfiError::new(
+        lsk_result::LSK_ERR_BUSY,
+        format!("the session is in use by {why}"),
+    )
+}
+
+/// The handle behind a session pointer.
+pub(crate) fn handle<'a>(s: *mut lsk_session) -> FfiResult<&'a Handle> {
     // SAFETY: handles are `Box<Handle>` made by lsk_session_new and not yet freed (documented).
-    let h = unsafe { (s as *const Handle).as_ref() }.ok_or_else(|| FfiError::null("session"))?;
-    let mut guard = h.state.try_lock().ok_or_else(|| {
-        FfiError::new(
-            lsk_result::LSK_ERR_BUSY,
-            "the session is in use by another call",
-        )
-    })?;
-    f(&mut guard)
+    unsafe { (s as *const Handle).as_ref() }.ok_or_else(|| FfiError::null("session"))
+}
+
+/// Run `f` on a locked, present session, or fail with `LSK_ERR_BUSY`.
+pub(crate) fn with_live<T>(
+    st: &mut State,
+    f: impl FnOnce(&mut Live) -> FfiResult<T>,
+) -> FfiResult<T> {
+    let session = st
+        .session
+        .as_mut()
+        .ok_or_else(|| busy("a batch generation"))?;
+    f(&mut Live {
+        session,
+        rng: &mut st.rng,
+        drafts: &mut st.drafts,
+        choices: &mut st.choices,
+    })
+}
+
+/// Lock the session for one call, or fail with `LSK_ERR_BUSY`.
+fn with_session<T>(s: *mut lsk_session, f: impl FnOnce(&mut Live) -> FfiResult<T>) -> FfiResult<T> {
+    let mut guard = handle(s)?
+        .state
+        .try_lock()
+        .ok_or_else(|| busy("another call"))?;
+    with_live(&mut guard, f)
 }
 
 pub(crate) fn exit_or_full(exit: u32, n_layers: usize) -> usize {
@@ -75,7 +107,7 @@ pub extern "C" fn lsk_session_new(
         need(out, "out")?;
         let session = Session::new(m.clone(), o.context_length as usize)?;
         let state = State {
-            session,
+            session: Some(session),
             rng: Rng64::new(o.seed),
             drafts: Drafts::default(),
             choices: Vec::new(),
@@ -99,7 +131,7 @@ pub extern "C" fn lsk_session_free(session: *mut lsk_session) {
 /// Feed `ids` through layers `0..exit`, then (when `next_token` is not NULL)
 /// sample the next token from the newest logits with `sampling`.
 fn feed(
-    st: &mut State,
+    st: &mut Live,
     ids: &[u32],
     exit: usize,
     sampling: *const lsk_sampling,
@@ -230,7 +262,7 @@ pub extern "C" fn lsk_session_draft(
                 unsafe { drafts.add(i).write(x as i32) };
             }
             let n = d.tokens.len();
-            st.drafts = d;
+            *st.drafts = d;
             unsafe { put(n_drafts, n, "n_drafts") }
         })
     })
@@ -261,7 +293,7 @@ pub extern "C" fn lsk_session_verify(
             let p = unsafe { read_options(sampling, "sampling") }?.params()?;
             need(accepted, "accepted")?;
             need(token_after, "token_after")?;
-            let own = std::mem::take(&mut st.drafts);
+            let own = std::mem::take(st.drafts);
             let d = if own.tokens == ids {
                 own
             } else {
@@ -270,7 +302,7 @@ pub extern "C" fn lsk_session_verify(
                     ..Default::default()
                 }
             };
-            let v = st.session.verify(t, &d, &p, &mut st.rng)?;
+            let v = st.session.verify(t, &d, &p, st.rng)?;
             unsafe { put(accepted, v.accepted, "accepted") }?;
             unsafe { put(token_after, v.token_after as i32, "token_after") }
         })
@@ -290,14 +322,14 @@ pub extern "C" fn lsk_session_rewind(
     })
 }
 
-struct Callback {
-    f: lsk_token_callback,
-    user_data: *mut c_void,
-    text: Vec<u8>,
+pub(crate) struct Callback {
+    pub(crate) f: lsk_token_callback,
+    pub(crate) user_data: *mut c_void,
+    pub(crate) text: Vec<u8>,
 }
 
 impl Callback {
-    fn call(&mut self, token: u32, piece: &str) -> bool {
+    pub(crate) fn call(&mut self, token: u32, piece: &str) -> bool {
         let Some(f) = self.f else { return true };
         self.text.clear();
         self.text.extend_from_slice(piece.as_bytes());
@@ -335,78 +367,87 @@ pub extern "C" fn lsk_session_generate(
         with_session(session, |st| {
             let m = st.session.model().clone();
             let ids = token_ids(unsafe { slice(prompt, n, "prompt") }?, m.config.vocab_size)?;
-            let o = unsafe { read_options(options, "options") }?;
-            let sampling = o.sampling;
-            let sampling = unsafe { read_options(&sampling, "options.sampling") }?.params()?;
-            let l = m.num_layers();
-            let exit = match o.exit_layer {
-                0 => Some((l / 2).max(1)),
-                LSK_AUTO => None,
-                e => Some(e as usize),
-            };
-            let draft_len = (o.draft_len != LSK_AUTO).then_some(o.draft_len as usize);
-            let mode = match (o.mode, exit, draft_len) {
-                (0, _, _) => Mode::Full,
-                (1, Some(exit), _) => Mode::EarlyExit { exit },
-                (1, None, _) => {
-                    return Err(FfiError::invalid(
-                        "exit_layer LSK_AUTO needs LSK_MODE_SELF_SPECULATIVE",
-                    ))
-                }
-                (2, _, Some(0)) => return Err(FfiError::invalid("draft_len must be at least 1")),
-                (2, Some(exit), Some(draft_len)) => Mode::SelfSpeculative { exit, draft_len },
-                (2, exit, draft_len) => Mode::Auto(AutoSpec { exit, draft_len }),
-                (other, _, _) => return Err(FfiError::invalid(format!("unknown mode {other}"))),
-            };
-            let stops = unsafe { slice(o.stop_strings, o.n_stop_strings, "stop_strings") }?
-                .iter()
-                .map(|&p| unsafe { c_str(p, "stop_strings[i]") }.map(str::to_string))
-                .collect::<FfiResult<Vec<_>>>()?;
-            if !(o.confidence_threshold.is_finite()
-                && (0.0..=1.0).contains(&o.confidence_threshold))
-            {
-                return Err(FfiError::invalid("confidence_threshold must be in [0, 1]"));
-            }
-            let opts = GenerateOptions {
-                max_new_tokens: o.max_new_tokens as usize,
-                mode,
-                sampling,
-                ignore_eos: o.ignore_eos != 0,
-                stop_strings: stops,
-                confidence_threshold: o.confidence_threshold,
-            };
+            let opts = unsafe { generate_options(options, m.num_layers()) }?;
             let mut cb = Callback {
                 f: callback,
                 user_data,
                 text: Vec::new(),
             };
             st.choices.clear();
-            let out = generate(&mut st.session, &ids, &opts, |t, piece| cb.call(t, piece))?;
+            let out = generate(st.session, &ids, &opts, |t, piece| cb.call(t, piece))?;
             st.choices.clone_from(&out.stats.choices);
             if !result.is_null() {
-                let s = out.stats;
-                let r = lsk_generate_result {
-                    struct_size: 0,
-                    n_tokens: out.tokens.len() as u32,
-                    stop_reason: match out.stop_reason {
-                        StopReason::MaxTokens => lsk_stop_reason::LSK_STOP_MAX_TOKENS,
-                        StopReason::Eos => lsk_stop_reason::LSK_STOP_EOS,
-                        StopReason::StopString => lsk_stop_reason::LSK_STOP_STRING,
-                        StopReason::Callback => lsk_stop_reason::LSK_STOP_CALLBACK,
-                        StopReason::ContextFull => lsk_stop_reason::LSK_STOP_CONTEXT_FULL,
-                    } as u32,
-                    prompt_tokens: s.prompt_tokens as u32,
-                    seconds: s.seconds,
-                    tokens_per_second: s.tokens_per_second,
-                    drafted: s.drafted,
-                    accepted: s.accepted,
-                    rounds: s.rounds,
-                };
-                unsafe { write_output(result, r, "result") }?;
+                unsafe { write_output(result, generate_result(&out), "result") }?;
             }
             Ok(())
         })
     })
+}
+
+/// `lsk_generate_options` (NULL = defaults) as [`GenerateOptions`].
+pub(crate) unsafe fn generate_options(
+    options: *const lsk_generate_options,
+    n_layers: usize,
+) -> FfiResult<GenerateOptions> {
+    let o = unsafe { read_options(options, "options") }?;
+    let sampling = o.sampling;
+    let sampling = unsafe { read_options(&sampling, "options.sampling") }?.params()?;
+    let exit = match o.exit_layer {
+        0 => Some((n_layers / 2).max(1)),
+        LSK_AUTO => None,
+        e => Some(e as usize),
+    };
+    let draft_len = (o.draft_len != LSK_AUTO).then_some(o.draft_len as usize);
+    let mode = match (o.mode, exit, draft_len) {
+        (0, _, _) => Mode::Full,
+        (1, Some(exit), _) => Mode::EarlyExit { exit },
+        (1, None, _) => {
+            return Err(FfiError::invalid(
+                "exit_layer LSK_AUTO needs LSK_MODE_SELF_SPECULATIVE",
+            ))
+        }
+        (2, _, Some(0)) => return Err(FfiError::invalid("draft_len must be at least 1")),
+        (2, Some(exit), Some(draft_len)) => Mode::SelfSpeculative { exit, draft_len },
+        (2, exit, draft_len) => Mode::Auto(AutoSpec { exit, draft_len }),
+        (other, _, _) => return Err(FfiError::invalid(format!("unknown mode {other}"))),
+    };
+    let stops = unsafe { slice(o.stop_strings, o.n_stop_strings, "stop_strings") }?
+        .iter()
+        .map(|&p| unsafe { c_str(p, "stop_strings[i]") }.map(str::to_string))
+        .collect::<FfiResult<Vec<_>>>()?;
+    if !(o.confidence_threshold.is_finite() && (0.0..=1.0).contains(&o.confidence_threshold)) {
+        return Err(FfiError::invalid("confidence_threshold must be in [0, 1]"));
+    }
+    Ok(GenerateOptions {
+        max_new_tokens: o.max_new_tokens as usize,
+        mode,
+        sampling,
+        ignore_eos: o.ignore_eos != 0,
+        stop_strings: stops,
+        confidence_threshold: o.confidence_threshold,
+    })
+}
+
+/// What `lsk_session_generate` reports about a finished generation.
+pub(crate) fn generate_result(out: &crate::generate::GenerateOutput) -> lsk_generate_result {
+    let s = &out.stats;
+    lsk_generate_result {
+        struct_size: 0,
+        n_tokens: out.tokens.len() as u32,
+        stop_reason: match out.stop_reason {
+            StopReason::MaxTokens => lsk_stop_reason::LSK_STOP_MAX_TOKENS,
+            StopReason::Eos => lsk_stop_reason::LSK_STOP_EOS,
+            StopReason::StopString => lsk_stop_reason::LSK_STOP_STRING,
+            StopReason::Callback => lsk_stop_reason::LSK_STOP_CALLBACK,
+            StopReason::ContextFull => lsk_stop_reason::LSK_STOP_CONTEXT_FULL,
+        } as u32,
+        prompt_tokens: s.prompt_tokens as u32,
+        seconds: s.seconds,
+        tokens_per_second: s.tokens_per_second,
+        drafted: s.drafted,
+        accepted: s.accepted,
+        rounds: s.rounds,
+    }
 }
 
 /// The (E, d) choices of the session's last `lsk_session_generate`, one span

@@ -140,7 +140,7 @@ fn feed(
     let p = unsafe { read_options(sampling, "sampling") }?.params()?;
     st.session.forward(ids, exit, Logits::Last)?;
     if !next_token.is_null() && !ids.is_empty() {
-        let t = sample(st.session.last_logits(), &p, &mut st.rng) as i32;
+        let t = sample(st.session.last_logits(), &p, st.rng) as i32;
         unsafe { put(next_token, t, "next_token") }?;
     }
     Ok(())
@@ -256,7 +256,7 @@ pub extern "C" fn lsk_session_draft(
             };
             let d = st
                 .session
-                .draft(t, exit_layer as usize, limits, &p, &mut st.rng)?;
+                .draft(t, exit_layer as usize, limits, &p, st.rng)?;
             for (i, &x) in d.tokens.iter().enumerate() {
                 // SAFETY: d.tokens.len() <= max_drafts <= capacity.
                 unsafe { drafts.add(i).write(x as i32) };

@@ -384,6 +384,15 @@ lsk_result lsk_batch_step(struct lsk_batch *batch, size_t *n_running, struct lsk
 // finished ids are `LSK_ERR_INVALID_ARGUMENT`.
 lsk_result lsk_batch_cancel(struct lsk_batch *batch, uint64_t id, struct lsk_error **err);
 
+// Ids of finished generations not yet collected by `lsk_batch_result`:
+// up to `cap` go to `ids` (may be NULL when `cap` is 0); `*n` receives how
+// many there are.
+lsk_result lsk_batch_finished(struct lsk_batch *batch,
+                              uint64_t *ids,
+                              size_t cap,
+                              size_t *n,
+                              struct lsk_error **err);
+
 // Collect finished generation `id`: `*result` (may be NULL) receives its
 // counts as from `lsk_session_generate`, and the call returns the
 // generation's own result code (its error message in `*err`). Each finished

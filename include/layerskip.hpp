@@ -231,6 +231,95 @@ private:
     std::unique_ptr<lsk_session, detail::SessionDeleter> handle_;
 };
 
+// A continuous batch of generations (see lsk_batch_*). Not thread-safe: one
+// thread runs add/step/cancel/result (e.g. a server's scheduler thread). A
+// session added to the batch is lent to it until its generation is collected.
+class Batch {
+public:
+    using OnToken = std::function<bool(int32_t, std::string_view)>;
+
+    explicit Batch(const Model& model) {
+        lsk_batch* b = nullptr;
+        lsk_error* err = nullptr;
+        detail::check(lsk_batch_new(model.get(), &b, &err), err);
+        handle_.reset(b);
+    }
+
+    // Start a generation on `session`; `on_token` runs inside step() and
+    // returns false to stop. Returns its id.
+    uint64_t add(Session& session, const std::vector<int32_t>& prompt, const GenerateOptions& opts,
+                 OnToken on_token = nullptr) {
+        auto cb = std::make_unique<OnToken>(std::move(on_token));
+        auto trampoline = [](void* user, int32_t token, const char* text, size_t len) -> int32_t {
+            auto* f = static_cast<OnToken*>(user);
+            try {
+                return (*f)(token, std::string_view(text, len)) ? 0 : 1;
+            } catch (...) {
+                return 1;  // an exception stops that generation only
+            }
+        };
+        uint64_t id = 0;
+        lsk_error* err = nullptr;
+        bool has = static_cast<bool>(*cb);
+        detail::check(lsk_batch_add(handle_.get(), session.get(), prompt.data(), prompt.size(), &opts,
+                                    has ? +trampoline : nullptr, cb.get(), &id, &err),
+                      err);
+        callbacks_.emplace_back(id, std::move(cb));
+        return id;
+    }
+
+    // One round for every running generation; returns how many still run.
+    size_t step() {
+        size_t running = 0;
+        lsk_error* err = nullptr;
+        detail::check(lsk_batch_step(handle_.get(), &running, &err), err);
+        return running;
+    }
+
+    void cancel(uint64_t id) {
+        lsk_error* err = nullptr;
+        detail::check(lsk_batch_cancel(handle_.get(), id, &err), err);
+    }
+
+    // Finished generations not yet collected with result().
+    std::vector<uint64_t> finished() {
+        size_t n = 0;
+        lsk_error* err = nullptr;
+        detail::check(lsk_batch_finished(handle_.get(), nullptr, 0, &n, &err), err);
+        std::vector<uint64_t> ids(n);
+        detail::check(lsk_batch_finished(handle_.get(), ids.data(), ids.size(), &n, &err), err);
+        ids.resize(n);
+        return ids;
+    }
+
+    // The result of a finished generation (throws its error if it failed).
+    lsk_generate_result result(uint64_t id) {
+        lsk_generate_result res;
+        lsk_generate_result_init(&res);
+        lsk_error* err = nullptr;
+        lsk_result r = lsk_batch_result(handle_.get(), id, &res, &err);
+        if (r != LSK_ERR_BUSY) forget(id);
+        detail::check(r, err);
+        return res;
+    }
+
+private:
+    struct Deleter {
+        void operator()(lsk_batch* b) const noexcept { lsk_batch_free(b); }
+    };
+    void forget(uint64_t id) {
+        for (auto it = callbacks_.begin(); it != callbacks_.end(); ++it) {
+            if (it->first == id) {
+                callbacks_.erase(it);
+                return;
+            }
+        }
+    }
+    // Declared first so it is destroyed last: lsk_batch_free may still call back.
+    std::vector<std::pair<uint64_t, std::unique_ptr<OnToken>>> callbacks_;
+    std::unique_ptr<lsk_batch, Deleter> handle_;
+};
+
 }  // namespace layerskip
 
 #endif  // LAYERSKIP_HPP

@@ -363,6 +363,32 @@ pub extern "C" fn lsk_batch_cancel(
     })
 }
 
+/// Ids of finished generations not yet collected by `lsk_batch_result`:
+/// up to `cap` go to `ids` (may be NULL when `cap` is 0); `*n` receives how
+/// many there are.
+#[no_mangle]
+pub extern "C" fn lsk_batch_finished(
+    batch: *mut lsk_batch,
+    ids: *mut u64,
+    cap: usize,
+    n: *mut usize,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        need(n, "n")?;
+        if cap > 0 {
+            need(ids, "ids")?;
+        }
+        with_batch(batch, |b| {
+            for (k, f) in b.finished.iter().take(cap).enumerate() {
+                // SAFETY: `ids` holds `cap` writable elements (documented).
+                unsafe { ids.add(k).write(f.id) };
+            }
+            unsafe { put(n, b.finished.len(), "n") }
+        })
+    })
+}
+
 /// Collect finished generation `id`: `*result` (may be NULL) receives its
 /// counts as from `lsk_session_generate`, and the call returns the
 /// generation's own result code (its error message in `*err`). Each finished

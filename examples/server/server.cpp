@@ -263,6 +263,8 @@ int main(int argc, char** argv) {
     lsk_model_summary info = model->info();
     Scheduler scheduler(*model);
     httplib::Server server;
+    // A streaming request holds its HTTP thread until it ends: allow many.
+    server.new_task_queue = [] { return new httplib::ThreadPool(64); };
     std::atomic<uint64_t> next_id{1};
 
     server.Get("/health", [](const httplib::Request&, httplib::Response& res) {

@@ -74,11 +74,14 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let mut sessions: Vec<*mut lsk_session> = Vec::new();
     let mut err = null_mut();
+    let mut batch = null_mut();
+    assert_eq!(lsk_batch_new(m, &mut batch, null_mut()), lsk_result::LSK_OK);
+    let mut batch_ids: Vec<u64> = Vec::new();
     for _ in 0..64 {
         if input.0.is_empty() {
             break;
         }
-        let op = input.byte() % 12;
+        let op = input.byte() % 16;
         let pick = input.byte() as usize;
         // Sometimes NULL, usually one of the live sessions.
         let s = if sessions.is_empty() || pick == 255 {
@@ -109,8 +112,66 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             1 if !sessions.is_empty() => {
+                // Never free a session lent to the batch (documented as forbidden).
                 let i = pick % sessions.len();
-                lsk_session_free(sessions.swap_remove(i));
+                let mut st: lsk_stats = unsafe { std::mem::zeroed() };
+                lsk_stats_init(&mut st);
+                if lsk_session_stats(sessions[i], &mut st, null_mut()) != lsk_result::LSK_ERR_BUSY {
+                    lsk_session_free(sessions.swap_remove(i));
+                }
+            }
+            12 => {
+                let t = input.tokens();
+                let mut o: lsk_generate_options = unsafe { std::mem::zeroed() };
+                lsk_generate_options_default(&mut o);
+                o.max_new_tokens = input.byte() as u32 % 12;
+                o.mode = input.byte() as u32 % 3;
+                o.exit_layer = input.exit();
+                o.draft_len = [1, 3, LSK_AUTO][input.byte() as usize % 3];
+                o.sampling = sampling;
+                let mut id = 0;
+                if ok(
+                    lsk_batch_add(
+                        batch,
+                        s,
+                        t.as_ptr(),
+                        t.len(),
+                        &o,
+                        None,
+                        null_mut(),
+                        &mut id,
+                        &mut err,
+                    ),
+                    &mut err,
+                ) {
+                    batch_ids.push(id);
+                }
+            }
+            13 => {
+                let mut n = 0;
+                ok(lsk_batch_step(batch, &mut n, &mut err), &mut err);
+            }
+            14 => {
+                let id = batch_ids
+                    .get(pick % batch_ids.len().max(1))
+                    .copied()
+                    .unwrap_or(pick as u64);
+                ok(lsk_batch_cancel(batch, id, &mut err), &mut err);
+            }
+            15 => {
+                let id = batch_ids
+                    .get(pick % batch_ids.len().max(1))
+                    .copied()
+                    .unwrap_or(pick as u64);
+                let mut r: lsk_generate_result = unsafe { std::mem::zeroed() };
+                lsk_generate_result_init(&mut r);
+                ok(lsk_batch_result(batch, id, &mut r, &mut err), &mut err);
+                let mut ids = [0u64; 4];
+                let mut n = 0;
+                ok(
+                    lsk_batch_finished(batch, ids.as_mut_ptr(), 4, &mut n, &mut err),
+                    &mut err,
+                );
             }
             2 => {
                 let t = input.tokens();
@@ -276,6 +337,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    // Freeing the batch hands every lent session back before they are freed.
+    lsk_batch_free(batch);
     for s in sessions {
         lsk_session_free(s);
     }

@@ -24,7 +24,9 @@ fn bundled() -> PathBuf {
 fn build_server(dir: &Path) -> PathBuf {
     let lib = lib_dir();
     let run = |cmd: &mut Command| {
-        let out = cmd.output().expect("cmake must be installed (.ci/run installs it)");
+        let out = cmd
+            .output()
+            .expect("cmake must be installed (.ci/run installs it)");
         assert!(
             out.status.success(),
             "{cmd:?}:\n{}{}",
@@ -56,9 +58,18 @@ impl Drop for Server {
 }
 
 fn start(exe: &Path) -> Server {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(exe)
-        .args(["--model", bundled().to_str().unwrap(), "--port", &port.to_string()])
+        .args([
+            "--model",
+            bundled().to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -76,7 +87,12 @@ fn start(exe: &Path) -> Server {
 }
 
 /// A minimal HTTP/1.1 client: (status, body), chunked bodies decoded.
-fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<(u16, String)> {
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -89,8 +105,15 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut rest = rest;
         while let Some((size, after)) = rest.split_once("\r\n") {
@@ -138,7 +161,14 @@ fn stream(port: u16, body: &Value) -> (String, String) {
 
 fn cli_text(prompt: &str, n: usize, extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_layerskip"))
-        .args(["generate", "--prompt", prompt, "--max-new-tokens", &n.to_string(), "--json"])
+        .args([
+            "generate",
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            &n.to_string(),
+            "--json",
+        ])
         .args(extra)
         .output()
         .unwrap();
@@ -164,9 +194,35 @@ fn server_matches_the_cli_and_survives_a_load_test() {
     // Greedy outputs equal the CLI's, streamed or not, in every mode.
     let modes: [(&str, Vec<&str>, Value); 4] = [
         ("full", vec![], json!({})),
-        ("self_speculative", vec!["--mode", "self-speculative", "--exit-layer", "5", "--draft-len", "2"], json!({"exit_layer": 5, "draft_len": 2})),
-        ("auto", vec!["--mode", "self-speculative", "--exit-layer", "auto", "--draft-len", "auto"], json!({})),
-        ("early_exit", vec!["--mode", "early-exit", "--exit-layer", "6"], json!({"exit_layer": 6})),
+        (
+            "self_speculative",
+            vec![
+                "--mode",
+                "self-speculative",
+                "--exit-layer",
+                "5",
+                "--draft-len",
+                "2",
+            ],
+            json!({"exit_layer": 5, "draft_len": 2}),
+        ),
+        (
+            "auto",
+            vec![
+                "--mode",
+                "self-speculative",
+                "--exit-layer",
+                "auto",
+                "--draft-len",
+                "auto",
+            ],
+            json!({}),
+        ),
+        (
+            "early_exit",
+            vec!["--mode", "early-exit", "--exit-layer", "6"],
+            json!({"exit_layer": 6}),
+        ),
     ];
     let mut expected = Vec::new();
     std::thread::scope(|scope| {
@@ -218,7 +274,12 @@ fn server_matches_the_cli_and_survives_a_load_test() {
     {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let body = json!({"prompt": "def f(x):", "max_tokens": 400, "stream": true}).to_string();
-        write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        write!(
+            s,
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
         let mut buf = [0u8; 256];
         let _ = s.read(&mut buf).unwrap();
     }
@@ -228,7 +289,10 @@ fn server_matches_the_cli_and_survives_a_load_test() {
         if m.contains("layerskip_active_sessions 0") {
             break;
         }
-        assert!(Instant::now() < deadline, "the abandoned stream still holds a session:\n{m}");
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned stream still holds a session:\n{m}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -250,10 +314,16 @@ fn server_matches_the_cli_and_survives_a_load_test() {
                 let text = if k % 2 == 0 {
                     stream(port, &body).0
                 } else {
-                    complete(port, &body)["choices"][0]["text"].as_str().unwrap().to_string()
+                    complete(port, &body)["choices"][0]["text"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
                 };
                 let ok = &text == want;
-                results.lock().unwrap().push((ok, t.elapsed().as_secs_f64()));
+                results
+                    .lock()
+                    .unwrap()
+                    .push((ok, t.elapsed().as_secs_f64()));
             });
         }
     });
@@ -261,7 +331,10 @@ fn server_matches_the_cli_and_survives_a_load_test() {
     let results = results.into_inner().unwrap();
     assert_eq!(results.len(), total);
     let errors = results.iter().filter(|(ok, _)| !ok).count();
-    assert_eq!(errors, 0, "responses that differ from the CLI (lost or wrong tokens)");
+    assert_eq!(
+        errors, 0,
+        "responses that differ from the CLI (lost or wrong tokens)"
+    );
     assert!(elapsed < 120.0, "load test took {elapsed:.1}s");
     let mut per_token: Vec<f64> = results.iter().map(|(_, s)| s / 24.0).collect();
     per_token.sort_by(f64::total_cmp);

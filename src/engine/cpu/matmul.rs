@@ -269,44 +269,64 @@ fn has_avx2() -> bool {
     false
 }
 
-fn matmul_typed<W: Kernel>(
-    w: &[W],
-    cols: usize,
-    n_out: usize,
-    x: &[f32],
-    rows: usize,
-    out: &mut [f32],
-) {
-    let ptr = OutPtr(out.as_mut_ptr());
-    let avx2 = has_avx2();
-    // Enough work per task to amortise scheduling (~32k multiply-adds).
-    let size = (32768 / (cols * rows).max(1)).clamp(4, 512) / 4 * 4;
-    let run = |b: usize| {
-        let js = b * size..((b + 1) * size).min(n_out);
+/// Output rows `js` of `m` for every input row, with the kernel for its dtype.
+fn run_block(m: &Mat, x: &[f32], rows: usize, js: std::ops::Range<usize>, out: OutPtr, avx2: bool) {
+    fn typed<W: Kernel>(
+        w: &[W],
+        m: &Mat,
+        x: &[f32],
+        rows: usize,
+        js: std::ops::Range<usize>,
+        out: OutPtr,
+        avx2: bool,
+    ) {
         #[cfg(target_arch = "x86_64")]
         if avx2 {
-            // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
-            return unsafe { avx2::block(w, cols, n_out, x, rows, js, ptr) };
+            // SAFETY: the CPU supports AVX2, FMA and F16C (checked by the caller).
+            return unsafe { avx2::block(w, m.cols, m.rows, x, rows, js, out) };
         }
         let _ = avx2;
-        block(w, cols, n_out, x, rows, js, ptr)
-    };
-    let blocks = n_out.div_ceil(size);
-    if blocks == 1 || n_out * cols * rows < SERIAL_BELOW {
-        // Waking worker threads costs more than small products save.
-        (0..blocks).for_each(run);
-    } else {
-        (0..blocks).into_par_iter().for_each(run);
+        block(w, m.cols, m.rows, x, rows, js, out)
+    }
+    match m.tensor.data() {
+        TensorData::F32(w) => typed(w, m, x, rows, js, out, avx2),
+        TensorData::BF16(w) => typed(w, m, x, rows, js, out, avx2),
+        TensorData::F16(w) => typed(w, m, x, rows, js, out, avx2),
     }
 }
 
 /// `out (rows x m.rows) = x (rows x m.cols) · mᵀ`.
 pub fn matmul(x: &[f32], rows: usize, m: &Mat, out: &mut [f32]) {
-    assert_eq!(x.len(), rows * m.cols);
-    assert_eq!(out.len(), rows * m.rows);
-    match m.tensor.data() {
-        TensorData::F32(w) => matmul_typed(w, m.cols, m.rows, x, rows, out),
-        TensorData::BF16(w) => matmul_typed(w, m.cols, m.rows, x, rows, out),
-        TensorData::F16(w) => matmul_typed(w, m.cols, m.rows, x, rows, out),
+    matmul_many(x, rows, &mut [(m, out)]);
+}
+
+/// Several products of the same input (e.g. Q, K and V; gate and up) in one
+/// parallel region: one wake-up of the worker threads instead of one per
+/// matrix. Each product is computed exactly as by [`matmul`].
+pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
+    let avx2 = has_avx2();
+    let mut blocks: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+    let mut outs = Vec::with_capacity(jobs.len());
+    let mut work = 0;
+    for (i, (m, out)) in jobs.iter_mut().enumerate() {
+        assert_eq!(x.len(), rows * m.cols);
+        assert_eq!(out.len(), rows * m.rows);
+        outs.push(OutPtr(out.as_mut_ptr()));
+        // Enough work per task to amortise scheduling (~32k multiply-adds).
+        let size = (32768 / (m.cols * rows).max(1)).clamp(4, 512) / 4 * 4;
+        blocks.extend(
+            (0..m.rows.div_ceil(size)).map(|b| (i, b * size..((b + 1) * size).min(m.rows))),
+        );
+        work += m.rows * m.cols * rows;
+    }
+    let mats: Vec<&Mat> = jobs.iter().map(|(m, _)| *m).collect();
+    let run = |(i, js): &(usize, std::ops::Range<usize>)| {
+        run_block(mats[*i], x, rows, js.clone(), outs[*i], avx2)
+    };
+    if blocks.len() == 1 || work < SERIAL_BELOW {
+        // Waking worker threads costs more than small products save.
+        blocks.iter().for_each(run);
+    } else {
+        blocks.par_iter().for_each(run);
     }
 }

@@ -3,7 +3,7 @@
 mod matmul;
 mod ops;
 
-pub use matmul::{matmul, Mat};
+pub use matmul::{matmul, matmul_many, Mat};
 
 use super::{rope, Engine, Rows, Segment};
 use crate::config::ModelConfig;
@@ -199,9 +199,11 @@ impl Engine for CpuEngine {
         let mut q = vec![0.0; rows * qd];
         let mut k = vec![0.0; rows * kvd];
         let mut v = vec![0.0; rows * kvd];
-        matmul(&xn, rows, &w.q, &mut q);
-        matmul(&xn, rows, &w.k, &mut k);
-        matmul(&xn, rows, &w.v, &mut v);
+        matmul_many(
+            &xn,
+            rows,
+            &mut [(&w.q, &mut q), (&w.k, &mut k), (&w.v, &mut v)],
+        );
 
         // Attention per session, over its own cache.
         let mut attn = vec![0.0; rows * qd];
@@ -233,8 +235,7 @@ impl Engine for CpuEngine {
         let inter = cfg.intermediate_size;
         let mut gate = vec![0.0; rows * inter];
         let mut up = vec![0.0; rows * inter];
-        matmul(&xn, rows, &w.gate, &mut gate);
-        matmul(&xn, rows, &w.up, &mut up);
+        matmul_many(&xn, rows, &mut [(&w.gate, &mut gate), (&w.up, &mut up)]);
         ops::swiglu(&mut gate, &up);
         matmul(&gate, rows, &w.down, &mut o);
         x.data.iter_mut().zip(&o).for_each(|(a, b)| *a += b);

@@ -102,6 +102,37 @@ int main(int argc, char** argv) {
     }
     CHECK(thrown);
 
+    // A batch of generations through the wrapper: the same tokens as alone.
+    {
+        layerskip::Batch batch(moved);
+        layerskip::Session a(moved), b(moved);
+        std::vector<int32_t> ta, tb;
+        uint64_t ia = batch.add(a, prompt, opts, [&](int32_t t, std::string_view) {
+            ta.push_back(t);
+            return true;
+        });
+        layerskip::GenerateOptions auto_opts2 = opts;
+        auto_opts2.exit_layer = LSK_AUTO;
+        auto_opts2.draft_len = LSK_AUTO;
+        uint64_t ib = batch.add(b, prompt, auto_opts2, [&](int32_t t, std::string_view) {
+            tb.push_back(t);
+            return true;
+        });
+        while (batch.step() > 0) {
+        }
+        auto done = batch.finished();
+        CHECK(done.size() == 2);
+        CHECK(batch.result(ia).n_tokens == full.size() && batch.result(ib).n_tokens == full.size());
+        CHECK(ta == full && tb == full);
+        bool busy = false;
+        try {
+            batch.result(ia);  // collected already
+        } catch (const layerskip::Error& e) {
+            busy = e.code() == LSK_ERR_INVALID_ARGUMENT;
+        }
+        CHECK(busy);
+    }
+
     // Step-by-step, draft/verify, logits, rewind, and errors as exceptions.
     layerskip::Session s4(moved);
     int32_t next = s4.prefill(prompt);

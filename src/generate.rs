@@ -472,8 +472,23 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
         let calibration = s.acceptance.calibration(choice.exit);
         // A round yields accepted drafts + 1 tokens: never draft past the budget.
         let room = self.sink.budget - self.sink.tokens.len();
+        // With an automatic d, the draft length chosen is only the policy's
+        // estimate: drafting goes on to the longest draft while the
+        // calibrated confidence says the next draft still pays (stop_below).
+        let auto_d = matches!(
+            self.opts.mode,
+            Mode::Auto(AutoSpec {
+                draft_len: None,
+                ..
+            })
+        );
+        let max_drafts = if auto_d {
+            crate::adaptive::MAX_DRAFT
+        } else {
+            choice.draft_len
+        };
         let limits = DraftLimits {
-            max_drafts: choice.draft_len.min(room - 1),
+            max_drafts: max_drafts.min(room - 1),
             stop_ids: &self.sink.eos,
             confidence: self.opts.confidence_threshold,
             cumulative: self

@@ -367,6 +367,17 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
         }
     }
 
+    /// Choose the next token from the newest logits and emit it.
+    fn sample_next(&mut self) {
+        self.next = sample(
+            self.session.borrow().last_logits(),
+            &self.opts.sampling,
+            &mut self.rng,
+        );
+        let tok = self.next;
+        self.emit(tok);
+    }
+
     /// Emit a token; false once generation must stop.
     fn emit(&mut self, tok: u32) -> bool {
         match self.sink.push(self.session.borrow(), tok) {
@@ -574,15 +585,7 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
                 score_step_probes(g.session.borrow_mut());
             }
             match r {
-                Ok(_) => {
-                    g.next = sample(
-                        g.session.borrow().last_logits(),
-                        &g.opts.sampling,
-                        &mut g.rng,
-                    );
-                    let tok = g.next;
-                    g.emit(tok);
-                }
+                Ok(_) => g.sample_next(),
                 Err(e) => g.fail(e),
             }
         }
@@ -707,13 +710,7 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
                 if let Some((policy, cost)) = &mut g.auto {
                     policy.observe_time(cost, Choice { exit, draft_len: 0 }, 0, round_seconds);
                 }
-                g.next = sample(
-                    g.session.borrow().last_logits(),
-                    &g.opts.sampling,
-                    &mut g.rng,
-                );
-                let tok = g.next;
-                g.emit(tok);
+                g.sample_next();
             }
             Some(Plan::Speculate(d)) => {
                 let s: &mut Session<E> = g.session.borrow_mut();

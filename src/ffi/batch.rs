@@ -9,7 +9,7 @@ use super::session::{
     exit_or_full, generate_options, generate_result, handle, lsk_session, with_live, Callback,
 };
 use super::types::*;
-use super::{need, put, slice, token_ids};
+use super::{need, need_list, put, put_list, slice, token_ids};
 use crate::generate::{step_all, Generation};
 use crate::model::Model;
 use crate::sampling::sample;
@@ -375,16 +375,9 @@ pub extern "C" fn lsk_batch_finished(
     err: *mut *mut lsk_error,
 ) -> lsk_result {
     boundary(err, || {
-        need(n, "n")?;
-        if cap > 0 {
-            need(ids, "ids")?;
-        }
-        with_batch(batch, |b| {
-            for (k, f) in b.finished.iter().take(cap).enumerate() {
-                // SAFETY: `ids` holds `cap` writable elements (documented).
-                unsafe { ids.add(k).write(f.id) };
-            }
-            unsafe { put(n, b.finished.len(), "n") }
+        need_list(ids, cap, n)?;
+        with_batch(batch, |b| unsafe {
+            put_list(ids, cap, b.finished.iter().map(|f| f.id), n)
         })
     })
 }

@@ -82,6 +82,31 @@ pub(crate) unsafe fn put<T>(ptr: *mut T, v: T, what: &str) -> FfiResult {
     Ok(())
 }
 
+/// Write up to `cap` of `items` to `out` and how many there are in all to
+/// `*n` (the caller checked both pointers with [`need_list`]).
+pub(crate) unsafe fn put_list<T>(
+    out: *mut T,
+    cap: usize,
+    items: impl ExactSizeIterator<Item = T>,
+    n: *mut usize,
+) -> FfiResult {
+    let total = items.len();
+    for (i, v) in items.take(cap).enumerate() {
+        // SAFETY: `out` holds `cap` writable elements (documented).
+        unsafe { out.add(i).write(v) };
+    }
+    unsafe { put(n, total, "n") }
+}
+
+/// Check the pointers of a list output: `n` always, `out` when `cap > 0`.
+pub(crate) fn need_list<T>(out: *const T, cap: usize, n: *const usize) -> FfiResult {
+    need(n, "n")?;
+    if cap > 0 {
+        need(out, "out")?;
+    }
+    Ok(())
+}
+
 /// Check that a required output pointer is not NULL (before doing any work).
 pub(crate) fn need<T>(ptr: *const T, what: &str) -> FfiResult {
     if ptr.is_null() {

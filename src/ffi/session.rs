@@ -3,7 +3,7 @@
 use super::error::{boundary, lsk_error, lsk_result, FfiError, FfiResult};
 use super::model::{lsk_model, model_ref};
 use super::types::*;
-use super::{c_str, need, put, slice, token_ids};
+use super::{c_str, need, need_list, put, put_list, slice, token_ids};
 use crate::adaptive::AutoSpec;
 use crate::generate::{generate, ChoiceSpan, GenerateOptions, Mode, StopReason};
 use crate::sampling::{sample, Rng64};
@@ -462,23 +462,16 @@ pub extern "C" fn lsk_session_choices(
     err: *mut *mut lsk_error,
 ) -> lsk_result {
     boundary(err, || {
-        need(n_out, "n_out")?;
-        if cap > 0 {
-            need(out, "out")?;
-        }
+        need_list(out, cap, n_out)?;
         with_session(session, |st| {
-            for (i, c) in st.choices.iter().take(cap).enumerate() {
-                let span = lsk_choice_span {
-                    first_token: c.first_token as u32,
-                    exit_layer: c.exit_layer as u32,
-                    draft_len: c.draft_len as u32,
-                    rounds: c.rounds,
-                    tokens: c.tokens as u64,
-                };
-                // SAFETY: `out` holds `cap` writable elements (documented).
-                unsafe { out.add(i).write(span) };
-            }
-            unsafe { put(n_out, st.choices.len(), "n_out") }
+            let spans = st.choices.iter().map(|c| lsk_choice_span {
+                first_token: c.first_token as u32,
+                exit_layer: c.exit_layer as u32,
+                draft_len: c.draft_len as u32,
+                rounds: c.rounds,
+                tokens: c.tokens as u64,
+            });
+            unsafe { put_list(out, cap, spans, n_out) }
         })
     })
 }

@@ -525,12 +525,26 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
     }
 }
 
-/// Run `items` through [`forward_batch`]; returns each one's result.
-fn run_batch<E: Engine>(items: &mut [BatchItem<'_, E>]) -> Vec<Result<usize>> {
-    if items.is_empty() {
-        return Vec::new();
+/// One batched pass: for each `(gen, tokens, exit, logits)` in `calls`
+/// (ascending `gen`), generation `gen` feeds `tokens` through layers
+/// `0..exit`. Returns each call's result.
+fn pass<E: Engine, S: BorrowMut<Session<E>>>(
+    gens: &mut [&mut Generation<'_, E, S>],
+    calls: &[(usize, &[u32], usize, Logits)],
+) -> Vec<Result<usize>> {
+    let mut want = calls.iter().peekable();
+    let mut items: Vec<BatchItem<'_, E>> = Vec::with_capacity(calls.len());
+    for (i, g) in gens.iter_mut().enumerate() {
+        if let Some(&(_, tokens, exit, logits)) = want.next_if(|c| c.0 == i) {
+            items.push(BatchItem {
+                session: g.session.borrow_mut(),
+                tokens,
+                exit,
+                logits,
+            });
+        }
     }
-    forward_batch(items)
+    forward_batch(&mut items)
 }
 
 /// Advance every generation by one round, batched: prompts in one pass; then
@@ -538,7 +552,6 @@ fn run_batch<E: Engine>(items: &mut [BatchItem<'_, E>]) -> Vec<Result<usize>> {
 /// their shallow layers; then one pass with every verification and every
 /// plain step. A generation that fails stops with its error; the others go on.
 pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation<'_, E, S>]) {
-    let t0 = Instant::now();
     // Prompts.
     let mut idx: Vec<usize> = Vec::new();
     let mut prompts: Vec<(Vec<u32>, usize, Logits)> = Vec::new();
@@ -564,21 +577,12 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
         prompts.push((prompt, exit, which));
     }
     if !idx.is_empty() {
-        let results = {
-            let mut items: Vec<BatchItem<'_, E>> = Vec::new();
-            let mut want = idx.iter().zip(&prompts).peekable();
-            for (i, g) in gens.iter_mut().enumerate() {
-                if let Some((_, (p, exit, which))) = want.next_if(|(j, _)| **j == i) {
-                    items.push(BatchItem {
-                        session: g.session.borrow_mut(),
-                        tokens: p,
-                        exit: *exit,
-                        logits: *which,
-                    });
-                }
-            }
-            run_batch(&mut items)
-        };
+        let calls: Vec<_> = idx
+            .iter()
+            .zip(&prompts)
+            .map(|(&i, (p, exit, which))| (i, &p[..], *exit, *which))
+            .collect();
+        let results = pass(gens, &calls);
         for (&i, r) in idx.iter().zip(results) {
             let g = &mut *gens[i];
             if g.auto.is_some() {
@@ -623,21 +627,11 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
         if feeds.is_empty() {
             break;
         }
-        let results = {
-            let mut items: Vec<BatchItem<'_, E>> = Vec::new();
-            let mut want = feeds.iter().peekable();
-            for (i, g) in gens.iter_mut().enumerate() {
-                if let Some((_, t, exit)) = want.next_if(|(j, _, _)| *j == i) {
-                    items.push(BatchItem {
-                        session: g.session.borrow_mut(),
-                        tokens: t,
-                        exit: *exit,
-                        logits: Logits::Last,
-                    });
-                }
-            }
-            run_batch(&mut items)
-        };
+        let calls: Vec<_> = feeds
+            .iter()
+            .map(|(i, t, exit)| (*i, &t[..], *exit, Logits::Last))
+            .collect();
+        let results = pass(gens, &calls);
         for ((i, _, _), r) in feeds.iter().zip(results) {
             let g = &mut *gens[*i];
             let Some(Plan::Speculate(d)) = &mut plans[*i] else {
@@ -678,21 +672,11 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
         }
     }
     let verify_start = Instant::now();
-    let results = {
-        let mut items: Vec<BatchItem<'_, E>> = Vec::new();
-        let mut want = work.iter().peekable();
-        for (i, g) in gens.iter_mut().enumerate() {
-            if let Some((_, t, exit, which, _)) = want.next_if(|w| w.0 == i) {
-                items.push(BatchItem {
-                    session: g.session.borrow_mut(),
-                    tokens: t,
-                    exit: *exit,
-                    logits: *which,
-                });
-            }
-        }
-        run_batch(&mut items)
-    };
+    let calls: Vec<_> = work
+        .iter()
+        .map(|(i, t, exit, which, _)| (*i, &t[..], *exit, *which))
+        .collect();
+    let results = pass(gens, &calls);
     let verify_seconds = verify_start.elapsed().as_secs_f64();
     let round_seconds = round_start.elapsed().as_secs_f64();
 
@@ -766,7 +750,6 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
             g.session.borrow_mut().set_probes(&[], 0);
         }
     }
-    let _ = t0;
 }
 
 fn check_mode(mode: Mode, n_layers: usize) -> Result<()> {

@@ -265,6 +265,18 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
     Ok(())
 }
 
+/// Bench rows as pretty JSON, or as the text `table` makes.
+fn print_rows<T: serde::Serialize>(rows: &T, json: bool, table: impl FnOnce() -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(rows).expect("rows serialize")
+        );
+    } else {
+        print!("{}", table());
+    }
+}
+
 fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
     let model = Model::load(a.model.unwrap_or_else(default_model))?;
     let mut texts = a.prompt.clone();
@@ -294,14 +306,9 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
         let modes = [Mode::Full, Mode::SelfSpeculative { exit, draft_len }];
         let rows =
             layerskip::bench::run_batched(&model, &prompts, a.max_new_tokens, &a.sessions, &modes)?;
-        if a.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&rows).expect("rows serialize")
-            );
-        } else {
-            print!("{}", layerskip::bench::format_batch_table(&rows));
-        }
+        print_rows(&rows, a.json, || {
+            layerskip::bench::format_batch_table(&rows)
+        });
         return Ok(());
     }
     let exit_layers = if a.exit_layers.is_empty() {
@@ -329,15 +336,9 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
             eprintln!();
         }
     })?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialize")
-        );
-    } else {
-        print!("{}", layerskip::bench::format_table(&rows));
-        print!("{}", layerskip::bench::format_summary(&rows));
-    }
+    print_rows(&rows, a.json, || {
+        layerskip::bench::format_table(&rows) + &layerskip::bench::format_summary(&rows)
+    });
     Ok(())
 }
 

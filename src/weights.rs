@@ -71,6 +71,21 @@ impl Tensor {
         }
     }
 
+    /// An owned, aligned copy of little-endian element bytes (unaligned
+    /// checkpoint windows; tensors built in memory by benches and tests).
+    pub fn from_bytes(dtype: DType, shape: Vec<usize>, data: &[u8]) -> Tensor {
+        assert_eq!(data.len(), shape.iter().product::<usize>() * dtype.size());
+        let len = data.len();
+        let mut v = vec![0u64; len.div_ceil(8)];
+        // SAFETY: v has at least `len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), v.as_mut_ptr() as *mut u8, len) };
+        Tensor {
+            dtype,
+            shape,
+            bytes: Bytes::Owned(Arc::new(v), len),
+        }
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -92,6 +107,17 @@ impl Tensor {
                     TensorData::F16(std::slice::from_raw_parts(raw.as_ptr() as *const f16, n))
                 }
             }
+        }
+    }
+
+    /// Row `i` of a matrix as f32 (embedding lookup).
+    pub fn row_f32(&self, i: usize, out: &mut [f32]) {
+        let cols = self.shape[1];
+        let r = i * cols..(i + 1) * cols;
+        match self.data() {
+            TensorData::F32(s) => out.copy_from_slice(&s[r]),
+            TensorData::BF16(s) => out.iter_mut().zip(&s[r]).for_each(|(o, w)| *o = w.to_f32()),
+            TensorData::F16(s) => out.iter_mut().zip(&s[r]).for_each(|(o, w)| *o = w.to_f32()),
         }
     }
 
@@ -217,24 +243,19 @@ impl WeightStore {
             let data = view.data();
             let offset = data.as_ptr() as usize - base;
             let len = data.len();
-            let bytes = if offset % dtype.size() == 0 && base % 8 == 0 {
-                Bytes::Mapped {
+            let tensor = if offset % dtype.size() == 0 && base % 8 == 0 {
+                let bytes = Bytes::Mapped {
                     map: map.clone(),
                     offset,
                     len,
+                };
+                Tensor {
+                    dtype,
+                    shape: view.shape().to_vec(),
+                    bytes,
                 }
             } else {
-                let mut v = vec![0u64; len.div_ceil(8)];
-                // SAFETY: v has at least `len` bytes.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(data.as_ptr(), v.as_mut_ptr() as *mut u8, len)
-                };
-                Bytes::Owned(Arc::new(v), len)
-            };
-            let tensor = Tensor {
-                dtype,
-                shape: view.shape().to_vec(),
-                bytes,
+                Tensor::from_bytes(dtype, view.shape().to_vec(), data)
             };
             if self
                 .tensors

@@ -1,41 +1,32 @@
-//! Matrix products `out[r][j] = dot(x[r], W[j])` over weights stored as
-//! f32/bf16/f16, converted in registers. Each weight row is read once for all
-//! input rows, and every (r, j) dot product uses the same fixed reduction order
-//! whatever the row count: the products are batch-invariant.
+//! Matrix products `out[r][j] = Σ_k x[r][k] · W[j][k]` over weights kept in
+//! their stored dtype (f32/bf16/f16), converted in registers.
+//!
+//! Weights are repacked at load into panels of [`PANEL`] output rows stored
+//! k-major (`panel[k][0..16]`), so one vector load gives sixteen outputs' weights
+//! for one k and each broadcast input value feeds them all. Every output is a
+//! single fused multiply-add chain over k in order: a row's result does not
+//! depend on how many rows share the call, how outputs are tiled, how the work
+//! is split across threads, or which instruction set ran it (the portable path
+//! uses the same `mul_add` chain). That is what makes batching and
+//! self-speculation bit-exact.
 
 use crate::weights::{Tensor, TensorData};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-/// A row-major `rows x cols` weight matrix in its stored dtype.
-pub struct Mat {
-    pub tensor: Tensor,
-    pub rows: usize,
-    pub cols: usize,
-}
-
-impl Mat {
-    pub fn new(tensor: Tensor) -> Self {
-        let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
-        Mat { tensor, rows, cols }
-    }
-
-    /// Row `i` converted to f32 (embedding lookup).
-    pub fn row_f32(&self, i: usize, out: &mut [f32]) {
-        let r = i * self.cols..(i + 1) * self.cols;
-        match self.tensor.data() {
-            TensorData::F32(s) => out.copy_from_slice(&s[r]),
-            TensorData::BF16(s) => out.iter_mut().zip(&s[r]).for_each(|(o, w)| *o = w.to_f32()),
-            TensorData::F16(s) => out.iter_mut().zip(&s[r]).for_each(|(o, w)| *o = w.to_f32()),
-        }
-    }
-}
-
-const LANES: usize = 8;
+/// Outputs per panel: two 8-lane f32 vectors.
+pub const PANEL: usize = 16;
 
 /// Weight element types the kernels read.
-pub(crate) trait Weight: Copy + Sync {
+pub(crate) trait Weight: Copy + Default + Send + Sync {
     fn f32(self) -> f32;
+    /// Where output `o` (0..16) of a panel sits within its 16 elements for one
+    /// k: bf16 interleaves outputs 0..8 with 8..16 so that a shift and a mask
+    /// of one 256-bit load yield both halves without a cross-lane shuffle.
+    #[inline(always)]
+    fn slot(o: usize) -> usize {
+        o
+    }
 }
 impl Weight for f32 {
     #[inline(always)]
@@ -48,6 +39,14 @@ impl Weight for bf16 {
     fn f32(self) -> f32 {
         f32::from_bits((self.to_bits() as u32) << 16)
     }
+    #[inline(always)]
+    fn slot(o: usize) -> usize {
+        if o < 8 {
+            2 * o
+        } else {
+            2 * (o - 8) + 1
+        }
+    }
 }
 impl Weight for f16 {
     #[inline(always)]
@@ -56,19 +55,63 @@ impl Weight for f16 {
     }
 }
 
+/// Panels of one matrix: `panels * cols * PANEL` elements, zero-padded past
+/// the last output row.
+enum Packed {
+    F32(Vec<f32>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+/// A `rows x cols` weight matrix (`rows` outputs), packed for the kernels.
+pub struct Mat {
+    packed: Packed,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+fn pack<W: Weight>(w: &[W], rows: usize, cols: usize) -> Vec<W> {
+    let mut out = vec![W::default(); rows.div_ceil(PANEL) * PANEL * cols];
+    out.par_chunks_mut(PANEL * cols)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for o in 0..PANEL.min(rows - p * PANEL) {
+                let src = &w[(p * PANEL + o) * cols..][..cols];
+                for (k, &v) in src.iter().enumerate() {
+                    panel[k * PANEL + W::slot(o)] = v;
+                }
+            }
+        });
+    out
+}
+
+impl Mat {
+    pub fn new(tensor: &Tensor) -> Self {
+        let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+        let packed = match tensor.data() {
+            TensorData::F32(w) => Packed::F32(pack(w, rows, cols)),
+            TensorData::BF16(w) => Packed::BF16(pack(w, rows, cols)),
+            TensorData::F16(w) => Packed::F16(pack(w, rows, cols)),
+        };
+        Mat { packed, rows, cols }
+    }
+}
+
 /// Dot product with 8 independent lanes and a fixed pairwise final reduction
-/// (vectorised by the compiler; the order never depends on the batch).
+/// (attention scores; vectorised by the compiler, the order never depends on
+/// the batch).
 #[inline(always)]
-pub(crate) fn dot<W: Weight>(w: &[W], x: &[f32]) -> f32 {
+pub(crate) fn dot(w: &[f32], x: &[f32]) -> f32 {
+    const LANES: usize = 8;
     let mut acc = [0f32; LANES];
     let n = w.len() / LANES * LANES;
     for (wc, xc) in w[..n].chunks_exact(LANES).zip(x[..n].chunks_exact(LANES)) {
         for i in 0..LANES {
-            acc[i] += wc[i].f32() * xc[i];
+            acc[i] += wc[i] * xc[i];
         }
     }
     for i in n..w.len() {
-        acc[i - n] += w[i].f32() * x[i];
+        acc[i - n] += w[i] * x[i];
     }
     let a = [
         acc[0] + acc[4],
@@ -79,16 +122,6 @@ pub(crate) fn dot<W: Weight>(w: &[W], x: &[f32]) -> f32 {
     (a[0] + a[2]) + (a[1] + a[3])
 }
 
-/// Weight types with a SIMD kernel.
-#[cfg(target_arch = "x86_64")]
-trait Kernel: avx2::Load8 {}
-#[cfg(target_arch = "x86_64")]
-impl<T: avx2::Load8> Kernel for T {}
-#[cfg(not(target_arch = "x86_64"))]
-trait Kernel: Weight {}
-#[cfg(not(target_arch = "x86_64"))]
-impl<T: Weight> Kernel for T {}
-
 /// Products smaller than this many multiply-adds run on the calling thread.
 pub(crate) const SERIAL_BELOW: usize = 1 << 17;
 
@@ -98,200 +131,279 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// Output rows `js` of the product for every input row.
-#[inline(always)]
-fn block<W: Weight>(
-    w: &[W],
+/// One product's geometry: packed panels, input rows, output layout.
+#[derive(Clone, Copy)]
+struct Job<'a, W> {
+    w: &'a [W],
     cols: usize,
     n_out: usize,
-    x: &[f32],
+    /// Input rows in groups of at most `group` (see [`groups`]), each group
+    /// stored k-major (`x[r0 * cols + k * rr + r]`) so that a tile's
+    /// broadcasts read consecutive addresses instead of `rr` strided streams.
+    x: &'a [f32],
     rows: usize,
-    js: std::ops::Range<usize>,
+    group: usize,
     out: OutPtr,
-) {
-    for j in js {
-        let wj = &w[j * cols..(j + 1) * cols];
-        for r in 0..rows {
-            let v = dot(wj, &x[r * cols..(r + 1) * cols]);
-            // SAFETY: each (r, j) is written by exactly one task; out has rows*n_out elements.
-            unsafe { *out.0.add(r * n_out + j) = v };
+}
+
+/// Splits `rows` into near-equal groups of at most `max` rows: `(r0, rr)`.
+#[inline(always)]
+fn groups(rows: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n = rows.div_ceil(max);
+    (0..n).map(move |g| (g * rows / n, (g + 1) * rows / n - g * rows / n))
+}
+
+/// `x` (`rows x cols`, row-major) in the grouped k-major layout of [`Job::x`].
+fn pack_rows(x: &[f32], rows: usize, cols: usize, group: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (r0, rr) in groups(rows, group) {
+        let dst = &mut out[r0 * cols..(r0 + rr) * cols];
+        for r in 0..rr {
+            for (k, &v) in x[(r0 + r) * cols..][..cols].iter().enumerate() {
+                dst[k * rr + r] = v;
+            }
+        }
+    }
+    out
+}
+
+/// Portable kernel: the same per-output `mul_add` chain as the SIMD kernels,
+/// so results are identical on every machine.
+fn block_portable<W: Weight>(j: &Job<W>, panels: std::ops::Range<usize>) {
+    for p in panels {
+        let pw = &j.w[p * PANEL * j.cols..][..PANEL * j.cols];
+        for (r0, rr) in groups(j.rows, j.group) {
+            for r in r0..r0 + rr {
+                let mut acc = [0f32; PANEL];
+                for k in 0..j.cols {
+                    let xv = j.x[r0 * j.cols + k * rr + r - r0];
+                    let wk = &pw[k * PANEL..][..PANEL];
+                    for (o, a) in acc.iter_mut().enumerate() {
+                        *a = wk[W::slot(o)].f32().mul_add(xv, *a);
+                    }
+                }
+                for (o, &v) in acc.iter().enumerate().take(j.n_out - p * PANEL) {
+                    // SAFETY: each (r, output) is written by exactly one task; out has rows*n_out elements.
+                    unsafe { *j.out.0.add(r * j.n_out + p * PANEL + o) = v };
+                }
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    //! AVX2 + FMA + F16C kernel: each 8-wide weight chunk is converted once and
-    //! multiplied into up to four input rows' accumulators. A row's result uses
-    //! the same sequence of FMAs and the same final reduction however many rows
-    //! share the call, so it stays batch-invariant.
-    use super::{OutPtr, Weight};
+mod simd {
+    //! AVX2 + FMA + F16C tiles of R input rows by P panels (16 P outputs).
+    //! The same code is compiled twice: for AVX2, and with AVX-512VL enabled,
+    //! where LLVM has 32 vector registers and larger tiles fit.
+    use super::{groups, Job, Weight, PANEL};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
 
-    pub trait Load8: Weight {
-        /// Eight consecutive weights at `p` as f32 lanes.
-        unsafe fn load8(p: *const Self) -> __m256;
+    pub trait Load16: Weight {
+        /// Outputs 0..8 and 8..16 of a panel at one k, as f32 lanes.
+        unsafe fn load16(p: *const Self) -> (__m256, __m256);
     }
-    impl Load8 for f32 {
+    impl Load16 for f32 {
         #[inline(always)]
-        unsafe fn load8(p: *const Self) -> __m256 {
-            _mm256_loadu_ps(p)
+        unsafe fn load16(p: *const Self) -> (__m256, __m256) {
+            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
         }
     }
-    impl Load8 for bf16 {
+    impl Load16 for bf16 {
         #[inline(always)]
-        unsafe fn load8(p: *const Self) -> __m256 {
-            let h = _mm_loadu_si128(p as *const __m128i);
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        unsafe fn load16(p: *const Self) -> (__m256, __m256) {
+            // Even u16 slots hold outputs 0..8, odd slots 8..16 (`Weight::slot`).
+            let v = _mm256_loadu_si256(p as *const __m256i);
+            let lo = _mm256_slli_epi32(v, 16);
+            let hi = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
+            (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi))
         }
     }
-    impl Load8 for f16 {
+    impl Load16 for f16 {
         #[inline(always)]
-        unsafe fn load8(p: *const Self) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        unsafe fn load16(p: *const Self) -> (__m256, __m256) {
+            let lo = _mm_loadu_si128(p as *const __m128i);
+            let hi = _mm_loadu_si128(p.add(8) as *const __m128i);
+            (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi))
         }
     }
 
-    /// Same pairwise reduction as the portable `dot`, in registers:
-    /// (a0+a4, a1+a5, a2+a6, a3+a7) = b, then (b0+b2) + (b1+b3).
+    /// Rows `r0..r0+R` against panels `p0..p0+P`.
     #[inline(always)]
-    unsafe fn reduce(v: __m256) -> f32 {
-        let b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-        _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)))
-    }
-
-    /// Dot products of `J` consecutive weight rows (`w` starts at the first)
-    /// with `R` input rows (`x` starts at the first): `out[r][j]`. Each (r, j)
-    /// has its own single accumulator fed in column order, so its value does
-    /// not depend on R or J; several independent chains hide the FMA latency.
-    #[inline(always)]
-    unsafe fn tile<W: Load8, const R: usize, const J: usize>(
-        w: &[W],
-        x: &[f32],
-        cols: usize,
-        out: &mut [[f32; 4]; 4],
-    ) {
-        let n = cols / 8 * 8;
-        let mut acc = [[_mm256_setzero_ps(); J]; R];
-        let mut c = 0;
-        while c < n {
-            let mut wv = [_mm256_setzero_ps(); J];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = W::load8(w.as_ptr().add(j * cols + c));
+    unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize, p0: usize) {
+        let cols = j.cols;
+        let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
+        let w = j.w.as_ptr().add(p0 * PANEL * cols);
+        let x = j.x.as_ptr().add(r0 * cols);
+        for k in 0..cols {
+            let mut xb = [_mm256_setzero_ps(); R];
+            for (r, b) in xb.iter_mut().enumerate() {
+                *b = _mm256_broadcast_ss(&*x.add(k * R + r));
             }
-            for (r, row) in acc.iter_mut().enumerate() {
-                let xv = _mm256_loadu_ps(x.as_ptr().add(r * cols + c));
-                for (a, v) in row.iter_mut().zip(&wv) {
-                    *a = _mm256_fmadd_ps(*v, xv, *a);
+            for p in 0..P {
+                let (lo, hi) = W::load16(w.add((p * cols + k) * PANEL));
+                for (row, b) in acc.iter_mut().zip(&xb) {
+                    row[p][0] = _mm256_fmadd_ps(lo, *b, row[p][0]);
+                    row[p][1] = _mm256_fmadd_ps(hi, *b, row[p][1]);
                 }
             }
-            c += 8;
         }
-        for r in 0..R {
-            for j in 0..J {
-                let mut v = reduce(acc[r][j]);
-                for i in n..cols {
-                    v = w[j * cols + i].f32().mul_add(x[r * cols + i], v);
+        for (r, row) in acc.iter().enumerate() {
+            for (p, a) in row.iter().enumerate() {
+                let j0 = (p0 + p) * PANEL;
+                let dst = j.out.0.add((r0 + r) * j.n_out + j0);
+                if j0 + PANEL <= j.n_out {
+                    _mm256_storeu_ps(dst, a[0]);
+                    _mm256_storeu_ps(dst.add(8), a[1]);
+                } else {
+                    let mut tmp = [0f32; PANEL];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, j.n_out - j0);
                 }
-                out[r][j] = v;
             }
         }
     }
 
-    /// One tile of `rr` rows by `jj` outputs (1..=4 each).
-    #[inline(always)]
-    unsafe fn tile_dyn<W: Load8>(
-        w: &[W],
-        x: &[f32],
-        cols: usize,
-        rr: usize,
-        jj: usize,
-        out: &mut [[f32; 4]; 4],
-    ) {
-        match (rr, jj) {
-            (1, 4) => tile::<W, 1, 4>(w, x, cols, out),
-            (2, 4) => tile::<W, 2, 4>(w, x, cols, out),
-            (3, 2) => tile::<W, 3, 2>(w, x, cols, out),
-            (4, 2) => tile::<W, 4, 2>(w, x, cols, out),
-            (1, _) => tile::<W, 1, 1>(w, x, cols, out),
-            (2, _) => tile::<W, 2, 1>(w, x, cols, out),
-            (3, _) => tile::<W, 3, 1>(w, x, cols, out),
-            _ => tile::<W, 4, 1>(w, x, cols, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn block<W: Load8>(
-        w: &[W],
-        cols: usize,
-        n_out: usize,
-        x: &[f32],
-        rows: usize,
-        js: std::ops::Range<usize>,
-        out: OutPtr,
-    ) {
-        let mut res = [[0f32; 4]; 4];
-        let mut r0 = 0;
-        while r0 < rows {
-            let rr = (rows - r0).min(4);
-            // Up to 12 accumulators: 4 outputs for 1-2 rows, 2 for 3-4 rows.
-            let width = if rr <= 2 { 4 } else { 2 };
-            let xr = &x[r0 * cols..];
-            let mut j = js.start;
-            while j < js.end {
-                let jj = if js.end - j >= width { width } else { 1 };
-                tile_dyn(&w[j * cols..], xr, cols, rr, jj, &mut res);
-                for (r, row) in res[..rr].iter().enumerate() {
-                    for (k, &v) in row[..jj].iter().enumerate() {
-                        *out.0.add((r0 + r) * n_out + j + k) = v;
+    macro_rules! blocks {
+        ($name:ident, $features:literal, [$(($r:literal, $p:literal)),*]) => {
+            /// Panels `ps` of the product for every input row (groups of at
+            /// most 8 rows).
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
+                for (r0, rr) in groups(j.rows, j.group) {
+                    let mut p = ps.start;
+                    while p < ps.end {
+                        let left = ps.end - p;
+                        p += match rr {
+                            $($r if left >= $p => { tile::<W, $r, $p>(j, r0, p); $p })*
+                            2 if left >= 2 => { tile::<W, 2, 2>(j, r0, p); 2 }
+                            1 => { tile::<W, 1, 1>(j, r0, p); 1 }
+                            2 => { tile::<W, 2, 1>(j, r0, p); 1 }
+                            3 => { tile::<W, 3, 1>(j, r0, p); 1 }
+                            4 => { tile::<W, 4, 1>(j, r0, p); 1 }
+                            5 => { tile::<W, 5, 1>(j, r0, p); 1 }
+                            6 => { tile::<W, 6, 1>(j, r0, p); 1 }
+                            7 => { tile::<W, 7, 1>(j, r0, p); 1 }
+                            _ => { tile::<W, 8, 1>(j, r0, p); 1 }
+                        };
                     }
                 }
-                j += jj;
             }
-            r0 += rr;
-        }
+        };
     }
+    // Up to 12 accumulators (16 registers) for AVX2, 16 of 32 with AVX-512VL.
+    blocks!(block_avx2, "avx2,fma,f16c", [(1, 4), (2, 3)]);
+    blocks!(
+        block_avx512,
+        "avx2,fma,f16c,avx512f,avx512vl",
+        [(1, 4), (2, 4), (3, 2), (4, 2)]
+    );
 }
 
-fn has_avx2() -> bool {
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    Portable,
     #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| {
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
-/// Output rows `js` of `m` for every input row, with the kernel for its dtype.
-fn run_block(m: &Mat, x: &[f32], rows: usize, js: std::ops::Range<usize>, out: OutPtr, avx2: bool) {
-    fn typed<W: Kernel>(
-        w: &[W],
-        m: &Mat,
-        x: &[f32],
-        rows: usize,
-        js: std::ops::Range<usize>,
-        out: OutPtr,
-        avx2: bool,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: the CPU supports AVX2, FMA and F16C (checked by the caller).
-            return unsafe { avx2::block(w, m.cols, m.rows, x, rows, js, out) };
+/// Kernels this CPU runs, best last.
+fn supported() -> Vec<Isa> {
+    #[allow(unused_mut)]
+    let mut v = vec![Isa::Portable];
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        v.push(Isa::Avx2);
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+            v.push(Isa::Avx512);
         }
-        let _ = avx2;
-        block(w, m.cols, m.rows, x, rows, js, out)
     }
-    match m.tensor.data() {
-        TensorData::F32(w) => typed(w, m, x, rows, js, out, avx2),
-        TensorData::BF16(w) => typed(w, m, x, rows, js, out, avx2),
-        TensorData::F16(w) => typed(w, m, x, rows, js, out, avx2),
+    v
+}
+
+/// The best kernel this CPU runs; `LAYERSKIP_KERNEL=portable|avx2` caps it
+/// (results are identical either way, only speed differs).
+fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        let all = supported();
+        let cap = std::env::var("LAYERSKIP_KERNEL").unwrap_or_default();
+        let capped = all.iter().rev().find(|i| kernel_name_of(**i) == cap);
+        *capped.unwrap_or(all.last().expect("portable is always supported"))
+    })
+}
+
+/// Name of the kernel in use (for bench reports).
+pub fn kernel_name() -> &'static str {
+    kernel_name_of(isa())
+}
+
+fn kernel_name_of(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Portable => "portable",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "avx512vl",
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+trait Kernel: simd::Load16 {}
+#[cfg(target_arch = "x86_64")]
+impl<T: simd::Load16> Kernel for T {}
+#[cfg(not(target_arch = "x86_64"))]
+trait Kernel: Weight {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T: Weight> Kernel for T {}
+
+/// Rows per tile group: as many accumulators as the registers hold.
+fn group_rows(isa: Isa) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => 6,
+        _ => 8,
+    }
+}
+
+fn run_typed<W: Kernel>(j: &Job<W>, ps: std::ops::Range<usize>, isa: Isa) {
+    // SAFETY: `isa()` checked that the CPU has the features of each kernel.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { simd::block_avx2(j, ps) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { simd::block_avx512(j, ps) },
+        Isa::Portable => block_portable(j, ps),
+    }
+}
+
+/// Panels `ps` of `m` for every input row, with the kernel for its dtype.
+/// `x` is packed by [`pack_rows`] with groups of `group_rows(isa)`.
+fn run_block(m: &Mat, x: &[f32], rows: usize, ps: std::ops::Range<usize>, out: OutPtr, isa: Isa) {
+    macro_rules! job {
+        ($w:expr) => {
+            Job {
+                w: $w,
+                cols: m.cols,
+                n_out: m.rows,
+                x,
+                rows,
+                group: group_rows(isa),
+                out,
+            }
+        };
+    }
+    match &m.packed {
+        Packed::F32(w) => run_typed(&job!(w), ps, isa),
+        Packed::BF16(w) => run_typed(&job!(w), ps, isa),
+        Packed::F16(w) => run_typed(&job!(w), ps, isa),
     }
 }
 
@@ -304,7 +416,11 @@ pub fn matmul(x: &[f32], rows: usize, m: &Mat, out: &mut [f32]) {
 /// parallel region: one wake-up of the worker threads instead of one per
 /// matrix. Each product is computed exactly as by [`matmul`].
 pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
-    let avx2 = has_avx2();
+    let isa = isa();
+    let Some(cols) = jobs.first().map(|(m, _)| m.cols) else {
+        return;
+    };
+    let x = &pack_rows(x, rows, cols, group_rows(isa));
     let mut blocks: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
     let mut outs = Vec::with_capacity(jobs.len());
     let mut work = 0;
@@ -312,21 +428,92 @@ pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
         assert_eq!(x.len(), rows * m.cols);
         assert_eq!(out.len(), rows * m.rows);
         outs.push(OutPtr(out.as_mut_ptr()));
-        // Enough work per task to amortise scheduling (~32k multiply-adds).
-        let size = (32768 / (m.cols * rows).max(1)).clamp(4, 512) / 4 * 4;
+        // Enough work per task to amortise scheduling (~64k multiply-adds),
+        // in whole 4-panel tiles.
+        let panels = m.rows.div_ceil(PANEL);
+        let size = (65536 / (PANEL * m.cols * rows).max(1))
+            .clamp(1, 64)
+            .next_multiple_of(4);
         blocks.extend(
-            (0..m.rows.div_ceil(size)).map(|b| (i, b * size..((b + 1) * size).min(m.rows))),
+            (0..panels.div_ceil(size)).map(|b| (i, b * size..((b + 1) * size).min(panels))),
         );
         work += m.rows * m.cols * rows;
     }
     let mats: Vec<&Mat> = jobs.iter().map(|(m, _)| *m).collect();
-    let run = |(i, js): &(usize, std::ops::Range<usize>)| {
-        run_block(mats[*i], x, rows, js.clone(), outs[*i], avx2)
+    let run = |(i, ps): &(usize, std::ops::Range<usize>)| {
+        run_block(mats[*i], x, rows, ps.clone(), outs[*i], isa)
     };
     if blocks.len() == 1 || work < SERIAL_BELOW {
         // Waking worker threads costs more than small products save.
         blocks.iter().for_each(run);
     } else {
         blocks.par_iter().for_each(run);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::DType;
+
+    fn tensor(dtype: DType, rows: usize, cols: usize) -> Tensor {
+        let vals = (0..rows * cols).map(|i| {
+            let h = (i as u32).wrapping_mul(2654435761).rotate_left(13);
+            (h >> 8) as f32 / (1 << 24) as f32 - 0.5
+        });
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => vals.flat_map(f32::to_le_bytes).collect(),
+            DType::BF16 => vals.flat_map(|v| bf16::from_f32(v).to_le_bytes()).collect(),
+            DType::F16 => vals.flat_map(|v| f16::from_f32(v).to_le_bytes()).collect(),
+        };
+        Tensor::from_bytes(dtype, vec![rows, cols], &bytes)
+    }
+
+    /// The product by the definition: one `mul_add` chain per output.
+    fn reference(m: &Tensor, x: &[f32], rows: usize) -> Vec<f32> {
+        let w = m.to_f32();
+        let (n, cols) = (m.shape[0], m.shape[1]);
+        let mut out = vec![0f32; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                out[r * n + j] =
+                    (0..cols).fold(0f32, |a, k| w[j * cols + k].mul_add(x[r * cols + k], a));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_kernel_row_count_and_dtype_matches_the_definition_bit_for_bit() {
+        // 37 outputs: two full panels and a padded one; 45 columns: no multiple of 8.
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let (n, cols) = (37, 45);
+            let t = tensor(dtype, n, cols);
+            let m = Mat::new(&t);
+            for rows in 1..=17 {
+                let x: Vec<f32> = (0..rows * cols)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+                    .collect();
+                let want = reference(&t, &x, rows);
+                for isa in supported() {
+                    let mut out = vec![f32::NAN; rows * n];
+                    let x = pack_rows(&x, rows, cols, group_rows(isa));
+                    run_block(
+                        &m,
+                        &x,
+                        rows,
+                        0..n.div_ceil(PANEL),
+                        OutPtr(out.as_mut_ptr()),
+                        isa,
+                    );
+                    assert!(
+                        out.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{dtype:?} rows {rows} {isa:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -3,12 +3,12 @@
 mod matmul;
 mod ops;
 
-pub use matmul::{matmul, matmul_many, Mat};
+pub use matmul::{kernel_name, matmul, matmul_many, Mat};
 
 use super::{rope, Engine, Rows, Segment};
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::weights::WeightStore;
+use crate::weights::{Tensor, WeightStore};
 use rayon::prelude::*;
 
 struct LayerWeights {
@@ -25,7 +25,7 @@ struct LayerWeights {
 
 pub struct CpuEngine {
     cfg: ModelConfig,
-    embed: Mat,
+    embed: Tensor,
     lm_head: Mat,
     norm: Vec<f32>,
     layers: Vec<LayerWeights>,
@@ -74,10 +74,11 @@ impl CpuEngine {
         let h = cfg.hidden_size;
         let (qd, kvd, inter) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat> {
-            Ok(Mat::new(store.get(name, &[rows, cols])?))
+            Ok(Mat::new(&store.get(name, &[rows, cols])?))
         };
         let vec = |name: &str| -> Result<Vec<f32>> { Ok(store.get(name, &[h])?.to_f32()) };
-        let embed = mat("model.embed_tokens.weight", cfg.vocab_size, h)?;
+        // Looked up by row, straight from the checkpoint (no packed copy).
+        let embed = store.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let lm_head = if cfg.tie_word_embeddings && !store.contains("lm_head.weight") {
             mat("model.embed_tokens.weight", cfg.vocab_size, h)?
         } else {

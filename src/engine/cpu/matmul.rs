@@ -194,8 +194,6 @@ fn block_portable<W: Weight>(j: &Job<W>, panels: std::ops::Range<usize>) {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     //! AVX2 + FMA + F16C tiles of R input rows by P panels (16 P outputs).
-    //! The same code is compiled twice: for AVX2, and with AVX-512VL enabled,
-    //! where LLVM has 32 vector registers and larger tiles fit.
     use super::{groups, Job, Weight, PANEL};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
@@ -266,40 +264,161 @@ mod simd {
         }
     }
 
-    macro_rules! blocks {
-        ($name:ident, $features:literal, [$(($r:literal, $p:literal)),*]) => {
-            /// Panels `ps` of the product for every input row (groups of at
-            /// most 8 rows).
-            #[target_feature(enable = $features)]
-            pub unsafe fn $name<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
-                for (r0, rr) in groups(j.rows, j.group) {
-                    let mut p = ps.start;
-                    while p < ps.end {
-                        let left = ps.end - p;
-                        p += match rr {
-                            $($r if left >= $p => { tile::<W, $r, $p>(j, r0, p); $p })*
-                            2 if left >= 2 => { tile::<W, 2, 2>(j, r0, p); 2 }
-                            1 => { tile::<W, 1, 1>(j, r0, p); 1 }
-                            2 => { tile::<W, 2, 1>(j, r0, p); 1 }
-                            3 => { tile::<W, 3, 1>(j, r0, p); 1 }
-                            4 => { tile::<W, 4, 1>(j, r0, p); 1 }
-                            5 => { tile::<W, 5, 1>(j, r0, p); 1 }
-                            6 => { tile::<W, 6, 1>(j, r0, p); 1 }
-                            7 => { tile::<W, 7, 1>(j, r0, p); 1 }
-                            _ => { tile::<W, 8, 1>(j, r0, p); 1 }
-                        };
+    /// Panels `ps` of the product for every input row (groups of at most 6
+    /// rows; at most 12 accumulators in 16 registers).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
+        for (r0, rr) in groups(j.rows, j.group) {
+            let mut p = ps.start;
+            while p < ps.end {
+                let left = ps.end - p;
+                p += match rr {
+                    1 if left >= 4 => {
+                        tile::<W, 1, 4>(j, r0, p);
+                        4
                     }
+                    2 if left >= 3 => {
+                        tile::<W, 2, 3>(j, r0, p);
+                        3
+                    }
+                    1 => {
+                        tile::<W, 1, 1>(j, r0, p);
+                        1
+                    }
+                    2 => {
+                        tile::<W, 2, 1>(j, r0, p);
+                        1
+                    }
+                    3 => {
+                        tile::<W, 3, 1>(j, r0, p);
+                        1
+                    }
+                    4 => {
+                        tile::<W, 4, 1>(j, r0, p);
+                        1
+                    }
+                    5 => {
+                        tile::<W, 5, 1>(j, r0, p);
+                        1
+                    }
+                    _ => {
+                        tile::<W, 6, 1>(j, r0, p);
+                        1
+                    }
+                };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd512 {
+    //! AVX-512F tiles: a panel's sixteen outputs fill one 512-bit register, the
+    //! input value is broadcast straight from memory into the FMA, and 32
+    //! registers hold up to 16 rows' accumulators. Lanes keep the panel's
+    //! storage order (`Weight::slot`); stores put them back in output order.
+    use super::{groups, Job, Weight, PANEL};
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    pub trait Load16: Weight {
+        /// A panel's sixteen weights at one k, as f32 lanes in slot order.
+        unsafe fn load16(p: *const Self) -> __m512;
+    }
+    impl Load16 for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const Self) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+    }
+    impl Load16 for bf16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const Self) -> __m512 {
+            let v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+            _mm512_castsi512_ps(_mm512_slli_epi32(v, 16))
+        }
+    }
+    impl Load16 for f16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const Self) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        }
+    }
+
+    /// Rows `r0..r0+R` against panels `p0..p0+P`.
+    #[inline(always)]
+    unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize, p0: usize) {
+        let cols = j.cols;
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        let w = j.w.as_ptr().add(p0 * PANEL * cols);
+        let x = j.x.as_ptr().add(r0 * cols);
+        for k in 0..cols {
+            for p in 0..P {
+                let wv = W::load16(w.add((p * cols + k) * PANEL));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    row[p] = _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(k * R + r)), row[p]);
                 }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (p, a) in row.iter().enumerate() {
+                let j0 = (p0 + p) * PANEL;
+                let mut tmp = [0f32; PANEL];
+                _mm512_storeu_ps(tmp.as_mut_ptr(), *a);
+                let dst = j.out.0.add((r0 + r) * j.n_out + j0);
+                for o in 0..PANEL.min(j.n_out - j0) {
+                    *dst.add(o) = tmp[W::slot(o)];
+                }
+            }
+        }
+    }
+
+    macro_rules! dispatch {
+        ($j:expr, $r0:expr, $p:expr, $left:expr, $rr:expr, [$(($r:literal, $pp:literal)),*]) => {
+            match $rr {
+                $($r if $left >= $pp => { tile::<W, $r, $pp>($j, $r0, $p); $pp })*
+                $($r => { tile::<W, $r, 1>($j, $r0, $p); 1 })*
+                _ => unreachable!("row groups hold at most 16 rows"),
             }
         };
     }
-    // Up to 12 accumulators (16 registers) for AVX2, 16 of 32 with AVX-512VL.
-    blocks!(block_avx2, "avx2,fma,f16c", [(1, 4), (2, 3)]);
-    blocks!(
-        block_avx512,
-        "avx2,fma,f16c,avx512f,avx512vl",
-        [(1, 4), (2, 4), (3, 2), (4, 2)]
-    );
+
+    /// Panels `ps` of the product for every input row (groups of at most 16 rows).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
+        for (r0, rr) in groups(j.rows, j.group) {
+            let mut p = ps.start;
+            while p < ps.end {
+                let left = ps.end - p;
+                // At most 16 accumulators: 4 panels up to 4 rows, 2 up to 8.
+                p += dispatch!(
+                    j,
+                    r0,
+                    p,
+                    left,
+                    rr,
+                    [
+                        (1, 4),
+                        (2, 4),
+                        (3, 4),
+                        (4, 4),
+                        (5, 2),
+                        (6, 2),
+                        (7, 2),
+                        (8, 2),
+                        (9, 1),
+                        (10, 1),
+                        (11, 1),
+                        (12, 1),
+                        (13, 1),
+                        (14, 1),
+                        (15, 1),
+                        (16, 1)
+                    ]
+                );
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -321,7 +440,7 @@ fn supported() -> Vec<Isa> {
         && is_x86_feature_detected!("f16c")
     {
         v.push(Isa::Avx2);
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+        if is_x86_feature_detected!("avx512f") {
             v.push(Isa::Avx512);
         }
     }
@@ -351,14 +470,14 @@ fn kernel_name_of(isa: Isa) -> &'static str {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => "avx2",
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => "avx512vl",
+        Isa::Avx512 => "avx512",
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-trait Kernel: simd::Load16 {}
+trait Kernel: simd::Load16 + simd512::Load16 {}
 #[cfg(target_arch = "x86_64")]
-impl<T: simd::Load16> Kernel for T {}
+impl<T: simd::Load16 + simd512::Load16> Kernel for T {}
 #[cfg(not(target_arch = "x86_64"))]
 trait Kernel: Weight {}
 #[cfg(not(target_arch = "x86_64"))]
@@ -369,7 +488,9 @@ fn group_rows(isa: Isa) -> usize {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => 6,
-        _ => 8,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => 16,
+        Isa::Portable => 8,
     }
 }
 
@@ -377,9 +498,9 @@ fn run_typed<W: Kernel>(j: &Job<W>, ps: std::ops::Range<usize>, isa: Isa) {
     // SAFETY: `isa()` checked that the CPU has the features of each kernel.
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { simd::block_avx2(j, ps) },
+        Isa::Avx2 => unsafe { simd::block(j, ps) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { simd::block_avx512(j, ps) },
+        Isa::Avx512 => unsafe { simd512::block(j, ps) },
         Isa::Portable => block_portable(j, ps),
     }
 }

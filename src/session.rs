@@ -100,12 +100,19 @@ pub fn forward_batch<E: Engine>(items: &mut [BatchItem<'_, E>]) -> Vec<Result<us
     let Some(model) = items.first().map(|it| it.session.model.clone()) else {
         return Vec::new();
     };
+    model.engine.enter(|| forward_batch_in(items, &model))
+}
+
+fn forward_batch_in<E: Engine>(
+    items: &mut [BatchItem<'_, E>],
+    model: &Arc<Model<E>>,
+) -> Vec<Result<usize>> {
     let engine = &model.engine;
     let n_layers = model.config.num_layers;
     let mut results: Vec<Result<usize>> = items
         .iter()
         .map(|it| {
-            if !Arc::ptr_eq(&it.session.model, &model) {
+            if !Arc::ptr_eq(&it.session.model, model) {
                 return Err(Error::invalid(
                     "all sessions of a batch must share one model",
                 ));

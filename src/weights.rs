@@ -243,7 +243,7 @@ impl WeightStore {
             let data = view.data();
             let offset = data.as_ptr() as usize - base;
             let len = data.len();
-            let tensor = if offset % dtype.size() == 0 && base % 8 == 0 {
+            let tensor = if offset.is_multiple_of(dtype.size()) && base.is_multiple_of(8) {
                 let bytes = Bytes::Mapped {
                     map: map.clone(),
                     offset,

@@ -310,8 +310,9 @@ fn server_matches_the_cli_and_survives_a_load_test() {
                 }
                 let (prompt, want) = &expected[k % expected.len()];
                 let t = Instant::now();
-                let body = json!({"prompt": prompt, "max_tokens": 24, "stream": k % 2 == 0});
-                let text = if k % 2 == 0 {
+                let body =
+                    json!({"prompt": prompt, "max_tokens": 24, "stream": k.is_multiple_of(2)});
+                let text = if k.is_multiple_of(2) {
                     stream(port, &body).0
                 } else {
                     complete(port, &body)["choices"][0]["text"]

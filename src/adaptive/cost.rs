@@ -48,11 +48,19 @@ fn monotone(mut t: Vec<f64>) -> Vec<f64> {
 }
 
 impl CostModel {
-    /// Time layer 0 and the exit head for 1..=MAX_ROWS rows (the fastest of a
-    /// few repetitions each).
+    /// Time a layer and the exit head for 1..=MAX_ROWS rows (the fastest of a
+    /// few repetitions each). A repetition runs every layer once and takes
+    /// the mean, so weights come from memory as in decoding rather than from
+    /// a cache warmed by the previous repetition; it runs inside
+    /// [`Engine::enter`], as decoding does.
     pub fn measure<E: Engine>(engine: &E) -> CostModel {
+        engine.enter(|| Self::measure_in(engine))
+    }
+
+    fn measure_in<E: Engine>(engine: &E) -> CostModel {
         let t0 = Instant::now();
         let cfg = engine.config();
+        let n_layers = cfg.num_layers;
         let vocab = cfg.vocab_size as u32;
         let tokens = |n: usize, salt: usize| -> Vec<u32> {
             (0..n)
@@ -61,7 +69,9 @@ impl CostModel {
         };
         let mut kv = engine.new_kv(CONTEXT + MAX_ROWS);
         let mut x = engine.embed(&tokens(CONTEXT, 0));
-        engine.run_layer(0, &mut kv, 0, &mut x);
+        for l in 0..n_layers {
+            engine.run_layer(l, &mut kv, 0, &mut x);
+        }
         let mut logits = Vec::new();
         let mut layer = Vec::with_capacity(MAX_ROWS);
         let mut head = Vec::with_capacity(MAX_ROWS);
@@ -72,9 +82,13 @@ impl CostModel {
             for rep in 0..=reps {
                 let mut x = engine.embed(&tokens(rows, rep));
                 let t = Instant::now();
-                engine.run_layer(0, &mut kv, CONTEXT, &mut x);
-                let tl = t.elapsed().as_secs_f64();
-                engine.truncate_kv(&mut kv, 0, CONTEXT);
+                for l in 0..n_layers {
+                    engine.run_layer(l, &mut kv, CONTEXT, &mut x);
+                }
+                let tl = t.elapsed().as_secs_f64() / n_layers as f64;
+                for l in 0..n_layers {
+                    engine.truncate_kv(&mut kv, l, CONTEXT);
+                }
                 let t = Instant::now();
                 engine.head(&x, 0, &mut logits);
                 let th = t.elapsed().as_secs_f64();
@@ -84,7 +98,7 @@ impl CostModel {
                 }
             }
             // Big models: fewer repetitions keep the measurement under a second or two.
-            if best_layer + best_head > 0.02 {
+            if n_layers as f64 * best_layer + best_head > 0.02 {
                 reps = 2;
             }
             layer.push(best_layer);

@@ -65,4 +65,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Exit head (final norm + LM head) on rows `from..` of `x`; writes
     /// `(rows - from) x vocab` logits into `out`.
     fn head(&self, x: &Self::Acts, from: usize, out: &mut Vec<f32>);
+    /// Run `f` where this engine's parallel work is cheapest to start (the
+    /// CPU engine: on one of its worker threads, so the caller's thread does
+    /// not compete with the workers for cores).
+    fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
 }

@@ -144,6 +144,21 @@ impl CpuEngine {
     }
 }
 
+/// The CPU engine's worker threads (`RAYON_NUM_THREADS`, default one per
+/// core). Decoding runs inside it ([`Engine::enter`]): a thread outside the
+/// pool that starts parallel work sleeps while the workers run and wakes
+/// after, and its serial work between products competes with spinning
+/// workers for the cores; from inside, the caller is one of the workers.
+fn pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("layerskip-{i}"))
+            .build()
+            .expect("the CPU engine needs worker threads")
+    })
+}
+
 fn norm_rows(x: &[f32], w: &[f32], eps: f32, width: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     for (o, r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
@@ -240,6 +255,10 @@ impl Engine for CpuEngine {
         ops::swiglu(&mut gate, &up);
         matmul(&gate, rows, &w.down, &mut o);
         x.data.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+    }
+
+    fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        pool().install(f)
     }
 
     fn head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {

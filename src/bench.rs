@@ -204,6 +204,45 @@ pub fn format_summary(rows: &[BenchRow]) -> String {
     )
 }
 
+/// Full-depth decoding against the memory bandwidth: batch-1 decoding reads
+/// every weight once per token, so bytes per token x tokens/s cannot exceed
+/// what the memory delivers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Roofline {
+    pub weight_bytes_per_token: usize,
+    pub tokens_per_second: f64,
+    /// weight_bytes_per_token x tokens_per_second.
+    pub achieved_gb_per_s: f64,
+    /// A read-bandwidth probe of this machine (`engine::cpu::read_bandwidth`).
+    pub measured_gb_per_s: f64,
+    pub kernel: &'static str,
+}
+
+impl Roofline {
+    pub fn new<E: Engine>(model: &Model<E>, full_tokens_per_second: f64) -> Roofline {
+        let bytes = model.engine.weight_bytes_per_token();
+        Roofline {
+            weight_bytes_per_token: bytes,
+            tokens_per_second: full_tokens_per_second,
+            achieved_gb_per_s: bytes as f64 * full_tokens_per_second / 1e9,
+            measured_gb_per_s: crate::engine::cpu::read_bandwidth(),
+            kernel: crate::engine::cpu::kernel_name(),
+        }
+    }
+
+    pub fn format(&self) -> String {
+        format!(
+            "roofline: full depth reads {:.1} MB of weights per token; {:.1} tok/s = {:.1} GB/s = {:.0}% of measured read bandwidth ({:.1} GB/s; kernel {})\n",
+            self.weight_bytes_per_token as f64 / 1e6,
+            self.tokens_per_second,
+            self.achieved_gb_per_s,
+            100.0 * self.achieved_gb_per_s / self.measured_gb_per_s,
+            self.measured_gb_per_s,
+            self.kernel
+        )
+    }
+}
+
 /// Aggregate decoding speed of `sessions` concurrent greedy generations in
 /// one mode: advanced together by [`crate::step_all`] (one batched pass per
 /// layer), and the same generations run one after another.

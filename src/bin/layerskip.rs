@@ -336,8 +336,13 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
             eprintln!();
         }
     })?;
-    print_rows(&rows, a.json, || {
-        layerskip::bench::format_table(&rows) + &layerskip::bench::format_summary(&rows)
+    let full = rows.iter().find(|r| r.mode == "full").map_or(0.0, |r| r.tokens_per_second);
+    let roofline = layerskip::bench::Roofline::new(&model, full);
+    let json = serde_json::json!({ "rows": rows, "roofline": roofline });
+    print_rows(&json, a.json, || {
+        layerskip::bench::format_table(&rows)
+            + &layerskip::bench::format_summary(&rows)
+            + &roofline.format()
     });
     Ok(())
 }

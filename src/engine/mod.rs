@@ -65,6 +65,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Exit head (final norm + LM head) on rows `from..` of `x`; writes
     /// `(rows - from) x vocab` logits into `out`.
     fn head(&self, x: &Self::Acts, from: usize, out: &mut Vec<f32>);
+    /// Bytes of weights one full-depth decode step reads (every layer's
+    /// matrices and the LM head): the numerator of a roofline.
+    fn weight_bytes_per_token(&self) -> usize;
     /// Run `f` where this engine's parallel work is cheapest to start (the
     /// CPU engine: on one of its worker threads, so the caller's thread does
     /// not compete with the workers for cores).

@@ -95,6 +95,15 @@ impl Mat {
         };
         Mat { packed, rows, cols }
     }
+
+    /// Bytes the kernels read for one product (panels, padding included).
+    pub fn bytes(&self) -> usize {
+        match &self.packed {
+            Packed::F32(w) => w.len() * 4,
+            Packed::BF16(w) => w.len() * 2,
+            Packed::F16(w) => w.len() * 2,
+        }
+    }
 }
 
 /// Dot product with 8 independent lanes and a fixed pairwise final reduction

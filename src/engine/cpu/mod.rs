@@ -159,6 +159,27 @@ fn pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// Host memory read bandwidth in GB/s with the engine's worker threads: the
+/// best of a few passes summing a 256 MiB buffer (far larger than any cache),
+/// the denominator of a roofline.
+pub fn read_bandwidth() -> f64 {
+    const WORDS: usize = 256 << 17; // 256 MiB of u64
+    let buf: Vec<u64> = (0..WORDS as u64).collect();
+    pool().install(|| {
+        (0..4)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let sum: u64 = buf
+                    .par_chunks(1 << 16)
+                    .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+                    .reduce(|| 0, u64::wrapping_add);
+                std::hint::black_box(sum);
+                (WORDS * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
+            })
+            .fold(0.0, f64::max)
+    })
+}
+
 fn norm_rows(x: &[f32], w: &[f32], eps: f32, width: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     for (o, r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
@@ -255,6 +276,15 @@ impl Engine for CpuEngine {
         ops::swiglu(&mut gate, &up);
         matmul(&gate, rows, &w.down, &mut o);
         x.data.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+    }
+
+    fn weight_bytes_per_token(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|w| [&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down].iter().map(|m| m.bytes()).sum::<usize>())
+            .sum();
+        layers + self.lm_head.bytes()
     }
 
     fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {

@@ -45,6 +45,21 @@ int main(int argc, char** argv) {
     CHECK(error_code_of([] { layerskip::Model m("/no/such/model"); }) == LSK_ERR_IO);
     CHECK(error_code_of([&] { layerskip::Model m(argv[2]); }) == LSK_ERR_WEIGHTS);
 
+    {
+        // Options: weight-only int8 loads and decodes; a bad value throws.
+        lsk_model_options mo;
+        lsk_model_options_default(&mo);
+        mo.quantize = 5;
+        CHECK(error_code_of([&] { layerskip::Model m(argv[1], mo); }) == LSK_ERR_INVALID_ARGUMENT);
+        mo.quantize = LSK_QUANTIZE_INT8;
+        layerskip::Model q(argv[1], mo);
+        layerskip::Session s(q);
+        layerskip::GenerateOptions o;
+        o.max_new_tokens = 3;
+        o.ignore_eos = 1;
+        CHECK(s.generate(prompt, o, [](int32_t, std::string_view) { return true; }).n_tokens == 3);
+    }
+
     layerskip::Model model(argv[1]);
     const auto info = model.info();
     CHECK(info.n_layers >= 2);

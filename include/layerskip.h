@@ -145,6 +145,25 @@ typedef uint32_t lsk_dtype;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// `lsk_model_options.quantize` values.
+enum lsk_quantize
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Weights as stored.
+  LSK_QUANTIZE_NONE = 0,
+  // Weight-only int8, symmetric per output channel.
+  LSK_QUANTIZE_INT8 = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum lsk_quantize lsk_quantize;
+#else
+typedef uint32_t lsk_quantize;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // Why `lsk_session_generate` stopped.
 enum lsk_stop_reason
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -257,6 +276,8 @@ typedef struct lsk_model_options {
   // = unlimited. Exceeding it fails `lsk_session_new` with
   // `LSK_ERR_RESOURCE_LIMIT`.
   uint64_t kv_budget_bytes;
+  // An `lsk_quantize` value (default `LSK_QUANTIZE_NONE`). Added in 0.3.
+  uint32_t quantize;
 } lsk_model_options;
 
 // What `lsk_model_info` reports. Set `struct_size` before the call.

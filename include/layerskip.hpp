@@ -74,12 +74,10 @@ struct Verdict {
 // A loaded model. Thread-safe; sessions keep it alive.
 class Model {
 public:
-    explicit Model(const std::string& path) {
-        lsk_model* m = nullptr;
-        lsk_error* err = nullptr;
-        detail::check(lsk_model_load(path.c_str(), nullptr, &m, &err), err);
-        handle_.reset(m);
-    }
+    explicit Model(const std::string& path) : Model(path, nullptr) {}
+    /// Load with options (limits, quantization): fill them with
+    /// lsk_model_options_default first.
+    Model(const std::string& path, const lsk_model_options& options) : Model(path, &options) {}
     lsk_model* get() const noexcept { return handle_.get(); }
 
     lsk_model_summary info() const {
@@ -118,6 +116,12 @@ public:
     }
 
 private:
+    Model(const std::string& path, const lsk_model_options* options) {
+        lsk_model* m = nullptr;
+        lsk_error* err = nullptr;
+        detail::check(lsk_model_load(path.c_str(), options, &m, &err), err);
+        handle_.reset(m);
+    }
     std::unique_ptr<lsk_model, detail::ModelDeleter> handle_;
 };
 

@@ -361,3 +361,54 @@ pub fn format_batch_table(rows: &[BatchRow]) -> String {
     }
     s
 }
+
+/// Teacher-forced quality of a model on a token stream: windows of `seq`
+/// positions, each predicting the next token at full depth.
+#[derive(Debug, Clone, Serialize)]
+pub struct Eval {
+    pub positions: usize,
+    /// Mean negative log-likelihood (nats).
+    pub loss: f64,
+    pub perplexity: f64,
+    /// Share of positions whose top-1 token is the next token.
+    pub top1_accuracy: f64,
+    /// Top-1 token at every position (for agreement between two models).
+    #[serde(skip)]
+    pub argmax: Vec<u32>,
+}
+
+pub fn evaluate<E: Engine>(
+    model: &Arc<Model<E>>,
+    tokens: &[u32],
+    seq: usize,
+    windows: usize,
+) -> Result<Eval> {
+    let vocab = model.config.vocab_size;
+    let l = model.num_layers();
+    let (mut nll, mut correct, mut argmax) = (0f64, 0usize, Vec::new());
+    for chunk in tokens.chunks_exact(seq + 1).take(windows) {
+        let mut s = Session::new(model.clone(), seq)?;
+        s.forward(&chunk[..seq], l, crate::session::Logits::All)?;
+        for (row, &next) in s.logits().chunks_exact(vocab).zip(&chunk[1..]) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max as f64
+                + row
+                    .iter()
+                    .map(|&v| ((v - max) as f64).exp())
+                    .sum::<f64>()
+                    .ln();
+            nll += lse - row[next as usize] as f64;
+            let top = crate::sampling::argmax(row);
+            correct += usize::from(top == next);
+            argmax.push(top);
+        }
+    }
+    let n = argmax.len().max(1);
+    Ok(Eval {
+        positions: argmax.len(),
+        loss: nll / n as f64,
+        perplexity: (nll / n as f64).exp(),
+        top1_accuracy: correct as f64 / n as f64,
+        argmax,
+    })
+}

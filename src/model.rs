@@ -12,7 +12,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// Limits a serving process sets when it loads a model.
+/// How weights are held for compute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Quantize {
+    /// As stored (f32, bf16 or f16).
+    #[default]
+    None,
+    /// Weight-only int8, symmetric per output channel (activations stay f32).
+    /// Embeddings are looked up from the checkpoint as stored.
+    Int8,
+}
+
+/// Limits and choices a serving process sets when it loads a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Longest context a session may ask for; 0 = the model's
@@ -22,6 +33,8 @@ pub struct LoadOptions {
     /// 0 = unlimited. A session reserves `context length x
     /// kv_bytes_per_position` when it is created and releases it when dropped.
     pub kv_budget_bytes: u64,
+    /// Quantize weights at load.
+    pub quantize: Quantize,
 }
 
 pub struct Model<E: Engine = CpuEngine> {
@@ -69,7 +82,7 @@ impl Model<CpuEngine> {
         }
         let store = WeightStore::from_dir(dir)?;
         let dtype = store.dominant_dtype().unwrap_or(DType::F32);
-        let engine = CpuEngine::load(&config, &store)?;
+        let engine = CpuEngine::load(&config, &store, options.quantize)?;
         Ok(Arc::new(Model {
             config,
             engine,

@@ -27,16 +27,70 @@ enum Cmd {
     /// Time one layer and the exit head by row count (the cost model that
     /// automatic (E, d) uses).
     Costs {
-        #[arg(long)]
-        model: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
     },
-    /// Print what a checkpoint holds.
-    Info {
+    /// Teacher-forced perplexity and top-1 accuracy on a text file; with
+    /// `--quantize`, also the agreement of top-1 tokens with the unquantized model.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text to evaluate (UTF-8).
         #[arg(long)]
-        model: Option<PathBuf>,
+        file: PathBuf,
+        /// Positions per window.
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// Most windows to evaluate.
+        #[arg(long, default_value_t = 96)]
+        windows: usize,
         #[arg(long)]
         json: bool,
     },
+    /// Print what a checkpoint holds.
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QuantizeArg {
+    None,
+    Int8,
+}
+
+/// Which model, and how to hold its weights.
+#[derive(Args)]
+struct ModelArgs {
+    /// Checkpoint directory (default: the bundled model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Quantize weights at load (`int8`: weight-only, per output channel).
+    #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
+    quantize: QuantizeArg,
+}
+
+impl ModelArgs {
+    fn quantize_name(&self) -> &'static str {
+        match self.quantize {
+            QuantizeArg::None => "none",
+            QuantizeArg::Int8 => "int8",
+        }
+    }
+
+    fn load(&self) -> layerskip::Result<std::sync::Arc<Model>> {
+        let options = layerskip::LoadOptions {
+            quantize: match self.quantize {
+                QuantizeArg::None => layerskip::Quantize::None,
+                QuantizeArg::Int8 => layerskip::Quantize::Int8,
+            },
+            ..Default::default()
+        };
+        Model::load_with(self.model.clone().unwrap_or_else(default_model), &options)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -48,9 +102,8 @@ enum ModeArg {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Checkpoint directory (default: the bundled model).
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Prompt text, encoded with the tokenizer's special-token rules.
     #[arg(
         long,
@@ -98,8 +151,8 @@ struct GenerateArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Prompt text (repeatable).
     #[arg(long)]
     prompt: Vec<String>,
@@ -165,7 +218,7 @@ fn default_model() -> PathBuf {
 }
 
 fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
-    let model = Model::load(a.model.unwrap_or_else(default_model))?;
+    let model = a.model.load()?;
     let n = model.num_layers();
     let exit = a.exit_layer.unwrap_or(Setting::Fixed((n / 2).max(1)));
     let mode = match (a.mode, exit.fixed(), a.draft_len.fixed()) {
@@ -278,7 +331,7 @@ fn print_rows<T: serde::Serialize>(rows: &T, json: bool, table: impl FnOnce() ->
 }
 
 fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
-    let model = Model::load(a.model.unwrap_or_else(default_model))?;
+    let model = a.model.load()?;
     let mut texts = a.prompt.clone();
     if let Some(f) = &a.prompt_file {
         let body = std::fs::read_to_string(f).map_err(|e| layerskip::Error::io(f, e))?;
@@ -336,7 +389,10 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
             eprintln!();
         }
     })?;
-    let full = rows.iter().find(|r| r.mode == "full").map_or(0.0, |r| r.tokens_per_second);
+    let full = rows
+        .iter()
+        .find(|r| r.mode == "full")
+        .map_or(0.0, |r| r.tokens_per_second);
     let roofline = layerskip::bench::Roofline::new(&model, full);
     let json = serde_json::json!({ "rows": rows, "roofline": roofline });
     print_rows(&json, a.json, || {
@@ -347,8 +403,8 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
     Ok(())
 }
 
-fn run_costs(model: Option<PathBuf>) -> layerskip::Result<()> {
-    let model = Model::load(model.unwrap_or_else(default_model))?;
+fn run_costs(model: ModelArgs) -> layerskip::Result<()> {
+    let model = model.load()?;
     let c = model.cost_model();
     println!("rows  layer_us  per_row  head_us  per_row");
     for r in 1..=c.layer.len() {
@@ -369,8 +425,63 @@ fn run_costs(model: Option<PathBuf>) -> layerskip::Result<()> {
     Ok(())
 }
 
-fn run_info(model: Option<PathBuf>, as_json: bool) -> layerskip::Result<()> {
-    let model = Model::load(model.unwrap_or_else(default_model))?;
+fn run_eval(
+    args: ModelArgs,
+    file: &std::path::Path,
+    seq: usize,
+    windows: usize,
+    as_json: bool,
+) -> layerskip::Result<()> {
+    if seq == 0 {
+        return Err(layerskip::Error::invalid("--seq must be at least 1"));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| layerskip::Error::io(file, e))?;
+    let model = args.load()?;
+    let tokens = model.tokenizer.encode(&text, false)?;
+    let eval = layerskip::bench::evaluate(&model, &tokens, seq, windows)?;
+    let mut v = json!({ "quantize": args.quantize_name(), "eval": eval });
+    if !matches!(args.quantize, QuantizeArg::None) {
+        let plain = ModelArgs {
+            model: args.model.clone(),
+            quantize: QuantizeArg::None,
+        }
+        .load()?;
+        let base = layerskip::bench::evaluate(&plain, &tokens, seq, windows)?;
+        let same = eval
+            .argmax
+            .iter()
+            .zip(&base.argmax)
+            .filter(|(a, b)| a == b)
+            .count();
+        v["unquantized"] = json!(base);
+        v["top1_agreement_with_unquantized"] = json!(same as f64 / base.positions.max(1) as f64);
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("eval serializes")
+        );
+        return Ok(());
+    }
+    let line = |name: &str, e: &serde_json::Value| {
+        println!(
+            "{name}: {} positions, loss {:.4}, perplexity {:.3}, top-1 accuracy {:.1}%",
+            e["positions"],
+            e["loss"].as_f64().unwrap_or(0.0),
+            e["perplexity"].as_f64().unwrap_or(0.0),
+            100.0 * e["top1_accuracy"].as_f64().unwrap_or(0.0)
+        )
+    };
+    line(args.quantize_name(), &v["eval"]);
+    if let Some(agree) = v["top1_agreement_with_unquantized"].as_f64() {
+        line("unquantized", &v["unquantized"]);
+        println!("top-1 agreement with unquantized: {:.2}%", 100.0 * agree);
+    }
+    Ok(())
+}
+
+fn run_info(model: ModelArgs, as_json: bool) -> layerskip::Result<()> {
+    let model = model.load()?;
     let c = &model.config;
     let v = json!({
         "path": model.dir.display().to_string(),
@@ -406,6 +517,13 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => run_bench(a),
         Cmd::Info { model, json } => run_info(model, json),
         Cmd::Costs { model } => run_costs(model),
+        Cmd::Eval {
+            model,
+            file,
+            seq,
+            windows,
+            json,
+        } => run_eval(model, &file, seq, windows, json),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,9 +48,15 @@ pub extern "C" fn lsk_model_load(
             }
             d => return Err(FfiError::invalid(format!("unknown device {d}"))),
         }
+        let quantize = match opts.quantize {
+            0 => crate::model::Quantize::None,
+            1 => crate::model::Quantize::Int8,
+            q => return Err(FfiError::invalid(format!("unknown quantize value {q}"))),
+        };
         let limits = crate::model::LoadOptions {
             max_context: opts.max_context as usize,
             kv_budget_bytes: opts.kv_budget_bytes,
+            quantize,
         };
         let model = Model::load_with(path, &limits)?;
         let handle = Box::into_raw(Box::new(model)) as *mut lsk_model;

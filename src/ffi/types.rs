@@ -109,6 +109,8 @@ pub struct lsk_model_options {
     /// = unlimited. Exceeding it fails `lsk_session_new` with
     /// `LSK_ERR_RESOURCE_LIMIT`.
     pub kv_budget_bytes: u64,
+    /// An `lsk_quantize` value (default `LSK_QUANTIZE_NONE`). Added in 0.3.
+    pub quantize: u32,
 }
 versioned!(
     lsk_model_options,
@@ -118,6 +120,7 @@ versioned!(
         device_index: 0,
         max_context: 0,
         kv_budget_bytes: 0,
+        quantize: 0,
     },
     // struct_size + device + device_index: the first version.
     16
@@ -252,6 +255,16 @@ versioned!(
         confidence_threshold: 0.0,
     }
 );
+
+/// `lsk_model_options.quantize` values.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lsk_quantize {
+    /// Weights as stored.
+    LSK_QUANTIZE_NONE = 0,
+    /// Weight-only int8, symmetric per output channel.
+    LSK_QUANTIZE_INT8 = 1,
+}
 
 /// Storage dtypes reported by `lsk_model_info`.
 #[repr(u32)]

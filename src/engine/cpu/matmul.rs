@@ -54,6 +54,12 @@ impl Weight for f16 {
         self.to_f32()
     }
 }
+impl Weight for i8 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self as f32
+    }
+}
 
 /// Panels of one matrix: `panels * cols * PANEL` elements, zero-padded past
 /// the last output row.
@@ -61,6 +67,11 @@ enum Packed {
     F32(Vec<f32>),
     BF16(Vec<bf16>),
     F16(Vec<f16>),
+    /// Weight-only int8: `W[j][k] ≈ q[j][k] * scale[j]`.
+    I8 {
+        q: Vec<i8>,
+        scale: Vec<f32>,
+    },
 }
 
 /// A `rows x cols` weight matrix (`rows` outputs), packed for the kernels.
@@ -85,7 +96,40 @@ fn pack<W: Weight>(w: &[W], rows: usize, cols: usize) -> Vec<W> {
     out
 }
 
+/// Symmetric int8 per output row: `scale = max|w| / 127`, `q = round(w / scale)`.
+fn quantize_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; rows * cols];
+    let mut scale = vec![0f32; rows.div_ceil(PANEL) * PANEL];
+    q.par_chunks_mut(cols)
+        .zip(scale.par_iter_mut())
+        .zip(w.par_chunks(cols))
+        .for_each(|((q, s), w)| {
+            let max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            *s = max / 127.0;
+            let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+            for (q, &v) in q.iter_mut().zip(w) {
+                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+        });
+    (q, scale)
+}
+
 impl Mat {
+    /// The matrix quantized to int8 per output row (weight-only: activations
+    /// stay f32).
+    pub fn new_int8(tensor: &Tensor) -> Self {
+        let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+        let (q, scale) = quantize_rows(&tensor.to_f32(), rows, cols);
+        Mat {
+            packed: Packed::I8 {
+                q: pack(&q, rows, cols),
+                scale,
+            },
+            rows,
+            cols,
+        }
+    }
+
     pub fn new(tensor: &Tensor) -> Self {
         let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
         let packed = match tensor.data() {
@@ -102,6 +146,7 @@ impl Mat {
             Packed::F32(w) => w.len() * 4,
             Packed::BF16(w) => w.len() * 2,
             Packed::F16(w) => w.len() * 2,
+            Packed::I8 { q, scale } => q.len() + scale.len() * 4,
         }
     }
 }
@@ -152,7 +197,22 @@ struct Job<'a, W> {
     x: &'a [f32],
     rows: usize,
     group: usize,
+    /// Per-output scales of an int8 matrix (empty otherwise), applied once
+    /// to each finished sum.
+    scale: &'a [f32],
     out: OutPtr,
+}
+
+impl<W> Job<'_, W> {
+    /// Final value of output `j` from its sum over k.
+    #[inline(always)]
+    fn finish(&self, j: usize, sum: f32) -> f32 {
+        if self.scale.is_empty() {
+            sum
+        } else {
+            sum * self.scale[j]
+        }
+    }
 }
 
 /// Splits `rows` into near-equal groups of at most `max` rows: `(r0, rr)`.
@@ -192,6 +252,7 @@ fn block_portable<W: Weight>(j: &Job<W>, panels: std::ops::Range<usize>) {
                     }
                 }
                 for (o, &v) in acc.iter().enumerate().take(j.n_out - p * PANEL) {
+                    let v = j.finish(p * PANEL + o, v);
                     // SAFETY: each (r, output) is written by exactly one task; out has rows*n_out elements.
                     unsafe { *j.out.0.add(r * j.n_out + p * PANEL + o) = v };
                 }
@@ -235,6 +296,15 @@ mod simd {
             (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi))
         }
     }
+    impl Load16 for i8 {
+        #[inline(always)]
+        unsafe fn load16(p: *const Self) -> (__m256, __m256) {
+            let v = _mm_loadu_si128(p as *const __m128i);
+            let lo = _mm256_cvtepi8_epi32(v);
+            let hi = _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v));
+            (_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi))
+        }
+    }
 
     /// Rows `r0..r0+R` against panels `p0..p0+P`.
     #[inline(always)]
@@ -259,15 +329,12 @@ mod simd {
         for (r, row) in acc.iter().enumerate() {
             for (p, a) in row.iter().enumerate() {
                 let j0 = (p0 + p) * PANEL;
+                let mut tmp = [0f32; PANEL];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
                 let dst = j.out.0.add((r0 + r) * j.n_out + j0);
-                if j0 + PANEL <= j.n_out {
-                    _mm256_storeu_ps(dst, a[0]);
-                    _mm256_storeu_ps(dst.add(8), a[1]);
-                } else {
-                    let mut tmp = [0f32; PANEL];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
-                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, j.n_out - j0);
+                for (o, &v) in tmp.iter().enumerate().take(j.n_out - j0) {
+                    *dst.add(o) = j.finish(j0 + o, v);
                 }
             }
         }
@@ -353,6 +420,12 @@ mod simd512 {
             _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
         }
     }
+    impl Load16 for i8 {
+        #[inline(always)]
+        unsafe fn load16(p: *const Self) -> __m512 {
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+        }
+    }
 
     /// Rows `r0..r0+R` against panels `p0..p0+P`.
     #[inline(always)]
@@ -376,7 +449,7 @@ mod simd512 {
                 _mm512_storeu_ps(tmp.as_mut_ptr(), *a);
                 let dst = j.out.0.add((r0 + r) * j.n_out + j0);
                 for o in 0..PANEL.min(j.n_out - j0) {
-                    *dst.add(o) = tmp[W::slot(o)];
+                    *dst.add(o) = j.finish(j0 + o, tmp[W::slot(o)]);
                 }
             }
         }
@@ -519,7 +592,11 @@ fn run_typed<W: Kernel>(j: &Job<W>, ps: std::ops::Range<usize>, isa: Isa) {
 fn run_block(m: &Mat, x: &[f32], rows: usize, ps: std::ops::Range<usize>, out: OutPtr, isa: Isa) {
     macro_rules! job {
         ($w:expr) => {
+            job!($w, &[])
+        };
+        ($w:expr, $scale:expr) => {
             Job {
+                scale: $scale,
                 w: $w,
                 cols: m.cols,
                 n_out: m.rows,
@@ -534,6 +611,7 @@ fn run_block(m: &Mat, x: &[f32], rows: usize, ps: std::ops::Range<usize>, out: O
         Packed::F32(w) => run_typed(&job!(w), ps, isa),
         Packed::BF16(w) => run_typed(&job!(w), ps, isa),
         Packed::F16(w) => run_typed(&job!(w), ps, isa),
+        Packed::I8 { q, scale } => run_typed(&job!(q, scale), ps, isa),
     }
 }
 
@@ -642,6 +720,51 @@ mod tests {
                             .all(|(a, b)| a.to_bits() == b.to_bits()),
                         "{dtype:?} rows {rows} {isa:?}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_is_one_chain_then_the_row_scale_on_every_kernel_and_close_to_the_weights() {
+        let (n, cols) = (37, 45);
+        let t = tensor(DType::F32, n, cols);
+        let m = Mat::new_int8(&t);
+        let w = t.to_f32();
+        let (q, scale) = quantize_rows(&w, n, cols);
+        for rows in [1, 2, 5, 9, 17] {
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+                .collect();
+            let exact = reference(&t, &x, rows);
+            for isa in supported() {
+                let mut out = vec![f32::NAN; rows * n];
+                let xp = pack_rows(&x, rows, cols, group_rows(isa));
+                run_block(
+                    &m,
+                    &xp,
+                    rows,
+                    0..n.div_ceil(PANEL),
+                    OutPtr(out.as_mut_ptr()),
+                    isa,
+                );
+                for r in 0..rows {
+                    for j in 0..n {
+                        let sum = (0..cols).fold(0f32, |a, k| {
+                            (q[j * cols + k] as f32).mul_add(x[r * cols + k], a)
+                        });
+                        let got = out[r * n + j];
+                        assert_eq!(
+                            got.to_bits(),
+                            (sum * scale[j]).to_bits(),
+                            "{isa:?} rows {rows}"
+                        );
+                        // Rounding error of at most half a step per weight.
+                        let bound = 0.5
+                            * scale[j]
+                            * x[r * cols..][..cols].iter().map(|v| v.abs()).sum::<f32>();
+                        assert!((got - exact[r * n + j]).abs() <= bound * 1.001 + 1e-6);
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@ pub use matmul::{kernel_name, matmul, matmul_many, Mat};
 use super::{rope, Engine, Rows, Segment};
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::model::Quantize;
 use crate::weights::{Tensor, WeightStore};
 use rayon::prelude::*;
 
@@ -70,11 +71,15 @@ pub struct CpuKv {
 }
 
 impl CpuEngine {
-    pub fn load(cfg: &ModelConfig, store: &WeightStore) -> Result<Self> {
+    pub fn load(cfg: &ModelConfig, store: &WeightStore, quantize: Quantize) -> Result<Self> {
         let h = cfg.hidden_size;
         let (qd, kvd, inter) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat> {
-            Ok(Mat::new(&store.get(name, &[rows, cols])?))
+            let t = store.get(name, &[rows, cols])?;
+            Ok(match quantize {
+                Quantize::None => Mat::new(&t),
+                Quantize::Int8 => Mat::new_int8(&t),
+            })
         };
         let vec = |name: &str| -> Result<Vec<f32>> { Ok(store.get(name, &[h])?.to_f32()) };
         // Looked up by row, straight from the checkpoint (no packed copy).
@@ -282,7 +287,12 @@ impl Engine for CpuEngine {
         let layers: usize = self
             .layers
             .iter()
-            .map(|w| [&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down].iter().map(|m| m.bytes()).sum::<usize>())
+            .map(|w| {
+                [&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down]
+                    .iter()
+                    .map(|m| m.bytes())
+                    .sum::<usize>()
+            })
             .sum();
         layers + self.lm_head.bytes()
     }

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""transformers peer: full-depth greedy decode tokens/s of LlamaForCausalLM.
+
+    /root/torchvenv/bin/python tools/bench_peers/transformers_bench.py MODEL_DIR [N_TOKENS]
+        [--dtypes bf16,f32] [--threads 2] [--prompt-ids 1,2,3,4]
+
+For each dtype: loads the model (not timed), runs one short warm-up generate,
+then a greedy `generate` of N+1 new tokens from the prompt ids with
+min_new_tokens so EOS cannot stop it. A streamer timestamps every token; the
+decode rate is N / (time of token N+1 - time of token 1), i.e. N single-token
+decode steps with the KV cache, prefill excluded. Prints one line per dtype:
+`transformers <dtype> <tok/s>`.
+"""
+import argparse
+import sys
+import time
+
+import torch
+import transformers
+from transformers import LlamaForCausalLM
+
+
+class Clock:
+    """A minimal streamer: `put` gets the prompt first, then each new token."""
+
+    def __init__(self):
+        self.times = []
+        self.seen_prompt = False
+
+    def put(self, value):
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("n", nargs="?", type=int, default=128)
+    ap.add_argument("--dtypes", default="bf16,f32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-ids", default="1,2,3,4")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}", file=sys.stderr)
+    ids = torch.tensor([[int(t) for t in args.prompt_ids.split(",")]], dtype=torch.long)
+    dtypes = {"bf16": torch.bfloat16, "f32": torch.float32, "f16": torch.float16}
+    n = args.n
+
+    for name in args.dtypes.split(","):
+        model = LlamaForCausalLM.from_pretrained(args.model, dtype=dtypes[name])
+        model.eval()
+        gen = dict(do_sample=False, num_beams=1, use_cache=True,
+                   pad_token_id=model.config.eos_token_id)
+        with torch.inference_mode():
+            model.generate(ids, max_new_tokens=4, min_new_tokens=4, **gen)  # warm-up
+            clock = Clock()
+            out = model.generate(ids, max_new_tokens=n + 1, min_new_tokens=n + 1,
+                                 streamer=clock, **gen)
+        got = out.shape[1] - ids.shape[1]
+        assert got == n + 1 and len(clock.times) == n + 1, (got, len(clock.times))
+        secs = clock.times[-1] - clock.times[0]
+        print(f"transformers: first tokens {out[0, ids.shape[1]:ids.shape[1] + 8].tolist()}",
+              file=sys.stderr)
+        print(f"transformers {name} {n / secs:.2f}", flush=True)
+        del model
+
+
+if __name__ == "__main__":
+    main()

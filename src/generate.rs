@@ -293,7 +293,10 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
         let n_layers = s.model().config.num_layers;
         let model = s.model().clone();
         let auto = match opts.mode {
-            Mode::Auto(spec) => Some((Policy::new(spec, n_layers), model.cost_model().clone())),
+            Mode::Auto(spec) => Some((
+                Policy::new(spec, n_layers, model.corrections.clone()),
+                model.cost_model().clone(),
+            )),
             _ => None,
         };
         // Every generated token but the last is fed back: the context bounds the budget.
@@ -692,7 +695,7 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
                     continue;
                 }
                 if let Some((policy, cost)) = &mut g.auto {
-                    policy.observe_time(cost, Choice { exit, draft_len: 0 }, 0, round_seconds);
+                    policy.observe_time(cost, Choice { exit, draft_len: 0 }, 0, 1, round_seconds);
                 }
                 g.sample_next();
             }
@@ -728,7 +731,13 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
                         exit: d.exit,
                         draft_len: d.drafts.tokens.len().max(1),
                     };
-                    policy.observe_time(cost, choice, d.drafts.tokens.len(), round_seconds);
+                    policy.observe_time(
+                        cost,
+                        choice,
+                        d.drafts.tokens.len(),
+                        verdict.accepted + 1,
+                        round_seconds,
+                    );
                 }
                 let mut going = true;
                 for &t in &d.drafts.tokens[..verdict.accepted] {

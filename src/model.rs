@@ -46,6 +46,9 @@ pub struct Model<E: Engine = CpuEngine> {
     pub dtype: DType,
     /// Layer and exit-head timings for automatic (E, d), measured on first use.
     cost: OnceLock<CostModel>,
+    /// What automatic (E, d) has measured against its predictions, shared
+    /// by every session of this model.
+    pub(crate) corrections: Arc<crate::adaptive::Corrections>,
     limits: LoadOptions,
     /// KV-cache bytes reserved by open sessions.
     kv_reserved: AtomicU64,
@@ -90,6 +93,7 @@ impl Model<CpuEngine> {
             dir: dir.to_path_buf(),
             dtype,
             cost: OnceLock::new(),
+            corrections: Arc::default(),
             limits: *options,
             kv_reserved: AtomicU64::new(0),
         }))

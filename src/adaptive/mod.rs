@@ -6,14 +6,18 @@
 //!   model and engine.
 //! - [`acceptance`]: per-exit agreement with the full model, updated from every
 //!   verify and from cheap probes of other exits.
+//! - [`correction`]: measured over predicted speed per (E, d), shared by all
+//!   sessions of a model.
 //! - [`policy`]: the expected tokens per second of each (E, d), the choice, and
 //!   which exit to probe next within a time budget.
 
 pub mod acceptance;
+pub mod correction;
 pub mod cost;
 pub mod policy;
 
 pub use acceptance::{AcceptanceTracker, BINS};
+pub use correction::Corrections;
 pub use cost::CostModel;
 pub use policy::{Choice, Policy};
 

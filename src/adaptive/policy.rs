@@ -2,7 +2,8 @@
 //! acceptance estimates, with hysteresis, a margin before leaving full depth,
 //! and a bounded time budget for probing other exits.
 
-use super::{AcceptanceTracker, AutoSpec, CostModel, MAX_DRAFT};
+use super::{AcceptanceTracker, AutoSpec, Corrections, CostModel, MAX_DRAFT};
+use std::sync::Arc;
 
 /// A choice for one round. `draft_len == 0` is a plain step at depth `exit`
 /// (`exit == num_layers`: full depth).
@@ -51,19 +52,25 @@ pub struct Policy {
     /// timings of the cost model (pass bookkeeping, waking worker threads,
     /// sampling, a busy machine), learned from measured rounds of every kind.
     overhead: f64,
+    /// Measured over predicted speed per choice, shared by the model's sessions.
+    corrections: Arc<Corrections>,
+    /// The prediction for the round in flight: (choice, tokens, seconds).
+    predicted: Option<(Choice, f64, f64)>,
 }
 
 /// Weight of the newest timing in the overhead's moving average.
 const TIMING_WEIGHT: f64 = 0.1;
 
 impl Policy {
-    pub fn new(spec: AutoSpec, n_layers: usize) -> Policy {
+    pub fn new(spec: AutoSpec, n_layers: usize, corrections: Arc<Corrections>) -> Policy {
         Policy {
             spec,
             n_layers,
             current: Choice::full(n_layers),
             probe_seconds: 0.0,
             overhead: 0.0,
+            corrections,
+            predicted: None,
         }
     }
 
@@ -108,22 +115,43 @@ impl Policy {
         compute + self.calls(c, k) * self.overhead
     }
 
-    /// Predicted speed of `c` relative to full depth.
-    pub fn speedup(&self, cost: &CostModel, acc: &AcceptanceTracker, c: Choice) -> f64 {
+    /// Predicted tokens and seconds of a round of `c`.
+    fn predict(&self, cost: &CostModel, acc: &AcceptanceTracker, c: Choice) -> (f64, f64) {
         let tokens = if c.is_step() {
             1.0
         } else {
             expected_tokens(acc.rate(c.exit), c.draft_len)
         };
-        tokens * self.full_seconds(cost) / self.seconds(cost, c, c.draft_len)
+        (tokens, self.seconds(cost, c, c.draft_len))
+    }
+
+    /// Predicted speed of `c` relative to full depth, corrected by what
+    /// rounds of `c` (or of its kind) measured against their predictions.
+    pub fn speedup(&self, cost: &CostModel, acc: &AcceptanceTracker, c: Choice) -> f64 {
+        let (tokens, seconds) = self.predict(cost, acc, c);
+        let full = Choice::full(self.n_layers);
+        tokens * self.full_seconds(cost) / seconds * self.corrections.factor(c)
+            / self.corrections.factor(full)
     }
 
     /// Learn from the measured time of a round that ran `c` with `drafted`
-    /// drafts (0 for a step): what it took beyond the isolated timings,
-    /// per layer or head call.
-    pub fn observe_time(&mut self, cost: &CostModel, c: Choice, drafted: usize, seconds: f64) {
+    /// drafts (0 for a step) and produced `tokens`: the per-call overhead
+    /// beyond the isolated timings, and the correction of the prediction made
+    /// when `c` was chosen.
+    pub fn observe_time(
+        &mut self,
+        cost: &CostModel,
+        c: Choice,
+        drafted: usize,
+        tokens: usize,
+        seconds: f64,
+    ) {
         if !seconds.is_finite() {
             return;
+        }
+        if let Some((planned, pt, ps)) = self.predicted.take() {
+            self.corrections
+                .observe(planned, tokens as f64, seconds, pt, ps);
         }
         let extra =
             seconds - (self.seconds(cost, c, drafted) - self.calls(c, drafted) * self.overhead);
@@ -155,6 +183,8 @@ impl Policy {
                 best.0
             };
         }
+        let (t, sec) = self.predict(cost, acc, self.current);
+        self.predicted = Some((self.current, t, sec));
         self.current
     }
 
@@ -266,7 +296,7 @@ mod tests {
                 .map(|e| (e, if e >= 2 { 1.0 } else { 0.0 }))
                 .collect::<Vec<_>>(),
         );
-        let mut p = Policy::new(AutoSpec::default(), 8);
+        let mut p = Policy::new(AutoSpec::default(), 8, Arc::default());
         let c = p.choose(&cost(), &acc);
         assert_eq!(
             c,
@@ -280,7 +310,7 @@ mod tests {
     #[test]
     fn hopeless_exits_fall_back_to_full_depth() {
         let acc = tracker(&(1..8).map(|e| (e, 0.05)).collect::<Vec<_>>());
-        let mut p = Policy::new(AutoSpec::default(), 8);
+        let mut p = Policy::new(AutoSpec::default(), 8, Arc::default());
         assert_eq!(p.choose(&cost(), &acc), Choice::full(8));
         // Having chosen speculation, collapsing acceptance brings it back.
         let good = tracker(&[(4, 0.95)]);
@@ -297,6 +327,7 @@ mod tests {
                 draft_len: None,
             },
             8,
+            Arc::default(),
         );
         let c = p.choose(&cost(), &acc);
         assert_eq!(c.exit, 5);
@@ -306,6 +337,7 @@ mod tests {
                 draft_len: Some(3),
             },
             8,
+            Arc::default(),
         );
         assert_eq!(q.choose(&cost(), &acc).draft_len, 3);
         // A marginally better estimate elsewhere does not flip the choice.
@@ -326,6 +358,7 @@ mod tests {
                 draft_len: Some(2),
             },
             8,
+            Arc::default(),
         );
         let spec = Choice {
             exit: 4,
@@ -335,22 +368,46 @@ mod tests {
         // Every call turns out to cost 2 more than timed alone: a full step of
         // 8.5 takes 8.5 + 9 * 2. Drafts are calls too, so speculation pays less.
         for _ in 0..100 {
-            p.observe_time(&flat, Choice::full(8), 0, 8.5 + 9.0 * 2.0);
+            p.observe_time(&flat, Choice::full(8), 0, 1, 8.5 + 9.0 * 2.0);
         }
         assert!((p.overhead - 2.0).abs() < 1e-3, "{}", p.overhead);
         let after = p.speedup(&flat, &acc, spec);
         assert!(after < before, "{before} -> {after}");
         // Rounds that match the prediction (including the overhead) change nothing.
         let t = p.seconds(&flat, spec, 2);
-        p.observe_time(&flat, spec, 2, t);
+        p.observe_time(&flat, spec, 2, 3, t);
         assert!((p.overhead - 2.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn measured_corrections_steer_the_choice_across_sessions() {
+        let acc = tracker(&[(2, 0.9), (6, 0.95)]);
+        let shared = Arc::new(Corrections::default());
+        let mut p = Policy::new(AutoSpec::default(), 8, shared.clone());
+        let first = p.choose(&cost(), &acc);
+        assert!(!first.is_step());
+        // Rounds of the first choice deliver a third of the predicted speed
+        // (same tokens, three times the time); every other choice keeps its
+        // prediction: the choice moves.
+        for _ in 0..10 {
+            let c = p.choose(&cost(), &acc);
+            let (t, sec) = p.predict(&cost(), &acc, c);
+            let slow = if c == first { 3.0 } else { 1.0 };
+            p.observe_time(&cost(), c, c.draft_len, t.round() as usize, sec * slow);
+            // Keep the overhead out of this test.
+            p.overhead = 0.0;
+        }
+        assert_ne!(p.current, first);
+        // A new session of the same model starts from what was learned.
+        let mut q = Policy::new(AutoSpec::default(), 8, shared);
+        assert_ne!(q.choose(&cost(), &acc), first);
     }
 
     #[test]
     fn probing_stays_within_budget() {
         let acc = tracker(&[(4, 0.9)]);
         let c = cost();
-        let mut p = Policy::new(AutoSpec::default(), 8);
+        let mut p = Policy::new(AutoSpec::default(), 8, Arc::default());
         assert_eq!(
             p.probe(&c, &acc, 0.0),
             None,

@@ -9,6 +9,10 @@ so the stock script stops with "BPE pre-tokenizer was not recognized". This
 wrapper falls back to the plain "gpt-2" pre-tokenizer in that case (the
 benchmark feeds token ids, so tokenization never matters). Vocabularies smaller
 than config.json's vocab_size are padded by the converter itself ([PADi]).
+Without a tokenizer_config.json, transformers' AutoTokenizer picks
+LlamaTokenizerFast, which appends an `<unk>` token past the vocab (id 4096 for
+a 4096-token vocab, which trips the converter's assert); the wrapper loads
+tokenizer.json as a plain PreTrainedTokenizerFast instead.
 """
 import runpy
 import sys
@@ -35,6 +39,18 @@ def main():
             return "gpt-2"
 
     cls.get_vocab_base_pre = get_vocab_base_pre
+
+    import transformers
+
+    orig_from_pretrained = transformers.AutoTokenizer.from_pretrained
+
+    def from_pretrained(path, *a, **kw):
+        p = Path(path)
+        if (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
+            return transformers.PreTrainedTokenizerFast(tokenizer_file=str(p / "tokenizer.json"))
+        return orig_from_pretrained(path, *a, **kw)
+
+    transformers.AutoTokenizer.from_pretrained = from_pretrained
     sys.argv = [str(lcpp / "convert_hf_to_gguf.py"), model, *rest]
     runpy.run_path(str(lcpp / "convert_hf_to_gguf.py"), run_name="__main__")
 

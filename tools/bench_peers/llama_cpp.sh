@@ -20,6 +20,7 @@
 #   PRECISIONS ["f32 f16 bf16 q8_0"]
 #   TORCH_PYTHON [/root/torchvenv/bin/python]  (supplies torch for convert)
 #   BUILD_JOBS [2]
+#   CONVERT_ONLY [unset]  set to stop after download/build/convert
 set -euo pipefail
 
 MODEL_DIR=${1:?usage: llama_cpp.sh MODEL_DIR [N_TOKENS]}
@@ -100,6 +101,7 @@ for p in $PRECISIONS; do
 done
 
 # --- 5. bench ----------------------------------------------------------------
+[ -n "${CONVERT_ONLY:-}" ] && { log "CONVERT_ONLY set: GGUF files are in $GGUF_DIR"; exit 0; }
 for p in $PRECISIONS; do
     out=$GGUF_DIR/$NAME-$p.gguf
     json=$("$BENCH" -m "$out" -p 0 -n "$N" -t "$THREADS" -r "$REPS" -o json 2>/dev/null)

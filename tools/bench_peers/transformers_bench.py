@@ -67,7 +67,7 @@ def main():
         got = out.shape[1] - ids.shape[1]
         assert got == n + 1 and len(clock.times) == n + 1, (got, len(clock.times))
         secs = clock.times[-1] - clock.times[0]
-        print(f"transformers: first tokens {out[0, ids.shape[1]:ids.shape[1] + 8].tolist()}",
+        print(f"transformers: first new tokens {out[0, ids.shape[1]:ids.shape[1] + 8].tolist()}",
               file=sys.stderr)
         print(f"transformers {name} {n / secs:.2f}", flush=True)
         del model

@@ -72,7 +72,8 @@ fn main() -> Result<()> {
     let mut pos = prompt.len();
 
     // Decode: N single-token steps, full depth, greedy.
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(n + 1);
+    out.push(next); // the prefill's token, as in transformers' and layerskip's output
     let t = Instant::now();
     for _ in 0..n {
         let input = Tensor::new(&[next], &dev)?.unsqueeze(0)?;
@@ -82,7 +83,7 @@ fn main() -> Result<()> {
         out.push(next);
     }
     let secs = t.elapsed().as_secs_f64();
-    eprintln!("candle: first tokens {:?}", &out[..out.len().min(8)]);
+    eprintln!("candle: first new tokens {:?}", &out[..out.len().min(8)]);
     println!("candle {} {:.2}", dtype_name, n as f64 / secs);
     Ok(())
 }

@@ -1,0 +1,131 @@
+//! Measured speed against predicted speed for every (E, d) that has run,
+//! shared by all sessions of a model. The policy multiplies its predictions
+//! by these ratios, so systematic errors of the cost and acceptance models
+//! (multi-row passes that cost more inside a round than timed alone, drafts
+//! whose acceptances are not independent, a confidence stop that ends drafts
+//! early) stop steering the choice. Choices that have not run yet borrow the
+//! mean ratio of those that have, so the policy tries one only when even the
+//! corrected prediction says it may be faster: exploration stays bounded.
+
+use super::Choice;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+
+/// Weight kept by the old sums at each new round (a window of ~50 rounds).
+const DECAY: f64 = 0.98;
+/// Rounds of a choice before its own ratio replaces the mean.
+const MIN_ROUNDS: f64 = 3.0;
+
+/// Decayed sums of one choice's rounds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
+    tokens: f64,
+    seconds: f64,
+    predicted_tokens: f64,
+    predicted_seconds: f64,
+    rounds: f64,
+}
+
+impl Sums {
+    fn add(&mut self, o: &Sums, decay: f64) {
+        self.tokens = self.tokens * decay + o.tokens;
+        self.seconds = self.seconds * decay + o.seconds;
+        self.predicted_tokens = self.predicted_tokens * decay + o.predicted_tokens;
+        self.predicted_seconds = self.predicted_seconds * decay + o.predicted_seconds;
+        self.rounds = self.rounds * decay + o.rounds;
+    }
+
+    /// Measured tokens/s over predicted tokens/s.
+    fn ratio(&self) -> f64 {
+        (self.tokens / self.predicted_tokens) * (self.predicted_seconds / self.seconds)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Corrections {
+    by_choice: Mutex<HashMap<(usize, usize), Sums>>,
+}
+
+impl Corrections {
+    /// A round of `c` produced `tokens` in `seconds`; the policy predicted
+    /// `predicted_tokens` in `predicted_seconds`.
+    pub fn observe(
+        &self,
+        c: Choice,
+        tokens: f64,
+        seconds: f64,
+        predicted_tokens: f64,
+        predicted_seconds: f64,
+    ) {
+        let ok = |v: f64| v.is_finite() && v > 0.0;
+        if !(ok(tokens) && ok(seconds) && ok(predicted_tokens) && ok(predicted_seconds)) {
+            return;
+        }
+        let round = Sums {
+            tokens,
+            seconds,
+            predicted_tokens,
+            predicted_seconds,
+            rounds: 1.0,
+        };
+        self.by_choice
+            .lock()
+            .entry((c.exit, c.draft_len))
+            .or_default()
+            .add(&round, DECAY);
+    }
+
+    /// The factor for `c`: its own ratio once it has run a few rounds,
+    /// otherwise the mean over the choices of its kind (self-speculative or
+    /// plain steps) that have, otherwise 1.
+    pub fn factor(&self, c: Choice) -> f64 {
+        let map = self.by_choice.lock();
+        if let Some(s) = map
+            .get(&(c.exit, c.draft_len))
+            .filter(|s| s.rounds >= MIN_ROUNDS)
+        {
+            return s.ratio().clamp(0.25, 4.0);
+        }
+        let mut all = Sums::default();
+        for (_, s) in map.iter().filter(|((_, d), _)| (*d == 0) == c.is_step()) {
+            all.add(s, 1.0);
+        }
+        if all.rounds >= MIN_ROUNDS {
+            all.ratio().clamp(0.25, 4.0)
+        } else {
+            1.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_ratio_after_a_few_rounds_and_the_mean_before() {
+        let c = Corrections::default();
+        let a = Choice {
+            exit: 3,
+            draft_len: 4,
+        };
+        let b = Choice {
+            exit: 5,
+            draft_len: 2,
+        };
+        assert_eq!(c.factor(a), 1.0);
+        // `a` runs at half the predicted speed (same tokens, twice the time).
+        for _ in 0..5 {
+            c.observe(a, 3.0, 2.0, 3.0, 1.0);
+        }
+        assert!((c.factor(a) - 0.5).abs() < 1e-9);
+        // `b` has not run: it borrows the mean of the self-speculative choices.
+        assert!((c.factor(b) - 0.5).abs() < 1e-9);
+        // Plain steps are their own kind.
+        assert_eq!(c.factor(Choice::full(8)), 1.0);
+        // Bad measurements are ignored.
+        c.observe(b, f64::NAN, 1.0, 1.0, 1.0);
+        c.observe(b, 1.0, 0.0, 1.0, 1.0);
+        assert!((c.factor(b) - 0.5).abs() < 1e-9);
+    }
+}

@@ -76,8 +76,8 @@ impl Corrections {
     }
 
     /// The factor for `c`: its own ratio once it has run a few rounds,
-    /// otherwise the mean over the choices of its kind (self-speculative or
-    /// plain steps) that have, otherwise 1.
+    /// otherwise the mean over every choice that has (so an unmeasured choice
+    /// keeps its uncorrected rank against the measured ones), otherwise 1.
     pub fn factor(&self, c: Choice) -> f64 {
         let map = self.by_choice.lock();
         if let Some(s) = map
@@ -87,7 +87,7 @@ impl Corrections {
             return s.ratio().clamp(0.25, 4.0);
         }
         let mut all = Sums::default();
-        for (_, s) in map.iter().filter(|((_, d), _)| (*d == 0) == c.is_step()) {
+        for s in map.values() {
             all.add(s, 1.0);
         }
         if all.rounds >= MIN_ROUNDS {
@@ -119,10 +119,9 @@ mod tests {
             c.observe(a, 3.0, 2.0, 3.0, 1.0);
         }
         assert!((c.factor(a) - 0.5).abs() < 1e-9);
-        // `b` has not run: it borrows the mean of the self-speculative choices.
+        // `b` and full depth have not run: they borrow the mean.
         assert!((c.factor(b) - 0.5).abs() < 1e-9);
-        // Plain steps are their own kind.
-        assert_eq!(c.factor(Choice::full(8)), 1.0);
+        assert!((c.factor(Choice::full(8)) - 0.5).abs() < 1e-9);
         // Bad measurements are ignored.
         c.observe(b, f64::NAN, 1.0, 1.0, 1.0);
         c.observe(b, 1.0, 0.0, 1.0, 1.0);

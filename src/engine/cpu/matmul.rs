@@ -391,7 +391,7 @@ mod simd {
 mod simd512 {
     //! AVX-512F tiles: a panel's sixteen outputs fill one 512-bit register, the
     //! input value is broadcast straight from memory into the FMA, and 32
-    //! registers hold up to 16 rows' accumulators. Lanes keep the panel's
+    //! registers hold up to 8 rows' accumulators. Lanes keep the panel's
     //! storage order (`Weight::slot`); stores put them back in output order.
     use super::{groups, Job, Weight, PANEL};
     use half::{bf16, f16};
@@ -460,19 +460,20 @@ mod simd512 {
             match $rr {
                 $($r if $left >= $pp => { tile::<W, $r, $pp>($j, $r0, $p); $pp })*
                 $($r => { tile::<W, $r, 1>($j, $r0, $p); 1 })*
-                _ => unreachable!("row groups hold at most 16 rows"),
+                _ => unreachable!("row groups hold at most 8 rows"),
             }
         };
     }
 
-    /// Panels `ps` of the product for every input row (groups of at most 16 rows).
+    /// Panels `ps` of the product for every input row (groups of at most 8 rows).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
         for (r0, rr) in groups(j.rows, j.group) {
             let mut p = ps.start;
             while p < ps.end {
                 let left = ps.end - p;
-                // At most 16 accumulators: 4 panels up to 4 rows, 2 up to 8.
+                // Up to 28 of the 32 registers hold accumulators: 4 panels up to
+                // 7 rows, 3 for 8 (tried: 2 panels for 5-8 rows was 1.4x slower).
                 p += dispatch!(
                     j,
                     r0,
@@ -484,18 +485,10 @@ mod simd512 {
                         (2, 4),
                         (3, 4),
                         (4, 4),
-                        (5, 2),
-                        (6, 2),
-                        (7, 2),
-                        (8, 2),
-                        (9, 1),
-                        (10, 1),
-                        (11, 1),
-                        (12, 1),
-                        (13, 1),
-                        (14, 1),
-                        (15, 1),
-                        (16, 1)
+                        (5, 4),
+                        (6, 4),
+                        (7, 4),
+                        (8, 3)
                     ]
                 );
             }
@@ -571,7 +564,7 @@ fn group_rows(isa: Isa) -> usize {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => 6,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => 16,
+        Isa::Avx512 => 8,
         Isa::Portable => 8,
     }
 }

@@ -96,6 +96,7 @@ fn soak_many_sessions_many_threads() {
     let limits = LoadOptions {
         max_context: CONTEXT,
         kv_budget_bytes: per_session * (THREADS * SESSIONS_PER_THREAD) as u64,
+        ..Default::default()
     };
     let model = Model::load_with(fixture_dir("mha-f32"), &limits).unwrap();
     let cfgs = configs(&model);
@@ -184,7 +185,7 @@ fn limits_are_clear_errors_at_session_creation() {
         fixture_dir("mha-f32"),
         &LoadOptions {
             max_context: 64,
-            kv_budget_bytes: 0,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -202,8 +203,8 @@ fn limits_are_clear_errors_at_session_creation() {
     let budgeted = Model::load_with(
         fixture_dir("mha-f32"),
         &LoadOptions {
-            max_context: 0,
             kv_budget_bytes: (100 * per_position) as u64,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -243,19 +243,23 @@ struct Stops {
 int main(int argc, char** argv) {
     std::string model_dir = "assets/layerskip-pycode-8l", host = "127.0.0.1";
     int port = 8080;
+    lsk_model_options options;
+    lsk_model_options_default(&options);
     for (int i = 1; i + 1 < argc; i += 2) {
-        std::string a = argv[i];
-        if (a == "--model") model_dir = argv[i + 1];
-        else if (a == "--host") host = argv[i + 1];
-        else if (a == "--port") port = std::stoi(argv[i + 1]);
+        std::string a = argv[i], v = argv[i + 1];
+        if (a == "--model") model_dir = v;
+        else if (a == "--host") host = v;
+        else if (a == "--port") port = std::stoi(v);
+        else if (a == "--quantize" && (v == "none" || v == "int8"))
+            options.quantize = v == "int8" ? LSK_QUANTIZE_INT8 : LSK_QUANTIZE_NONE;
         else {
-            std::fprintf(stderr, "usage: layerskip-server [--model DIR] [--host H] [--port P]\n");
+            std::fprintf(stderr, "usage: layerskip-server [--model DIR] [--host H] [--port P] [--quantize none|int8]\n");
             return 2;
         }
     }
     std::unique_ptr<layerskip::Model> model;
     try {
-        model = std::make_unique<layerskip::Model>(model_dir);
+        model = std::make_unique<layerskip::Model>(model_dir, options);
     } catch (const layerskip::Error& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;

@@ -93,13 +93,36 @@ type Model struct {
 	h  *C.lsk_model
 }
 
+// Weight quantization at load (lsk_quantize).
+const (
+	QuantizeNone = 0
+	QuantizeInt8 = 1 // weight-only int8, per output channel
+)
+
+// LoadOptions are the model options (lsk_model_options); zero values are the defaults.
+type LoadOptions struct {
+	MaxContext    uint32 // longest session context; 0 = the model's
+	KVBudgetBytes uint64 // KV-cache bytes all sessions may reserve; 0 = unlimited
+	Quantize      int    // QuantizeNone or QuantizeInt8
+}
+
 // Load loads a Hugging Face Llama checkpoint directory.
 func Load(path string) (*Model, error) {
+	return LoadWith(path, LoadOptions{})
+}
+
+// LoadWith loads a checkpoint with options.
+func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
+	var o C.lsk_model_options
+	C.lsk_model_options_default(&o)
+	o.max_context = C.uint32_t(opt.MaxContext)
+	o.kv_budget_bytes = C.uint64_t(opt.KVBudgetBytes)
+	o.quantize = C.uint32_t(opt.Quantize)
 	var h *C.lsk_model
 	var cerr *C.lsk_error
-	if err := check(C.lsk_model_load(cpath, nil, &h, &cerr), cerr); err != nil {
+	if err := check(C.lsk_model_load(cpath, &o, &h, &cerr), cerr); err != nil {
 		return nil, err
 	}
 	m := &Model{h: h}

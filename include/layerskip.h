@@ -276,7 +276,8 @@ typedef struct lsk_model_options {
   // = unlimited. Exceeding it fails `lsk_session_new` with
   // `LSK_ERR_RESOURCE_LIMIT`.
   uint64_t kv_budget_bytes;
-  // An `lsk_quantize` value (default `LSK_QUANTIZE_NONE`). Added in 0.3.
+  // An `lsk_quantize` value (default `LSK_QUANTIZE_NONE`). Appended after
+  // `kv_budget_bytes` (older callers get the default).
   uint32_t quantize;
 } lsk_model_options;
 

@@ -109,7 +109,8 @@ pub struct lsk_model_options {
     /// = unlimited. Exceeding it fails `lsk_session_new` with
     /// `LSK_ERR_RESOURCE_LIMIT`.
     pub kv_budget_bytes: u64,
-    /// An `lsk_quantize` value (default `LSK_QUANTIZE_NONE`). Added in 0.3.
+    /// An `lsk_quantize` value (default `LSK_QUANTIZE_NONE`). Appended after
+    /// `kv_budget_bytes` (older callers get the default).
     pub quantize: u32,
 }
 versioned!(

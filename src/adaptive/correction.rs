@@ -75,6 +75,14 @@ impl Corrections {
             .add(&round, DECAY);
     }
 
+    /// Whether `c` has run enough rounds to have its own ratio.
+    pub fn measured(&self, c: Choice) -> bool {
+        self.by_choice
+            .lock()
+            .get(&(c.exit, c.draft_len))
+            .is_some_and(|s| s.rounds >= MIN_ROUNDS)
+    }
+
     /// The factor for `c`: its own ratio once it has run a few rounds,
     /// otherwise the mean over every choice that has (so an unmeasured choice
     /// keeps its uncorrected rank against the measured ones), otherwise 1.

@@ -31,6 +31,13 @@ const MIN_SPEEDUP: f64 = 1.03;
 const SWITCH_GAIN: f64 = 1.03;
 /// Share of generation time that probing other exits may take.
 const PROBE_SHARE: f64 = 0.02;
+/// Every this many rounds, a choice that has not run yet may be tried.
+const EXPLORE_EVERY: usize = 16;
+/// ...for this many rounds (enough for its own correction),
+const EXPLORE_ROUNDS: usize = 4;
+/// ...if its corrected prediction is at least this fraction of the best's:
+/// at most 4 rounds in 20 at >= 0.9 of the best costs at most 2%.
+const EXPLORE_FLOOR: f64 = 0.9;
 /// Share of the predicted generation time the prompt probe may take.
 const PROMPT_PROBE_SHARE: f64 = 0.02;
 
@@ -56,6 +63,10 @@ pub struct Policy {
     corrections: Arc<Corrections>,
     /// The prediction for the round in flight: (choice, tokens, seconds).
     predicted: Option<(Choice, f64, f64)>,
+    /// Rounds since the last exploration, and the one in progress (choice,
+    /// rounds left).
+    since_explore: usize,
+    exploring: Option<(Choice, usize)>,
 }
 
 /// Weight of the newest timing in the overhead's moving average.
@@ -71,6 +82,8 @@ impl Policy {
             overhead: 0.0,
             corrections,
             predicted: None,
+            since_explore: 0,
+            exploring: None,
         }
     }
 
@@ -162,6 +175,8 @@ impl Policy {
     /// The choice for the next round.
     pub fn choose(&mut self, cost: &CostModel, acc: &AcceptanceTracker) -> Choice {
         let mut best = (Choice::full(self.n_layers), MIN_SPEEDUP);
+        // Choices that have not run enough rounds to have their own correction.
+        let mut untried: Vec<(Choice, f64)> = Vec::new();
         for e in self.exits() {
             for d in self.drafts() {
                 let c = Choice {
@@ -171,6 +186,9 @@ impl Policy {
                 let s = self.speedup(cost, acc, c);
                 if s > best.1 {
                     best = (c, s);
+                }
+                if !self.corrections.measured(c) {
+                    untried.push((c, s));
                 }
             }
         }
@@ -183,9 +201,38 @@ impl Policy {
                 best.0
             };
         }
-        let (t, sec) = self.predict(cost, acc, self.current);
-        self.predicted = Some((self.current, t, sec));
-        self.current
+        // Bounded exploration: the predictions are only models, so now and
+        // then a close contender runs a few rounds and earns its own
+        // correction (shared with the model's other sessions).
+        self.since_explore += 1;
+        if self.exploring.is_none() && self.since_explore >= EXPLORE_EVERY {
+            let reference = best.1.max(kept).max(1.0);
+            // Only contenders predicted to beat full depth: never explore
+            // on a model whose exits are hopeless.
+            let worth = |s: f64| s >= MIN_SPEEDUP && s >= EXPLORE_FLOOR * reference;
+            let contender = untried
+                .into_iter()
+                .filter(|(c, s)| *c != self.current && worth(*s))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((c, _)) = contender {
+                self.exploring = Some((c, EXPLORE_ROUNDS));
+            }
+            self.since_explore = 0;
+        }
+        let choice = match &mut self.exploring {
+            Some((c, left)) => {
+                let c = *c;
+                *left -= 1;
+                if *left == 0 {
+                    self.exploring = None;
+                }
+                c
+            }
+            None => self.current,
+        };
+        let (t, sec) = self.predict(cost, acc, choice);
+        self.predicted = Some((choice, t, sec));
+        choice
     }
 
     /// With an automatic draft length, drafting stops once the probability
@@ -407,6 +454,34 @@ mod tests {
         assert_ne!(p.choose(&cost(), &acc), first);
         let mut q = Policy::new(AutoSpec::default(), 8, shared);
         assert_ne!(q.choose(&cost(), &acc), first);
+    }
+
+    #[test]
+    fn exploration_is_bounded_and_never_tries_hopeless_choices() {
+        // Hopeless exits: 200 rounds stay at full depth, no exploration.
+        let hopeless = tracker(&(1..8).map(|e| (e, 0.05)).collect::<Vec<_>>());
+        let mut p = Policy::new(AutoSpec::default(), 8, Arc::default());
+        assert!((0..200).all(|_| p.choose(&cost(), &hopeless).is_step()));
+        // Good exits: now and then an untried contender runs EXPLORE_ROUNDS
+        // rounds; everything else is the policy's own choice.
+        let good = tracker(&[(2, 0.9), (4, 0.92), (6, 0.95)]);
+        let mut q = Policy::new(AutoSpec::default(), 8, Arc::default());
+        let rounds = 20 * EXPLORE_EVERY;
+        let mut explored = 0;
+        for _ in 0..rounds {
+            let c = q.choose(&cost(), &good);
+            if c != q.current {
+                explored += 1;
+                let (t, sec) = q.predict(&cost(), &good, c);
+                q.observe_time(&cost(), c, c.draft_len, t.round() as usize, sec);
+                q.overhead = 0.0;
+            }
+        }
+        assert!(explored > 0);
+        assert!(
+            explored <= rounds * EXPLORE_ROUNDS / EXPLORE_EVERY,
+            "{explored}"
+        );
     }
 
     #[test]

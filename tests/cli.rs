@@ -186,3 +186,65 @@ fn errors_exit_nonzero_without_a_panic() {
     let out = cli(&["generate", "--bogus"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn eval_reports_perplexity_and_int8_agreement() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let file = root.join("tools/make_fixtures.py");
+    let file = file.to_str().unwrap();
+    let out = cli(&[
+        "eval",
+        "--file",
+        file,
+        "--seq",
+        "64",
+        "--windows",
+        "4",
+        "--quantize",
+        "int8",
+        "--json",
+    ]);
+    let v = json_of(&out);
+    assert_eq!(v["quantize"], "int8");
+    assert_eq!(v["eval"]["positions"], 256);
+    let ppl = v["eval"]["perplexity"].as_f64().unwrap();
+    let base = v["unquantized"]["perplexity"].as_f64().unwrap();
+    assert!(
+        ppl > 1.0 && (ppl / base - 1.0).abs() < 0.05,
+        "{ppl} vs {base}"
+    );
+    assert!(v["top1_agreement_with_unquantized"].as_f64().unwrap() > 0.9);
+    // Too little text for one window: a clear error, exit code 1.
+    let short = cli(&["eval", "--file", file, "--seq", "1000000"]);
+    assert_eq!(short.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&short.stderr).contains("too short"));
+}
+
+#[test]
+fn bench_json_has_rows_and_a_roofline() {
+    let dir = fixture_dir("mha-f32");
+    let out = cli(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "def f(x):",
+        "--max-new-tokens",
+        "4",
+        "--exit-layers",
+        "1",
+        "--draft-lens",
+        "2",
+        "--no-auto",
+        "--json",
+    ]);
+    let v = json_of(&out);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["lossless"] == true));
+    let roof = &v["roofline"];
+    let bytes = roof["weight_bytes_per_token"].as_f64().unwrap();
+    let full = rows[0]["tokens_per_second"].as_f64().unwrap();
+    assert!(bytes > 0.0 && roof["measured_gb_per_s"].as_f64().unwrap() > 0.0);
+    assert!((roof["achieved_gb_per_s"].as_f64().unwrap() - bytes * full / 1e9).abs() < 1e-6);
+}

@@ -438,6 +438,13 @@ fn run_eval(
     let text = std::fs::read_to_string(file).map_err(|e| layerskip::Error::io(file, e))?;
     let model = args.load()?;
     let tokens = model.tokenizer.encode(&text, false)?;
+    if tokens.len() <= seq || windows == 0 {
+        return Err(layerskip::Error::invalid(format!(
+            "{}: {} tokens, too short for one window of --seq {seq} positions",
+            file.display(),
+            tokens.len()
+        )));
+    }
     let eval = layerskip::bench::evaluate(&model, &tokens, seq, windows)?;
     let mut v = json!({ "quantize": args.quantize_name(), "eval": eval });
     if !matches!(args.quantize, QuantizeArg::None) {

@@ -75,34 +75,57 @@ impl Corrections {
             .add(&round, DECAY);
     }
 
+    /// The factors as they stand, read under one lock (a policy consults
+    /// them for every candidate of a round).
+    pub fn snapshot(&self) -> Factors {
+        let map = self.by_choice.lock();
+        let mut all = Sums::default();
+        for s in map.values() {
+            all.add(s, 1.0);
+        }
+        Factors {
+            own: map
+                .iter()
+                .filter(|(_, s)| s.rounds >= MIN_ROUNDS)
+                .map(|(k, s)| (*k, s.ratio().clamp(0.25, 4.0)))
+                .collect(),
+            mean: if all.rounds >= MIN_ROUNDS {
+                all.ratio().clamp(0.25, 4.0)
+            } else {
+                1.0
+            },
+        }
+    }
+
+    /// [`Factors::factor`] of a fresh snapshot.
+    pub fn factor(&self, c: Choice) -> f64 {
+        self.snapshot().factor(c)
+    }
+}
+
+/// Measured-over-predicted factors at one moment.
+#[derive(Debug, Clone)]
+pub struct Factors {
+    /// Choices that have run enough rounds for their own ratio.
+    own: HashMap<(usize, usize), f64>,
+    /// The ratio over every measured round (1 before there are any).
+    mean: f64,
+}
+
+impl Factors {
     /// Whether `c` has run enough rounds to have its own ratio.
     pub fn measured(&self, c: Choice) -> bool {
-        self.by_choice
-            .lock()
-            .get(&(c.exit, c.draft_len))
-            .is_some_and(|s| s.rounds >= MIN_ROUNDS)
+        self.own.contains_key(&(c.exit, c.draft_len))
     }
 
     /// The factor for `c`: its own ratio once it has run a few rounds,
     /// otherwise the mean over every choice that has (so an unmeasured choice
     /// keeps its uncorrected rank against the measured ones), otherwise 1.
     pub fn factor(&self, c: Choice) -> f64 {
-        let map = self.by_choice.lock();
-        if let Some(s) = map
+        self.own
             .get(&(c.exit, c.draft_len))
-            .filter(|s| s.rounds >= MIN_ROUNDS)
-        {
-            return s.ratio().clamp(0.25, 4.0);
-        }
-        let mut all = Sums::default();
-        for s in map.values() {
-            all.add(s, 1.0);
-        }
-        if all.rounds >= MIN_ROUNDS {
-            all.ratio().clamp(0.25, 4.0)
-        } else {
-            1.0
-        }
+            .copied()
+            .unwrap_or(self.mean)
     }
 }
 

@@ -2,6 +2,7 @@
 //! acceptance estimates, with hysteresis, a margin before leaving full depth,
 //! and a bounded time budget for probing other exits.
 
+use super::correction::Factors;
 use super::{AcceptanceTracker, AutoSpec, Corrections, CostModel, MAX_DRAFT};
 use std::sync::Arc;
 
@@ -141,10 +142,19 @@ impl Policy {
     /// Predicted speed of `c` relative to full depth, corrected by what
     /// rounds of `c` (or of its kind) measured against their predictions.
     pub fn speedup(&self, cost: &CostModel, acc: &AcceptanceTracker, c: Choice) -> f64 {
+        self.speedup_with(&self.corrections.snapshot(), cost, acc, c)
+    }
+
+    fn speedup_with(
+        &self,
+        factors: &Factors,
+        cost: &CostModel,
+        acc: &AcceptanceTracker,
+        c: Choice,
+    ) -> f64 {
         let (tokens, seconds) = self.predict(cost, acc, c);
         let full = Choice::full(self.n_layers);
-        tokens * self.full_seconds(cost) / seconds * self.corrections.factor(c)
-            / self.corrections.factor(full)
+        tokens * self.full_seconds(cost) / seconds * factors.factor(c) / factors.factor(full)
     }
 
     /// Learn from the measured time of a round that ran `c` with `drafted`
@@ -174,6 +184,7 @@ impl Policy {
 
     /// The choice for the next round.
     pub fn choose(&mut self, cost: &CostModel, acc: &AcceptanceTracker) -> Choice {
+        let factors = self.corrections.snapshot();
         let mut best = (Choice::full(self.n_layers), MIN_SPEEDUP);
         // Choices that have not run enough rounds to have their own correction.
         let mut untried: Vec<(Choice, f64)> = Vec::new();
@@ -183,16 +194,16 @@ impl Policy {
                     exit: e,
                     draft_len: d,
                 };
-                let s = self.speedup(cost, acc, c);
+                let s = self.speedup_with(&factors, cost, acc, c);
                 if s > best.1 {
                     best = (c, s);
                 }
-                if !self.corrections.measured(c) {
+                if !factors.measured(c) {
                     untried.push((c, s));
                 }
             }
         }
-        let kept = self.speedup(cost, acc, self.current);
+        let kept = self.speedup_with(&factors, cost, acc, self.current);
         let current_allowed = self.current.is_step() || kept >= MIN_SPEEDUP;
         if !current_allowed || best.1 > kept * SWITCH_GAIN {
             self.current = if best.0.is_step() {

@@ -684,6 +684,28 @@ mod tests {
         out
     }
 
+    /// Deterministic inputs: `rows x cols`, mixed signs.
+    fn input(rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+            .collect()
+    }
+
+    /// `m`'s whole product over `x` with one kernel.
+    fn product(m: &Mat, x: &[f32], rows: usize, isa: Isa) -> Vec<f32> {
+        let mut out = vec![f32::NAN; rows * m.rows];
+        let x = pack_rows(x, rows, m.cols, group_rows(isa));
+        run_block(
+            m,
+            &x,
+            rows,
+            0..m.rows.div_ceil(PANEL),
+            OutPtr(out.as_mut_ptr()),
+            isa,
+        );
+        out
+    }
+
     #[test]
     fn every_kernel_row_count_and_dtype_matches_the_definition_bit_for_bit() {
         // 37 outputs: two full panels and a padded one; 45 columns: no multiple of 8.
@@ -692,21 +714,10 @@ mod tests {
             let t = tensor(dtype, n, cols);
             let m = Mat::new(&t);
             for rows in 1..=17 {
-                let x: Vec<f32> = (0..rows * cols)
-                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
-                    .collect();
+                let x = input(rows, cols);
                 let want = reference(&t, &x, rows);
                 for isa in supported() {
-                    let mut out = vec![f32::NAN; rows * n];
-                    let x = pack_rows(&x, rows, cols, group_rows(isa));
-                    run_block(
-                        &m,
-                        &x,
-                        rows,
-                        0..n.div_ceil(PANEL),
-                        OutPtr(out.as_mut_ptr()),
-                        isa,
-                    );
+                    let out = product(&m, &x, rows, isa);
                     assert!(
                         out.iter()
                             .zip(&want)
@@ -726,21 +737,10 @@ mod tests {
         let w = t.to_f32();
         let (q, scale) = quantize_rows(&w, n, cols);
         for rows in [1, 2, 5, 9, 17] {
-            let x: Vec<f32> = (0..rows * cols)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
-                .collect();
+            let x = input(rows, cols);
             let exact = reference(&t, &x, rows);
             for isa in supported() {
-                let mut out = vec![f32::NAN; rows * n];
-                let xp = pack_rows(&x, rows, cols, group_rows(isa));
-                run_block(
-                    &m,
-                    &xp,
-                    rows,
-                    0..n.div_ceil(PANEL),
-                    OutPtr(out.as_mut_ptr()),
-                    isa,
-                );
+                let out = product(&m, &x, rows, isa);
                 for r in 0..rows {
                     for j in 0..n {
                         let sum = (0..cols).fold(0f32, |a, k| {

@@ -3,11 +3,12 @@
 //!
 //!   cargo bench --bench decode                                  # bundled model
 //!   LAYERSKIP_BENCH_MODEL=/tmp/rand100m cargo bench --bench decode
+//!   LAYERSKIP_BENCH_QUANTIZE=bf16 cargo bench --bench decode    # or int8
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use layerskip::engine::cpu::HostActs;
 use layerskip::engine::Engine;
-use layerskip::{Logits, Model, Session};
+use layerskip::{LoadOptions, Logits, Model, Quantize, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,16 @@ fn model() -> Arc<Model> {
     let dir = std::env::var("LAYERSKIP_BENCH_MODEL").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/assets/layerskip-pycode-8l").to_string()
     });
-    Model::load(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"))
+    let quantize = match std::env::var("LAYERSKIP_BENCH_QUANTIZE").as_deref() {
+        Ok("bf16") => Quantize::Bf16,
+        Ok("int8") => Quantize::Int8,
+        _ => Quantize::None,
+    };
+    let options = LoadOptions {
+        quantize,
+        ..Default::default()
+    };
+    Model::load_with(&dir, &options).unwrap_or_else(|e| panic!("{dir}: {e}"))
 }
 
 fn prompt(m: &Model, n: usize) -> Vec<u32> {

@@ -5,6 +5,7 @@
 //!
 //!   cargo bench --bench matmul
 //!   LAYERSKIP_BENCH_SHAPE=256,704,64,128 cargo bench --bench matmul  # hidden,inter,kv_dim,layers
+//!   LAYERSKIP_BENCH_QUANTIZE=bf16 cargo bench --bench matmul         # or int8
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
@@ -32,7 +33,12 @@ fn mat(rows: usize, cols: usize, seed: u64) -> Mat {
             bf16::from_f32((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5).to_le_bytes()
         })
         .collect();
-    Mat::new(&Tensor::from_bytes(DType::BF16, vec![rows, cols], &bytes))
+    let t = Tensor::from_bytes(DType::BF16, vec![rows, cols], &bytes);
+    match std::env::var("LAYERSKIP_BENCH_QUANTIZE").as_deref() {
+        Ok("bf16") => Mat::new_bf16(&t),
+        Ok("int8") => Mat::new_int8(&t),
+        _ => Mat::new(&t),
+    }
 }
 
 fn shape() -> (usize, usize, usize, usize) {

@@ -267,22 +267,26 @@ int main(int argc, char **argv) {
             EXPECT(LSK_OK, lsk_session_new(limited, &so, &a, &err_));
             lsk_session_free(a);
             lsk_model_free(limited);
-            /* Weight-only int8: loads and decodes; an unknown value is refused. */
+            /* Weight-only int8 and bf16 products: load and decode; an unknown value is refused. */
             lsk_model_options_default(&mo);
             mo.quantize = 9;
             EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_model_load(argv[1], &mo, &none, &err_));
-            mo.quantize = LSK_QUANTIZE_INT8;
-            EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
-            EXPECT(LSK_OK, lsk_session_new(limited, NULL, &a, &err_));
             {
-                int32_t p[3] = {2, 3, 4};
-                lsk_generate_result gr;
-                lsk_generate_result_init(&gr);
-                EXPECT(LSK_OK, lsk_session_generate(a, p, 3, NULL, NULL, NULL, &gr, &err_));
-                CHECK(gr.n_tokens >= 1);
+                uint32_t modes[2] = {LSK_QUANTIZE_INT8, LSK_QUANTIZE_BF16};
+                int m;
+                for (m = 0; m < 2; m++) {
+                    int32_t p[3] = {2, 3, 4};
+                    lsk_generate_result gr;
+                    mo.quantize = modes[m];
+                    EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
+                    EXPECT(LSK_OK, lsk_session_new(limited, NULL, &a, &err_));
+                    lsk_generate_result_init(&gr);
+                    EXPECT(LSK_OK, lsk_session_generate(a, p, 3, NULL, NULL, NULL, &gr, &err_));
+                    CHECK(gr.n_tokens >= 1);
+                    lsk_session_free(a);
+                    lsk_model_free(limited);
+                }
             }
-            lsk_session_free(a);
-            lsk_model_free(limited);
         }
     }
     CHECK(model != NULL);

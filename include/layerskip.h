@@ -155,6 +155,9 @@ enum lsk_quantize
   LSK_QUANTIZE_NONE = 0,
   // Weight-only int8, symmetric per output channel.
   LSK_QUANTIZE_INT8 = 1,
+  // bf16 matrix products: bf16 weights and inputs, f32 sums (fastest
+  // multi-row products on CPUs with AVX512_BF16).
+  LSK_QUANTIZE_BF16 = 2,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

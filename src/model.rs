@@ -21,6 +21,13 @@ pub enum Quantize {
     /// Weight-only int8, symmetric per output channel (activations stay f32).
     /// Embeddings are looked up from the checkpoint as stored.
     Int8,
+    /// bf16 matrix products: weights in bf16 (f32/f16 checkpoints are
+    /// rounded), each product's input rows rounded to bf16, products summed
+    /// in f32 (llama.cpp's bf16 arithmetic). Multi-row products (verify,
+    /// batches) run about twice as fast on CPUs with AVX512_BF16; elsewhere
+    /// the same arithmetic is emulated, exactly and slower. Norms,
+    /// attention and the residual stream stay f32.
+    Bf16,
 }
 
 /// Limits and choices a serving process sets when it loads a model.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{load, prompts, FIXTURES};
+use common::{load, load_quantized, prompts, FIXTURES, QUANTIZE};
 use layerskip::sampling::argmax;
 use layerskip::{forward_batch, BatchItem, Logits, Session};
 
@@ -36,8 +36,8 @@ fn sessions(
 
 #[test]
 fn batched_passes_equal_solo_passes_bit_for_bit() {
-    for name in FIXTURES {
-        let model = load(name);
+    for (name, quantize) in FIXTURES.iter().flat_map(|n| QUANTIZE.map(|q| (*n, q))) {
+        let model = load_quantized(name, quantize);
         let l = model.num_layers();
         let ps = prompts(name);
         let n = 16;
@@ -73,7 +73,7 @@ fn batched_passes_equal_solo_passes_bit_for_bit() {
                 r.unwrap();
             }
             for (i, (a, b)) in solo.iter().zip(&batched).enumerate() {
-                let what = format!("{name} round {round} session {i}");
+                let what = format!("{name} {quantize:?} round {round} session {i}");
                 assert_eq!(a.layer_lens(), b.layer_lens(), "{what}");
                 assert_eq!(a.logits_pos0(), b.logits_pos0(), "{what}");
                 let (x, y) = (a.logits(), b.logits());

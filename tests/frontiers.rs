@@ -6,8 +6,8 @@ use layerskip::{ErrorKind, Logits, Session};
 
 #[test]
 fn a_row_is_bit_identical_alone_or_in_a_batch_of_nine() {
-    for name in FIXTURES {
-        let model = load(name);
+    for (name, quantize) in FIXTURES.iter().flat_map(|n| QUANTIZE.map(|q| (*n, q))) {
+        let model = load_quantized(name, quantize);
         let prompt: Vec<u32> = prompts(name)[2][..9].to_vec();
         let vocab = model.config.vocab_size;
         for exit in [1, model.num_layers()] {
@@ -20,7 +20,7 @@ fn a_row_is_bit_identical_alone_or_in_a_batch_of_nine() {
                 let b = single.last_logits();
                 assert!(
                     a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{name}: row {i} differs between batch of 9 and batch of 1 (exit {exit})"
+                    "{name} {quantize:?}: row {i} differs between batch of 9 and batch of 1 (exit {exit})"
                 );
             }
         }

@@ -18,8 +18,8 @@ fn greedy_opts(mode: Mode, n: usize) -> GenerateOptions {
 
 #[test]
 fn greedy_self_speculation_equals_full_depth_for_every_exit_and_draft_length() {
-    for name in FIXTURES {
-        let model = load(name);
+    for (name, quantize) in FIXTURES.iter().flat_map(|n| QUANTIZE.map(|q| (*n, q))) {
+        let model = load_quantized(name, quantize);
         let l = model.num_layers();
         let p = prompts(name);
         for prompt in [&p[0], &p[2]] {
@@ -37,7 +37,7 @@ fn greedy_self_speculation_equals_full_depth_for_every_exit_and_draft_length() {
                     assert_eq!(
                         out.tokens,
                         full,
-                        "{name}: E={exit} d={d} prompt len {}",
+                        "{name} {quantize:?}: E={exit} d={d} prompt len {}",
                         prompt.len()
                     );
                     let st = out.stats;

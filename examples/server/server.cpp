@@ -250,10 +250,10 @@ int main(int argc, char** argv) {
         if (a == "--model") model_dir = v;
         else if (a == "--host") host = v;
         else if (a == "--port") port = std::stoi(v);
-        else if (a == "--quantize" && (v == "none" || v == "int8"))
-            options.quantize = v == "int8" ? LSK_QUANTIZE_INT8 : LSK_QUANTIZE_NONE;
+        else if (a == "--quantize" && (v == "none" || v == "int8" || v == "bf16"))
+            options.quantize = v == "int8" ? LSK_QUANTIZE_INT8 : v == "bf16" ? LSK_QUANTIZE_BF16 : LSK_QUANTIZE_NONE;
         else {
-            std::fprintf(stderr, "usage: layerskip-server [--model DIR] [--host H] [--port P] [--quantize none|int8]\n");
+            std::fprintf(stderr, "usage: layerskip-server [--model DIR] [--host H] [--port P] [--quantize none|int8|bf16]\n");
             return 2;
         }
     }

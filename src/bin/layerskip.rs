@@ -60,6 +60,7 @@ enum Cmd {
 enum QuantizeArg {
     None,
     Int8,
+    Bf16,
 }
 
 /// Which model, and how to hold its weights.
@@ -68,7 +69,9 @@ struct ModelArgs {
     /// Checkpoint directory (default: the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Quantize weights at load (`int8`: weight-only, per output channel).
+    /// Quantize at load: `int8` weight-only per output channel; `bf16`
+    /// matrix products with bf16 weights and inputs, f32 sums (llama.cpp's
+    /// bf16 arithmetic; fast multi-row products with AVX512_BF16).
     #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
     quantize: QuantizeArg,
 }
@@ -78,6 +81,7 @@ impl ModelArgs {
         match self.quantize {
             QuantizeArg::None => "none",
             QuantizeArg::Int8 => "int8",
+            QuantizeArg::Bf16 => "bf16",
         }
     }
 
@@ -86,6 +90,7 @@ impl ModelArgs {
             quantize: match self.quantize {
                 QuantizeArg::None => layerskip::Quantize::None,
                 QuantizeArg::Int8 => layerskip::Quantize::Int8,
+                QuantizeArg::Bf16 => layerskip::Quantize::Bf16,
             },
             ..Default::default()
         };

@@ -51,6 +51,7 @@ pub extern "C" fn lsk_model_load(
         let quantize = match opts.quantize {
             0 => crate::model::Quantize::None,
             1 => crate::model::Quantize::Int8,
+            2 => crate::model::Quantize::Bf16,
             q => return Err(FfiError::invalid(format!("unknown quantize value {q}"))),
         };
         let limits = crate::model::LoadOptions {

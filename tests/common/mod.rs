@@ -1,7 +1,7 @@
 //! Shared helpers for integration tests: fixture paths and reference data.
 #![allow(dead_code)]
 
-use layerskip::{Model, Session};
+use layerskip::{LoadOptions, Model, Quantize, Session};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +15,20 @@ pub fn fixture_dir(name: &str) -> PathBuf {
 }
 
 pub fn load(name: &str) -> Arc<Model> {
-    Model::load(fixture_dir(name)).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    load_quantized(name, Quantize::None)
+}
+
+/// Every way the engine can hold weights: batch invariance and lossless
+/// speculation must hold in each.
+pub const QUANTIZE: [Quantize; 3] = [Quantize::None, Quantize::Int8, Quantize::Bf16];
+
+pub fn load_quantized(name: &str, quantize: Quantize) -> Arc<Model> {
+    let options = LoadOptions {
+        quantize,
+        ..Default::default()
+    };
+    Model::load_with(fixture_dir(name), &options)
+        .unwrap_or_else(|e| panic!("loading {name} ({quantize:?}): {e}"))
 }
 
 pub fn reference(name: &str) -> Value {

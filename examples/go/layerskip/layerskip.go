@@ -97,13 +97,14 @@ type Model struct {
 const (
 	QuantizeNone = 0
 	QuantizeInt8 = 1 // weight-only int8, per output channel
+	QuantizeBf16 = 2 // bf16 matrix products: bf16 weights and inputs, f32 sums
 )
 
 // LoadOptions are the model options (lsk_model_options); zero values are the defaults.
 type LoadOptions struct {
 	MaxContext    uint32 // longest session context; 0 = the model's
 	KVBudgetBytes uint64 // KV-cache bytes all sessions may reserve; 0 = unlimited
-	Quantize      int    // QuantizeNone or QuantizeInt8
+	Quantize      int    // QuantizeNone, QuantizeInt8 or QuantizeBf16
 }
 
 // Load loads a Hugging Face Llama checkpoint directory.

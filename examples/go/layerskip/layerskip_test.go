@@ -32,23 +32,25 @@ func TestLoadErrors(t *testing.T) {
 	}
 }
 
-func TestLoadWithInt8(t *testing.T) {
+func TestLoadWithQuantize(t *testing.T) {
 	if _, err := LoadWith(modelPath(t), LoadOptions{Quantize: 7}); !IsCode(err, ErrInvalidArgument) {
 		t.Fatalf("want ErrInvalidArgument, got %v", err)
 	}
-	m, err := LoadWith(modelPath(t), LoadOptions{Quantize: QuantizeInt8, MaxContext: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	s, err := m.NewSession(0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	res, err := s.Generate([]int32{2, 3, 4}, Options{MaxNewTokens: 5, IgnoreEOS: true}, nil)
-	if err != nil || len(res.Tokens) != 5 {
-		t.Fatal(res, err)
+	for _, q := range []int{QuantizeInt8, QuantizeBf16} {
+		m, err := LoadWith(modelPath(t), LoadOptions{Quantize: q, MaxContext: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := m.NewSession(0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.Generate([]int32{2, 3, 4}, Options{MaxNewTokens: 5, IgnoreEOS: true}, nil)
+		if err != nil || len(res.Tokens) != 5 {
+			t.Fatal(q, res, err)
+		}
+		s.Close()
+		m.Close()
 	}
 }
 

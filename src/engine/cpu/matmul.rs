@@ -72,6 +72,10 @@ enum Packed {
         q: Vec<i8>,
         scale: Vec<f32>,
     },
+    /// bf16 weights for bf16 dot products (inputs rounded to bf16 too):
+    /// `panel[kp][o]` holds `W[o][2kp]` in its low half and `W[o][2kp+1]` in
+    /// its high half, the operand layout of AVX512_BF16's `VDPBF16PS`.
+    Bf16Pairs(Vec<u32>),
 }
 
 /// A `rows x cols` weight matrix (`rows` outputs), packed for the kernels.
@@ -90,6 +94,31 @@ fn pack<W: Weight>(w: &[W], rows: usize, cols: usize) -> Vec<W> {
                 let src = &w[(p * PANEL + o) * cols..][..cols];
                 for (k, &v) in src.iter().enumerate() {
                     panel[k * PANEL + W::slot(o)] = v;
+                }
+            }
+        });
+    out
+}
+
+/// Two values rounded to bf16 (round to nearest even) in one word: the first
+/// in the low half. A missing second value (odd `cols`) is zero.
+#[inline(always)]
+fn bf16_pair(v: &[f32]) -> u32 {
+    let half = |x: f32| bf16::from_f32(x).to_bits() as u32;
+    half(v.get(1).copied().unwrap_or(0.0)) << 16 | half(v[0])
+}
+
+/// [`Packed::Bf16Pairs`] panels of a row-major f32 matrix.
+fn pack_pairs(w: &[f32], rows: usize, cols: usize) -> Vec<u32> {
+    let kps = cols.div_ceil(2);
+    let mut out = vec![0u32; rows.div_ceil(PANEL) * PANEL * kps];
+    out.par_chunks_mut(PANEL * kps)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for o in 0..PANEL.min(rows - p * PANEL) {
+                let src = &w[(p * PANEL + o) * cols..][..cols];
+                for (kp, pair) in src.chunks(2).enumerate() {
+                    panel[kp * PANEL + o] = bf16_pair(pair);
                 }
             }
         });
@@ -130,6 +159,21 @@ impl Mat {
         }
     }
 
+    /// The matrix in bf16 (f32 and f16 weights are rounded) for bf16 dot
+    /// products: each input row is rounded to bf16 too, products of two bf16
+    /// are exact in f32, and they are summed in f32 pair by pair (the high
+    /// element of a pair first, as `VDPBF16PS` does). llama.cpp computes bf16
+    /// weights this way; it halves the instructions of multi-row products on
+    /// CPUs with AVX512_BF16.
+    pub fn new_bf16(tensor: &Tensor) -> Self {
+        let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+        Mat {
+            packed: Packed::Bf16Pairs(pack_pairs(&tensor.to_f32(), rows, cols)),
+            rows,
+            cols,
+        }
+    }
+
     pub fn new(tensor: &Tensor) -> Self {
         let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
         let packed = match tensor.data() {
@@ -147,6 +191,7 @@ impl Mat {
             Packed::BF16(w) => w.len() * 2,
             Packed::F16(w) => w.len() * 2,
             Packed::I8 { q, scale } => q.len() + scale.len() * 4,
+            Packed::Bf16Pairs(w) => w.len() * 4,
         }
     }
 }
@@ -187,14 +232,15 @@ unsafe impl Sync for OutPtr {}
 
 /// One product's geometry: packed panels, input rows, output layout.
 #[derive(Clone, Copy)]
-struct Job<'a, W> {
+struct Job<'a, W, X = f32> {
     w: &'a [W],
+    /// Steps along k: the columns, or pairs of them for bf16 pairs.
     cols: usize,
     n_out: usize,
     /// Input rows in groups of at most `group` (see [`groups`]), each group
     /// stored k-major (`x[r0 * cols + k * rr + r]`) so that a tile's
     /// broadcasts read consecutive addresses instead of `rr` strided streams.
-    x: &'a [f32],
+    x: &'a [X],
     rows: usize,
     group: usize,
     /// Per-output scales of an int8 matrix (empty otherwise), applied once
@@ -203,7 +249,7 @@ struct Job<'a, W> {
     out: OutPtr,
 }
 
-impl<W> Job<'_, W> {
+impl<W, X> Job<'_, W, X> {
     /// Final value of output `j` from its sum over k.
     #[inline(always)]
     fn finish(&self, j: usize, sum: f32) -> f32 {
@@ -211,6 +257,18 @@ impl<W> Job<'_, W> {
             sum
         } else {
             sum * self.scale[j]
+        }
+    }
+
+    /// Writes row `r`'s finished sums of panel `p`, held in storage order
+    /// (output `o` at `slot(o)`).
+    #[inline(always)]
+    fn store(&self, r: usize, p: usize, acc: &[f32; PANEL], slot: impl Fn(usize) -> usize) {
+        let j0 = p * PANEL;
+        for o in 0..PANEL.min(self.n_out - j0) {
+            let v = self.finish(j0 + o, acc[slot(o)]);
+            // SAFETY: each (r, output) is written by exactly one task; out has rows*n_out elements.
+            unsafe { *self.out.0.add(r * self.n_out + j0 + o) = v };
         }
     }
 }
@@ -236,29 +294,64 @@ fn pack_rows(x: &[f32], rows: usize, cols: usize, group: usize) -> Vec<f32> {
     out
 }
 
-/// Portable kernel: the same per-output `mul_add` chain as the SIMD kernels,
-/// so results are identical on every machine.
-fn block_portable<W: Weight>(j: &Job<W>, panels: std::ops::Range<usize>) {
+/// `x` as bf16 pairs ([`bf16_pair`]) in the grouped k-major layout of
+/// [`Job::x`], one word per pair of columns.
+fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, group: usize) -> Vec<u32> {
+    let kps = cols.div_ceil(2);
+    let mut out = vec![0u32; rows * kps];
+    for (r0, rr) in groups(rows, group) {
+        let dst = &mut out[r0 * kps..(r0 + rr) * kps];
+        for r in 0..rr {
+            for (kp, pair) in x[(r0 + r) * cols..][..cols].chunks(2).enumerate() {
+                dst[kp * rr + r] = bf16_pair(pair);
+            }
+        }
+    }
+    out
+}
+
+/// Portable kernel: `step(acc, w, x)` adds one k step (a panel's weights
+/// `w` times input `x`) to a row's sixteen sums, in the same order as the
+/// SIMD kernels, so results are identical on every machine.
+fn portable<W, X: Copy>(
+    j: &Job<W, X>,
+    panels: std::ops::Range<usize>,
+    step: impl Fn(&mut [f32; PANEL], &[W], X),
+) {
     for p in panels {
         let pw = &j.w[p * PANEL * j.cols..][..PANEL * j.cols];
         for (r0, rr) in groups(j.rows, j.group) {
             for r in r0..r0 + rr {
                 let mut acc = [0f32; PANEL];
                 for k in 0..j.cols {
-                    let xv = j.x[r0 * j.cols + k * rr + r - r0];
-                    let wk = &pw[k * PANEL..][..PANEL];
-                    for (o, a) in acc.iter_mut().enumerate() {
-                        *a = wk[W::slot(o)].f32().mul_add(xv, *a);
-                    }
+                    step(&mut acc, &pw[k * PANEL..][..PANEL], j.x[r0 * j.cols + k * rr + r - r0]);
                 }
-                for (o, &v) in acc.iter().enumerate().take(j.n_out - p * PANEL) {
-                    let v = j.finish(p * PANEL + o, v);
-                    // SAFETY: each (r, output) is written by exactly one task; out has rows*n_out elements.
-                    unsafe { *j.out.0.add(r * j.n_out + p * PANEL + o) = v };
-                }
+                j.store(r, p, &acc, |o| o);
             }
         }
     }
+}
+
+fn block_portable<W: Weight>(j: &Job<W>, panels: std::ops::Range<usize>) {
+    portable(j, panels, |acc, w, x| {
+        for (o, a) in acc.iter_mut().enumerate() {
+            *a = w[W::slot(o)].f32().mul_add(x, *a);
+        }
+    });
+}
+
+/// Portable bf16-pair kernel, bit-identical to `VDPBF16PS`: per pair, the
+/// high product then the low one is added to the sum, each rounded once (a
+/// product of two bf16 is exact in f32, so `mul_add` rounds only the sum).
+fn block_portable_pairs(j: &Job<u32, u32>, panels: std::ops::Range<usize>) {
+    let hi = |v: u32| f32::from_bits(v & 0xFFFF_0000);
+    let lo = |v: u32| f32::from_bits(v << 16);
+    portable(j, panels, |acc, w, x| {
+        for (a, &wv) in acc.iter_mut().zip(w) {
+            *a = hi(wv).mul_add(hi(x), *a);
+            *a = lo(wv).mul_add(lo(x), *a);
+        }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -328,14 +421,10 @@ mod simd {
         }
         for (r, row) in acc.iter().enumerate() {
             for (p, a) in row.iter().enumerate() {
-                let j0 = (p0 + p) * PANEL;
                 let mut tmp = [0f32; PANEL];
                 _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
                 _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
-                let dst = j.out.0.add((r0 + r) * j.n_out + j0);
-                for (o, &v) in tmp.iter().enumerate().take(j.n_out - j0) {
-                    *dst.add(o) = j.finish(j0 + o, v);
-                }
+                j.store(r0 + r, p0 + p, &tmp, |o| o);
             }
         }
     }
@@ -442,57 +531,143 @@ mod simd512 {
                 }
             }
         }
+        store(j, r0, p0, &acc, W::slot);
+    }
+
+    /// Writes a tile's sums (lanes in storage order: output `o` at `slot(o)`).
+    #[inline(always)]
+    unsafe fn store<W, X, const R: usize, const P: usize>(
+        j: &Job<W, X>,
+        r0: usize,
+        p0: usize,
+        acc: &[[__m512; P]; R],
+        slot: impl Fn(usize) -> usize + Copy,
+    ) {
         for (r, row) in acc.iter().enumerate() {
             for (p, a) in row.iter().enumerate() {
-                let j0 = (p0 + p) * PANEL;
                 let mut tmp = [0f32; PANEL];
                 _mm512_storeu_ps(tmp.as_mut_ptr(), *a);
-                let dst = j.out.0.add((r0 + r) * j.n_out + j0);
-                for o in 0..PANEL.min(j.n_out - j0) {
-                    *dst.add(o) = j.finish(j0 + o, tmp[W::slot(o)]);
+                j.store(r0 + r, p0 + p, &tmp, slot);
+            }
+        }
+    }
+
+    /// [`tile`] for bf16 pairs: one `VDPBF16PS` adds a k pair's two products
+    /// to sixteen sums, twice the multiply-adds of an FMA.
+    #[inline(always)]
+    unsafe fn tile_pairs<const R: usize, const P: usize>(
+        j: &Job<u32, u32>,
+        r0: usize,
+        p0: usize,
+    ) {
+        let kps = j.cols;
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        let w = j.w.as_ptr().add(p0 * PANEL * kps);
+        let x = j.x.as_ptr().add(r0 * kps);
+        for kp in 0..kps {
+            for p in 0..P {
+                let wv: __m512bh =
+                    std::mem::transmute(_mm512_loadu_si512(w.add((p * kps + kp) * PANEL) as _));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let xv: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(*x.add(kp * R + r) as i32));
+                    row[p] = _mm512_dpbf16_ps(row[p], wv, xv);
                 }
             }
+        }
+        store(j, r0, p0, &acc, |o| o);
+    }
+
+    /// The tile kernels of one kind of product.
+    trait Tiles {
+        /// Rows `r0..r0+R` against panels `p0..p0+P`.
+        unsafe fn tile<const R: usize, const P: usize>(&self, r0: usize, p0: usize);
+    }
+    impl<W: Load16> Tiles for Job<'_, W> {
+        #[inline(always)]
+        unsafe fn tile<const R: usize, const P: usize>(&self, r0: usize, p0: usize) {
+            tile::<W, R, P>(self, r0, p0)
+        }
+    }
+    impl Tiles for Job<'_, u32, u32> {
+        #[inline(always)]
+        unsafe fn tile<const R: usize, const P: usize>(&self, r0: usize, p0: usize) {
+            tile_pairs::<R, P>(self, r0, p0)
         }
     }
 
     macro_rules! dispatch {
         ($j:expr, $r0:expr, $p:expr, $left:expr, $rr:expr, [$(($r:literal, $pp:literal)),*]) => {
             match $rr {
-                $($r if $left >= $pp => { tile::<W, $r, $pp>($j, $r0, $p); $pp })*
-                $($r => { tile::<W, $r, 1>($j, $r0, $p); 1 })*
-                _ => unreachable!("row groups hold at most 8 rows"),
+                $($r if $left >= $pp => { $j.tile::<$r, $pp>($r0, $p); $pp })*
+                $($r => { $j.tile::<$r, 1>($r0, $p); 1 })*
+                _ => unreachable!("no tile for a group of this many rows"),
             }
         };
     }
 
-    /// Panels `ps` of the product for every input row (groups of at most 8 rows).
+    /// Panels `ps` of the product for every input row, with tile shapes
+    /// `(rows, panels)` for each row count of a group.
+    macro_rules! blocks {
+        ($j:expr, $ps:expr, $shapes:tt) => {
+            for (r0, rr) in groups($j.rows, $j.group) {
+                let mut p = $ps.start;
+                while p < $ps.end {
+                    let left = $ps.end - p;
+                    p += dispatch!($j, r0, p, left, rr, $shapes);
+                }
+            }
+        };
+    }
+
+    /// Groups of at most 8 rows. Up to 28 of the 32 registers hold
+    /// accumulators: 4 panels up to 7 rows, 3 for 8 (tried: 2 panels for 5-8
+    /// rows was 1.4x slower; groups of 16 were no faster).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
-        for (r0, rr) in groups(j.rows, j.group) {
-            let mut p = ps.start;
-            while p < ps.end {
-                let left = ps.end - p;
-                // Up to 28 of the 32 registers hold accumulators: 4 panels up to
-                // 7 rows, 3 for 8 (tried: 2 panels for 5-8 rows was 1.4x slower).
-                p += dispatch!(
-                    j,
-                    r0,
-                    p,
-                    left,
-                    rr,
-                    [
-                        (1, 4),
-                        (2, 4),
-                        (3, 4),
-                        (4, 4),
-                        (5, 4),
-                        (6, 4),
-                        (7, 4),
-                        (8, 3)
-                    ]
-                );
-            }
-        }
+        blocks!(
+            j,
+            ps,
+            [
+                (1, 4),
+                (2, 4),
+                (3, 4),
+                (4, 4),
+                (5, 4),
+                (6, 4),
+                (7, 4),
+                (8, 3)
+            ]
+        )
+    }
+
+    /// [`block`] for bf16 pairs, in groups of up to [`super::PAIR_GROUP`] rows: at
+    /// half the instructions per multiply-add, 9-16 rows are still cheaper
+    /// in one pass over the weights than in two.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
+        blocks!(
+            j,
+            ps,
+            [
+                (1, 4),
+                (2, 4),
+                (3, 4),
+                (4, 4),
+                (5, 4),
+                (6, 4),
+                (7, 4),
+                (8, 3),
+                (9, 2),
+                (10, 2),
+                (11, 2),
+                (12, 2),
+                (13, 1),
+                (14, 1),
+                (15, 1),
+                (16, 1)
+            ]
+        )
     }
 }
 
@@ -503,6 +678,10 @@ enum Isa {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// AVX-512 with AVX512_BF16: bf16 pairs run on `VDPBF16PS`, everything
+    /// else as [`Isa::Avx512`].
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
 }
 
 /// Kernels this CPU runs, best last.
@@ -517,12 +696,15 @@ fn supported() -> Vec<Isa> {
         v.push(Isa::Avx2);
         if is_x86_feature_detected!("avx512f") {
             v.push(Isa::Avx512);
+            if is_x86_feature_detected!("avx512bf16") {
+                v.push(Isa::Avx512Bf16);
+            }
         }
     }
     v
 }
 
-/// The best kernel this CPU runs; `LAYERSKIP_KERNEL=portable|avx2` caps it
+/// The best kernel this CPU runs; `LAYERSKIP_KERNEL=portable|avx2|avx512` caps it
 /// (results are identical either way, only speed differs).
 fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
@@ -546,6 +728,8 @@ fn kernel_name_of(isa: Isa) -> &'static str {
         Isa::Avx2 => "avx2",
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => "avx512",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => "avx512bf16",
     }
 }
 
@@ -558,13 +742,19 @@ trait Kernel: Weight {}
 #[cfg(not(target_arch = "x86_64"))]
 impl<T: Weight> Kernel for T {}
 
-/// Rows per tile group: as many accumulators as the registers hold.
-fn group_rows(isa: Isa) -> usize {
+/// Rows per group of the bf16-pair kernel on AVX512_BF16.
+const PAIR_GROUP: usize = 16;
+
+/// Rows per tile group: as many accumulators as the registers hold (the
+/// layout of packed inputs; results do not depend on it).
+fn group_rows(isa: Isa, pairs: bool) -> usize {
     match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 if pairs => PAIR_GROUP,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => 6,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => 8,
+        Isa::Avx512 | Isa::Avx512Bf16 => 8,
         Isa::Portable => 8,
     }
 }
@@ -575,36 +765,70 @@ fn run_typed<W: Kernel>(j: &Job<W>, ps: std::ops::Range<usize>, isa: Isa) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { simd::block(j, ps) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { simd512::block(j, ps) },
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { simd512::block(j, ps) },
         Isa::Portable => block_portable(j, ps),
     }
 }
 
+fn run_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>, isa: Isa) {
+    match isa {
+        // SAFETY: `isa()` checked that the CPU has AVX512_BF16.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unsafe { simd512::block_pairs(j, ps) },
+        _ => block_portable_pairs(j, ps),
+    }
+}
+
+/// Input rows regrouped for the kernels of one kind of matrix.
+enum Inputs {
+    /// f32 ([`pack_rows`]).
+    F32(Vec<f32>),
+    /// bf16 pairs ([`pack_row_pairs`]) for [`Packed::Bf16Pairs`].
+    Pairs(Vec<u32>),
+}
+
+impl Inputs {
+    fn pack(m: &Mat, x: &[f32], rows: usize, isa: Isa) -> Self {
+        let pairs = matches!(m.packed, Packed::Bf16Pairs(_));
+        let group = group_rows(isa, pairs);
+        match m.packed {
+            Packed::Bf16Pairs(_) => Inputs::Pairs(pack_row_pairs(x, rows, m.cols, group)),
+            _ => Inputs::F32(pack_rows(x, rows, m.cols, group)),
+        }
+    }
+}
+
 /// Panels `ps` of `m` for every input row, with the kernel for its dtype.
-/// `x` is packed by [`pack_rows`] with groups of `group_rows(isa)`.
-fn run_block(m: &Mat, x: &[f32], rows: usize, ps: std::ops::Range<usize>, out: OutPtr, isa: Isa) {
+/// `x` is packed by [`Inputs::pack`] for `m` and `isa`.
+fn run_block(m: &Mat, x: &Inputs, rows: usize, ps: std::ops::Range<usize>, out: OutPtr, isa: Isa) {
     macro_rules! job {
-        ($w:expr) => {
-            job!($w, &[])
+        ($w:expr, $x:expr) => {
+            job!($w, $x, m.cols, &[])
         };
-        ($w:expr, $scale:expr) => {
+        ($w:expr, $x:expr, $cols:expr, $scale:expr) => {
             Job {
                 scale: $scale,
                 w: $w,
-                cols: m.cols,
+                cols: $cols,
                 n_out: m.rows,
-                x,
+                x: $x,
                 rows,
-                group: group_rows(isa),
+                group: group_rows(isa, matches!(m.packed, Packed::Bf16Pairs(_))),
                 out,
             }
         };
     }
-    match &m.packed {
-        Packed::F32(w) => run_typed(&job!(w), ps, isa),
-        Packed::BF16(w) => run_typed(&job!(w), ps, isa),
-        Packed::F16(w) => run_typed(&job!(w), ps, isa),
-        Packed::I8 { q, scale } => run_typed(&job!(q, scale), ps, isa),
+    match (&m.packed, x) {
+        (Packed::F32(w), Inputs::F32(x)) => run_typed(&job!(w, x), ps, isa),
+        (Packed::BF16(w), Inputs::F32(x)) => run_typed(&job!(w, x), ps, isa),
+        (Packed::F16(w), Inputs::F32(x)) => run_typed(&job!(w, x), ps, isa),
+        (Packed::I8 { q, scale }, Inputs::F32(x)) => {
+            run_typed(&job!(q, x, m.cols, scale), ps, isa)
+        }
+        (Packed::Bf16Pairs(w), Inputs::Pairs(x)) => {
+            run_pairs(&job!(w, x, m.cols.div_ceil(2), &[]), ps, isa)
+        }
+        _ => unreachable!("inputs are packed for the matrix's kind"),
     }
 }
 
@@ -618,15 +842,20 @@ pub fn matmul(x: &[f32], rows: usize, m: &Mat, out: &mut [f32]) {
 /// matrix. Each product is computed exactly as by [`matmul`].
 pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
     let isa = isa();
-    let Some(cols) = jobs.first().map(|(m, _)| m.cols) else {
+    let Some(first) = jobs.first().map(|(m, _)| *m) else {
         return;
     };
-    let x = &pack_rows(x, rows, cols, group_rows(isa));
+    // One engine packs every matrix alike, so one packing of x serves all.
+    let packed_x = &Inputs::pack(first, x, rows, isa);
     let mut blocks: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
     let mut outs = Vec::with_capacity(jobs.len());
     let mut work = 0;
     for (i, (m, out)) in jobs.iter_mut().enumerate() {
         assert_eq!(x.len(), rows * m.cols);
+        assert_eq!(
+            matches!(m.packed, Packed::Bf16Pairs(_)),
+            matches!(first.packed, Packed::Bf16Pairs(_))
+        );
         assert_eq!(out.len(), rows * m.rows);
         outs.push(OutPtr(out.as_mut_ptr()));
         // Enough work per task to amortise scheduling (~64k multiply-adds),
@@ -642,7 +871,7 @@ pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
     }
     let mats: Vec<&Mat> = jobs.iter().map(|(m, _)| *m).collect();
     let run = |(i, ps): &(usize, std::ops::Range<usize>)| {
-        run_block(mats[*i], x, rows, ps.clone(), outs[*i], isa)
+        run_block(mats[*i], packed_x, rows, ps.clone(), outs[*i], isa)
     };
     if blocks.len() == 1 || work < SERIAL_BELOW {
         // Waking worker threads costs more than small products save.
@@ -694,7 +923,7 @@ mod tests {
     /// `m`'s whole product over `x` with one kernel.
     fn product(m: &Mat, x: &[f32], rows: usize, isa: Isa) -> Vec<f32> {
         let mut out = vec![f32::NAN; rows * m.rows];
-        let x = pack_rows(x, rows, m.cols, group_rows(isa));
+        let x = Inputs::pack(m, x, rows, isa);
         run_block(
             m,
             &x,
@@ -724,6 +953,43 @@ mod tests {
                             .all(|(a, b)| a.to_bits() == b.to_bits()),
                         "{dtype:?} rows {rows} {isa:?}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_pairs_match_vdpbf16ps_arithmetic_on_every_kernel_and_stay_close() {
+        // Odd column count: the last pair is padded with zero.
+        let (n, cols) = (37, 45);
+        let t = tensor(DType::F32, n, cols);
+        let m = Mat::new_bf16(&t);
+        let w = t.to_f32();
+        let round = |v: f32| bf16::from_f32(v).to_f32();
+        for rows in 1..=17 {
+            let x = input(rows, cols);
+            let exact = reference(&t, &x, rows);
+            for isa in supported() {
+                let out = product(&m, &x, rows, isa);
+                for r in 0..rows {
+                    for j in 0..n {
+                        // Per pair: sum + hi product, then + lo product, each
+                        // rounded once (the products are exact in f32).
+                        let (wr, xr) = (&w[j * cols..][..cols], &x[r * cols..][..cols]);
+                        let sum = (0..cols.div_ceil(2)).fold(0f32, |a, kp| {
+                            let p = |k: usize| match (wr.get(k), xr.get(k)) {
+                                (Some(&a), Some(&b)) => round(a) * round(b),
+                                _ => 0.0,
+                            };
+                            (a + p(2 * kp + 1)) + p(2 * kp)
+                        });
+                        let got = out[r * n + j];
+                        assert_eq!(got.to_bits(), sum.to_bits(), "{isa:?} rows {rows}");
+                        // Two bf16 roundings (2^-8 relative each) per product.
+                        let bound = 2.0 / 256.0
+                            * wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum::<f32>();
+                        assert!((got - exact[r * n + j]).abs() <= bound + 1e-6);
+                    }
                 }
             }
         }

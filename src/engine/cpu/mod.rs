@@ -79,6 +79,7 @@ impl CpuEngine {
             Ok(match quantize {
                 Quantize::None => Mat::new(&t),
                 Quantize::Int8 => Mat::new_int8(&t),
+                Quantize::Bf16 => Mat::new_bf16(&t),
             })
         };
         let vec = |name: &str| -> Result<Vec<f32>> { Ok(store.get(name, &[h])?.to_f32()) };

@@ -4,8 +4,8 @@
 #
 #   tools/bench_peers/run_all.sh MODEL_DIR [N_TOKENS]
 #
-# Runs, in order: layerskip (bf16 checkpoint as is, plus `--quantize int8`
-# when the CLI has that flag), transformers (bf16, f32), candle (bf16, f32),
+# Runs, in order: layerskip (bf16 checkpoint as is, plus `--quantize int8` and
+# `--quantize bf16` when the CLI has them), transformers (bf16, f32), candle (bf16, f32),
 # llama.cpp (f32, f16, bf16, q8_0); then prints one markdown table. A peer
 # that fails is reported as `failed` and the others still run.
 #
@@ -42,10 +42,14 @@ print("%.2f" % s["tokens_per_second"])'
 }
 log "layerskip bf16"
 if tps=$(layerskip_tps); then echo "layerskip bf16 $tps" >>"$RESULTS"; else echo "layerskip bf16 failed" >>"$RESULTS"; fi
-if "$LAYERSKIP" generate --help 2>/dev/null | grep -q -- '--quantize'; then
-    log "layerskip int8"
-    if tps=$(layerskip_tps --quantize int8); then echo "layerskip int8 $tps" >>"$RESULTS"; else echo "layerskip int8 failed" >>"$RESULTS"; fi
-fi
+# `bf16-dot`: bf16 weights and bf16 product inputs, f32 sums (`--quantize
+# bf16`), the arithmetic of llama.cpp's bf16 path.
+for q in int8 bf16; do
+    "$LAYERSKIP" generate --help 2>/dev/null | grep -q "possible values: none.*$q" || continue
+    label=$q; [[ $q == bf16 ]] && label=bf16-dot
+    log "layerskip $label"
+    if tps=$(layerskip_tps --quantize $q); then echo "layerskip $label $tps" >>"$RESULTS"; else echo "layerskip $label failed" >>"$RESULTS"; fi
+done
 
 # --- peers -----------------------------------------------------------------------
 run_peer() {  # engine-name expected-precisions command...

@@ -120,32 +120,110 @@ impl CpuEngine {
     /// layer's cache, which already holds their own K/V.
     fn attention(&self, q: &[f32], k: &[f32], v: &[f32], pos0: usize, out: &mut [f32]) {
         let cfg = &self.cfg;
-        let (hd, nh, kvd) = (cfg.head_dim, cfg.num_heads, cfg.kv_dim());
-        let group = nh / cfg.num_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let one = |(idx, o): (usize, &mut [f32])| {
-            let (r, h) = (idx / nh, idx % nh);
-            let kvh = h / group;
-            let qv = &q[r * nh * hd + h * hd..][..hd];
-            let n = pos0 + r + 1;
-            let mut scores: Vec<f32> = (0..n)
-                .map(|t| {
-                    let kt = &k[t * kvd + kvh * hd..][..hd];
-                    matmul::dot(qv, kt) * scale
-                })
-                .collect();
-            ops::softmax(&mut scores);
-            o.fill(0.0);
-            for (t, &p) in scores.iter().enumerate() {
-                let vt = &v[t * kvd + kvh * hd..][..hd];
-                o.iter_mut().zip(vt).for_each(|(a, b)| *a += p * b);
-            }
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+        let group = nh / nkv;
+        let shape = AttentionShape {
+            hd,
+            group,
+            kvd: cfg.kv_dim(),
+            scale: 1.0 / (hd as f32).sqrt(),
+            pos0,
         };
-        let work = out.len() / hd * (pos0 + out.len() / (nh * hd)) * hd * 2;
+        // One unit per (row, KV head): the query heads of a group are
+        // consecutive, so their outputs are one contiguous chunk, and they
+        // share every K/V row they read.
+        let unit = |(idx, o): (usize, &mut [f32])| {
+            let (r, kvh) = (idx / nkv, idx % nkv);
+            let qg = &q[r * nh * hd + kvh * group * hd..][..group * hd];
+            attend(&shape, qg, k, v, r, kvh, o);
+        };
+        let rows = out.len() / (nh * hd);
+        let work = rows * nh * (pos0 + rows) * hd * 2;
         if work < matmul::SERIAL_BELOW {
-            out.chunks_mut(hd).enumerate().for_each(one);
+            out.chunks_mut(group * hd).enumerate().for_each(unit);
         } else {
-            out.par_chunks_mut(hd).enumerate().for_each(one);
+            out.par_chunks_mut(group * hd).enumerate().for_each(unit);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct AttentionShape {
+    hd: usize,
+    group: usize,
+    kvd: usize,
+    scale: f32,
+    pos0: usize,
+}
+
+/// Attention of row `r`'s query heads of KV head `kvh` (`qg`: `group x hd`)
+/// into `o`. Each head's arithmetic (scores, softmax, weighted sum in order
+/// of position) is the same whatever the batch, so results are too; AVX2
+/// only widens the vectors (Rust never fuses a multiply and an add on its
+/// own), it changes no result.
+fn attend(
+    s: &AttentionShape,
+    qg: &[f32],
+    k: &[f32],
+    v: &[f32],
+    r: usize,
+    kvh: usize,
+    o: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { attend_avx2(s, qg, k, v, r, kvh, o) };
+    }
+    attend_with(s, qg, k, v, r, kvh, o, matmul::dot)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_avx2(
+    s: &AttentionShape,
+    qg: &[f32],
+    k: &[f32],
+    v: &[f32],
+    r: usize,
+    kvh: usize,
+    o: &mut [f32],
+) {
+    attend_with(s, qg, k, v, r, kvh, o, |a, b| unsafe {
+        matmul::dot_avx2(a, b)
+    })
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_with(
+    s: &AttentionShape,
+    qg: &[f32],
+    k: &[f32],
+    v: &[f32],
+    r: usize,
+    kvh: usize,
+    o: &mut [f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+) {
+    let (hd, group) = (s.hd, s.group);
+    let n = s.pos0 + r + 1;
+    let mut scores = vec![0f32; group * n];
+    for t in 0..n {
+        let kt = &k[t * s.kvd + kvh * hd..][..hd];
+        for (g, qv) in qg.chunks_exact(hd).enumerate() {
+            scores[g * n + t] = dot(qv, kt) * s.scale;
+        }
+    }
+    for p in scores.chunks_exact_mut(n) {
+        ops::softmax(p);
+    }
+    // Head by head, so a head's sums stay in registers across positions.
+    for (og, p) in o.chunks_exact_mut(hd).zip(scores.chunks_exact(n)) {
+        og.fill(0.0);
+        for (t, &pt) in p.iter().enumerate() {
+            let vt = &v[t * s.kvd + kvh * hd..][..hd];
+            og.iter_mut().zip(vt).for_each(|(a, b)| *a += pt * b);
         }
     }
 }

@@ -652,50 +652,19 @@ mod simd512 {
     /// accumulators: 4 panels up to 7 rows, 3 for 8 (tried: 2 panels for 5-8
     /// rows was 1.4x slower; groups of 16 were no faster).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[rustfmt::skip]
     pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
-        blocks!(
-            j,
-            ps,
-            [
-                (1, 4),
-                (2, 4),
-                (3, 4),
-                (4, 4),
-                (5, 4),
-                (6, 4),
-                (7, 4),
-                (8, 3)
-            ]
-        )
+        blocks!(j, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3)])
     }
 
     /// [`block`] for bf16 pairs, in groups of up to [`super::PAIR_GROUP`] rows: at
     /// half the instructions per multiply-add, 9-16 rows are still cheaper
     /// in one pass over the weights than in two.
     #[target_feature(enable = "avx512f,avx512bf16")]
+    #[rustfmt::skip]
     pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
-        blocks!(
-            j,
-            ps,
-            [
-                (1, 4),
-                (2, 4),
-                (3, 4),
-                (4, 4),
-                (5, 4),
-                (6, 4),
-                (7, 4),
-                (8, 3),
-                (9, 2),
-                (10, 2),
-                (11, 2),
-                (12, 2),
-                (13, 1),
-                (14, 1),
-                (15, 1),
-                (16, 1)
-            ]
-        )
+        blocks!(j, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3),
+            (9, 2), (10, 2), (11, 2), (12, 2), (13, 1), (14, 1), (15, 1), (16, 1)])
     }
 }
 

@@ -122,7 +122,9 @@ impl CpuEngine {
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
         let group = nh / nkv;
-        let shape = AttentionShape {
+        let cache = CacheView {
+            k,
+            v,
             hd,
             group,
             kvd: cfg.kv_dim(),
@@ -135,7 +137,7 @@ impl CpuEngine {
         let unit = |(idx, o): (usize, &mut [f32])| {
             let (r, kvh) = (idx / nkv, idx % nkv);
             let qg = &q[r * nh * hd + kvh * group * hd..][..group * hd];
-            attend(&shape, qg, k, v, r, kvh, o);
+            cache.attend(qg, r, kvh, o);
         };
         let rows = out.len() / (nh * hd);
         let work = rows * nh * (pos0 + rows) * hd * 2;
@@ -147,83 +149,68 @@ impl CpuEngine {
     }
 }
 
-#[derive(Clone, Copy)]
-struct AttentionShape {
+/// One layer's K/V cache (`len x kvd`, position-major) as attention reads it.
+struct CacheView<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
     hd: usize,
+    /// Query heads per KV head.
     group: usize,
     kvd: usize,
     scale: f32,
+    /// Position of the first new row.
     pos0: usize,
 }
 
-/// Attention of row `r`'s query heads of KV head `kvh` (`qg`: `group x hd`)
-/// into `o`. Each head's arithmetic (scores, softmax, weighted sum in order
-/// of position) is the same whatever the batch, so results are too; AVX2
-/// only widens the vectors (Rust never fuses a multiply and an add on its
-/// own), it changes no result.
-fn attend(
-    s: &AttentionShape,
-    qg: &[f32],
-    k: &[f32],
-    v: &[f32],
-    r: usize,
-    kvh: usize,
-    o: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { attend_avx2(s, qg, k, v, r, kvh, o) };
-    }
-    attend_with(s, qg, k, v, r, kvh, o, matmul::dot)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_avx2(
-    s: &AttentionShape,
-    qg: &[f32],
-    k: &[f32],
-    v: &[f32],
-    r: usize,
-    kvh: usize,
-    o: &mut [f32],
-) {
-    attend_with(s, qg, k, v, r, kvh, o, |a, b| unsafe {
-        matmul::dot_avx2(a, b)
-    })
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_with(
-    s: &AttentionShape,
-    qg: &[f32],
-    k: &[f32],
-    v: &[f32],
-    r: usize,
-    kvh: usize,
-    o: &mut [f32],
-    dot: impl Fn(&[f32], &[f32]) -> f32,
-) {
-    let (hd, group) = (s.hd, s.group);
-    let n = s.pos0 + r + 1;
-    let mut scores = vec![0f32; group * n];
-    for t in 0..n {
-        let kt = &k[t * s.kvd + kvh * hd..][..hd];
-        for (g, qv) in qg.chunks_exact(hd).enumerate() {
-            scores[g * n + t] = dot(qv, kt) * s.scale;
+impl CacheView<'_> {
+    /// Attention of row `r`'s query heads of KV head `kvh` (`qg`: `group x
+    /// hd`) into `o`. Each head's arithmetic (scores, softmax, weighted sum
+    /// in order of position) is the same whatever the batch, so results are
+    /// too; AVX2 only widens the vectors (Rust never fuses a multiply and an
+    /// add on its own), it changes no result.
+    fn attend(&self, qg: &[f32], r: usize, kvh: usize, o: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.attend_avx2(qg, r, kvh, o) };
         }
+        self.attend_with(qg, r, kvh, o, matmul::dot)
     }
-    for p in scores.chunks_exact_mut(n) {
-        ops::softmax(p);
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn attend_avx2(&self, qg: &[f32], r: usize, kvh: usize, o: &mut [f32]) {
+        self.attend_with(qg, r, kvh, o, |a, b| unsafe { matmul::dot_avx2(a, b) })
     }
-    // Head by head, so a head's sums stay in registers across positions.
-    for (og, p) in o.chunks_exact_mut(hd).zip(scores.chunks_exact(n)) {
-        og.fill(0.0);
-        for (t, &pt) in p.iter().enumerate() {
-            let vt = &v[t * s.kvd + kvh * hd..][..hd];
-            og.iter_mut().zip(vt).for_each(|(a, b)| *a += pt * b);
+
+    #[inline(always)]
+    fn attend_with(
+        &self,
+        qg: &[f32],
+        r: usize,
+        kvh: usize,
+        o: &mut [f32],
+        dot: impl Fn(&[f32], &[f32]) -> f32,
+    ) {
+        let (hd, n) = (self.hd, self.pos0 + r + 1);
+        // Where position t's vector for this KV head starts in K and V.
+        let at = |t: usize| t * self.kvd + kvh * hd;
+        let mut scores = vec![0f32; self.group * n];
+        for t in 0..n {
+            let kt = &self.k[at(t)..][..hd];
+            for (g, qv) in qg.chunks_exact(hd).enumerate() {
+                scores[g * n + t] = dot(qv, kt) * self.scale;
+            }
+        }
+        // Head by head, so a head's sums stay in registers across positions.
+        for (og, p) in o.chunks_exact_mut(hd).zip(scores.chunks_exact_mut(n)) {
+            ops::softmax(p);
+            og.fill(0.0);
+            for (t, &pt) in p.iter().enumerate() {
+                og.iter_mut()
+                    .zip(&self.v[at(t)..][..hd])
+                    .for_each(|(a, b)| *a += pt * b);
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ pub enum Quantize {
     /// rounded), each product's input rows rounded to bf16, products summed
     /// in f32 (llama.cpp's bf16 arithmetic). Multi-row products (verify,
     /// batches) run about twice as fast on CPUs with AVX512_BF16; elsewhere
-    /// the same arithmetic is emulated, exactly and slower. Norms,
+    /// FMAs give the same bits at about the speed of f32 products. Norms,
     /// attention and the residual stream stay f32.
     Bf16,
 }

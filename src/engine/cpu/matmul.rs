@@ -461,6 +461,82 @@ mod simd {
         }
     }
 
+    /// bf16 pairs without AVX512_BF16, rows `r0..r0+R` against panels
+    /// `p0..p0+P`: each pair's two products by two FMAs, high then low
+    /// (bit-identical to `VDPBF16PS`).
+    #[inline(always)]
+    unsafe fn tile_pairs<const R: usize, const P: usize>(j: &Job<u32, u32>, r0: usize, p0: usize) {
+        let kps = j.cols;
+        let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
+        let w = j.w.as_ptr().add(p0 * PANEL * kps);
+        let x = j.x.as_ptr().add(r0 * kps);
+        let mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        for kp in 0..kps {
+            let mut xh = [_mm256_setzero_ps(); R];
+            let mut xl = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                let v = *x.add(kp * R + r);
+                xh[r] = _mm256_set1_ps(f32::from_bits(v & 0xFFFF_0000));
+                xl[r] = _mm256_set1_ps(f32::from_bits(v << 16));
+            }
+            for p in 0..P {
+                let base = w.add((p * kps + kp) * PANEL) as *const __m256i;
+                for half in 0..2 {
+                    let v = _mm256_loadu_si256(base.add(half));
+                    let wh = _mm256_castsi256_ps(_mm256_and_si256(v, mask));
+                    let wl = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        row[p][half] = _mm256_fmadd_ps(wh, xh[r], row[p][half]);
+                        row[p][half] = _mm256_fmadd_ps(wl, xl[r], row[p][half]);
+                    }
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (p, a) in row.iter().enumerate() {
+                let mut tmp = [0f32; PANEL];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
+                j.store(r0 + r, p0 + p, &tmp, |o| o);
+            }
+        }
+    }
+
+    /// Panels `ps` of a bf16-pair product for every input row, in groups of
+    /// at most [`super::EMULATED_PAIR_GROUP_AVX2`] rows (two broadcasts per
+    /// row and two accumulators per panel in 16 registers).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
+        for (r0, rr) in groups(j.rows, j.group) {
+            let mut p = ps.start;
+            while p < ps.end {
+                let left = ps.end - p;
+                p += match rr {
+                    1 if left >= 4 => {
+                        tile_pairs::<1, 4>(j, r0, p);
+                        4
+                    }
+                    2 if left >= 2 => {
+                        tile_pairs::<2, 2>(j, r0, p);
+                        2
+                    }
+                    1 => {
+                        tile_pairs::<1, 1>(j, r0, p);
+                        1
+                    }
+                    2 => {
+                        tile_pairs::<2, 1>(j, r0, p);
+                        1
+                    }
+                    _ => {
+                        tile_pairs::<3, 1>(j, r0, p);
+                        1
+                    }
+                };
+            }
+        }
+    }
+
     /// Panels `ps` of the product for every input row (groups of at most 6
     /// rows; at most 12 accumulators in 16 registers).
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -624,11 +700,45 @@ mod simd512 {
         }
     }
 
+    trait EmulatedTiles {
+        unsafe fn tile_emulated<const R: usize, const P: usize>(&self, r0: usize, p0: usize);
+    }
+    impl EmulatedTiles for Job<'_, u32, u32> {
+        /// [`tile_pairs`] by FMAs: the high halves, then the low ones.
+        #[inline(always)]
+        unsafe fn tile_emulated<const R: usize, const P: usize>(&self, r0: usize, p0: usize) {
+            let (j, kps) = (self, self.cols);
+            let mut acc = [[_mm512_setzero_ps(); P]; R];
+            let w = j.w.as_ptr().add(p0 * PANEL * kps);
+            let x = j.x.as_ptr().add(r0 * kps);
+            let mask = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+            for kp in 0..kps {
+                let mut xh = [_mm512_setzero_ps(); R];
+                let mut xl = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    let v = *x.add(kp * R + r);
+                    xh[r] = _mm512_set1_ps(f32::from_bits(v & 0xFFFF_0000));
+                    xl[r] = _mm512_set1_ps(f32::from_bits(v << 16));
+                }
+                for p in 0..P {
+                    let v = _mm512_loadu_si512(w.add((p * kps + kp) * PANEL) as _);
+                    let wh = _mm512_castsi512_ps(_mm512_and_si512(v, mask));
+                    let wl = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        row[p] = _mm512_fmadd_ps(wh, xh[r], row[p]);
+                        row[p] = _mm512_fmadd_ps(wl, xl[r], row[p]);
+                    }
+                }
+            }
+            store(j, r0, p0, &acc, |o| o);
+        }
+    }
+
     macro_rules! dispatch {
-        ($j:expr, $r0:expr, $p:expr, $left:expr, $rr:expr, [$(($r:literal, $pp:literal)),*]) => {
+        ($j:expr, $tile:ident, $r0:expr, $p:expr, $left:expr, $rr:expr, [$(($r:literal, $pp:literal)),*]) => {
             match $rr {
-                $($r if $left >= $pp => { $j.tile::<$r, $pp>($r0, $p); $pp })*
-                $($r => { $j.tile::<$r, 1>($r0, $p); 1 })*
+                $($r if $left >= $pp => { $j.$tile::<$r, $pp>($r0, $p); $pp })*
+                $($r => { $j.$tile::<$r, 1>($r0, $p); 1 })*
                 _ => unreachable!("no tile for a group of this many rows"),
             }
         };
@@ -637,12 +747,12 @@ mod simd512 {
     /// Panels `ps` of the product for every input row, with tile shapes
     /// `(rows, panels)` for each row count of a group.
     macro_rules! blocks {
-        ($j:expr, $ps:expr, $shapes:tt) => {
+        ($j:expr, $tile:ident, $ps:expr, $shapes:tt) => {
             for (r0, rr) in groups($j.rows, $j.group) {
                 let mut p = $ps.start;
                 while p < $ps.end {
                     let left = $ps.end - p;
-                    p += dispatch!($j, r0, p, left, rr, $shapes);
+                    p += dispatch!($j, $tile, r0, p, left, rr, $shapes);
                 }
             }
         };
@@ -654,7 +764,7 @@ mod simd512 {
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[rustfmt::skip]
     pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
-        blocks!(j, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3)])
+        blocks!(j, tile, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3)])
     }
 
     /// [`block`] for bf16 pairs, in groups of up to [`super::PAIR_GROUP`] rows: at
@@ -663,8 +773,17 @@ mod simd512 {
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[rustfmt::skip]
     pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
-        blocks!(j, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3),
+        blocks!(j, tile, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3),
             (9, 2), (10, 2), (11, 2), (12, 2), (13, 1), (14, 1), (15, 1), (16, 1)])
+    }
+
+    /// [`block_pairs`] without AVX512_BF16: each pair's two products by two
+    /// FMAs, high then low (bit-identical; groups of at most
+    /// [`super::EMULATED_PAIR_GROUP_512`] rows: two broadcasts per row).
+    #[target_feature(enable = "avx512f")]
+    #[rustfmt::skip]
+    pub unsafe fn block_pairs_emulated(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
+        blocks!(j, tile_emulated, ps, [(1, 4), (2, 4), (3, 4), (4, 3), (5, 2), (6, 2)])
     }
 }
 
@@ -739,8 +858,11 @@ trait Kernel: Weight {}
 #[cfg(not(target_arch = "x86_64"))]
 impl<T: Weight> Kernel for T {}
 
-/// Rows per group of the bf16-pair kernel on AVX512_BF16.
+/// Rows per group of the bf16-pair kernel on AVX512_BF16, and of its
+/// emulations with AVX-512F and with AVX2.
 const PAIR_GROUP: usize = 16;
+const EMULATED_PAIR_GROUP_512: usize = 6;
+const EMULATED_PAIR_GROUP_AVX2: usize = 3;
 
 /// Rows per tile group: as many accumulators as the registers hold (the
 /// layout of packed inputs; results do not depend on it).
@@ -748,6 +870,10 @@ fn group_rows(isa: Isa, pairs: bool) -> usize {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 if pairs => PAIR_GROUP,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if pairs => EMULATED_PAIR_GROUP_512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if pairs => EMULATED_PAIR_GROUP_AVX2,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => 6,
         #[cfg(target_arch = "x86_64")]
@@ -768,11 +894,15 @@ fn run_typed<W: Kernel>(j: &Job<W>, ps: std::ops::Range<usize>, isa: Isa) {
 }
 
 fn run_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>, isa: Isa) {
+    // SAFETY: `isa()` checked that the CPU has the features of each kernel.
     match isa {
-        // SAFETY: `isa()` checked that the CPU has AVX512_BF16.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 => unsafe { simd512::block_pairs(j, ps) },
-        _ => block_portable_pairs(j, ps),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { simd512::block_pairs_emulated(j, ps) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { simd::block_pairs(j, ps) },
+        Isa::Portable => block_portable_pairs(j, ps),
     }
 }
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
-    /// "full" or "self-speculative".
+    /// "sweep", or "confirm" for the confirmation runs (see [`run`]).
+    pub phase: &'static str,
+    /// "full", "self-speculative" or "auto".
     pub mode: &'static str,
     pub exit_layer: Option<usize>,
     pub draft_len: Option<usize>,
@@ -37,6 +39,9 @@ pub struct BenchConfig {
     pub repeat: usize,
     /// Add a row for automatic (E, d).
     pub auto: bool,
+    /// Confirmation rounds over the prompts for full depth, the best fixed
+    /// pair and automatic (0: none).
+    pub confirm: usize,
 }
 
 #[derive(Default, Clone)]
@@ -54,6 +59,10 @@ struct Totals {
 }
 
 /// Run the benchmark; `progress(done, total)` is called after each run.
+/// With `confirm > 0` and an automatic row, full depth, the sweep's best
+/// fixed (E, d) and automatic run again `confirm` times (rows with phase
+/// "confirm"): the best of many noisy sweep rows is partly luck, and the
+/// confirmation measures the three side by side on equal terms.
 pub fn run<E: Engine>(
     model: &Arc<Model<E>>,
     cfg: &BenchConfig,
@@ -73,12 +82,50 @@ pub fn run<E: Engine>(
         // Timed once per model, like loading: not part of any run.
         model.cost_model();
     }
-    let mut totals = vec![Totals::default(); modes.len()];
-    let total_runs = modes.len() * cfg.prompts.len() * cfg.repeat;
+    let confirming = cfg.auto && cfg.confirm > 0 && modes.len() > 2;
+    let runs = |n_modes: usize, reps: usize| n_modes * cfg.prompts.len() * reps;
+    let total = runs(modes.len(), cfg.repeat) + if confirming { runs(3, cfg.confirm) } else { 0 };
     let mut done = 0;
-    for rep in 0..cfg.repeat {
-        for (mode, t) in modes.iter().zip(totals.iter_mut()) {
-            for prompt in &cfg.prompts {
+    let mut tick = || {
+        done += 1;
+        progress(done, total);
+    };
+    let mut rows = measure(model, cfg, &modes, cfg.repeat, "sweep", &mut tick)?;
+    if confirming {
+        let best = rows
+            .iter()
+            .zip(&modes)
+            .filter(|(r, _)| r.mode == "self-speculative")
+            .max_by(|a, b| a.0.tokens_per_second.total_cmp(&b.0.tokens_per_second))
+            .map(|(_, m)| *m)
+            .expect("the sweep has fixed pairs");
+        let again = [Mode::Full, best, Mode::Auto(AutoSpec::default())];
+        rows.extend(measure(
+            model,
+            cfg,
+            &again,
+            cfg.confirm,
+            "confirm",
+            &mut tick,
+        )?);
+    }
+    Ok(rows)
+}
+
+/// `reps` rounds over the prompts; for each prompt every mode runs back to
+/// back, so a slow spell of the machine hits all modes of that prompt alike.
+fn measure<E: Engine>(
+    model: &Arc<Model<E>>,
+    cfg: &BenchConfig,
+    modes: &[Mode],
+    reps: usize,
+    phase: &'static str,
+    tick: &mut impl FnMut(),
+) -> Result<Vec<BenchRow>> {
+    let mut totals = vec![Totals::default(); modes.len()];
+    for rep in 0..reps {
+        for prompt in &cfg.prompts {
+            for (mode, t) in modes.iter().zip(totals.iter_mut()) {
                 let opts = GenerateOptions {
                     max_new_tokens: cfg.max_new_tokens,
                     mode: *mode,
@@ -105,8 +152,7 @@ pub fn run<E: Engine>(
                 if rep == 0 {
                     t.outputs.push(out.tokens);
                 }
-                done += 1;
-                progress(done, total_runs);
+                tick();
             }
         }
     }
@@ -128,6 +174,7 @@ pub fn run<E: Engine>(
                 _ => ("full", None, None),
             };
             BenchRow {
+                phase,
                 mode: name,
                 exit_layer: e,
                 draft_len: d,
@@ -153,12 +200,17 @@ pub fn run<E: Engine>(
         .collect())
 }
 
-/// The table as text.
+/// The table as text (confirmation rows after a line of their own).
 pub fn format_table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
         "mode              E   d   tokens/s  speedup  accept  tok/round  draft%  verify%  lossless\n",
     );
+    let mut phase = rows.first().map_or("sweep", |r| r.phase);
     for r in rows {
+        if r.phase != phase {
+            phase = r.phase;
+            s += &format!("-- {phase}\n");
+        }
         let opt = |v: Option<usize>| v.map_or("-".to_string(), |x| x.to_string());
         s += &format!(
             "{:<16} {:>2} {:>3} {:>10.1} {:>7.2}x {:>6.1}% {:>10.2} {:>6.1}% {:>7.1}%  {}\n",
@@ -177,13 +229,16 @@ pub fn format_table(rows: &[BenchRow]) -> String {
     s
 }
 
-/// Best and median fixed (E, d) against automatic, as text.
+/// Best and median fixed (E, d) against automatic, as text; with
+/// confirmation rows, also the best pair against automatic in those.
 pub fn format_summary(rows: &[BenchRow]) -> String {
-    let mut fixed: Vec<&BenchRow> = rows
-        .iter()
-        .filter(|r| r.mode == "self-speculative")
-        .collect();
-    let Some(auto) = rows.iter().find(|r| r.mode == "auto") else {
+    let in_phase = |phase: &str, mode: &str| {
+        rows.iter()
+            .filter(move |r| r.phase == phase && r.mode == mode)
+            .collect::<Vec<_>>()
+    };
+    let mut fixed = in_phase("sweep", "self-speculative");
+    let Some(auto) = in_phase("sweep", "auto").pop() else {
         return String::new();
     };
     if fixed.is_empty() {
@@ -192,7 +247,7 @@ pub fn format_summary(rows: &[BenchRow]) -> String {
     fixed.sort_by(|a, b| a.tokens_per_second.total_cmp(&b.tokens_per_second));
     let best = fixed[fixed.len() - 1];
     let median = fixed[fixed.len() / 2];
-    format!(
+    let mut s = format!(
         "best fixed E={} d={}: {:.2}x; median fixed: {:.2}x; auto: {:.2}x ({:.2} of best, {:.2}x median)\n",
         best.exit_layer.unwrap_or(0),
         best.draft_len.unwrap_or(0),
@@ -201,7 +256,22 @@ pub fn format_summary(rows: &[BenchRow]) -> String {
         auto.speedup,
         auto.tokens_per_second / best.tokens_per_second,
         auto.tokens_per_second / median.tokens_per_second,
-    )
+    );
+    if let (Some(b), Some(a)) = (
+        in_phase("confirm", "self-speculative").pop(),
+        in_phase("confirm", "auto").pop(),
+    ) {
+        s += &format!(
+            "confirmation: best fixed E={} d={}: {:.2}x; auto: {:.2}x ({:.2} of best, {:.2}x the sweep's median)\n",
+            b.exit_layer.unwrap_or(0),
+            b.draft_len.unwrap_or(0),
+            b.speedup,
+            a.speedup,
+            a.tokens_per_second / b.tokens_per_second,
+            a.speedup / median.speedup,
+        );
+    }
+    s
 }
 
 /// Full-depth decoding against the memory bandwidth: batch-1 decoding reads

@@ -56,6 +56,9 @@ pub struct Model<E: Engine = CpuEngine> {
     /// What automatic (E, d) has measured against its predictions, shared
     /// by every session of this model.
     pub(crate) corrections: Arc<crate::adaptive::Corrections>,
+    /// Exit agreement seen by automatic (E, d) in all sessions: where a new
+    /// session's estimates start.
+    pub(crate) acceptance: Arc<crate::adaptive::SharedAcceptance>,
     limits: LoadOptions,
     /// KV-cache bytes reserved by open sessions.
     kv_reserved: AtomicU64,
@@ -101,6 +104,7 @@ impl Model<CpuEngine> {
             dtype,
             cost: OnceLock::new(),
             corrections: Arc::default(),
+            acceptance: Arc::default(),
             limits: *options,
             kv_reserved: AtomicU64::new(0),
         }))

@@ -300,6 +300,8 @@ impl<E: Engine> Session<E> {
         let kv_reserved = model.reserve_kv(capacity)?;
         let cache = KvCache::new(&model.engine, capacity);
         let n = model.config.num_layers;
+        let acceptance =
+            crate::adaptive::AcceptanceTracker::with_shared(n, model.acceptance.clone());
         Ok(Session {
             model,
             cache,
@@ -314,7 +316,7 @@ impl<E: Engine> Session<E> {
             probes: Vec::new(),
             probe_logits: Vec::new(),
             verified: (0, Vec::new()),
-            acceptance: crate::adaptive::AcceptanceTracker::new(n),
+            acceptance,
             kv_reserved,
         })
     }

@@ -248,3 +248,47 @@ fn bench_json_has_rows_and_a_roofline() {
     assert!(bytes > 0.0 && roof["measured_gb_per_s"].as_f64().unwrap() > 0.0);
     assert!((roof["achieved_gb_per_s"].as_f64().unwrap() - bytes * full / 1e9).abs() < 1e-6);
 }
+
+#[test]
+fn bench_confirmation_reruns_full_the_best_pair_and_auto() {
+    let dir = fixture_dir("mha-f32");
+    let out = cli(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "def f(x):",
+        "--max-new-tokens",
+        "6",
+        "--exit-layers",
+        "1",
+        "--draft-lens",
+        "2,3",
+        "--confirm",
+        "2",
+        "--json",
+    ]);
+    let v = json_of(&out);
+    let rows = v["rows"].as_array().unwrap();
+    let phase = |p: &str| rows.iter().filter(|r| r["phase"] == p).collect::<Vec<_>>();
+    let (sweep, confirm) = (phase("sweep"), phase("confirm"));
+    assert_eq!(sweep.len(), 4, "full, two pairs, auto");
+    let modes: Vec<_> = confirm
+        .iter()
+        .map(|r| r["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["full", "self-speculative", "auto"]);
+    // The confirmed pair is the sweep's fastest, and every row stays lossless.
+    let best = sweep
+        .iter()
+        .filter(|r| r["mode"] == "self-speculative")
+        .max_by(|a, b| {
+            let t = |r: &&&serde_json::Value| r["tokens_per_second"].as_f64().unwrap();
+            t(a).total_cmp(&t(b))
+        })
+        .unwrap();
+    assert_eq!(confirm[1]["draft_len"], best["draft_len"]);
+    assert!(rows.iter().all(|r| r["lossless"] == true));
+    // Each confirmation row covers 2 rounds of 6 tokens.
+    assert!(confirm.iter().all(|r| r["tokens"] == 12));
+}

@@ -1,20 +1,66 @@
 //! Online estimates of how often each exit layer's greedy token equals the
 //! full model's: from verify outcomes at the current exit and from probes of
-//! other exits. Old evidence fades so the estimates follow the text.
+//! other exits. Old evidence fades so the estimates follow the text. A
+//! session starts from what the model's earlier sessions saw
+//! ([`SharedAcceptance`]) instead of from nothing, so a short generation does
+//! not spend its first rounds relearning that the exits agree.
+
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 /// Confidence bins for calibrating drafts' top probabilities.
 pub const BINS: usize = 10;
 
 /// Evidence kept per round: an exit not observed for ~70 rounds has half its weight.
 const FADE: f64 = 0.99;
+/// Weight of the shared rate in a session's estimate, in observations: the
+/// session's own evidence outweighs it after a few rounds.
+const PRIOR_WEIGHT: f64 = 4.0;
+/// Evidence the shared counts keep per observation of an exit (a window of
+/// ~200 observations, so they follow what the model is being used for).
+const SHARED_FADE: f64 = 0.995;
 
-#[derive(Debug, Clone, PartialEq)]
+/// Agreement counts per exit over all sessions of a model (faded).
+#[derive(Debug, Default)]
+pub struct SharedAcceptance {
+    counts: Mutex<Vec<(f64, f64)>>,
+}
+
+impl SharedAcceptance {
+    fn observe(&self, exit: usize, agreed: bool, weight: f64) {
+        let mut c = self.counts.lock();
+        if c.len() <= exit {
+            c.resize(exit + 1, (0.0, 0.0));
+        }
+        let (h, m) = &mut c[exit];
+        let fade = SHARED_FADE.powf(weight);
+        *h = *h * fade + weight * f64::from(agreed);
+        *m = *m * fade + weight * f64::from(!agreed);
+    }
+
+    /// Faded observations of `exit` over all sessions.
+    pub fn evidence(&self, exit: usize) -> f64 {
+        self.counts.lock().get(exit).map_or(0.0, |(h, m)| h + m)
+    }
+
+    /// The agreement rate of `exit` over all sessions, if any observed it.
+    pub fn rate(&self, exit: usize) -> Option<f64> {
+        let c = self.counts.lock();
+        c.get(exit)
+            .filter(|(h, m)| h + m > 1e-9)
+            .map(|(h, m)| h / (h + m))
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct AcceptanceTracker {
     /// Faded counts of agreements and disagreements, indexed by exit layer.
     hits: Vec<f64>,
     misses: Vec<f64>,
     /// Per exit and bin of the draft's top probability: faded (hits, misses).
     by_confidence: Vec<[(f64, f64); BINS]>,
+    /// The model's counts: this session's prior, fed by its observations.
+    shared: Option<Arc<SharedAcceptance>>,
 }
 
 fn bin(top: f32) -> usize {
@@ -22,21 +68,40 @@ fn bin(top: f32) -> usize {
 }
 
 impl AcceptanceTracker {
+    /// A tracker on its own evidence only.
     pub fn new(n_layers: usize) -> Self {
         AcceptanceTracker {
             hits: vec![0.0; n_layers + 1],
             misses: vec![0.0; n_layers + 1],
             by_confidence: vec![[(0.0, 0.0); BINS]; n_layers + 1],
+            shared: None,
+        }
+    }
+
+    /// A tracker that starts from, and adds to, the model's shared counts.
+    pub fn with_shared(n_layers: usize, shared: Arc<SharedAcceptance>) -> Self {
+        AcceptanceTracker {
+            shared: Some(shared),
+            ..Self::new(n_layers)
         }
     }
 
     /// One comparison of exit `exit`'s token with the full model's.
     pub fn observe(&mut self, exit: usize, agreed: bool) {
+        self.observe_weighted(exit, agreed, 1.0);
+    }
+
+    /// A comparison that counts as `weight` observations (less than one for
+    /// weaker evidence).
+    pub fn observe_weighted(&mut self, exit: usize, agreed: bool, weight: f64) {
         if exit < self.hits.len() {
             if agreed {
-                self.hits[exit] += 1.0;
+                self.hits[exit] += weight;
             } else {
-                self.misses[exit] += 1.0;
+                self.misses[exit] += weight;
+            }
+            if let Some(s) = &self.shared {
+                s.observe(exit, agreed, weight);
             }
         }
     }
@@ -95,19 +160,31 @@ impl AcceptanceTracker {
         }
     }
 
+    /// How much evidence the model's earlier sessions left about `exit`.
+    pub fn shared_evidence(&self, exit: usize) -> f64 {
+        self.shared.as_ref().map_or(0.0, |s| s.evidence(exit))
+    }
+
     /// How much (faded) evidence exit `exit` has.
     pub fn evidence(&self, exit: usize) -> f64 {
         self.hits.get(exit).map_or(0.0, |h| h + self.misses[exit])
     }
 
-    /// Estimated probability that a draft from exit `exit` is accepted. An exit
-    /// never observed borrows the nearest observed shallower exit's estimate
-    /// (agreement grows with depth, so that is conservative), or 0.
+    /// Estimated probability that a draft from exit `exit` is accepted: this
+    /// session's evidence, with the model's shared rate counting as
+    /// [`PRIOR_WEIGHT`] observations. An exit neither has observed borrows
+    /// the nearest observed shallower exit's estimate (agreement grows with
+    /// depth, so that is conservative), or 0.
     pub fn rate(&self, exit: usize) -> f64 {
+        let prior = |e: usize| self.shared.as_ref().and_then(|s| s.rate(e));
         (1..=exit.min(self.hits.len() - 1))
             .rev()
-            .find(|&e| self.evidence(e) > 1e-9)
-            .map_or(0.0, |e| self.hits[e] / self.evidence(e))
+            .find_map(|e| match (prior(e), self.evidence(e)) {
+                (Some(p), n) => Some((self.hits[e] + PRIOR_WEIGHT * p) / (n + PRIOR_WEIGHT)),
+                (None, n) if n > 1e-9 => Some(self.hits[e] / n),
+                _ => None,
+            })
+            .unwrap_or(0.0)
     }
 }
 
@@ -132,6 +209,34 @@ mod tests {
         t.fade();
         assert!((t.rate(2) - 0.8).abs() < 1e-12, "fading keeps the rate");
         assert!(t.evidence(2) < 5.0);
+    }
+
+    #[test]
+    fn a_new_session_starts_from_the_models_shared_rate() {
+        let shared = Arc::new(SharedAcceptance::default());
+        let mut first = AcceptanceTracker::with_shared(8, shared.clone());
+        for i in 0..40 {
+            first.observe(5, i % 10 != 0); // 90% at exit 5
+        }
+        assert!((shared.rate(5).unwrap() - 0.9).abs() < 0.02);
+        assert_eq!(shared.rate(3), None);
+        let mut next = AcceptanceTracker::with_shared(8, shared.clone());
+        assert!((next.rate(5) - shared.rate(5).unwrap()).abs() < 1e-12);
+        assert!(
+            (next.rate(7) - next.rate(5)).abs() < 1e-12,
+            "borrows shallower"
+        );
+        assert_eq!(next.rate(3), 0.0);
+        // Its own evidence soon outweighs the prior.
+        for _ in 0..20 {
+            next.observe(5, false);
+        }
+        assert!(next.rate(5) < 0.2, "{}", next.rate(5));
+        assert_eq!(
+            AcceptanceTracker::new(8).rate(5),
+            0.0,
+            "no sharing without it"
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn monotone(mut t: Vec<f64>) -> Vec<f64> {
 
 impl CostModel {
     /// Time a layer and the exit head for 1..=MAX_ROWS rows (the fastest of a
-    /// few repetitions each). A repetition runs every layer once and takes
+    /// few repetitions each, row counts interleaved). A repetition runs every layer once and takes
     /// the mean, so weights come from memory as in decoding rather than from
     /// a cache warmed by the previous repetition; it runs inside
     /// [`Engine::enter`], as decoding does.
@@ -73,13 +73,15 @@ impl CostModel {
             engine.run_layer(l, &mut kv, 0, &mut x);
         }
         let mut logits = Vec::new();
-        let mut layer = Vec::with_capacity(MAX_ROWS);
-        let mut head = Vec::with_capacity(MAX_ROWS);
+        let mut layer = vec![f64::INFINITY; MAX_ROWS];
+        let mut head = vec![f64::INFINITY; MAX_ROWS];
+        // Row counts take turns within each repetition, so a burst of noise
+        // from a busy machine lands on one repetition of several row counts
+        // rather than on every repetition of one (the minimum then drops it).
         let mut reps = 5;
-        for rows in 1..=MAX_ROWS {
-            let (mut best_layer, mut best_head) = (f64::INFINITY, f64::INFINITY);
-            // One untimed warm-up pass, then the timed repetitions.
-            for rep in 0..=reps {
+        let mut rep = 0;
+        while rep <= reps {
+            for rows in 1..=MAX_ROWS {
                 let mut x = engine.embed(&tokens(rows, rep));
                 let t = Instant::now();
                 for l in 0..n_layers {
@@ -92,17 +94,17 @@ impl CostModel {
                 let t = Instant::now();
                 engine.head(&x, 0, &mut logits);
                 let th = t.elapsed().as_secs_f64();
+                // Repetition 0 is the untimed warm-up.
                 if rep > 0 {
-                    best_layer = best_layer.min(tl);
-                    best_head = best_head.min(th);
+                    layer[rows - 1] = layer[rows - 1].min(tl);
+                    head[rows - 1] = head[rows - 1].min(th);
                 }
             }
             // Big models: fewer repetitions keep the measurement under a second or two.
-            if n_layers as f64 * best_layer + best_head > 0.02 {
+            if rep == 1 && n_layers as f64 * layer[0] + head[0] > 0.02 {
                 reps = 2;
             }
-            layer.push(best_layer);
-            head.push(best_head);
+            rep += 1;
         }
         CostModel {
             n_layers: cfg.num_layers,

@@ -5,7 +5,8 @@
 //! - [`cost`]: per-layer and exit-head time by row count, measured once per
 //!   model and engine.
 //! - [`acceptance`]: per-exit agreement with the full model, updated from every
-//!   verify and from cheap probes of other exits.
+//!   verify and from cheap probes of other exits, starting from what the
+//!   model's earlier sessions saw.
 //! - [`correction`]: measured over predicted speed per (E, d), shared by all
 //!   sessions of a model.
 //! - [`policy`]: the expected tokens per second of each (E, d), the choice, and
@@ -16,7 +17,7 @@ pub mod correction;
 pub mod cost;
 pub mod policy;
 
-pub use acceptance::{AcceptanceTracker, BINS};
+pub use acceptance::{AcceptanceTracker, SharedAcceptance, BINS};
 pub use correction::Corrections;
 pub use cost::CostModel;
 pub use policy::{Choice, Policy};

@@ -41,6 +41,8 @@ const EXPLORE_ROUNDS: usize = 4;
 const EXPLORE_FLOOR: f64 = 0.9;
 /// Share of the predicted generation time the prompt probe may take.
 const PROMPT_PROBE_SHARE: f64 = 0.02;
+/// Shared evidence (observations, faded) above which an exit counts as known.
+const WELL_KNOWN: f64 = 16.0;
 
 /// Expected tokens of a round with `d` drafts when each is accepted with
 /// probability `alpha` independently: the accepted prefix plus the
@@ -248,12 +250,21 @@ impl Policy {
 
     /// With an automatic draft length, drafting stops once the probability
     /// that every draft so far is accepted (the product of their top
-    /// probabilities) falls below what one more draft step costs relative to
-    /// a full token. 0 (never stop) with a fixed draft length.
+    /// probabilities) falls below what one more draft costs relative to a
+    /// full token: its draft step, and the extra row it adds to the verify
+    /// pass (on a small model in cache, rows are far from free). 0 (never
+    /// stop) with a fixed draft length.
     pub fn stop_below(&self, cost: &CostModel, exit: usize) -> f32 {
         match self.spec.draft_len {
             Some(_) => 0.0,
-            None => (cost.draft_step(exit) / cost.full_token()) as f32,
+            None => {
+                let n = MAX_DRAFT + 1;
+                let deep = self.n_layers.saturating_sub(exit) as f64;
+                let verify_row = (deep * (cost.layer(n) - cost.layer(1)) + cost.head(n)
+                    - cost.head(1))
+                    / (n - 1) as f64;
+                ((cost.draft_step(exit) + verify_row) / cost.full_token()).min(1.0) as f32
+            }
         }
     }
 
@@ -279,7 +290,14 @@ impl Policy {
         } else {
             cost.head(c.draft_len + 1)
         };
-        if self.probe_seconds + price > PROBE_SHARE * elapsed {
+        // Exits that the model's earlier sessions have measured need probing
+        // only to follow the text, not to learn them.
+        let share = if acc.shared_evidence(exit) >= WELL_KNOWN {
+            PROBE_SHARE / 4.0
+        } else {
+            PROBE_SHARE
+        };
+        if self.probe_seconds + price > share * elapsed {
             return None;
         }
         self.probe_seconds += price;
@@ -288,13 +306,22 @@ impl Policy {
 
     /// Exits to probe on the prompt's newest rows, and how many rows, within
     /// a share of the predicted generation time of `max_new_tokens` tokens.
+    /// Exits the model's earlier sessions have measured are left out.
     pub fn prompt_probes(
         &self,
         cost: &CostModel,
+        acc: &AcceptanceTracker,
         prompt_len: usize,
         max_new_tokens: usize,
     ) -> (Vec<usize>, usize) {
-        let exits = self.exits();
+        let exits: Vec<usize> = self
+            .exits()
+            .into_iter()
+            .filter(|&e| acc.shared_evidence(e) < WELL_KNOWN)
+            .collect();
+        if exits.is_empty() {
+            return (exits, 0);
+        }
         let budget = PROMPT_PROBE_SHARE * max_new_tokens as f64 * cost.full_token();
         let want = exits.len().min(4);
         let mut plan = (Vec::new(), 0);
@@ -512,7 +539,7 @@ mod tests {
         }
         // Full depth: each probe costs head(1) = 0.5; 2% of 1000 = 20.
         assert_eq!(spent, 40);
-        let (exits, rows) = p.prompt_probes(&c, 100, 128);
+        let (exits, rows) = p.prompt_probes(&c, &AcceptanceTracker::new(8), 100, 128);
         assert_eq!(rows, 16);
         assert!(!exits.is_empty() && exits.iter().all(|&e| (1..8).contains(&e)));
     }

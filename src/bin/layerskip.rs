@@ -176,6 +176,11 @@ struct BenchArgs {
     /// Leave out the automatic (E, d) row.
     #[arg(long)]
     no_auto: bool,
+    /// After the sweep, run full depth, the best fixed (E, d) and automatic
+    /// again this many rounds over the prompts, side by side (the best of
+    /// many noisy rows is partly luck).
+    #[arg(long, default_value_t = 0)]
+    confirm: usize,
     /// Instead of the (E, d) sweep: these numbers of concurrent greedy
     /// generations, advanced together (batched) and one after another, at
     /// full depth and self-speculatively with the first --exit-layers and
@@ -381,6 +386,7 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
         draft_lens: a.draft_lens,
         repeat: a.repeat.max(1),
         auto: !a.no_auto,
+        confirm: a.confirm,
     };
     let rows = layerskip::bench::run(&model, &cfg, |done, total| {
         let width = 30;
@@ -396,7 +402,7 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
     })?;
     let full = rows
         .iter()
-        .find(|r| r.mode == "full")
+        .find(|r| r.mode == "full" && r.phase == "sweep")
         .map_or(0.0, |r| r.tokens_per_second);
     let roofline = layerskip::bench::Roofline::new(&model, full);
     let json = serde_json::json!({ "rows": rows, "roofline": roofline });

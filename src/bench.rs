@@ -133,7 +133,10 @@ fn measure<E: Engine>(
                     ..Default::default()
                 };
                 let mut s = Session::new(model.clone(), 0)?;
-                let out = generate(&mut s, prompt, &opts, |_, _| true)?;
+                // As the CLI does: the loop runs on one of the engine's workers.
+                let out = model
+                    .engine
+                    .enter(|| generate(&mut s, prompt, &opts, |_, _| true))?;
                 let st = out.stats;
                 t.tokens += st.generated_tokens;
                 t.seconds += st.seconds;

@@ -264,19 +264,24 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
     };
     let mut session = Session::new(model.clone(), 0)?;
     let stream = !a.json;
-    let mut out = std::io::stdout().lock();
     if stream {
         if let Some(text) = &a.prompt {
+            let mut out = std::io::stdout();
             let _ = write!(out, "{text}");
         }
     }
-    let res = generate(&mut session, &prompt, &opts, |_, piece| {
-        if stream && !piece.is_empty() {
-            let _ = write!(out, "{piece}");
-            let _ = out.flush();
-        }
-        true
+    // On one of the engine's workers: no hand-off between threads per token.
+    let res = layerskip::engine::Engine::enter(&model.engine, || {
+        generate(&mut session, &prompt, &opts, |_, piece| {
+            if stream && !piece.is_empty() {
+                let mut out = std::io::stdout();
+                let _ = write!(out, "{piece}");
+                let _ = out.flush();
+            }
+            true
+        })
     })?;
+    let mut out = std::io::stdout().lock();
     let s = &res.stats;
     if a.json {
         let v = json!({

@@ -184,6 +184,11 @@ impl Mat {
         Mat { packed, rows, cols }
     }
 
+    /// Packed as bf16 pairs (inputs must be packed by [`pack_row_pairs`]).
+    fn pairs(&self) -> bool {
+        matches!(self.packed, Packed::Bf16Pairs(_))
+    }
+
     /// Bytes the kernels read for one product (panels, padding included).
     pub fn bytes(&self) -> usize {
         match &self.packed {
@@ -431,6 +436,24 @@ mod simd {
         }
     }
 
+    /// Writes a tile's sums (outputs 0..8 and 8..16 of each panel).
+    #[inline(always)]
+    unsafe fn store<W, X, const R: usize, const P: usize>(
+        j: &Job<W, X>,
+        r0: usize,
+        p0: usize,
+        acc: &[[[__m256; 2]; P]; R],
+    ) {
+        for (r, row) in acc.iter().enumerate() {
+            for (p, a) in row.iter().enumerate() {
+                let mut tmp = [0f32; PANEL];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
+                j.store(r0 + r, p0 + p, &tmp, |o| o);
+            }
+        }
+    }
+
     /// Rows `r0..r0+R` against panels `p0..p0+P`.
     #[inline(always)]
     unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize, p0: usize) {
@@ -451,14 +474,7 @@ mod simd {
                 }
             }
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (p, a) in row.iter().enumerate() {
-                let mut tmp = [0f32; PANEL];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
-                j.store(r0 + r, p0 + p, &tmp, |o| o);
-            }
-        }
+        store(j, r0, p0, &acc);
     }
 
     /// bf16 pairs without AVX512_BF16, rows `r0..r0+R` against panels
@@ -492,14 +508,7 @@ mod simd {
                 }
             }
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (p, a) in row.iter().enumerate() {
-                let mut tmp = [0f32; PANEL];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
-                j.store(r0 + r, p0 + p, &tmp, |o| o);
-            }
-        }
+        store(j, r0, p0, &acc);
     }
 
     /// Panels `ps` of a bf16-pair product for every input row, in groups of
@@ -916,11 +925,11 @@ enum Inputs {
 
 impl Inputs {
     fn pack(m: &Mat, x: &[f32], rows: usize, isa: Isa) -> Self {
-        let pairs = matches!(m.packed, Packed::Bf16Pairs(_));
-        let group = group_rows(isa, pairs);
-        match m.packed {
-            Packed::Bf16Pairs(_) => Inputs::Pairs(pack_row_pairs(x, rows, m.cols, group)),
-            _ => Inputs::F32(pack_rows(x, rows, m.cols, group)),
+        let group = group_rows(isa, m.pairs());
+        if m.pairs() {
+            Inputs::Pairs(pack_row_pairs(x, rows, m.cols, group))
+        } else {
+            Inputs::F32(pack_rows(x, rows, m.cols, group))
         }
     }
 }
@@ -940,7 +949,7 @@ fn run_block(m: &Mat, x: &Inputs, rows: usize, ps: std::ops::Range<usize>, out: 
                 n_out: m.rows,
                 x: $x,
                 rows,
-                group: group_rows(isa, matches!(m.packed, Packed::Bf16Pairs(_))),
+                group: group_rows(isa, m.pairs()),
                 out,
             }
         };
@@ -977,10 +986,7 @@ pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
     let mut work = 0;
     for (i, (m, out)) in jobs.iter_mut().enumerate() {
         assert_eq!(x.len(), rows * m.cols);
-        assert_eq!(
-            matches!(m.packed, Packed::Bf16Pairs(_)),
-            matches!(first.packed, Packed::Bf16Pairs(_))
-        );
+        assert_eq!(m.pairs(), first.pairs());
         assert_eq!(out.len(), rows * m.rows);
         outs.push(OutPtr(out.as_mut_ptr()));
         // Enough work per task to amortise scheduling (~64k multiply-adds),

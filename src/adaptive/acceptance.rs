@@ -38,18 +38,20 @@ impl SharedAcceptance {
         *m = *m * fade + weight * f64::from(!agreed);
     }
 
-    /// Faded observations of `exit` over all sessions.
-    pub fn evidence(&self, exit: usize) -> f64 {
-        self.counts.lock().get(exit).map_or(0.0, |(h, m)| h + m)
-    }
-
     /// The agreement rate of `exit` over all sessions, if any observed it.
     pub fn rate(&self, exit: usize) -> Option<f64> {
-        let c = self.counts.lock();
-        c.get(exit)
-            .filter(|(h, m)| h + m > 1e-9)
-            .map(|(h, m)| h / (h + m))
+        self.counts.lock().get(exit).and_then(|&c| rate_of(c))
     }
+
+    /// Every exit's counts at once (one lock).
+    fn snapshot(&self) -> Vec<(f64, f64)> {
+        self.counts.lock().clone()
+    }
+}
+
+/// `hits / (hits + misses)`, if there is any evidence.
+fn rate_of((h, m): (f64, f64)) -> Option<f64> {
+    (h + m > 1e-9).then(|| h / (h + m))
 }
 
 #[derive(Debug, Clone)]
@@ -59,8 +61,12 @@ pub struct AcceptanceTracker {
     misses: Vec<f64>,
     /// Per exit and bin of the draft's top probability: faded (hits, misses).
     by_confidence: Vec<[(f64, f64); BINS]>,
-    /// The model's counts: this session's prior, fed by its observations.
+    /// The model's counts, fed by this session's observations.
     shared: Option<Arc<SharedAcceptance>>,
+    /// This session's prior: the model's counts as of the start of the
+    /// round ([`AcceptanceTracker::fade`]), so estimating every (E, d) of a
+    /// round takes no lock.
+    prior: Vec<(f64, f64)>,
 }
 
 fn bin(top: f32) -> usize {
@@ -75,12 +81,14 @@ impl AcceptanceTracker {
             misses: vec![0.0; n_layers + 1],
             by_confidence: vec![[(0.0, 0.0); BINS]; n_layers + 1],
             shared: None,
+            prior: Vec::new(),
         }
     }
 
     /// A tracker that starts from, and adds to, the model's shared counts.
     pub fn with_shared(n_layers: usize, shared: Arc<SharedAcceptance>) -> Self {
         AcceptanceTracker {
+            prior: shared.snapshot(),
             shared: Some(shared),
             ..Self::new(n_layers)
         }
@@ -150,8 +158,12 @@ impl AcceptanceTracker {
         out
     }
 
-    /// Let all evidence fade by one round.
+    /// Let all evidence fade by one round, and take a fresh copy of the
+    /// model's counts as the prior.
     pub fn fade(&mut self) {
+        if let Some(s) = &self.shared {
+            self.prior = s.snapshot();
+        }
         self.hits.iter_mut().for_each(|h| *h *= FADE);
         self.misses.iter_mut().for_each(|m| *m *= FADE);
         for b in self.by_confidence.iter_mut().flatten() {
@@ -162,7 +174,7 @@ impl AcceptanceTracker {
 
     /// How much evidence the model's earlier sessions left about `exit`.
     pub fn shared_evidence(&self, exit: usize) -> f64 {
-        self.shared.as_ref().map_or(0.0, |s| s.evidence(exit))
+        self.prior.get(exit).map_or(0.0, |(h, m)| h + m)
     }
 
     /// How much (faded) evidence exit `exit` has.
@@ -176,7 +188,7 @@ impl AcceptanceTracker {
     /// the nearest observed shallower exit's estimate (agreement grows with
     /// depth, so that is conservative), or 0.
     pub fn rate(&self, exit: usize) -> f64 {
-        let prior = |e: usize| self.shared.as_ref().and_then(|s| s.rate(e));
+        let prior = |e: usize| self.prior.get(e).and_then(|&c| rate_of(c));
         (1..=exit.min(self.hits.len() - 1))
             .rev()
             .find_map(|e| match (prior(e), self.evidence(e)) {

@@ -6,7 +6,6 @@
 //!   LAYERSKIP_BENCH_QUANTIZE=bf16 cargo bench --bench decode    # or int8
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use layerskip::engine::cpu::HostActs;
 use layerskip::engine::Engine;
 use layerskip::{LoadOptions, Logits, Model, Quantize, Session};
 use std::sync::Arc;
@@ -76,10 +75,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     // The exit head (final norm + LM head) on one row.
-    let x = HostActs {
-        data: vec![0.5; m.config.hidden_size],
-        width: m.config.hidden_size,
-    };
+    let x = m.engine.embed(&ctx[..1]);
     let mut out = Vec::new();
     c.bench_function("exit_head", |b| b.iter(|| m.engine.head(&x, 0, &mut out)));
 }

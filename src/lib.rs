@@ -26,6 +26,7 @@ pub use generate::{
     generate, step_all, ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Generation,
     Mode, OnToken, StopReason,
 };
+pub use engine::backend::Device;
 pub use model::{LoadOptions, Model, Quantize};
 pub use sampling::SamplingParams;
 pub use session::{forward_batch, BatchItem, Logits, Probe, Session};

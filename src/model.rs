@@ -3,7 +3,9 @@
 
 use crate::adaptive::CostModel;
 use crate::config::ModelConfig;
+use crate::engine::backend::{Backend, Device};
 use crate::engine::cpu::CpuEngine;
+use crate::engine::cuda::CudaEngine;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::tokenizer::Tokenizer;
@@ -42,9 +44,11 @@ pub struct LoadOptions {
     pub kv_budget_bytes: u64,
     /// Quantize weights at load.
     pub quantize: Quantize,
+    /// The engine: the CPU (default) or a CUDA GPU.
+    pub device: Device,
 }
 
-pub struct Model<E: Engine = CpuEngine> {
+pub struct Model<E: Engine = Backend> {
     pub config: ModelConfig,
     pub engine: E,
     pub tokenizer: Tokenizer,
@@ -64,7 +68,7 @@ pub struct Model<E: Engine = CpuEngine> {
     kv_reserved: AtomicU64,
 }
 
-impl Model<CpuEngine> {
+impl Model<Backend> {
     /// Load a Hugging Face Llama checkpoint directory onto the CPU engine.
     pub fn load(dir: impl AsRef<Path>) -> Result<Arc<Self>> {
         Self::load_with(dir, &LoadOptions::default())
@@ -95,7 +99,18 @@ impl Model<CpuEngine> {
         }
         let store = WeightStore::from_dir(dir)?;
         let dtype = store.dominant_dtype().unwrap_or(DType::F32);
-        let engine = CpuEngine::load(&config, &store, options.quantize)?;
+        let engine = match options.device {
+            Device::Cpu => Backend::Cpu(CpuEngine::load(&config, &store, options.quantize)?),
+            Device::Cuda(ordinal) => {
+                if options.quantize != Quantize::None {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "the CUDA engine keeps weights in their stored dtype; --quantize is CPU-only",
+                    ));
+                }
+                Backend::Cuda(CudaEngine::load(&config, &store, ordinal)?)
+            }
+        };
         Ok(Arc::new(Model {
             config,
             engine,
@@ -142,7 +157,10 @@ impl<E: Engine> Model<E> {
     }
 
     pub fn max_context(&self) -> usize {
-        let max = self.config.max_position_embeddings;
+        let max = self
+            .config
+            .max_position_embeddings
+            .min(self.engine.max_positions());
         match self.limits.max_context {
             0 => max,
             n => n.min(max),

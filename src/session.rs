@@ -2,7 +2,7 @@
 //! operations every decoding mode is built from.
 
 use crate::cache::KvCache;
-use crate::engine::cpu::CpuEngine;
+use crate::engine::backend::Backend;
 use crate::engine::{Engine, Rows, Segment};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
@@ -32,7 +32,7 @@ pub struct Probe {
     pub token: u32,
 }
 
-pub struct Session<E: Engine = CpuEngine> {
+pub struct Session<E: Engine = Backend> {
     model: Arc<Model<E>>,
     cache: KvCache<E>,
     /// Token ids at positions `0..shallow_len()`.
@@ -74,7 +74,7 @@ fn head_from(rows: usize, which: Logits) -> usize {
 }
 
 /// One session's part of [`forward_batch`]: what [`Session::forward`] takes.
-pub struct BatchItem<'a, E: Engine = CpuEngine> {
+pub struct BatchItem<'a, E: Engine = Backend> {
     pub session: &'a mut Session<E>,
     pub tokens: &'a [u32],
     pub exit: usize,

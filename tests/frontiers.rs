@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use layerskip::engine::Engine;
 use layerskip::{ErrorKind, Logits, Session};
 
 #[test]
@@ -28,10 +29,13 @@ fn a_row_is_bit_identical_alone_or_in_a_batch_of_nine() {
 }
 
 fn kv_bits(s: &Session) -> Vec<Vec<u32>> {
-    let kv = s.kv();
-    kv.k.iter()
-        .chain(kv.v.iter())
-        .map(|l| l.iter().map(|x| x.to_bits()).collect())
+    let engine = &s.model().engine;
+    let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect();
+    (0..s.layer_lens().len())
+        .flat_map(|l| {
+            let (k, v) = engine.read_kv(s.kv(), l, s.layer_lens()[l]);
+            [bits(k), bits(v)]
+        })
         .collect()
 }
 

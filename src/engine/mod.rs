@@ -2,7 +2,9 @@
 //! speculation, generation) is written once against [`Engine`]; only the
 //! engines know where tensors live.
 
+pub mod backend;
 pub mod cpu;
+pub mod cuda;
 pub mod rope;
 
 use crate::config::ModelConfig;
@@ -44,6 +46,9 @@ pub trait Engine: Send + Sync + 'static {
     fn new_kv(&self, capacity: usize) -> Self::Kv;
     /// Forget positions `len..` of `layer` (a length change, not a copy).
     fn truncate_kv(&self, kv: &mut Self::Kv, layer: usize, len: usize);
+    /// Layer `layer`'s first `len` K and V rows (`len x kv_dim` each), on the
+    /// host: for tests and inspection, not the decode path.
+    fn read_kv(&self, kv: &Self::Kv, layer: usize, len: usize) -> (Vec<f32>, Vec<f32>);
     /// Token embeddings. Ids must already be validated against the vocabulary.
     fn embed(&self, tokens: &[u32]) -> Self::Acts;
     /// Run decoder layer `layer` on `x`, whose rows belong to `segments` in
@@ -68,6 +73,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Bytes of weights one full-depth decode step reads (every layer's
     /// matrices and the LM head): the numerator of a roofline.
     fn weight_bytes_per_token(&self) -> usize;
+    /// Longest context the engine's kernels handle (sessions are capped there).
+    fn max_positions(&self) -> usize {
+        usize::MAX
+    }
     /// Run `f` where this engine's parallel work is cheapest to start (the
     /// CPU engine: on one of its worker threads, so the caller's thread does
     /// not compete with the workers for cores).

@@ -141,7 +141,7 @@ pub struct lsk_batch {
 struct Running {
     id: u64,
     owner: *mut lsk_session,
-    gen: Generation<'static, crate::engine::cpu::CpuEngine, Session>,
+    gen: Generation<'static, crate::engine::backend::Backend, Session>,
 }
 
 /// How a generation ended, kept until `lsk_batch_result` collects it.

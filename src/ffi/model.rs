@@ -38,16 +38,11 @@ pub extern "C" fn lsk_model_load(
         let path = unsafe { c_str(path, "path") }?;
         let opts = unsafe { read_options(options, "options") }?;
         need(out, "out")?;
-        match opts.device {
-            0 => {}
-            1 => {
-                return Err(FfiError::new(
-                    lsk_result::LSK_ERR_UNSUPPORTED,
-                    "the CUDA engine is not built into this library yet",
-                ))
-            }
+        let device = match opts.device {
+            0 => crate::Device::Cpu,
+            1 => crate::Device::Cuda(opts.device_index as usize),
             d => return Err(FfiError::invalid(format!("unknown device {d}"))),
-        }
+        };
         let quantize = match opts.quantize {
             0 => crate::model::Quantize::None,
             1 => crate::model::Quantize::Int8,
@@ -58,6 +53,7 @@ pub extern "C" fn lsk_model_load(
             max_context: opts.max_context as usize,
             kv_budget_bytes: opts.kv_budget_bytes,
             quantize,
+            device,
         };
         let model = Model::load_with(path, &limits)?;
         let handle = Box::into_raw(Box::new(model)) as *mut lsk_model;

@@ -286,6 +286,11 @@ impl Engine for CpuEngine {
         kv.v[layer].truncate(len * kvd);
     }
 
+    fn read_kv(&self, kv: &CpuKv, layer: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
+        let n = len * self.cfg.kv_dim();
+        (kv.k[layer][..n].to_vec(), kv.v[layer][..n].to_vec())
+    }
+
     fn embed(&self, tokens: &[u32]) -> HostActs {
         let h = self.cfg.hidden_size;
         let mut data = vec![0.0; tokens.len() * h];

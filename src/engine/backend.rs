@@ -1,0 +1,207 @@
+//! The engine a model runs on, chosen when it loads ([`Device`]). Sessions,
+//! frontiers, speculation and batching are written once against [`Engine`];
+//! this enum only forwards each call to the CPU or the CUDA engine.
+
+use super::cpu::{CpuEngine, CpuKv, HostActs};
+use super::cuda::{CudaEngine, CudaKv, DeviceActs};
+use super::{Engine, Rows, Segment};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// Where a model's weights live and its passes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Device> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    Error::invalid(format!("unknown device {s:?} (expected cpu, cuda or cuda:N)"))
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// One model's engine (never moved once loaded, so the size difference of
+/// the variants costs nothing).
+#[allow(clippy::large_enum_variant)]
+pub enum Backend {
+    Cpu(CpuEngine),
+    Cuda(CudaEngine),
+}
+
+pub enum BackendActs {
+    Cpu(HostActs),
+    Cuda(DeviceActs),
+}
+
+pub enum BackendKv {
+    Cpu(CpuKv),
+    Cuda(CudaKv),
+}
+
+const MIXED: &str = "activations and caches of one model share its engine";
+
+impl Rows for BackendActs {
+    fn rows(&self) -> usize {
+        match self {
+            BackendActs::Cpu(a) => a.rows(),
+            BackendActs::Cuda(a) => a.rows(),
+        }
+    }
+    fn append(&mut self, other: Self) {
+        match (self, other) {
+            (BackendActs::Cpu(a), BackendActs::Cpu(b)) => a.append(b),
+            (BackendActs::Cuda(a), BackendActs::Cuda(b)) => a.append(b),
+            _ => unreachable!("{MIXED}"),
+        }
+    }
+    fn truncate(&mut self, rows: usize) {
+        match self {
+            BackendActs::Cpu(a) => a.truncate(rows),
+            BackendActs::Cuda(a) => a.truncate(rows),
+        }
+    }
+    fn split_off(&mut self, at: usize) -> Self {
+        match self {
+            BackendActs::Cpu(a) => BackendActs::Cpu(a.split_off(at)),
+            BackendActs::Cuda(a) => BackendActs::Cuda(a.split_off(at)),
+        }
+    }
+    fn tail(&self, from: usize) -> Self {
+        match self {
+            BackendActs::Cpu(a) => BackendActs::Cpu(a.tail(from)),
+            BackendActs::Cuda(a) => BackendActs::Cuda(a.tail(from)),
+        }
+    }
+}
+
+/// The segments' caches as one engine's type.
+fn segments_of<'s, 'a, K>(
+    segments: &'s mut [Segment<'a, BackendKv>],
+    pick: impl Fn(&'s mut BackendKv) -> &'s mut K,
+) -> Vec<Segment<'s, K>> {
+    segments
+        .iter_mut()
+        .map(|s| Segment {
+            kv: pick(&mut *s.kv),
+            pos0: s.pos0,
+            rows: s.rows,
+        })
+        .collect()
+}
+
+impl Engine for Backend {
+    type Acts = BackendActs;
+    type Kv = BackendKv;
+
+    fn config(&self) -> &ModelConfig {
+        match self {
+            Backend::Cpu(e) => e.config(),
+            Backend::Cuda(e) => e.config(),
+        }
+    }
+    fn kv_bytes_per_position(&self) -> usize {
+        match self {
+            Backend::Cpu(e) => e.kv_bytes_per_position(),
+            Backend::Cuda(e) => e.kv_bytes_per_position(),
+        }
+    }
+    fn new_kv(&self, capacity: usize) -> BackendKv {
+        match self {
+            Backend::Cpu(e) => BackendKv::Cpu(e.new_kv(capacity)),
+            Backend::Cuda(e) => BackendKv::Cuda(e.new_kv(capacity)),
+        }
+    }
+    fn truncate_kv(&self, kv: &mut BackendKv, layer: usize, len: usize) {
+        match (self, kv) {
+            (Backend::Cpu(e), BackendKv::Cpu(kv)) => e.truncate_kv(kv, layer, len),
+            (Backend::Cuda(e), BackendKv::Cuda(kv)) => e.truncate_kv(kv, layer, len),
+            _ => unreachable!("{MIXED}"),
+        }
+    }
+    fn read_kv(&self, kv: &BackendKv, layer: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
+        match (self, kv) {
+            (Backend::Cpu(e), BackendKv::Cpu(kv)) => e.read_kv(kv, layer, len),
+            (Backend::Cuda(e), BackendKv::Cuda(kv)) => e.read_kv(kv, layer, len),
+            _ => unreachable!("{MIXED}"),
+        }
+    }
+    fn embed(&self, tokens: &[u32]) -> BackendActs {
+        match self {
+            Backend::Cpu(e) => BackendActs::Cpu(e.embed(tokens)),
+            Backend::Cuda(e) => BackendActs::Cuda(e.embed(tokens)),
+        }
+    }
+    fn run_layer_batch(
+        &self,
+        layer: usize,
+        segments: &mut [Segment<'_, BackendKv>],
+        x: &mut BackendActs,
+    ) {
+        match (self, x) {
+            (Backend::Cpu(e), BackendActs::Cpu(x)) => {
+                let mut s = segments_of(segments, |kv| match kv {
+                    BackendKv::Cpu(k) => k,
+                    _ => unreachable!("{MIXED}"),
+                });
+                e.run_layer_batch(layer, &mut s, x)
+            }
+            (Backend::Cuda(e), BackendActs::Cuda(x)) => {
+                let mut s = segments_of(segments, |kv| match kv {
+                    BackendKv::Cuda(k) => k,
+                    _ => unreachable!("{MIXED}"),
+                });
+                e.run_layer_batch(layer, &mut s, x)
+            }
+            _ => unreachable!("{MIXED}"),
+        }
+    }
+    fn head(&self, x: &BackendActs, from: usize, out: &mut Vec<f32>) {
+        match (self, x) {
+            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.head(x, from, out),
+            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.head(x, from, out),
+            _ => unreachable!("{MIXED}"),
+        }
+    }
+    fn weight_bytes_per_token(&self) -> usize {
+        match self {
+            Backend::Cpu(e) => e.weight_bytes_per_token(),
+            Backend::Cuda(e) => e.weight_bytes_per_token(),
+        }
+    }
+    fn max_positions(&self) -> usize {
+        match self {
+            Backend::Cpu(e) => e.max_positions(),
+            Backend::Cuda(e) => e.max_positions(),
+        }
+    }
+    fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match self {
+            Backend::Cpu(e) => e.enter(f),
+            Backend::Cuda(e) => e.enter(f),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+// The CUDA engine's kernels, compiled at first use by NVRTC (one module per
+// process). Activations are f32; weights stay in their stored dtype (f32,
+// f16 or bf16) and are converted in registers.
+//
+// Batch invariance: every kernel computes a row's values from that row's
+// data only, with a reduction order fixed by the shapes (hidden size, head
+// dim, position count), never by how many rows are in the launch. So a token
+// decoded alone and the same token inside a verify pass of d + 1 rows get
+// bit-identical results, and greedy self-speculation stays lossless.
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#define WARP 32
+// NVRTC has no math.h: the largest negative float, for max-reductions.
+#define NEG_INF __int_as_float(0xff800000)
+// Rows one matvec launch takes (accumulators per lane).
+#define MATVEC_ROWS 16
+// Outputs per matvec block: one warp each.
+#define MATVEC_WARPS 8
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Sum over a warp in a fixed butterfly order.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024) in a fixed
+// order; every thread gets the result. `scratch` holds 32 floats.
+__device__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    const int warps = blockDim.x / WARP;
+    v = threadIdx.x < warps ? scratch[threadIdx.x] : 0.0f;
+    if (warp == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) scratch[0] = v;
+    __syncthreads();
+    v = scratch[0];
+    __syncthreads();
+    return v;
+}
+
+__device__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    const int warps = blockDim.x / WARP;
+    v = threadIdx.x < warps ? scratch[threadIdx.x] : NEG_INF;
+    if (warp == 0) v = warp_max(v);
+    if (threadIdx.x == 0) scratch[0] = v;
+    __syncthreads();
+    v = scratch[0];
+    __syncthreads();
+    return v;
+}
+
+// Eight consecutive weights as f32 (16-byte aligned for f16/bf16, 32 for f32).
+__device__ __forceinline__ void load8(const float* p, float* w) {
+    const float4 a = *reinterpret_cast<const float4*>(p);
+    const float4 b = *reinterpret_cast<const float4*>(p + 4);
+    w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+    w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+}
+__device__ __forceinline__ void load8(const __half* p, float* w) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const __half2* h = reinterpret_cast<const __half2*>(&u);
+    for (int i = 0; i < 4; i++) {
+        const float2 f = __half22float2(h[i]);
+        w[2 * i] = f.x; w[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* w) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+    for (int i = 0; i < 4; i++) {
+        const float2 f = __bfloat1622float2(h[i]);
+        w[2 * i] = f.x; w[2 * i + 1] = f.y;
+    }
+}
+
+// y[r, o] = sum_k x[r, k] * W[o, k] for up to MATVEC_ROWS rows: one warp per
+// output reads W's row once for all rows. Lane l sums k in chunks of 8 at
+// l*8, l*8 + 256, ...; the warp then adds its lanes in a fixed order. k must
+// be a multiple of 8 (checked at load).
+template <typename T>
+__device__ void matvec(const T* __restrict__ w, const float* __restrict__ x,
+                       float* __restrict__ y, int n_out, int k, int rows) {
+    const int lane = threadIdx.x % WARP;
+    const int o = blockIdx.x * MATVEC_WARPS + threadIdx.x / WARP;
+    if (o >= n_out) return;
+    float acc[MATVEC_ROWS];
+#pragma unroll
+    for (int r = 0; r < MATVEC_ROWS; r++) acc[r] = 0.0f;
+    const T* wr = w + (size_t)o * k;
+    for (int kk = lane * 8; kk < k; kk += WARP * 8) {
+        float wv[8];
+        load8(wr + kk, wv);
+#pragma unroll
+        for (int r = 0; r < MATVEC_ROWS; r++) {
+            if (r < rows) {
+                float xv[8];
+                load8(x + (size_t)r * k + kk, xv);
+                float s = acc[r];
+#pragma unroll
+                for (int i = 0; i < 8; i++) s = fmaf(wv[i], xv[i], s);
+                acc[r] = s;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < MATVEC_ROWS; r++) {
+        if (r < rows) {
+            const float s = warp_sum(acc[r]);
+            if (lane == 0) y[(size_t)r * n_out + o] = s;
+        }
+    }
+}
+
+extern "C" __global__ void matvec_f32(const float* w, const float* x, float* y, int n_out, int k, int rows) {
+    matvec(w, x, y, n_out, k, rows);
+}
+extern "C" __global__ void matvec_f16(const __half* w, const float* x, float* y, int n_out, int k, int rows) {
+    matvec(w, x, y, n_out, k, rows);
+}
+extern "C" __global__ void matvec_bf16(const __nv_bfloat16* w, const float* x, float* y, int n_out, int k, int rows) {
+    matvec(w, x, y, n_out, k, rows);
+}
+
+// f32 activations rounded to the weights' dtype, for cuBLAS products of
+// many rows (prefill), whose operands must share a dtype.
+extern "C" __global__ void f32_to_f16(const float* x, __half* y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2half_rn(x[i]);
+}
+extern "C" __global__ void f32_to_bf16(const float* x, __nv_bfloat16* y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+// out[r, :] = table[tokens[r], :] as f32. One block per row.
+template <typename T>
+__device__ void embed(const T* table, const unsigned* tokens, float* out, int hidden) {
+    const T* src = table + (size_t)tokens[blockIdx.x] * hidden;
+    float* dst = out + (size_t)blockIdx.x * hidden;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = to_f32(src[i]);
+}
+extern "C" __global__ void embed_f32(const float* t, const unsigned* tok, float* out, int h) { embed(t, tok, out, h); }
+extern "C" __global__ void embed_f16(const __half* t, const unsigned* tok, float* out, int h) { embed(t, tok, out, h); }
+extern "C" __global__ void embed_bf16(const __nv_bfloat16* t, const unsigned* tok, float* out, int h) { embed(t, tok, out, h); }
+
+// Hugging Face LlamaRMSNorm: out = w * (x / sqrt(mean(x^2) + eps)). One block per row.
+extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, int hidden, float eps) {
+    __shared__ float scratch[WARP];
+    const float* xr = x + (size_t)blockIdx.x * hidden;
+    float* o = out + (size_t)blockIdx.x * hidden;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+    ss = block_sum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / (float)hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = w[i] * (xr[i] * inv);
+}
+
+// Rotary embedding, "rotate_half" layout (pairs i and i + head_dim/2), row r
+// at position pos0 + r. x: rows x (heads * head_dim). Grid: rows; threads
+// cover heads * head_dim / 2 pairs.
+extern "C" __global__ void rope(float* x, const float* inv_freq, int heads, int head_dim, int pos0) {
+    const int half = head_dim / 2;
+    float* row = x + (size_t)blockIdx.x * heads * head_dim;
+    const float pos = (float)(pos0 + blockIdx.x);
+    for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
+        const int h = j / half, i = j % half;
+        float s, c;
+        sincosf(pos * inv_freq[i], &s, &c);
+        float* hp = row + h * head_dim;
+        const float a = hp[i], b = hp[i + half];
+        hp[i] = a * c - b * s;
+        hp[i + half] = b * c + a * s;
+    }
+}
+
+// Causal attention of `rows` new queries (positions pos0..) over a layer's
+// cache (position-major, `kv_dim` floats a position), which already holds
+// their K/V. Grid: (query heads, rows); block: a multiple of 32 threads;
+// dynamic shared memory: (pos0 + rows) + 32 floats.
+extern "C" __global__ void attention(const float* q, const float* kc, const float* vc, float* out,
+                                     int heads, int kv_heads, int head_dim, int pos0, float scale) {
+    extern __shared__ float shared[];
+    float* scratch = shared;       // 32 floats for block reductions
+    float* p = shared + WARP;      // one score per position
+    const int h = blockIdx.x, r = blockIdx.y;
+    const int n = pos0 + r + 1;
+    const int kv_dim = kv_heads * head_dim;
+    const int kvh = h / (heads / kv_heads);
+    const float* qv = q + ((size_t)r * heads + h) * head_dim;
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
+    // Scores: a warp per position, lanes over the head's dimensions.
+    for (int t = warp; t < n; t += warps) {
+        const float* kt = kc + (size_t)t * kv_dim + kvh * head_dim;
+        float s = 0.0f;
+        for (int d = lane; d < head_dim; d += WARP) s = fmaf(qv[d], kt[d], s);
+        s = warp_sum(s);
+        if (lane == 0) p[t] = s * scale;
+    }
+    __syncthreads();
+    float m = NEG_INF;
+    for (int t = threadIdx.x; t < n; t += blockDim.x) m = fmaxf(m, p[t]);
+    m = block_max(m, scratch);
+    float sum = 0.0f;
+    for (int t = threadIdx.x; t < n; t += blockDim.x) {
+        const float e = expf(p[t] - m);
+        p[t] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, scratch);
+    const float inv = 1.0f / sum;
+    // Weighted sum of V in order of position, a thread per dimension.
+    float* o = out + ((size_t)r * heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        const float* vd = vc + kvh * head_dim + d;
+        float acc = 0.0f;
+        for (int t = 0; t < n; t++) acc = fmaf(p[t] * inv, vd[(size_t)t * kv_dim], acc);
+        o[d] = acc;
+    }
+}
+
+// gate = silu(gate) * up.
+extern "C" __global__ void swiglu(float* gate, const float* up, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+// x += y.
+extern "C" __global__ void add(float* x, const float* y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}

@@ -1,0 +1,661 @@
+//! The CUDA engine (cudarc): weights on the GPU in their stored dtype, f32
+//! activations, NVRTC kernels ([`compile`]), batch-invariant matrix-vector
+//! products for up to [`MATVEC_MAX_ROWS`] rows and cuBLAS beyond (prefill).
+//!
+//! The engine's trait methods cannot return errors, so a CUDA failure in the
+//! middle of a pass (a lost device, an out-of-memory allocation) panics with
+//! a message naming the call; the C API turns panics into error codes. What
+//! can be checked up front (the driver, NVRTC, the headers, the shapes) is
+//! checked when the model loads, with clear errors.
+
+pub mod compile;
+
+use super::{rope, Engine, Rows, Segment};
+use crate::config::ModelConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::weights::{Tensor, TensorData, WeightStore};
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::{
+    sys as drv, CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    DevicePtr, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
+};
+use half::{bf16, f16};
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+/// Passes of at most this many rows use the batch-invariant matvec kernel
+/// (16 rows a launch); larger ones (prompts) use cuBLAS, whose result for a
+/// row may depend on the row count. Decode steps, verify passes and batched
+/// sessions up to this size are therefore bit-reproducible whatever the batch.
+pub const MATVEC_MAX_ROWS: usize = 128;
+const MATVEC_ROWS: usize = 16;
+const MATVEC_WARPS: u32 = 8;
+
+/// Whether the CUDA driver library can be loaded (checked before touching
+/// cudarc, whose loader panics when libcuda is missing).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { drv::is_culib_present() }
+}
+
+fn cuda_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Unsupported, format!("CUDA: {what}: {e}"))
+}
+
+/// Unwraps a CUDA call made inside a pass (see the module comment).
+#[track_caller]
+fn ok<T>(r: std::result::Result<T, DriverError>) -> T {
+    r.unwrap_or_else(|e| panic!("CUDA engine: {e}"))
+}
+
+/// A weight matrix (`rows x cols`, row-major) in its stored dtype.
+enum DevMat {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<f16>),
+    Bf16(CudaSlice<bf16>),
+}
+
+struct Matrix {
+    w: DevMat,
+    rows: usize,
+    cols: usize,
+}
+
+impl Matrix {
+    fn upload(stream: &Arc<CudaStream>, t: &Tensor) -> Result<Matrix> {
+        let w = match t.data() {
+            TensorData::F32(s) => DevMat::F32(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?),
+            TensorData::F16(s) => DevMat::F16(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?),
+            TensorData::BF16(s) => DevMat::Bf16(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?),
+        };
+        Ok(Matrix {
+            w,
+            rows: t.shape[0],
+            cols: t.shape[1],
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        let size = match self.w {
+            DevMat::F32(_) => 4,
+            DevMat::F16(_) | DevMat::Bf16(_) => 2,
+        };
+        self.rows * self.cols * size
+    }
+}
+
+struct LayerWeights {
+    attn_norm: CudaSlice<f32>,
+    mlp_norm: CudaSlice<f32>,
+    q: Matrix,
+    k: Matrix,
+    v: Matrix,
+    o: Matrix,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+}
+
+/// The kernels of [`compile::SOURCE`], loaded into this engine's context.
+struct Kernels {
+    matvec_f32: CudaFunction,
+    matvec_f16: CudaFunction,
+    matvec_bf16: CudaFunction,
+    f32_to_f16: CudaFunction,
+    f32_to_bf16: CudaFunction,
+    embed_f32: CudaFunction,
+    embed_f16: CudaFunction,
+    embed_bf16: CudaFunction,
+    rms_norm: CudaFunction,
+    rope: CudaFunction,
+    attention: CudaFunction,
+    swiglu: CudaFunction,
+    add: CudaFunction,
+}
+
+/// The PTX of the kernels for the device's architecture, compiled once per
+/// process and architecture.
+fn ptx_for(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx> {
+    use std::collections::HashMap;
+    static CACHE: std::sync::OnceLock<Mutex<HashMap<(i32, i32), cudarc::nvrtc::Ptx>>> =
+        std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().get(&(major, minor)) {
+        return Ok(p.clone());
+    }
+    // NVRTC wants a 'static arch name; the few that exist are leaked once.
+    let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+    let ptx = compile::compile_ptx(arch)?;
+    cache.lock().insert((major, minor), ptx.clone());
+    Ok(ptx)
+}
+
+impl Kernels {
+    fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| cuda_err("compute capability", e))?;
+        let module = ctx
+            .load_module(ptx_for(major, minor)?)
+            .map_err(|e| cuda_err("loading the kernels", e))?;
+        let f = |name: &str| {
+            module
+                .load_function(name)
+                .map_err(|e| cuda_err(&format!("kernel {name}"), e))
+        };
+        Ok(Kernels {
+            matvec_f32: f("matvec_f32")?,
+            matvec_f16: f("matvec_f16")?,
+            matvec_bf16: f("matvec_bf16")?,
+            f32_to_f16: f("f32_to_f16")?,
+            f32_to_bf16: f("f32_to_bf16")?,
+            embed_f32: f("embed_f32")?,
+            embed_f16: f("embed_f16")?,
+            embed_bf16: f("embed_bf16")?,
+            rms_norm: f("rms_norm")?,
+            rope: f("rope")?,
+            attention: f("attention")?,
+            swiglu: f("swiglu")?,
+            add: f("add")?,
+        })
+    }
+}
+
+pub struct CudaEngine {
+    cfg: ModelConfig,
+    stream: Arc<CudaStream>,
+    /// cuBLAS handles are not safe to use from two threads at once.
+    blas: Mutex<CudaBlas>,
+    k: Kernels,
+    embed: Matrix,
+    /// None when tied to the embedding (one copy on the device).
+    lm_head: Option<Matrix>,
+    norm: CudaSlice<f32>,
+    layers: Vec<LayerWeights>,
+    inv_freq: CudaSlice<f32>,
+    /// Longest context the attention kernel's shared memory holds.
+    max_positions: usize,
+    name: String,
+}
+
+/// Device activations: `rows x width` f32, row-major (the buffer may be longer).
+pub struct DeviceActs {
+    buf: CudaSlice<f32>,
+    rows: usize,
+    width: usize,
+}
+
+impl DeviceActs {
+    fn new(stream: &Arc<CudaStream>, rows: usize, width: usize) -> DeviceActs {
+        // One element at least: a zero-length allocation is an error in CUDA.
+        let buf = ok(stream.alloc_zeros::<f32>((rows * width).max(1)));
+        DeviceActs { buf, rows, width }
+    }
+
+    fn view(&self) -> CudaView<'_, f32> {
+        self.buf.slice(..self.rows * self.width)
+    }
+
+    /// Copies rows `from..` of `self` then all of `other` into a new buffer.
+    fn joined(&self, from: usize, other: Option<&DeviceActs>) -> DeviceActs {
+        let stream = self.buf.stream().clone();
+        let extra = other.map_or(0, |o| o.rows);
+        let mut out = DeviceActs::new(&stream, self.rows - from + extra, self.width);
+        let mine = (self.rows - from) * self.width;
+        if mine > 0 {
+            let src = self.buf.slice(from * self.width..self.rows * self.width);
+            ok(stream.memcpy_dtod(&src, &mut out.buf.slice_mut(..mine)));
+        }
+        if let Some(o) = other.filter(|o| o.rows > 0) {
+            let n = o.rows * o.width;
+            ok(stream.memcpy_dtod(&o.buf.slice(..n), &mut out.buf.slice_mut(mine..mine + n)));
+        }
+        out
+    }
+}
+
+impl Rows for DeviceActs {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn append(&mut self, other: Self) {
+        *self = self.joined(0, Some(&other));
+    }
+    fn truncate(&mut self, rows: usize) {
+        self.rows = self.rows.min(rows);
+    }
+    fn split_off(&mut self, at: usize) -> Self {
+        let tail = self.joined(at, None);
+        self.rows = at;
+        tail
+    }
+    fn tail(&self, from: usize) -> Self {
+        self.joined(from, None)
+    }
+}
+
+/// Per-layer K/V on the device, `capacity x kv_dim` each, position-major. The
+/// session tracks each layer's length, so truncation copies nothing.
+pub struct CudaKv {
+    k: Vec<CudaSlice<f32>>,
+    v: Vec<CudaSlice<f32>>,
+}
+
+fn grid(n: usize, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(block).max(1), 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn rows_cfg(rows: usize, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaEngine {
+    /// Loads the weights onto GPU `ordinal`, one tensor at a time from the
+    /// memory map (host memory stays near one tensor).
+    pub fn load(cfg: &ModelConfig, store: &WeightStore, ordinal: usize) -> Result<Self> {
+        if !driver_present() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "device cuda: no CUDA driver (libcuda.so) on this machine; use the cpu device",
+            ));
+        }
+        if !compile::nvrtc_present() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "device cuda: NVRTC (libnvrtc.so.12) was not found on the library path; the CUDA engine compiles its kernels with it",
+            ));
+        }
+        let count = CudaContext::device_count().map_err(|e| cuda_err("counting devices", e))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::invalid(format!(
+                "device cuda:{ordinal}: this machine has {count} CUDA device(s)"
+            )));
+        }
+        let h = cfg.hidden_size;
+        let (qd, kvd, inter) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        for (what, n) in [("hidden_size", h), ("q_dim", qd), ("intermediate_size", inter)] {
+            if n % 8 != 0 {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("device cuda: {what} = {n} is not a multiple of 8, which the matvec kernel needs"),
+                ));
+            }
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err("creating a context", e))?;
+        let stream = ctx.default_stream();
+        let k = Kernels::load(&ctx)?;
+        let optin = ctx
+            .attribute(drv::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| cuda_err("shared memory size", e))?;
+        k.attention
+            .set_attribute(
+                drv::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                optin - 32 * 4,
+            )
+            .map_err(|e| cuda_err("attention shared memory", e))?;
+        let max_positions = (optin as usize / 4).saturating_sub(64);
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS", e))?;
+
+        let mat = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
+            Matrix::upload(&stream, &store.get(name, &[rows, cols])?)
+        };
+        let vec = |name: &str| -> Result<CudaSlice<f32>> {
+            stream
+                .clone_htod(&store.get(name, &[h])?.to_f32())
+                .map_err(|e| cuda_err("upload", e))
+        };
+        let embed = mat("model.embed_tokens.weight", cfg.vocab_size, h)?;
+        let lm_head = if cfg.tie_word_embeddings && !store.contains("lm_head.weight") {
+            None
+        } else {
+            Some(mat("lm_head.weight", cfg.vocab_size, h)?)
+        };
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Ok(LayerWeights {
+                    attn_norm: vec(&format!("{p}.input_layernorm.weight"))?,
+                    mlp_norm: vec(&format!("{p}.post_attention_layernorm.weight"))?,
+                    q: mat(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
+                    k: mat(&format!("{p}.self_attn.k_proj.weight"), kvd, h)?,
+                    v: mat(&format!("{p}.self_attn.v_proj.weight"), kvd, h)?,
+                    o: mat(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
+                    gate: mat(&format!("{p}.mlp.gate_proj.weight"), inter, h)?,
+                    up: mat(&format!("{p}.mlp.up_proj.weight"), inter, h)?,
+                    down: mat(&format!("{p}.mlp.down_proj.weight"), h, inter)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        Ok(CudaEngine {
+            cfg: cfg.clone(),
+            norm: vec("model.norm.weight")?,
+            inv_freq: stream
+                .clone_htod(&rope::inv_freq(cfg))
+                .map_err(|e| cuda_err("upload", e))?,
+            stream,
+            blas: Mutex::new(blas),
+            k,
+            embed,
+            lm_head,
+            layers,
+            max_positions,
+            name,
+        })
+    }
+
+    fn head_matrix(&self) -> &Matrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The device's name (for reports).
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    /// `x (rows x m.cols) · mᵀ` into a new `rows x m.rows` buffer.
+    fn matmul(&self, x: &CudaView<'_, f32>, rows: usize, m: &Matrix) -> CudaSlice<f32> {
+        let mut y = ok(self.stream.alloc_zeros::<f32>((rows * m.rows).max(1)));
+        if rows <= MATVEC_MAX_ROWS {
+            self.matvec(x, rows, m, &mut y);
+        } else {
+            self.gemm(x, rows, m, &mut y);
+        }
+        y
+    }
+
+    /// Batch-invariant products, [`MATVEC_ROWS`] rows a launch.
+    fn matvec(&self, x: &CudaView<'_, f32>, rows: usize, m: &Matrix, y: &mut CudaSlice<f32>) {
+        let f = match m.w {
+            DevMat::F32(_) => &self.k.matvec_f32,
+            DevMat::F16(_) => &self.k.matvec_f16,
+            DevMat::Bf16(_) => &self.k.matvec_bf16,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: ((m.rows as u32).div_ceil(MATVEC_WARPS), 1, 1),
+            block_dim: (32 * MATVEC_WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n_out, k) = (m.rows as i32, m.cols as i32);
+        for r0 in (0..rows).step_by(MATVEC_ROWS) {
+            let rr = (rows - r0).min(MATVEC_ROWS);
+            let xs = x.slice(r0 * m.cols..(r0 + rr) * m.cols);
+            let mut ys = y.slice_mut(r0 * m.rows..(r0 + rr) * m.rows);
+            let n = rr as i32;
+            let mut b = self.stream.launch_builder(f);
+            match &m.w {
+                DevMat::F32(w) => b.arg(w),
+                DevMat::F16(w) => b.arg(w),
+                DevMat::Bf16(w) => b.arg(w),
+            };
+            b.arg(&xs).arg(&mut ys).arg(&n_out).arg(&k).arg(&n);
+            // SAFETY: the kernel's signature matches these arguments; the
+            // buffers hold rr rows of m.cols inputs and m.rows outputs.
+            ok(unsafe { b.launch(cfg) }.map(|_| ()));
+        }
+    }
+
+    /// cuBLAS product for many rows. Row-major `y = x · wᵀ` is column-major
+    /// `yᵀ = w · xᵀ` with `w` read transposed: m = n_out, n = rows, k = cols.
+    /// f16/bf16 weights take inputs rounded to their dtype (cuBLAS wants one
+    /// input dtype); sums are f32.
+    fn gemm(&self, x: &CudaView<'_, f32>, rows: usize, m: &Matrix, y: &mut CudaSlice<f32>) {
+        use blas_sys::cudaDataType_t as T;
+        let n = rows * m.cols;
+        let half_x = |f: &CudaFunction| -> CudaSlice<u16> {
+            let mut out = ok(self.stream.alloc_zeros::<u16>(n));
+            let len = n as i32;
+            let mut b = self.stream.launch_builder(f);
+            b.arg(x).arg(&mut out).arg(&len);
+            // SAFETY: f32_to_{f16,bf16}(const float*, half*, int) over n elements.
+            ok(unsafe { b.launch(grid(n, 256)) }.map(|_| ()));
+            out
+        };
+        let blas = self.blas.lock();
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (mm, nn, kk) = (m.rows as i32, rows as i32, m.cols as i32);
+        let mut run = |w: u64, wt: T, xp: u64, xt: T| {
+            let (yp, _sync) = y.device_ptr_mut(&self.stream);
+            // SAFETY: pointers are live device buffers of the stated dtypes and sizes.
+            unsafe {
+                blas::gemm_ex(
+                    *blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    mm,
+                    nn,
+                    kk,
+                    &alpha as *const f32 as *const _,
+                    w as *const _,
+                    wt,
+                    kk,
+                    xp as *const _,
+                    xt,
+                    kk,
+                    &beta as *const f32 as *const _,
+                    yp as *mut _,
+                    T::CUDA_R_32F,
+                    mm,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .unwrap_or_else(|e| panic!("CUDA engine: cuBLAS GemmEx: {e}"));
+        };
+        match &m.w {
+            DevMat::F32(w) => {
+                let (wp, _a) = w.device_ptr(&self.stream);
+                let (xp, _b) = x.device_ptr(&self.stream);
+                run(wp, T::CUDA_R_32F, xp, T::CUDA_R_32F);
+            }
+            DevMat::F16(w) => {
+                let xh = half_x(&self.k.f32_to_f16);
+                let (wp, _a) = w.device_ptr(&self.stream);
+                let (xp, _b) = xh.device_ptr(&self.stream);
+                run(wp, T::CUDA_R_16F, xp, T::CUDA_R_16F);
+            }
+            DevMat::Bf16(w) => {
+                let xh = half_x(&self.k.f32_to_bf16);
+                let (wp, _a) = w.device_ptr(&self.stream);
+                let (xp, _b) = xh.device_ptr(&self.stream);
+                run(wp, T::CUDA_R_16BF, xp, T::CUDA_R_16BF);
+            }
+        }
+    }
+
+    fn rms_norm(&self, x: &CudaView<'_, f32>, rows: usize, w: &CudaSlice<f32>) -> CudaSlice<f32> {
+        let h = self.cfg.hidden_size;
+        let mut out = ok(self.stream.alloc_zeros::<f32>((rows * h).max(1)));
+        let (hi, eps) = (h as i32, self.cfg.rms_norm_eps);
+        let mut b = self.stream.launch_builder(&self.k.rms_norm);
+        b.arg(x).arg(w).arg(&mut out).arg(&hi).arg(&eps);
+        // SAFETY: rms_norm(const float* x, const float* w, float* out, int, float), rows blocks.
+        ok(unsafe { b.launch(rows_cfg(rows, 256)) }.map(|_| ()));
+        out
+    }
+
+    fn elementwise(&self, f: &CudaFunction, a: &mut CudaSlice<f32>, b_in: &CudaSlice<f32>, n: usize) {
+        let len = n as i32;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(a).arg(b_in).arg(&len);
+        // SAFETY: (float*, const float*, int) over n elements of both.
+        ok(unsafe { b.launch(grid(n, 256)) }.map(|_| ()));
+    }
+
+    fn rope(&self, x: &mut CudaViewMut<'_, f32>, rows: usize, heads: usize, pos0: usize) {
+        let hd = self.cfg.head_dim;
+        let (h, d, p) = (heads as i32, hd as i32, pos0 as i32);
+        let mut b = self.stream.launch_builder(&self.k.rope);
+        b.arg(x).arg(&self.inv_freq).arg(&h).arg(&d).arg(&p);
+        let threads = (heads * hd / 2).next_multiple_of(32).min(1024) as u32;
+        // SAFETY: rope(float*, const float*, int, int, int), one block per row.
+        ok(unsafe { b.launch(rows_cfg(rows, threads)) }.map(|_| ()));
+    }
+}
+
+impl Engine for CudaEngine {
+    type Acts = DeviceActs;
+    type Kv = CudaKv;
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn kv_bytes_per_position(&self) -> usize {
+        2 * self.cfg.num_layers * self.cfg.kv_dim() * std::mem::size_of::<f32>()
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    fn new_kv(&self, capacity: usize) -> CudaKv {
+        let n = (capacity * self.cfg.kv_dim()).max(1);
+        let alloc = || ok(self.stream.alloc_zeros::<f32>(n));
+        CudaKv {
+            k: (0..self.cfg.num_layers).map(|_| alloc()).collect(),
+            v: (0..self.cfg.num_layers).map(|_| alloc()).collect(),
+        }
+    }
+
+    fn truncate_kv(&self, _kv: &mut CudaKv, _layer: usize, _len: usize) {
+        // Lengths live in the session's cache; positions past them are
+        // overwritten by the next append.
+    }
+
+    fn read_kv(&self, kv: &CudaKv, layer: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
+        let n = len * self.cfg.kv_dim();
+        let read = |b: &CudaSlice<f32>| ok(self.stream.clone_dtoh(&b.slice(..n)));
+        (read(&kv.k[layer]), read(&kv.v[layer]))
+    }
+
+    fn embed(&self, tokens: &[u32]) -> DeviceActs {
+        let h = self.cfg.hidden_size;
+        let mut x = DeviceActs::new(&self.stream, tokens.len(), h);
+        if tokens.is_empty() {
+            return x;
+        }
+        let ids = ok(self.stream.clone_htod(tokens));
+        let hi = h as i32;
+        let f = match self.embed.w {
+            DevMat::F32(_) => &self.k.embed_f32,
+            DevMat::F16(_) => &self.k.embed_f16,
+            DevMat::Bf16(_) => &self.k.embed_bf16,
+        };
+        let mut b = self.stream.launch_builder(f);
+        match &self.embed.w {
+            DevMat::F32(w) => b.arg(w),
+            DevMat::F16(w) => b.arg(w),
+            DevMat::Bf16(w) => b.arg(w),
+        };
+        b.arg(&ids).arg(&mut x.buf).arg(&hi);
+        // SAFETY: embed_*(const T*, const unsigned*, float*, int), a block per token.
+        ok(unsafe { b.launch(rows_cfg(tokens.len(), 256)) }.map(|_| ()));
+        x
+    }
+
+    fn run_layer_batch(&self, layer: usize, segments: &mut [Segment<'_, CudaKv>], x: &mut DeviceActs) {
+        let cfg = &self.cfg;
+        let w = &self.layers[layer];
+        let rows = x.rows;
+        if rows == 0 {
+            return;
+        }
+        let (h, hd, qd, kvd) = (cfg.hidden_size, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+
+        let xn = self.rms_norm(&x.view(), rows, &w.attn_norm);
+        let mut q = self.matmul(&xn.slice(..), rows, &w.q);
+        let mut k = self.matmul(&xn.slice(..), rows, &w.k);
+        let v = self.matmul(&xn.slice(..), rows, &w.v);
+
+        let mut attn = ok(self.stream.alloc_zeros::<f32>(rows * qd));
+        let mut r0 = 0;
+        for seg in segments.iter_mut() {
+            let (n, pos0) = (seg.rows, seg.pos0);
+            if n == 0 {
+                continue;
+            }
+            self.rope(&mut q.slice_mut(r0 * qd..(r0 + n) * qd), n, nh, pos0);
+            self.rope(&mut k.slice_mut(r0 * kvd..(r0 + n) * kvd), n, nkv, pos0);
+            let span = pos0 * kvd..(pos0 + n) * kvd;
+            let rows_kv = r0 * kvd..(r0 + n) * kvd;
+            ok(self.stream.memcpy_dtod(&k.slice(rows_kv.clone()), &mut seg.kv.k[layer].slice_mut(span.clone())));
+            ok(self.stream.memcpy_dtod(&v.slice(rows_kv), &mut seg.kv.v[layer].slice_mut(span)));
+
+            let positions = pos0 + n;
+            assert!(
+                positions <= self.max_positions,
+                "CUDA engine: {positions} positions exceed the attention kernel's limit ({})",
+                self.max_positions
+            );
+            let cfg_attn = LaunchConfig {
+                grid_dim: (nh as u32, n as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: ((positions + 32) * 4) as u32,
+            };
+            let (ih, ikv, ihd, ip) = (nh as i32, nkv as i32, hd as i32, pos0 as i32);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let qs = q.slice(r0 * qd..(r0 + n) * qd);
+            let mut os = attn.slice_mut(r0 * qd..(r0 + n) * qd);
+            let mut b = self.stream.launch_builder(&self.k.attention);
+            b.arg(&qs)
+                .arg(&seg.kv.k[layer])
+                .arg(&seg.kv.v[layer])
+                .arg(&mut os)
+                .arg(&ih)
+                .arg(&ikv)
+                .arg(&ihd)
+                .arg(&ip)
+                .arg(&scale);
+            // SAFETY: attention(q, k cache, v cache, out, heads, kv_heads,
+            // head_dim, pos0, scale); the caches hold pos0 + n positions.
+            ok(unsafe { b.launch(cfg_attn) }.map(|_| ()));
+            r0 += n;
+        }
+        let o = self.matmul(&attn.slice(..), rows, &w.o);
+        self.elementwise(&self.k.add, &mut x.buf, &o, rows * h);
+
+        let xn = self.rms_norm(&x.view(), rows, &w.mlp_norm);
+        let inter = cfg.intermediate_size;
+        let mut gate = self.matmul(&xn.slice(..), rows, &w.gate);
+        let up = self.matmul(&xn.slice(..), rows, &w.up);
+        self.elementwise(&self.k.swiglu, &mut gate, &up, rows * inter);
+        let down = self.matmul(&gate.slice(..), rows, &w.down);
+        self.elementwise(&self.k.add, &mut x.buf, &down, rows * h);
+    }
+
+    fn head(&self, x: &DeviceActs, from: usize, out: &mut Vec<f32>) {
+        let h = self.cfg.hidden_size;
+        let rows = x.rows - from;
+        out.clear();
+        if rows == 0 {
+            return;
+        }
+        let xs = x.buf.slice(from * h..x.rows * h);
+        let xn = self.rms_norm(&xs, rows, &self.norm);
+        let logits = self.matmul(&xn.slice(..), rows, self.head_matrix());
+        out.resize(rows * self.cfg.vocab_size, 0.0);
+        ok(self
+            .stream
+            .memcpy_dtoh(&logits.slice(..rows * self.cfg.vocab_size), out.as_mut_slice()));
+        ok(self.stream.synchronize());
+    }
+
+    fn weight_bytes_per_token(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|w| [&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down].iter().map(|m| m.bytes()).sum::<usize>())
+            .sum();
+        layers + self.head_matrix().bytes()
+    }
+}

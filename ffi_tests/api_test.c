@@ -217,7 +217,18 @@ int main(int argc, char **argv) {
         lsk_model_options_default(&mo);
         mo.device = 7;
         EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_model_load(argv[1], &mo, &none, &err_));
+        /* A GPU that no machine here has: an error (no driver, or no such
+           ordinal), never a crash, and nothing handed out. */
+        mo.device = LSK_DEVICE_CUDA;
+        mo.device_index = 99;
+        {
+            lsk_error *e = NULL;
+            lsk_result r = lsk_model_load(argv[1], &mo, &none, &e);
+            CHECK((r == LSK_ERR_UNSUPPORTED || r == LSK_ERR_INVALID_ARGUMENT) && none == NULL && e != NULL);
+            lsk_error_free(e);
+        }
         mo.device = LSK_DEVICE_CPU;
+        mo.device_index = 0;
         mo.struct_size = 4;
         EXPECT(LSK_ERR_STRUCT_SIZE, lsk_model_load(argv[1], &mo, &none, &err_));
         lsk_model_options_default(&mo);

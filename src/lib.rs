@@ -21,12 +21,12 @@ pub mod weights;
 
 pub use adaptive::AutoSpec;
 pub use config::{ModelConfig, RopeScaling};
+pub use engine::backend::Device;
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{
     generate, step_all, ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Generation,
     Mode, OnToken, StopReason,
 };
-pub use engine::backend::Device;
 pub use model::{LoadOptions, Model, Quantize};
 pub use sampling::SamplingParams;
 pub use session::{forward_batch, BatchItem, Logits, Probe, Session};

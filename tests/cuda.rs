@@ -132,7 +132,10 @@ fn gpu_logits_match_the_cpu_engine_at_every_exit() {
                 b.forward(prompt, exit, Logits::All).unwrap();
                 let err = relative_error(a.logits(), b.logits());
                 println!("{name} exit {exit}: GPU vs CPU relative error {err:e}");
-                assert!(err < tol, "{name} exit {exit}: relative error {err:e} >= {tol:e}");
+                assert!(
+                    err < tol,
+                    "{name} exit {exit}: relative error {err:e} >= {tol:e}"
+                );
             }
         }
         // And against transformers' own greedy continuations.
@@ -149,10 +152,14 @@ fn gpu_rows_are_bit_identical_alone_or_in_a_batch_of_nine() {
         let prompt: Vec<u32> = prompts(name)[2][..9].to_vec();
         let vocab = model.config.vocab_size;
         let mut batch = Session::new(model.clone(), 0).unwrap();
-        batch.forward(&prompt, model.num_layers(), Logits::All).unwrap();
+        batch
+            .forward(&prompt, model.num_layers(), Logits::All)
+            .unwrap();
         let mut single = Session::new(model.clone(), 0).unwrap();
         for (i, &t) in prompt.iter().enumerate() {
-            single.forward(&[t], model.num_layers(), Logits::Last).unwrap();
+            single
+                .forward(&[t], model.num_layers(), Logits::Last)
+                .unwrap();
             let a = &batch.logits()[i * vocab..(i + 1) * vocab];
             assert!(
                 a.iter()

@@ -252,8 +252,14 @@ int main(int argc, char** argv) {
         else if (a == "--port") port = std::stoi(v);
         else if (a == "--quantize" && (v == "none" || v == "int8" || v == "bf16"))
             options.quantize = v == "int8" ? LSK_QUANTIZE_INT8 : v == "bf16" ? LSK_QUANTIZE_BF16 : LSK_QUANTIZE_NONE;
-        else {
-            std::fprintf(stderr, "usage: layerskip-server [--model DIR] [--host H] [--port P] [--quantize none|int8|bf16]\n");
+        else if (a == "--device" && v == "cpu")
+            options.device = LSK_DEVICE_CPU;
+        else if (a == "--device" && (v == "cuda" || (v.size() > 5 && v.rfind("cuda:", 0) == 0 &&
+                                                     v.find_first_not_of("0123456789", 5) == std::string::npos))) {
+            options.device = LSK_DEVICE_CUDA;
+            options.device_index = v.size() > 5 && v[4] == ':' ? std::stoi(v.substr(5)) : 0;
+        } else {
+            std::fprintf(stderr, "usage: layerskip-server [--model DIR] [--host H] [--port P] [--quantize none|int8|bf16] [--device cpu|cuda[:N]]\n");
             return 2;
         }
     }

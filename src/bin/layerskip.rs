@@ -74,6 +74,9 @@ struct ModelArgs {
     /// bf16 arithmetic; fast multi-row products with AVX512_BF16).
     #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
     quantize: QuantizeArg,
+    /// Where to run: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: layerskip::Device,
 }
 
 impl ModelArgs {
@@ -92,6 +95,7 @@ impl ModelArgs {
                 QuantizeArg::Int8 => layerskip::Quantize::Int8,
                 QuantizeArg::Bf16 => layerskip::Quantize::Bf16,
             },
+            device: self.device,
             ..Default::default()
         };
         Model::load_with(self.model.clone().unwrap_or_else(default_model), &options)
@@ -467,6 +471,7 @@ fn run_eval(
         let plain = ModelArgs {
             model: args.model.clone(),
             quantize: QuantizeArg::None,
+            device: args.device,
         }
         .load()?;
         let base = layerskip::bench::evaluate(&plain, &tokens, seq, windows)?;

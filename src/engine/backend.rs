@@ -29,7 +29,9 @@ impl std::str::FromStr for Device {
                 .and_then(|n| n.parse().ok())
                 .map(Device::Cuda)
                 .ok_or_else(|| {
-                    Error::invalid(format!("unknown device {s:?} (expected cpu, cuda or cuda:N)"))
+                    Error::invalid(format!(
+                        "unknown device {s:?} (expected cpu, cuda or cuda:N)"
+                    ))
                 }),
         }
     }

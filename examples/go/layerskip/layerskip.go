@@ -105,6 +105,8 @@ type LoadOptions struct {
 	MaxContext    uint32 // longest session context; 0 = the model's
 	KVBudgetBytes uint64 // KV-cache bytes all sessions may reserve; 0 = unlimited
 	Quantize      int    // QuantizeNone, QuantizeInt8 or QuantizeBf16
+	CUDA          bool   // run on a CUDA GPU (DeviceIndex) instead of the CPU
+	DeviceIndex   uint32 // GPU ordinal when CUDA is set
 }
 
 // Load loads a Hugging Face Llama checkpoint directory.
@@ -121,6 +123,10 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	o.max_context = C.uint32_t(opt.MaxContext)
 	o.kv_budget_bytes = C.uint64_t(opt.KVBudgetBytes)
 	o.quantize = C.uint32_t(opt.Quantize)
+	if opt.CUDA {
+		o.device = C.LSK_DEVICE_CUDA
+		o.device_index = C.uint32_t(opt.DeviceIndex)
+	}
 	var h *C.lsk_model
 	var cerr *C.lsk_error
 	if err := check(C.lsk_model_load(cpath, &o, &h, &cerr), cerr); err != nil {

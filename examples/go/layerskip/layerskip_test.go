@@ -32,6 +32,27 @@ func TestLoadErrors(t *testing.T) {
 	}
 }
 
+func TestLoadOnCUDA(t *testing.T) {
+	m, err := LoadWith(modelPath(t), LoadOptions{CUDA: true, MaxContext: 64})
+	if err == nil {
+		// A machine with a GPU: it must decode there too.
+		s, err := m.NewSession(0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res, err := s.Generate([]int32{2, 3, 4}, Options{MaxNewTokens: 5, IgnoreEOS: true}, nil); err != nil || len(res.Tokens) != 5 {
+			t.Fatal(res, err)
+		}
+		return
+	}
+	if !IsCode(err, ErrUnsupported) && !IsCode(err, ErrInvalidArgument) {
+		t.Fatalf("want ErrUnsupported (no driver) or ErrInvalidArgument (no such GPU), got %v", err)
+	}
+	if _, err := LoadWith(modelPath(t), LoadOptions{CUDA: true, DeviceIndex: 99}); err == nil {
+		t.Fatal("GPU 99 must not load")
+	}
+}
+
 func TestLoadWithQuantize(t *testing.T) {
 	if _, err := LoadWith(modelPath(t), LoadOptions{Quantize: 7}); !IsCode(err, ErrInvalidArgument) {
 		t.Fatalf("want ErrInvalidArgument, got %v", err)

@@ -16,8 +16,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::weights::{Tensor, TensorData, WeightStore};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    sys as drv, CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut,
-    DevicePtr, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
+    sys as drv, CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
+    DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
 };
 use half::{bf16, f16};
 use parking_lot::Mutex;
@@ -64,9 +64,15 @@ struct Matrix {
 impl Matrix {
     fn upload(stream: &Arc<CudaStream>, t: &Tensor) -> Result<Matrix> {
         let w = match t.data() {
-            TensorData::F32(s) => DevMat::F32(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?),
-            TensorData::F16(s) => DevMat::F16(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?),
-            TensorData::BF16(s) => DevMat::Bf16(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?),
+            TensorData::F32(s) => {
+                DevMat::F32(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?)
+            }
+            TensorData::F16(s) => {
+                DevMat::F16(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?)
+            }
+            TensorData::BF16(s) => {
+                DevMat::Bf16(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?)
+            }
         };
         Ok(Matrix {
             w,
@@ -281,7 +287,11 @@ impl CudaEngine {
         }
         let h = cfg.hidden_size;
         let (qd, kvd, inter) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
-        for (what, n) in [("hidden_size", h), ("q_dim", qd), ("intermediate_size", inter)] {
+        for (what, n) in [
+            ("hidden_size", h),
+            ("q_dim", qd),
+            ("intermediate_size", inter),
+        ] {
             if n % 8 != 0 {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
@@ -293,7 +303,9 @@ impl CudaEngine {
         let stream = ctx.default_stream();
         let k = Kernels::load(&ctx)?;
         let optin = ctx
-            .attribute(drv::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .attribute(
+                drv::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
             .map_err(|e| cuda_err("shared memory size", e))?;
         k.attention
             .set_attribute(
@@ -482,7 +494,13 @@ impl CudaEngine {
         out
     }
 
-    fn elementwise(&self, f: &CudaFunction, a: &mut CudaSlice<f32>, b_in: &CudaSlice<f32>, n: usize) {
+    fn elementwise(
+        &self,
+        f: &CudaFunction,
+        a: &mut CudaSlice<f32>,
+        b_in: &CudaSlice<f32>,
+        n: usize,
+    ) {
         let len = n as i32;
         let mut b = self.stream.launch_builder(f);
         b.arg(a).arg(b_in).arg(&len);
@@ -562,7 +580,12 @@ impl Engine for CudaEngine {
         x
     }
 
-    fn run_layer_batch(&self, layer: usize, segments: &mut [Segment<'_, CudaKv>], x: &mut DeviceActs) {
+    fn run_layer_batch(
+        &self,
+        layer: usize,
+        segments: &mut [Segment<'_, CudaKv>],
+        x: &mut DeviceActs,
+    ) {
         let cfg = &self.cfg;
         let w = &self.layers[layer];
         let rows = x.rows;
@@ -588,8 +611,13 @@ impl Engine for CudaEngine {
             self.rope(&mut k.slice_mut(r0 * kvd..(r0 + n) * kvd), n, nkv, pos0);
             let span = pos0 * kvd..(pos0 + n) * kvd;
             let rows_kv = r0 * kvd..(r0 + n) * kvd;
-            ok(self.stream.memcpy_dtod(&k.slice(rows_kv.clone()), &mut seg.kv.k[layer].slice_mut(span.clone())));
-            ok(self.stream.memcpy_dtod(&v.slice(rows_kv), &mut seg.kv.v[layer].slice_mut(span)));
+            ok(self.stream.memcpy_dtod(
+                &k.slice(rows_kv.clone()),
+                &mut seg.kv.k[layer].slice_mut(span.clone()),
+            ));
+            ok(self
+                .stream
+                .memcpy_dtod(&v.slice(rows_kv), &mut seg.kv.v[layer].slice_mut(span)));
 
             let positions = pos0 + n;
             assert!(
@@ -644,9 +672,10 @@ impl Engine for CudaEngine {
         let xn = self.rms_norm(&xs, rows, &self.norm);
         let logits = self.matmul(&xn.slice(..), rows, self.head_matrix());
         out.resize(rows * self.cfg.vocab_size, 0.0);
-        ok(self
-            .stream
-            .memcpy_dtoh(&logits.slice(..rows * self.cfg.vocab_size), out.as_mut_slice()));
+        ok(self.stream.memcpy_dtoh(
+            &logits.slice(..rows * self.cfg.vocab_size),
+            out.as_mut_slice(),
+        ));
         ok(self.stream.synchronize());
     }
 
@@ -654,7 +683,12 @@ impl Engine for CudaEngine {
         let layers: usize = self
             .layers
             .iter()
-            .map(|w| [&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down].iter().map(|m| m.bytes()).sum::<usize>())
+            .map(|w| {
+                [&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down]
+                    .iter()
+                    .map(|m| m.bytes())
+                    .sum::<usize>()
+            })
             .sum();
         layers + self.head_matrix().bytes()
     }

@@ -4,6 +4,7 @@
 //!   cargo bench --bench decode                                  # bundled model
 //!   LAYERSKIP_BENCH_MODEL=/tmp/rand100m cargo bench --bench decode
 //!   LAYERSKIP_BENCH_QUANTIZE=bf16 cargo bench --bench decode    # or int8
+//!   LAYERSKIP_BENCH_DEVICE=cuda cargo bench --bench decode      # the CUDA engine
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use layerskip::engine::Engine;
@@ -20,8 +21,12 @@ fn model() -> Arc<Model> {
         Ok("int8") => Quantize::Int8,
         _ => Quantize::None,
     };
+    let device = std::env::var("LAYERSKIP_BENCH_DEVICE")
+        .map(|d| d.parse().expect("LAYERSKIP_BENCH_DEVICE: cpu, cuda or cuda:N"))
+        .unwrap_or_default();
     let options = LoadOptions {
         quantize,
+        device,
         ..Default::default()
     };
     Model::load_with(&dir, &options).unwrap_or_else(|e| panic!("{dir}: {e}"))

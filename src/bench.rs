@@ -286,9 +286,10 @@ pub struct Roofline {
     pub tokens_per_second: f64,
     /// weight_bytes_per_token x tokens_per_second.
     pub achieved_gb_per_s: f64,
-    /// A read-bandwidth probe of this machine (`engine::cpu::read_bandwidth`).
+    /// The engine's memory bandwidth probe (host reads on the CPU,
+    /// device-to-device copies on a GPU).
     pub measured_gb_per_s: f64,
-    pub kernel: &'static str,
+    pub kernel: String,
 }
 
 impl Roofline {
@@ -298,8 +299,8 @@ impl Roofline {
             weight_bytes_per_token: bytes,
             tokens_per_second: full_tokens_per_second,
             achieved_gb_per_s: bytes as f64 * full_tokens_per_second / 1e9,
-            measured_gb_per_s: crate::engine::cpu::read_bandwidth(),
-            kernel: crate::engine::cpu::kernel_name(),
+            measured_gb_per_s: model.engine.memory_bandwidth(),
+            kernel: model.engine.kernel_name(),
         }
     }
 

@@ -194,6 +194,18 @@ impl Engine for Backend {
             Backend::Cuda(e) => e.weight_bytes_per_token(),
         }
     }
+    fn memory_bandwidth(&self) -> f64 {
+        match self {
+            Backend::Cpu(e) => e.memory_bandwidth(),
+            Backend::Cuda(e) => e.memory_bandwidth(),
+        }
+    }
+    fn kernel_name(&self) -> String {
+        match self {
+            Backend::Cpu(e) => e.kernel_name(),
+            Backend::Cuda(e) => e.kernel_name(),
+        }
+    }
     fn max_positions(&self) -> usize {
         match self {
             Backend::Cpu(e) => e.max_positions(),

@@ -73,6 +73,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Bytes of weights one full-depth decode step reads (every layer's
     /// matrices and the LM head): the numerator of a roofline.
     fn weight_bytes_per_token(&self) -> usize;
+    /// Memory bandwidth in GB/s as measured on this machine, for rooflines.
+    fn memory_bandwidth(&self) -> f64;
+    /// The kernels in use (for reports).
+    fn kernel_name(&self) -> String;
     /// Longest context the engine's kernels handle (sessions are capped there).
     fn max_positions(&self) -> usize {
         usize::MAX

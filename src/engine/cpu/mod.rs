@@ -372,6 +372,14 @@ impl Engine for CpuEngine {
         pool().install(f)
     }
 
+    fn memory_bandwidth(&self) -> f64 {
+        read_bandwidth()
+    }
+
+    fn kernel_name(&self) -> String {
+        kernel_name().to_string()
+    }
+
     fn head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {
         let h = self.cfg.hidden_size;
         let rows = x.rows() - from;

@@ -137,7 +137,7 @@ fn ptx_for(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx> {
 }
 
 impl Kernels {
-    fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
+    fn load(ctx: &Arc<CudaContext>) -> Result<(Kernels, String)> {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| cuda_err("compute capability", e))?;
@@ -149,7 +149,7 @@ impl Kernels {
                 .load_function(name)
                 .map_err(|e| cuda_err(&format!("kernel {name}"), e))
         };
-        Ok(Kernels {
+        let kernels = Kernels {
             matvec_f32: f("matvec_f32")?,
             matvec_f16: f("matvec_f16")?,
             matvec_bf16: f("matvec_bf16")?,
@@ -163,7 +163,8 @@ impl Kernels {
             attention: f("attention")?,
             swiglu: f("swiglu")?,
             add: f("add")?,
-        })
+        };
+        Ok((kernels, format!("compute_{major}{minor}")))
     }
 }
 
@@ -182,6 +183,8 @@ pub struct CudaEngine {
     /// Longest context the attention kernel's shared memory holds.
     max_positions: usize,
     name: String,
+    /// The virtual architecture the kernels were compiled for.
+    arch: String,
 }
 
 /// Device activations: `rows x width` f32, row-major (the buffer may be longer).
@@ -300,8 +303,13 @@ impl CudaEngine {
             }
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err("creating a context", e))?;
+        // SAFETY: everything runs on the context's one stream, so the
+        // per-buffer events that order work across streams are not needed
+        // (they would cost event records on every launch); nothing is
+        // allocated yet.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
-        let k = Kernels::load(&ctx)?;
+        let (k, arch) = Kernels::load(&ctx)?;
         let optin = ctx
             .attribute(
                 drv::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
@@ -361,6 +369,7 @@ impl CudaEngine {
             layers,
             max_positions,
             name,
+            arch,
         })
     }
 
@@ -533,6 +542,28 @@ impl Engine for CudaEngine {
 
     fn max_positions(&self) -> usize {
         self.max_positions
+    }
+
+    /// Device-to-device copies of 1 GiB, bytes read plus written over the
+    /// time: the best of three.
+    fn memory_bandwidth(&self) -> f64 {
+        let n = (1usize << 30) / 4;
+        let src = ok(self.stream.alloc_zeros::<f32>(n));
+        let mut dst = ok(self.stream.alloc_zeros::<f32>(n));
+        (0..4)
+            .map(|_| {
+                ok(self.stream.synchronize());
+                let t = std::time::Instant::now();
+                ok(self.stream.memcpy_dtod(&src, &mut dst));
+                ok(self.stream.synchronize());
+                (2 * n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
+            })
+            .skip(1)
+            .fold(0.0, f64::max)
+    }
+
+    fn kernel_name(&self) -> String {
+        format!("cuda ({}, {})", self.name, self.arch)
     }
 
     fn new_kv(&self, capacity: usize) -> CudaKv {

@@ -22,7 +22,10 @@ fn model() -> Arc<Model> {
         _ => Quantize::None,
     };
     let device = std::env::var("LAYERSKIP_BENCH_DEVICE")
-        .map(|d| d.parse().expect("LAYERSKIP_BENCH_DEVICE: cpu, cuda or cuda:N"))
+        .map(|d| {
+            d.parse()
+                .expect("LAYERSKIP_BENCH_DEVICE: cpu, cuda or cuda:N")
+        })
         .unwrap_or_default();
     let options = LoadOptions {
         quantize,

@@ -7,7 +7,26 @@ use std::path::{Path, PathBuf};
 /// The CUDA C source of every kernel.
 pub const SOURCE: &str = include_str!("kernels.cu");
 
-/// The entry points the engine launches (every `extern "C" __global__`).
+/// The kernels the engine loads by name: exactly the source's entry points
+/// (a unit test keeps the two lists equal, so a renamed kernel fails here,
+/// not on a GPU).
+pub const KERNELS: [&str; 13] = [
+    "matvec_f32",
+    "matvec_f16",
+    "matvec_bf16",
+    "f32_to_f16",
+    "f32_to_bf16",
+    "embed_f32",
+    "embed_f16",
+    "embed_bf16",
+    "rms_norm",
+    "rope",
+    "attention",
+    "swiglu",
+    "add",
+];
+
+/// The entry points of the source (every `extern "C" __global__`).
 pub fn kernel_names() -> Vec<&'static str> {
     SOURCE
         .split("extern \"C\" __global__ void ")
@@ -71,4 +90,16 @@ pub fn compile_ptx(arch: &'static str) -> Result<Ptx> {
             format!("NVRTC failed to compile the CUDA kernels for {arch}: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_engine_loads_exactly_the_kernels_the_source_defines() {
+        let mut source = super::kernel_names();
+        let mut loaded = super::KERNELS.to_vec();
+        source.sort();
+        loaded.sort();
+        assert_eq!(source, loaded);
+    }
 }

@@ -145,6 +145,7 @@ impl Kernels {
             .load_module(ptx_for(major, minor)?)
             .map_err(|e| cuda_err("loading the kernels", e))?;
         let f = |name: &str| {
+            debug_assert!(compile::KERNELS.contains(&name), "{name} is not in KERNELS");
             module
                 .load_function(name)
                 .map_err(|e| cuda_err(&format!("kernel {name}"), e))

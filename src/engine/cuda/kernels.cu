@@ -18,6 +18,8 @@
 #define MATVEC_ROWS 16
 // Outputs per matvec block: one warp each.
 #define MATVEC_WARPS 8
+// Weight chunks a lane loads ahead (memory-level parallelism at one row).
+#define MATVEC_UNROLL 4
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
@@ -90,6 +92,22 @@ __device__ __forceinline__ void load8(const __nv_bfloat16* p, float* w) {
     }
 }
 
+// acc[r] += the chunk of 8 weights at kk times row r's inputs there, in order.
+__device__ __forceinline__ void matvec_chunk(const float* __restrict__ x, int k, int kk, int rows,
+                                             const float* wv, float* acc) {
+#pragma unroll
+    for (int r = 0; r < MATVEC_ROWS; r++) {
+        if (r < rows) {
+            float xv[8];
+            load8(x + (size_t)r * k + kk, xv);
+            float s = acc[r];
+#pragma unroll
+            for (int i = 0; i < 8; i++) s = fmaf(wv[i], xv[i], s);
+            acc[r] = s;
+        }
+    }
+}
+
 // y[r, o] = sum_k x[r, k] * W[o, k] for up to MATVEC_ROWS rows: one warp per
 // output reads W's row once for all rows. Lane l sums k in chunks of 8 at
 // l*8, l*8 + 256, ...; the warp then adds its lanes in a fixed order. k must
@@ -104,20 +122,20 @@ __device__ void matvec(const T* __restrict__ w, const float* __restrict__ x,
 #pragma unroll
     for (int r = 0; r < MATVEC_ROWS; r++) acc[r] = 0.0f;
     const T* wr = w + (size_t)o * k;
-    for (int kk = lane * 8; kk < k; kk += WARP * 8) {
+    // Each lane's chunks in ascending order; MATVEC_UNROLL of them are
+    // loaded before any is used, so several loads per lane are in flight.
+    int kk = lane * 8;
+    for (; kk + (MATVEC_UNROLL - 1) * WARP * 8 < k; kk += MATVEC_UNROLL * WARP * 8) {
+        float wv[MATVEC_UNROLL][8];
+#pragma unroll
+        for (int u = 0; u < MATVEC_UNROLL; u++) load8(wr + kk + u * WARP * 8, wv[u]);
+#pragma unroll
+        for (int u = 0; u < MATVEC_UNROLL; u++) matvec_chunk(x, k, kk + u * WARP * 8, rows, wv[u], acc);
+    }
+    for (; kk < k; kk += WARP * 8) {
         float wv[8];
         load8(wr + kk, wv);
-#pragma unroll
-        for (int r = 0; r < MATVEC_ROWS; r++) {
-            if (r < rows) {
-                float xv[8];
-                load8(x + (size_t)r * k + kk, xv);
-                float s = acc[r];
-#pragma unroll
-                for (int i = 0; i < 8; i++) s = fmaf(wv[i], xv[i], s);
-                acc[r] = s;
-            }
-        }
+        matvec_chunk(x, k, kk, rows, wv, acc);
     }
 #pragma unroll
     for (int r = 0; r < MATVEC_ROWS; r++) {

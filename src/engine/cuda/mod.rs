@@ -48,6 +48,15 @@ fn ok<T>(r: std::result::Result<T, DriverError>) -> T {
     r.unwrap_or_else(|e| panic!("CUDA engine: {e}"))
 }
 
+/// A buffer of `n` elements (at least one: CUDA refuses empty allocations)
+/// that the next kernel overwrites entirely, so it is not zeroed: no memset
+/// launch per intermediate.
+fn scratch<T: cudarc::driver::DeviceRepr>(stream: &Arc<CudaStream>, n: usize) -> CudaSlice<T> {
+    // SAFETY: every caller's next kernel or copy writes all n elements
+    // before anything reads them.
+    ok(unsafe { stream.alloc::<T>(n.max(1)) })
+}
+
 /// A weight matrix (`rows x cols`, row-major) in its stored dtype.
 enum DevMat {
     F32(CudaSlice<f32>),
@@ -196,9 +205,9 @@ pub struct DeviceActs {
 }
 
 impl DeviceActs {
+    /// Uninitialised: the caller fills every row.
     fn new(stream: &Arc<CudaStream>, rows: usize, width: usize) -> DeviceActs {
-        // One element at least: a zero-length allocation is an error in CUDA.
-        let buf = ok(stream.alloc_zeros::<f32>((rows * width).max(1)));
+        let buf = scratch(stream, rows * width);
         DeviceActs { buf, rows, width }
     }
 
@@ -385,7 +394,7 @@ impl CudaEngine {
 
     /// `x (rows x m.cols) · mᵀ` into a new `rows x m.rows` buffer.
     fn matmul(&self, x: &CudaView<'_, f32>, rows: usize, m: &Matrix) -> CudaSlice<f32> {
-        let mut y = ok(self.stream.alloc_zeros::<f32>((rows * m.rows).max(1)));
+        let mut y = scratch(&self.stream, rows * m.rows);
         if rows <= MATVEC_MAX_ROWS {
             self.matvec(x, rows, m, &mut y);
         } else {
@@ -433,7 +442,7 @@ impl CudaEngine {
         use blas_sys::cudaDataType_t as T;
         let n = rows * m.cols;
         let half_x = |f: &CudaFunction| -> CudaSlice<u16> {
-            let mut out = ok(self.stream.alloc_zeros::<u16>(n));
+            let mut out = scratch::<u16>(&self.stream, n);
             let len = n as i32;
             let mut b = self.stream.launch_builder(f);
             b.arg(x).arg(&mut out).arg(&len);
@@ -495,7 +504,7 @@ impl CudaEngine {
 
     fn rms_norm(&self, x: &CudaView<'_, f32>, rows: usize, w: &CudaSlice<f32>) -> CudaSlice<f32> {
         let h = self.cfg.hidden_size;
-        let mut out = ok(self.stream.alloc_zeros::<f32>((rows * h).max(1)));
+        let mut out = scratch(&self.stream, rows * h);
         let (hi, eps) = (h as i32, self.cfg.rms_norm_eps);
         let mut b = self.stream.launch_builder(&self.k.rms_norm);
         b.arg(x).arg(w).arg(&mut out).arg(&hi).arg(&eps);
@@ -632,7 +641,8 @@ impl Engine for CudaEngine {
         let mut k = self.matmul(&xn.slice(..), rows, &w.k);
         let v = self.matmul(&xn.slice(..), rows, &w.v);
 
-        let mut attn = ok(self.stream.alloc_zeros::<f32>(rows * qd));
+        // Every row belongs to exactly one segment, so attention writes it all.
+        let mut attn = scratch(&self.stream, rows * qd);
         let mut r0 = 0;
         for seg in segments.iter_mut() {
             let (n, pos0) = (seg.rows, seg.pos0);

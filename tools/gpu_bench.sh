@@ -36,6 +36,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max
 
 step "tests: kernel compile, parity with the CPU engine, batch invariance, lossless speculation"
 timeout 300 "$BIN/cuda-tests" --nocapture --test-threads 1 2>&1 | tee "$OUT/tests.log"
+timeout 120 "$BIN/cuda-cublas-tests" --nocapture 2>&1 | tee -a "$OUT/tests.log"
 
 step "the same CLI command on the CPU and on the GPU (f32 fixture, greedy)"
 for d in cpu cuda; do

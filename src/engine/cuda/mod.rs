@@ -27,7 +27,16 @@ use std::sync::Arc;
 /// (16 rows a launch); larger ones (prompts) use cuBLAS, whose result for a
 /// row may depend on the row count. Decode steps, verify passes and batched
 /// sessions up to this size are therefore bit-reproducible whatever the batch.
+/// `LAYERSKIP_CUDA_MATVEC_MAX_ROWS`, read when a model loads, moves the
+/// crossover (for tuning, and for the test of the cuBLAS path).
 pub const MATVEC_MAX_ROWS: usize = 128;
+
+fn matvec_max_rows() -> usize {
+    std::env::var("LAYERSKIP_CUDA_MATVEC_MAX_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MATVEC_MAX_ROWS)
+}
 const MATVEC_ROWS: usize = 16;
 const MATVEC_WARPS: u32 = 8;
 
@@ -192,6 +201,8 @@ pub struct CudaEngine {
     inv_freq: CudaSlice<f32>,
     /// Longest context the attention kernel's shared memory holds.
     max_positions: usize,
+    /// Passes of more rows than this go to cuBLAS ([`MATVEC_MAX_ROWS`]).
+    matvec_max_rows: usize,
     name: String,
     /// The virtual architecture the kernels were compiled for.
     arch: String,
@@ -378,6 +389,7 @@ impl CudaEngine {
             lm_head,
             layers,
             max_positions,
+            matvec_max_rows: matvec_max_rows(),
             name,
             arch,
         })
@@ -387,15 +399,10 @@ impl CudaEngine {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// The device's name (for reports).
-    pub fn device_name(&self) -> &str {
-        &self.name
-    }
-
     /// `x (rows x m.cols) · mᵀ` into a new `rows x m.rows` buffer.
     fn matmul(&self, x: &CudaView<'_, f32>, rows: usize, m: &Matrix) -> CudaSlice<f32> {
         let mut y = scratch(&self.stream, rows * m.rows);
-        if rows <= MATVEC_MAX_ROWS {
+        if rows <= self.matvec_max_rows {
             self.matvec(x, rows, m, &mut y);
         } else {
             self.gemm(x, rows, m, &mut y);

@@ -83,10 +83,12 @@ impl CostModel {
         while rep <= reps {
             for rows in 1..=MAX_ROWS {
                 let mut x = engine.embed(&tokens(rows, rep));
+                engine.synchronize();
                 let t = Instant::now();
                 for l in 0..n_layers {
                     engine.run_layer(l, &mut kv, CONTEXT, &mut x);
                 }
+                engine.synchronize();
                 let tl = t.elapsed().as_secs_f64() / n_layers as f64;
                 for l in 0..n_layers {
                     engine.truncate_kv(&mut kv, l, CONTEXT);

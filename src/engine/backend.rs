@@ -194,6 +194,12 @@ impl Engine for Backend {
             Backend::Cuda(e) => e.weight_bytes_per_token(),
         }
     }
+    fn synchronize(&self) {
+        match self {
+            Backend::Cpu(e) => e.synchronize(),
+            Backend::Cuda(e) => e.synchronize(),
+        }
+    }
     fn memory_bandwidth(&self) -> f64 {
         match self {
             Backend::Cpu(e) => e.memory_bandwidth(),

@@ -73,6 +73,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Bytes of weights one full-depth decode step reads (every layer's
     /// matrices and the LM head): the numerator of a roofline.
     fn weight_bytes_per_token(&self) -> usize;
+    /// Waits until all work issued so far has finished (a GPU engine's
+    /// launches return before their kernels run). For timing.
+    fn synchronize(&self) {}
     /// Memory bandwidth in GB/s as measured on this machine, for rooflines.
     fn memory_bandwidth(&self) -> f64;
     /// The kernels in use (for reports).

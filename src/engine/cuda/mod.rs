@@ -561,6 +561,10 @@ impl Engine for CudaEngine {
         self.max_positions
     }
 
+    fn synchronize(&self) {
+        ok(self.stream.synchronize());
+    }
+
     /// Device-to-device copies of 1 GiB, bytes read plus written over the
     /// time: the best of three.
     fn memory_bandwidth(&self) -> f64 {

@@ -34,6 +34,12 @@ bench() {
 step "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | tee "$OUT/device.txt"
 
+step "smoke test: load a fixture on the GPU and decode (stops here on failure, to save device time)"
+if ! timeout 120 "$BIN/layerskip" generate --model tests/fixtures/mha-f32 --device cuda \
+    --prompt-ids 5,6,7,8 --max-new-tokens 8 --ignore-eos --json 2>&1 | tee "$OUT/smoke.txt"; then
+  echo "smoke test failed: see above"; exit 1
+fi
+
 step "tests: kernel compile, parity with the CPU engine, batch invariance, lossless speculation"
 timeout 300 "$BIN/cuda-tests" --nocapture --test-threads 1 2>&1 | tee "$OUT/tests.log"
 timeout 120 "$BIN/cuda-cublas-tests" --nocapture 2>&1 | tee -a "$OUT/tests.log"

@@ -20,7 +20,7 @@ pub const KERNELS: [&str; 13] = [
     "embed_f16",
     "embed_bf16",
     "rms_norm",
-    "rope",
+    "rope_store",
     "attention",
     "swiglu",
     "add",

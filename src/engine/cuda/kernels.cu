@@ -190,30 +190,48 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, 
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = w[i] * (xr[i] * inv);
 }
 
-// Rotary embedding, "rotate_half" layout (pairs i and i + head_dim/2), row r
-// at position pos0 + r. x: rows x (heads * head_dim). Grid: rows; threads
-// cover heads * head_dim / 2 pairs.
-extern "C" __global__ void rope(float* x, const float* inv_freq, int heads, int head_dim, int pos0) {
+// Rotary embedding ("rotate_half" layout: pairs i and i + head_dim/2) of a
+// row's query and key heads, and the row's K and V stored into the layer's
+// cache at its position. qkv: rows of `stride` floats, each [q heads | k
+// heads | v heads] (the fused QKV product); row r is position pos0 + r.
+// Queries are rotated in place. One block per row.
+extern "C" __global__ void rope_store(float* qkv, float* kc, float* vc, const float* inv_freq,
+                                      int heads, int kv_heads, int head_dim, int pos0, int stride) {
     const int half = head_dim / 2;
-    float* row = x + (size_t)blockIdx.x * heads * head_dim;
+    const int kv_dim = kv_heads * head_dim;
+    float* q = qkv + (size_t)blockIdx.x * stride;
+    const float* k = q + heads * head_dim;
+    const float* v = k + kv_dim;
+    float* kd = kc + (size_t)(pos0 + blockIdx.x) * kv_dim;
+    float* vd = vc + (size_t)(pos0 + blockIdx.x) * kv_dim;
     const float pos = (float)(pos0 + blockIdx.x);
-    for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
+    for (int j = threadIdx.x; j < (heads + kv_heads) * half; j += blockDim.x) {
         const int h = j / half, i = j % half;
         float s, c;
         sincosf(pos * inv_freq[i], &s, &c);
-        float* hp = row + h * head_dim;
-        const float a = hp[i], b = hp[i + half];
-        hp[i] = a * c - b * s;
-        hp[i + half] = b * c + a * s;
+        if (h < heads) {
+            float* hp = q + h * head_dim;
+            const float a = hp[i], b = hp[i + half];
+            hp[i] = a * c - b * s;
+            hp[i + half] = b * c + a * s;
+        } else {
+            const int o = (h - heads) * head_dim;
+            const float a = k[o + i], b = k[o + i + half];
+            kd[o + i] = a * c - b * s;
+            kd[o + i + half] = b * c + a * s;
+        }
     }
+    for (int d = threadIdx.x; d < kv_dim; d += blockDim.x) vd[d] = v[d];
 }
 
-// Causal attention of `rows` new queries (positions pos0..) over a layer's
-// cache (position-major, `kv_dim` floats a position), which already holds
-// their K/V. Grid: (query heads, rows); block: a multiple of 32 threads;
-// dynamic shared memory: (pos0 + rows) + 32 floats.
+// Causal attention of `rows` new queries (positions pos0..; row r's query
+// heads at q + r * q_stride) over a layer's cache (position-major, `kv_dim`
+// floats a position), which already holds their K/V. Grid: (query heads,
+// rows); block: a multiple of 32 threads; dynamic shared memory:
+// (pos0 + rows) + 32 floats.
 extern "C" __global__ void attention(const float* q, const float* kc, const float* vc, float* out,
-                                     int heads, int kv_heads, int head_dim, int pos0, float scale) {
+                                     int heads, int kv_heads, int head_dim, int pos0, float scale,
+                                     int q_stride) {
     extern __shared__ float shared[];
     float* scratch = shared;       // 32 floats for block reductions
     float* p = shared + WARP;      // one score per position
@@ -221,7 +239,7 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
     const int n = pos0 + r + 1;
     const int kv_dim = kv_heads * head_dim;
     const int kvh = h / (heads / kv_heads);
-    const float* qv = q + ((size_t)r * heads + h) * head_dim;
+    const float* qv = q + (size_t)r * q_stride + h * head_dim;
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
     // Scores: a warp per position, lanes over the head's dimensions.
     for (int t = warp; t < n; t += warps) {
@@ -253,12 +271,15 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
     }
 }
 
-// gate = silu(gate) * up.
-extern "C" __global__ void swiglu(float* gate, const float* up, int n) {
+// out = silu(gate) * up, from the fused gate/up product: rows of
+// [gate (inter) | up (inter)]; out: rows x inter.
+extern "C" __global__ void swiglu(const float* gate_up, float* out, int inter, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        const float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+        const int r = i / inter, c = i % inter;
+        const float g = gate_up[(size_t)r * 2 * inter + c];
+        const float u = gate_up[(size_t)r * 2 * inter + inter + c];
+        out[i] = g / (1.0f + expf(-g)) * u;
     }
 }
 

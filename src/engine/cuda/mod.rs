@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::weights::{Tensor, TensorData, WeightStore};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    sys as drv, CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
+    sys as drv, CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr,
     DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
 };
 use half::{bf16, f16};
@@ -99,6 +99,41 @@ impl Matrix {
         })
     }
 
+    /// Several matrices with the same columns, one under the other (the
+    /// fused QKV and gate/up products: one launch instead of three or two).
+    /// Mixed dtypes are stacked as f32.
+    fn stack(stream: &Arc<CudaStream>, parts: &[Tensor]) -> Result<Matrix> {
+        let cols = parts[0].shape[1];
+        let rows = parts.iter().map(|t| t.shape[0]).sum();
+        let up = |e| cuda_err("upload", e);
+        macro_rules! concat {
+            ($variant:ident, $ty:ty) => {{
+                let mut v: Vec<$ty> = Vec::with_capacity(rows * cols);
+                for t in parts {
+                    match t.data() {
+                        TensorData::$variant(s) => v.extend_from_slice(s),
+                        _ => unreachable!("dtypes checked above"),
+                    }
+                }
+                v
+            }};
+        }
+        let same = parts.iter().all(|t| t.dtype == parts[0].dtype);
+        let w = match (same, parts[0].data()) {
+            (true, TensorData::F16(_)) => {
+                DevMat::F16(stream.clone_htod(&concat!(F16, f16)).map_err(up)?)
+            }
+            (true, TensorData::BF16(_)) => {
+                DevMat::Bf16(stream.clone_htod(&concat!(BF16, bf16)).map_err(up)?)
+            }
+            _ => {
+                let v: Vec<f32> = parts.iter().flat_map(|t| t.to_f32()).collect();
+                DevMat::F32(stream.clone_htod(&v).map_err(up)?)
+            }
+        };
+        Ok(Matrix { w, rows, cols })
+    }
+
     fn bytes(&self) -> usize {
         let size = match self.w {
             DevMat::F32(_) => 4,
@@ -111,12 +146,11 @@ impl Matrix {
 struct LayerWeights {
     attn_norm: CudaSlice<f32>,
     mlp_norm: CudaSlice<f32>,
-    q: Matrix,
-    k: Matrix,
-    v: Matrix,
+    /// Q, K and V stacked: `q_dim + 2 kv_dim` outputs.
+    qkv: Matrix,
     o: Matrix,
-    gate: Matrix,
-    up: Matrix,
+    /// Gate and up stacked: `2 intermediate_size` outputs.
+    gate_up: Matrix,
     down: Matrix,
 }
 
@@ -131,7 +165,7 @@ struct Kernels {
     embed_f16: CudaFunction,
     embed_bf16: CudaFunction,
     rms_norm: CudaFunction,
-    rope: CudaFunction,
+    rope_store: CudaFunction,
     attention: CudaFunction,
     swiglu: CudaFunction,
     add: CudaFunction,
@@ -178,7 +212,7 @@ impl Kernels {
             embed_f16: f("embed_f16")?,
             embed_bf16: f("embed_bf16")?,
             rms_norm: f("rms_norm")?,
-            rope: f("rope")?,
+            rope_store: f("rope_store")?,
             attention: f("attention")?,
             swiglu: f("swiglu")?,
             add: f("add")?,
@@ -348,6 +382,13 @@ impl CudaEngine {
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
             Matrix::upload(&stream, &store.get(name, &[rows, cols])?)
         };
+        let stacked = |names: &[(String, usize)], cols: usize| -> Result<Matrix> {
+            let parts = names
+                .iter()
+                .map(|(n, rows)| store.get(n, &[*rows, cols]))
+                .collect::<Result<Vec<_>>>()?;
+            Matrix::stack(&stream, &parts)
+        };
         let vec = |name: &str| -> Result<CudaSlice<f32>> {
             stream
                 .clone_htod(&store.get(name, &[h])?.to_f32())
@@ -362,15 +403,14 @@ impl CudaEngine {
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
+                let attn = |m: &str, rows| (format!("{p}.self_attn.{m}_proj.weight"), rows);
+                let mlp = |m: &str| (format!("{p}.mlp.{m}_proj.weight"), inter);
                 Ok(LayerWeights {
                     attn_norm: vec(&format!("{p}.input_layernorm.weight"))?,
                     mlp_norm: vec(&format!("{p}.post_attention_layernorm.weight"))?,
-                    q: mat(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
-                    k: mat(&format!("{p}.self_attn.k_proj.weight"), kvd, h)?,
-                    v: mat(&format!("{p}.self_attn.v_proj.weight"), kvd, h)?,
+                    qkv: stacked(&[attn("q", qd), attn("k", kvd), attn("v", kvd)], h)?,
                     o: mat(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
-                    gate: mat(&format!("{p}.mlp.gate_proj.weight"), inter, h)?,
-                    up: mat(&format!("{p}.mlp.up_proj.weight"), inter, h)?,
+                    gate_up: stacked(&[mlp("gate"), mlp("up")], h)?,
                     down: mat(&format!("{p}.mlp.down_proj.weight"), h, inter)?,
                 })
             })
@@ -520,28 +560,13 @@ impl CudaEngine {
         out
     }
 
-    fn elementwise(
-        &self,
-        f: &CudaFunction,
-        a: &mut CudaSlice<f32>,
-        b_in: &CudaSlice<f32>,
-        n: usize,
-    ) {
+    /// `a += b` over `n` elements.
+    fn add(&self, a: &mut CudaSlice<f32>, b_in: &CudaSlice<f32>, n: usize) {
         let len = n as i32;
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.stream.launch_builder(&self.k.add);
         b.arg(a).arg(b_in).arg(&len);
         // SAFETY: (float*, const float*, int) over n elements of both.
         ok(unsafe { b.launch(grid(n, 256)) }.map(|_| ()));
-    }
-
-    fn rope(&self, x: &mut CudaViewMut<'_, f32>, rows: usize, heads: usize, pos0: usize) {
-        let hd = self.cfg.head_dim;
-        let (h, d, p) = (heads as i32, hd as i32, pos0 as i32);
-        let mut b = self.stream.launch_builder(&self.k.rope);
-        b.arg(x).arg(&self.inv_freq).arg(&h).arg(&d).arg(&p);
-        let threads = (heads * hd / 2).next_multiple_of(32).min(1024) as u32;
-        // SAFETY: rope(float*, const float*, int, int, int), one block per row.
-        ok(unsafe { b.launch(rows_cfg(rows, threads)) }.map(|_| ()));
     }
 }
 
@@ -648,44 +673,51 @@ impl Engine for CudaEngine {
         let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
 
         let xn = self.rms_norm(&x.view(), rows, &w.attn_norm);
-        let mut q = self.matmul(&xn.slice(..), rows, &w.q);
-        let mut k = self.matmul(&xn.slice(..), rows, &w.k);
-        let v = self.matmul(&xn.slice(..), rows, &w.v);
+        let stride = qd + 2 * kvd;
+        let mut qkv = self.matmul(&xn.slice(..), rows, &w.qkv);
 
         // Every row belongs to exactly one segment, so attention writes it all.
         let mut attn = scratch(&self.stream, rows * qd);
-        let mut r0 = 0;
+        let (ih, ikv, ihd) = (nh as i32, nkv as i32, hd as i32);
+        let mut next = 0;
         for seg in segments.iter_mut() {
-            let (n, pos0) = (seg.rows, seg.pos0);
+            // This segment's rows of the batch: r0..r0 + n.
+            let (n, pos0, r0) = (seg.rows, seg.pos0, next);
+            next += n;
             if n == 0 {
                 continue;
             }
-            self.rope(&mut q.slice_mut(r0 * qd..(r0 + n) * qd), n, nh, pos0);
-            self.rope(&mut k.slice_mut(r0 * kvd..(r0 + n) * kvd), n, nkv, pos0);
-            let span = pos0 * kvd..(pos0 + n) * kvd;
-            let rows_kv = r0 * kvd..(r0 + n) * kvd;
-            ok(self.stream.memcpy_dtod(
-                &k.slice(rows_kv.clone()),
-                &mut seg.kv.k[layer].slice_mut(span.clone()),
-            ));
-            ok(self
-                .stream
-                .memcpy_dtod(&v.slice(rows_kv), &mut seg.kv.v[layer].slice_mut(span)));
-
             let positions = pos0 + n;
             assert!(
                 positions <= self.max_positions,
                 "CUDA engine: {positions} positions exceed the attention kernel's limit ({})",
                 self.max_positions
             );
+            let (ip, istride) = (pos0 as i32, stride as i32);
+            let mut rows_qkv = qkv.slice_mut(r0 * stride..(r0 + n) * stride);
+            let mut b = self.stream.launch_builder(&self.k.rope_store);
+            b.arg(&mut rows_qkv)
+                .arg(&mut seg.kv.k[layer])
+                .arg(&mut seg.kv.v[layer])
+                .arg(&self.inv_freq)
+                .arg(&ih)
+                .arg(&ikv)
+                .arg(&ihd)
+                .arg(&ip)
+                .arg(&istride);
+            let threads = ((nh + nkv) * hd / 2).next_multiple_of(32).min(1024) as u32;
+            // SAFETY: rope_store(qkv, k cache, v cache, inv_freq, heads,
+            // kv_heads, head_dim, pos0, stride), a block per row; the caches
+            // hold pos0 + n positions (the session checked the capacity).
+            ok(unsafe { b.launch(rows_cfg(n, threads)) }.map(|_| ()));
+
             let cfg_attn = LaunchConfig {
                 grid_dim: (nh as u32, n as u32, 1),
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: ((positions + 32) * 4) as u32,
             };
-            let (ih, ikv, ihd, ip) = (nh as i32, nkv as i32, hd as i32, pos0 as i32);
             let scale = 1.0 / (hd as f32).sqrt();
-            let qs = q.slice(r0 * qd..(r0 + n) * qd);
+            let qs = qkv.slice(r0 * stride..(r0 + n) * stride);
             let mut os = attn.slice_mut(r0 * qd..(r0 + n) * qd);
             let mut b = self.stream.launch_builder(&self.k.attention);
             b.arg(&qs)
@@ -696,22 +728,26 @@ impl Engine for CudaEngine {
                 .arg(&ikv)
                 .arg(&ihd)
                 .arg(&ip)
-                .arg(&scale);
+                .arg(&scale)
+                .arg(&istride);
             // SAFETY: attention(q, k cache, v cache, out, heads, kv_heads,
-            // head_dim, pos0, scale); the caches hold pos0 + n positions.
+            // head_dim, pos0, scale, q_stride); the caches hold pos0 + n positions.
             ok(unsafe { b.launch(cfg_attn) }.map(|_| ()));
-            r0 += n;
         }
         let o = self.matmul(&attn.slice(..), rows, &w.o);
-        self.elementwise(&self.k.add, &mut x.buf, &o, rows * h);
+        self.add(&mut x.buf, &o, rows * h);
 
         let xn = self.rms_norm(&x.view(), rows, &w.mlp_norm);
         let inter = cfg.intermediate_size;
-        let mut gate = self.matmul(&xn.slice(..), rows, &w.gate);
-        let up = self.matmul(&xn.slice(..), rows, &w.up);
-        self.elementwise(&self.k.swiglu, &mut gate, &up, rows * inter);
-        let down = self.matmul(&gate.slice(..), rows, &w.down);
-        self.elementwise(&self.k.add, &mut x.buf, &down, rows * h);
+        let gate_up = self.matmul(&xn.slice(..), rows, &w.gate_up);
+        let mut act = scratch(&self.stream, rows * inter);
+        let (ii, n) = (inter as i32, (rows * inter) as i32);
+        let mut b = self.stream.launch_builder(&self.k.swiglu);
+        b.arg(&gate_up).arg(&mut act).arg(&ii).arg(&n);
+        // SAFETY: swiglu(const float* gate_up, float* out, int inter, int n), n = rows * inter.
+        ok(unsafe { b.launch(grid(rows * inter, 256)) }.map(|_| ()));
+        let down = self.matmul(&act.slice(..), rows, &w.down);
+        self.add(&mut x.buf, &down, rows * h);
     }
 
     fn head(&self, x: &DeviceActs, from: usize, out: &mut Vec<f32>) {
@@ -737,7 +773,7 @@ impl Engine for CudaEngine {
             .layers
             .iter()
             .map(|w| {
-                [&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down]
+                [&w.qkv, &w.o, &w.gate_up, &w.down]
                     .iter()
                     .map(|m| m.bytes())
                     .sum::<usize>()

@@ -66,6 +66,41 @@ fn scratch<T: cudarc::driver::DeviceRepr>(stream: &Arc<CudaStream>, n: usize) ->
     ok(unsafe { stream.alloc::<T>(n.max(1)) })
 }
 
+/// Intermediate buffers of a pass, kept between passes so that a layer costs
+/// kernel launches only, not stream-ordered allocations and frees.
+#[derive(Clone, Copy)]
+enum Buf {
+    Norm,
+    Qkv,
+    Attn,
+    Out,
+    GateUp,
+    Act,
+    Logits,
+}
+
+#[derive(Default)]
+struct Workspace {
+    bufs: [Option<CudaSlice<f32>>; 7],
+}
+
+impl Workspace {
+    /// Buffer `b` with room for at least `n` floats (contents undefined);
+    /// give it back with [`Workspace::put`].
+    fn take(&mut self, stream: &Arc<CudaStream>, b: Buf, n: usize) -> CudaSlice<f32> {
+        match self.bufs[b as usize].take() {
+            Some(buf) if buf.len() >= n => buf,
+            // Grown by half again, so that slowly growing passes do not
+            // reallocate every time.
+            _ => scratch(stream, n + n / 2),
+        }
+    }
+
+    fn put(&mut self, b: Buf, buf: CudaSlice<f32>) {
+        self.bufs[b as usize] = Some(buf);
+    }
+}
+
 /// A weight matrix (`rows x cols`, row-major) in its stored dtype.
 enum DevMat {
     F32(CudaSlice<f32>),
@@ -226,6 +261,9 @@ pub struct CudaEngine {
     stream: Arc<CudaStream>,
     /// cuBLAS handles are not safe to use from two threads at once.
     blas: Mutex<CudaBlas>,
+    /// Held for a whole layer or head pass: passes from several threads run
+    /// on the one stream in turn anyway.
+    ws: Mutex<Workspace>,
     k: Kernels,
     embed: Matrix,
     /// None when tied to the embedding (one copy on the device).
@@ -424,6 +462,7 @@ impl CudaEngine {
                 .map_err(|e| cuda_err("upload", e))?,
             stream,
             blas: Mutex::new(blas),
+            ws: Mutex::default(),
             k,
             embed,
             lm_head,
@@ -439,15 +478,13 @@ impl CudaEngine {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// `x (rows x m.cols) · mᵀ` into a new `rows x m.rows` buffer.
-    fn matmul(&self, x: &CudaView<'_, f32>, rows: usize, m: &Matrix) -> CudaSlice<f32> {
-        let mut y = scratch(&self.stream, rows * m.rows);
+    /// `y (rows x m.rows) = x (rows x m.cols) · mᵀ`; `y` may be longer.
+    fn matmul(&self, x: &CudaView<'_, f32>, rows: usize, m: &Matrix, y: &mut CudaSlice<f32>) {
         if rows <= self.matvec_max_rows {
-            self.matvec(x, rows, m, &mut y);
+            self.matvec(x, rows, m, y);
         } else {
-            self.gemm(x, rows, m, &mut y);
+            self.gemm(x, rows, m, y);
         }
-        y
     }
 
     /// Batch-invariant products, [`MATVEC_ROWS`] rows a launch.
@@ -549,15 +586,20 @@ impl CudaEngine {
         }
     }
 
-    fn rms_norm(&self, x: &CudaView<'_, f32>, rows: usize, w: &CudaSlice<f32>) -> CudaSlice<f32> {
+    /// RMSNorm of `rows` rows of `x` into `out`.
+    fn rms_norm(
+        &self,
+        x: &CudaView<'_, f32>,
+        rows: usize,
+        w: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) {
         let h = self.cfg.hidden_size;
-        let mut out = scratch(&self.stream, rows * h);
         let (hi, eps) = (h as i32, self.cfg.rms_norm_eps);
         let mut b = self.stream.launch_builder(&self.k.rms_norm);
-        b.arg(x).arg(w).arg(&mut out).arg(&hi).arg(&eps);
+        b.arg(x).arg(w).arg(out).arg(&hi).arg(&eps);
         // SAFETY: rms_norm(const float* x, const float* w, float* out, int, float), rows blocks.
         ok(unsafe { b.launch(rows_cfg(rows, 256)) }.map(|_| ()));
-        out
     }
 
     /// `a += b` over `n` elements.
@@ -672,12 +714,21 @@ impl Engine for CudaEngine {
         let (h, hd, qd, kvd) = (cfg.hidden_size, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
         let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
 
-        let xn = self.rms_norm(&x.view(), rows, &w.attn_norm);
+        let mut ws = self.ws.lock();
+        let s = &self.stream;
+        let inter = cfg.intermediate_size;
         let stride = qd + 2 * kvd;
-        let mut qkv = self.matmul(&xn.slice(..), rows, &w.qkv);
+        let mut xn = ws.take(s, Buf::Norm, rows * h);
+        let mut qkv = ws.take(s, Buf::Qkv, rows * stride);
+        let mut attn = ws.take(s, Buf::Attn, rows * qd);
+        let mut out = ws.take(s, Buf::Out, rows * h);
+        let mut gate_up = ws.take(s, Buf::GateUp, rows * 2 * inter);
+        let mut act = ws.take(s, Buf::Act, rows * inter);
 
-        // Every row belongs to exactly one segment, so attention writes it all.
-        let mut attn = scratch(&self.stream, rows * qd);
+        self.rms_norm(&x.view(), rows, &w.attn_norm, &mut xn);
+        self.matmul(&xn.slice(..rows * h), rows, &w.qkv, &mut qkv);
+
+        // Every row belongs to exactly one segment, so attention writes all of attn.
         let (ih, ikv, ihd) = (nh as i32, nkv as i32, hd as i32);
         let mut next = 0;
         for seg in segments.iter_mut() {
@@ -734,20 +785,29 @@ impl Engine for CudaEngine {
             // head_dim, pos0, scale, q_stride); the caches hold pos0 + n positions.
             ok(unsafe { b.launch(cfg_attn) }.map(|_| ()));
         }
-        let o = self.matmul(&attn.slice(..), rows, &w.o);
-        self.add(&mut x.buf, &o, rows * h);
+        self.matmul(&attn.slice(..rows * qd), rows, &w.o, &mut out);
+        self.add(&mut x.buf, &out, rows * h);
 
-        let xn = self.rms_norm(&x.view(), rows, &w.mlp_norm);
-        let inter = cfg.intermediate_size;
-        let gate_up = self.matmul(&xn.slice(..), rows, &w.gate_up);
-        let mut act = scratch(&self.stream, rows * inter);
+        self.rms_norm(&x.view(), rows, &w.mlp_norm, &mut xn);
+        self.matmul(&xn.slice(..rows * h), rows, &w.gate_up, &mut gate_up);
         let (ii, n) = (inter as i32, (rows * inter) as i32);
         let mut b = self.stream.launch_builder(&self.k.swiglu);
         b.arg(&gate_up).arg(&mut act).arg(&ii).arg(&n);
         // SAFETY: swiglu(const float* gate_up, float* out, int inter, int n), n = rows * inter.
         ok(unsafe { b.launch(grid(rows * inter, 256)) }.map(|_| ()));
-        let down = self.matmul(&act.slice(..), rows, &w.down);
-        self.add(&mut x.buf, &down, rows * h);
+        self.matmul(&act.slice(..rows * inter), rows, &w.down, &mut out);
+        self.add(&mut x.buf, &out, rows * h);
+
+        for (b, buf) in [
+            (Buf::Norm, xn),
+            (Buf::Qkv, qkv),
+            (Buf::Attn, attn),
+            (Buf::Out, out),
+            (Buf::GateUp, gate_up),
+            (Buf::Act, act),
+        ] {
+            ws.put(b, buf);
+        }
     }
 
     fn head(&self, x: &DeviceActs, from: usize, out: &mut Vec<f32>) {
@@ -757,15 +817,20 @@ impl Engine for CudaEngine {
         if rows == 0 {
             return;
         }
+        let vocab = self.cfg.vocab_size;
+        let mut ws = self.ws.lock();
+        let mut xn = ws.take(&self.stream, Buf::Norm, rows * h);
+        let mut logits = ws.take(&self.stream, Buf::Logits, rows * vocab);
         let xs = x.buf.slice(from * h..x.rows * h);
-        let xn = self.rms_norm(&xs, rows, &self.norm);
-        let logits = self.matmul(&xn.slice(..), rows, self.head_matrix());
-        out.resize(rows * self.cfg.vocab_size, 0.0);
-        ok(self.stream.memcpy_dtoh(
-            &logits.slice(..rows * self.cfg.vocab_size),
-            out.as_mut_slice(),
-        ));
+        self.rms_norm(&xs, rows, &self.norm, &mut xn);
+        self.matmul(&xn.slice(..rows * h), rows, self.head_matrix(), &mut logits);
+        out.resize(rows * vocab, 0.0);
+        ok(self
+            .stream
+            .memcpy_dtoh(&logits.slice(..rows * vocab), out.as_mut_slice()));
         ok(self.stream.synchronize());
+        ws.put(Buf::Norm, xn);
+        ws.put(Buf::Logits, logits);
     }
 
     fn weight_bytes_per_token(&self) -> usize {

@@ -47,7 +47,7 @@ pub struct Session<E: Engine = Backend> {
     probe_exits: Vec<usize>,
     probe_rows: usize,
     probes: Vec<Probe>,
-    probe_logits: Vec<f32>,
+    probe_tokens: Vec<u32>,
     /// The full model's greedy tokens of the last verify pass (first position,
     /// tokens), kept while probing.
     pub(crate) verified: (usize, Vec<u32>),
@@ -314,7 +314,7 @@ impl<E: Engine> Session<E> {
             probe_exits: Vec::new(),
             probe_rows: 0,
             probes: Vec::new(),
-            probe_logits: Vec::new(),
+            probe_tokens: Vec::new(),
             verified: (0, Vec::new()),
             acceptance,
             kv_reserved,
@@ -425,13 +425,12 @@ impl<E: Engine> Session<E> {
         }
         let engine = &self.model.engine;
         let from = x.rows().saturating_sub(self.probe_rows);
-        engine.head(x, from, &mut self.probe_logits);
-        let vocab = self.model.config.vocab_size;
-        for (i, row) in self.probe_logits.chunks_exact(vocab).enumerate() {
+        engine.head_argmax(x, from, &mut self.probe_tokens);
+        for (i, &token) in self.probe_tokens.iter().enumerate() {
             self.probes.push(Probe {
                 exit,
                 pos: pos0 + from + i,
-                token: crate::sampling::argmax(row),
+                token,
             });
         }
     }

@@ -212,3 +212,28 @@ fn gpu_greedy_self_speculation_equals_full_depth() {
         }
     }
 }
+
+#[test]
+fn gpu_argmax_on_the_device_equals_argmax_of_the_copied_logits() {
+    for name in FIXTURES {
+        let Some(model) = gpu_model(name, "GPU argmax") else {
+            return;
+        };
+        let e = &model.engine;
+        let prompt = &prompts(name)[1];
+        let mut kv = e.new_kv(prompt.len());
+        let mut x = e.embed(prompt);
+        for l in 0..model.num_layers() {
+            e.run_layer(l, &mut kv, 0, &mut x);
+        }
+        let mut logits = Vec::new();
+        let mut ids = Vec::new();
+        e.head(&x, 1, &mut logits);
+        e.head_argmax(&x, 1, &mut ids);
+        let want: Vec<u32> = logits
+            .chunks_exact(model.config.vocab_size)
+            .map(layerskip::sampling::argmax)
+            .collect();
+        assert_eq!(ids, want, "{name}");
+    }
+}

@@ -188,6 +188,13 @@ impl Engine for Backend {
             _ => unreachable!("{MIXED}"),
         }
     }
+    fn head_argmax(&self, x: &BackendActs, from: usize, out: &mut Vec<u32>) {
+        match (self, x) {
+            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.head_argmax(x, from, out),
+            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.head_argmax(x, from, out),
+            _ => unreachable!("{MIXED}"),
+        }
+    }
     fn weight_bytes_per_token(&self) -> usize {
         match self {
             Backend::Cpu(e) => e.weight_bytes_per_token(),

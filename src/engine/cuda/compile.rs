@@ -10,7 +10,7 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 /// The kernels the engine loads by name: exactly the source's entry points
 /// (a unit test keeps the two lists equal, so a renamed kernel fails here,
 /// not on a GPU).
-pub const KERNELS: [&str; 13] = [
+pub const KERNELS: [&str; 14] = [
     "matvec_f32",
     "matvec_f16",
     "matvec_bf16",
@@ -24,6 +24,7 @@ pub const KERNELS: [&str; 13] = [
     "attention",
     "swiglu",
     "add",
+    "argmax_rows",
 ];
 
 /// The entry points of the source (every `extern "C" __global__`).

@@ -288,3 +288,33 @@ extern "C" __global__ void add(float* x, const float* y, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += y[i];
 }
+
+// Greedy token of each row of logits (rows x vocab): the first index of the
+// largest value, as the CPU's argmax. One block of ARGMAX_THREADS per row.
+#define ARGMAX_THREADS 256
+extern "C" __global__ void argmax_rows(const float* logits, unsigned* out, int vocab) {
+    __shared__ float best_v[ARGMAX_THREADS];
+    __shared__ int best_i[ARGMAX_THREADS];
+    const float* row = logits + (size_t)blockIdx.x * vocab;
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += ARGMAX_THREADS) {
+        const float v = row[i];
+        if (v > bv) { bv = v; bi = i; }
+    }
+    best_v[threadIdx.x] = bv;
+    best_i[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = ARGMAX_THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            const float v = best_v[threadIdx.x + s];
+            const int i = best_i[threadIdx.x + s];
+            if (v > best_v[threadIdx.x] || (v == best_v[threadIdx.x] && i < best_i[threadIdx.x])) {
+                best_v[threadIdx.x] = v;
+                best_i[threadIdx.x] = i;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] == 0x7fffffff ? 0u : (unsigned)best_i[0];
+}

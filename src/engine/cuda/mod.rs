@@ -204,6 +204,7 @@ struct Kernels {
     attention: CudaFunction,
     swiglu: CudaFunction,
     add: CudaFunction,
+    argmax_rows: CudaFunction,
 }
 
 /// The PTX of the kernels for the device's architecture, compiled once per
@@ -251,6 +252,7 @@ impl Kernels {
             attention: f("attention")?,
             swiglu: f("swiglu")?,
             add: f("add")?,
+            argmax_rows: f("argmax_rows")?,
         };
         Ok((kernels, format!("compute_{major}{minor}")))
     }
@@ -602,6 +604,31 @@ impl CudaEngine {
         ok(unsafe { b.launch(rows_cfg(rows, 256)) }.map(|_| ()));
     }
 
+    /// The head's logits of rows `from..` of `x`, on the device, handed to
+    /// `read` (with the row count) to copy out what the caller needs.
+    fn device_logits(
+        &self,
+        x: &DeviceActs,
+        from: usize,
+        read: impl FnOnce(&CudaSlice<f32>, usize),
+    ) {
+        let (h, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let rows = x.rows - from;
+        if rows == 0 {
+            return;
+        }
+        let mut ws = self.ws.lock();
+        let mut xn = ws.take(&self.stream, Buf::Norm, rows * h);
+        let mut logits = ws.take(&self.stream, Buf::Logits, rows * vocab);
+        let xs = x.buf.slice(from * h..x.rows * h);
+        self.rms_norm(&xs, rows, &self.norm, &mut xn);
+        self.matmul(&xn.slice(..rows * h), rows, self.head_matrix(), &mut logits);
+        read(&logits, rows);
+        ok(self.stream.synchronize());
+        ws.put(Buf::Norm, xn);
+        ws.put(Buf::Logits, logits);
+    }
+
     /// `a += b` over `n` elements.
     fn add(&self, a: &mut CudaSlice<f32>, b_in: &CudaSlice<f32>, n: usize) {
         let len = n as i32;
@@ -811,26 +838,31 @@ impl Engine for CudaEngine {
     }
 
     fn head(&self, x: &DeviceActs, from: usize, out: &mut Vec<f32>) {
-        let h = self.cfg.hidden_size;
-        let rows = x.rows - from;
         out.clear();
-        if rows == 0 {
-            return;
-        }
         let vocab = self.cfg.vocab_size;
-        let mut ws = self.ws.lock();
-        let mut xn = ws.take(&self.stream, Buf::Norm, rows * h);
-        let mut logits = ws.take(&self.stream, Buf::Logits, rows * vocab);
-        let xs = x.buf.slice(from * h..x.rows * h);
-        self.rms_norm(&xs, rows, &self.norm, &mut xn);
-        self.matmul(&xn.slice(..rows * h), rows, self.head_matrix(), &mut logits);
-        out.resize(rows * vocab, 0.0);
-        ok(self
-            .stream
-            .memcpy_dtoh(&logits.slice(..rows * vocab), out.as_mut_slice()));
-        ok(self.stream.synchronize());
-        ws.put(Buf::Norm, xn);
-        ws.put(Buf::Logits, logits);
+        self.device_logits(x, from, |logits, rows| {
+            out.resize(rows * vocab, 0.0);
+            ok(self
+                .stream
+                .memcpy_dtoh(&logits.slice(..rows * vocab), out.as_mut_slice()));
+        });
+    }
+
+    fn head_argmax(&self, x: &DeviceActs, from: usize, out: &mut Vec<u32>) {
+        out.clear();
+        let vocab = self.cfg.vocab_size as i32;
+        self.device_logits(x, from, |logits, rows| {
+            let mut ids = scratch::<u32>(&self.stream, rows);
+            let mut b = self.stream.launch_builder(&self.k.argmax_rows);
+            b.arg(logits).arg(&mut ids).arg(&vocab);
+            // SAFETY: argmax_rows(const float*, unsigned*, int vocab), a
+            // block of 256 threads per row of logits.
+            ok(unsafe { b.launch(rows_cfg(rows, 256)) }.map(|_| ()));
+            out.resize(rows, 0);
+            ok(self
+                .stream
+                .memcpy_dtoh(&ids.slice(..rows), out.as_mut_slice()));
+        });
     }
 
     fn weight_bytes_per_token(&self) -> usize {

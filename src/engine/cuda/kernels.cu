@@ -25,42 +25,34 @@ __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-// Sum over a warp in a fixed butterfly order.
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+struct Sum {
+    __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct Max {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// Reduction over a warp in a fixed butterfly order.
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float v, Op op) {
+    for (int o = WARP / 2; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, Sum()); }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024) in a fixed
-// order; every thread gets the result. `scratch` holds 32 floats.
-__device__ float block_sum(float v, float* scratch) {
+// Reduction over the block (blockDim.x a multiple of 32, at most 1024) in a
+// fixed order; every thread gets the result. `scratch` holds 32 floats;
+// `identity` pads the lanes past the block's warps.
+template <typename Op>
+__device__ float block_reduce(float v, float* scratch, Op op, float identity) {
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    v = warp_sum(v);
+    v = warp_reduce(v, op);
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     const int warps = blockDim.x / WARP;
-    v = threadIdx.x < warps ? scratch[threadIdx.x] : 0.0f;
-    if (warp == 0) v = warp_sum(v);
-    if (threadIdx.x == 0) scratch[0] = v;
-    __syncthreads();
-    v = scratch[0];
-    __syncthreads();
-    return v;
-}
-
-__device__ float block_max(float v, float* scratch) {
-    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    v = warp_max(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    const int warps = blockDim.x / WARP;
-    v = threadIdx.x < warps ? scratch[threadIdx.x] : NEG_INF;
-    if (warp == 0) v = warp_max(v);
+    v = threadIdx.x < warps ? scratch[threadIdx.x] : identity;
+    if (warp == 0) v = warp_reduce(v, op);
     if (threadIdx.x == 0) scratch[0] = v;
     __syncthreads();
     v = scratch[0];
@@ -185,7 +177,7 @@ extern "C" __global__ void rms_norm(const float* x, const float* w, float* out, 
     float* o = out + (size_t)blockIdx.x * hidden;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
-    ss = block_sum(ss, scratch);
+    ss = block_reduce(ss, scratch, Sum(), 0.0f);
     const float inv = 1.0f / sqrtf(ss / (float)hidden + eps);
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) o[i] = w[i] * (xr[i] * inv);
 }
@@ -252,14 +244,14 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
     __syncthreads();
     float m = NEG_INF;
     for (int t = threadIdx.x; t < n; t += blockDim.x) m = fmaxf(m, p[t]);
-    m = block_max(m, scratch);
+    m = block_reduce(m, scratch, Max(), NEG_INF);
     float sum = 0.0f;
     for (int t = threadIdx.x; t < n; t += blockDim.x) {
         const float e = expf(p[t] - m);
         p[t] = e;
         sum += e;
     }
-    sum = block_sum(sum, scratch);
+    sum = block_reduce(sum, scratch, Sum(), 0.0f);
     const float inv = 1.0f / sum;
     // Weighted sum of V in order of position, a thread per dimension.
     float* o = out + ((size_t)r * heads + h) * head_dim;

@@ -18,10 +18,37 @@ BIN=gpu-carry
 OUT=${OUT:-/tmp/gpu-out}
 MODELS=${MODELS:-/tmp/layerskip-gpu-models}
 mkdir -p "$OUT" "$MODELS"
-# NVRTC, cuBLAS and the CUDA headers from the toolkit, where one is installed.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# NVRTC and cuBLAS: cudarc (CUDA 12.9 bindings, loaded by symbol) tries
+# libnvrtc.so / libcublas.so first, so link whatever version is installed
+# (a toolkit under /usr/local/cuda, or the nvidia-* Python wheels) under
+# those names, and put its folder on the path for the libraries it needs.
+LIBS=/tmp/layerskip-cuda-libs
+mkdir -p "$LIBS"
+SITES=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)
+candidates() {
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
+    ls "$d"/lib$1.so* 2>/dev/null
+  done
+  for s in $SITES; do ls "$s"/nvidia/*/lib/lib$1.so* "$s"/nvidia/lib/lib$1.so* 2>/dev/null; done
+}
+for lib in nvrtc cublas cublasLt; do
+  f=$(candidates $lib | grep -v -e builtins -e alt | head -1)
+  if [ -n "$f" ]; then
+    ln -sf "$f" "$LIBS/lib$lib.so"
+    LD_LIBRARY_PATH="$(dirname "$f")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "lib$lib: $f"
+  else
+    echo "lib$lib: not found"
+  fi
 done
+export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The headers NVRTC needs (cuda_fp16.h, cuda_bf16.h).
+if [ -z "${LAYERSKIP_CUDA_INCLUDE:-}" ]; then
+  h=$(ls /usr/local/cuda/include/cuda_bf16.h /usr/local/cuda/targets/x86_64-linux/include/cuda_bf16.h 2>/dev/null | head -1)
+  [ -n "$h" ] || h=$(for s in $SITES; do ls "$s"/nvidia/*/include/cuda_bf16.h 2>/dev/null; done | head -1)
+  [ -n "$h" ] && export LAYERSKIP_CUDA_INCLUDE="$(dirname "$h")"
+fi
+echo "CUDA headers: ${LAYERSKIP_CUDA_INCLUDE:-not found}"
 export RUST_BACKTRACE=1
 step() { echo; echo "=== $* ($(date +%T))"; }
 # A bench's table on stdout; its progress bar and any error in $OUT/NAME.err.

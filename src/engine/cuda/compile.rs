@@ -1,8 +1,13 @@
-//! The kernels' CUDA C source, compiled by NVRTC at first use.
+//! The kernels' CUDA C source, compiled by NVRTC at first use, and the
+//! compiled kernels of one engine.
 
+use super::cuda_err;
 use crate::error::{Error, ErrorKind, Result};
+use cudarc::driver::{CudaContext, CudaFunction};
 use cudarc::nvrtc::{CompileOptions, Ptx};
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The CUDA C source of every kernel.
 pub const SOURCE: &str = include_str!("kernels.cu");
@@ -91,6 +96,74 @@ pub fn compile_ptx(arch: &'static str) -> Result<Ptx> {
             format!("NVRTC failed to compile the CUDA kernels for {arch}: {e}"),
         )
     })
+}
+
+/// The kernels of [`SOURCE`], loaded into one engine's context.
+pub(crate) struct Kernels {
+    pub(crate) matvec_f32: CudaFunction,
+    pub(crate) matvec_f16: CudaFunction,
+    pub(crate) matvec_bf16: CudaFunction,
+    pub(crate) f32_to_f16: CudaFunction,
+    pub(crate) f32_to_bf16: CudaFunction,
+    pub(crate) embed_f32: CudaFunction,
+    pub(crate) embed_f16: CudaFunction,
+    pub(crate) embed_bf16: CudaFunction,
+    pub(crate) rms_norm: CudaFunction,
+    pub(crate) rope_store: CudaFunction,
+    pub(crate) attention: CudaFunction,
+    pub(crate) swiglu: CudaFunction,
+    pub(crate) add: CudaFunction,
+    pub(crate) argmax_rows: CudaFunction,
+}
+
+/// The PTX of the kernels for the device's architecture, compiled once per
+/// process and architecture.
+fn ptx_for(major: i32, minor: i32) -> Result<Ptx> {
+    use std::collections::HashMap;
+    static CACHE: std::sync::OnceLock<Mutex<HashMap<(i32, i32), Ptx>>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().get(&(major, minor)) {
+        return Ok(p.clone());
+    }
+    // NVRTC wants a 'static arch name; the few that exist are leaked once.
+    let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+    let ptx = compile_ptx(arch)?;
+    cache.lock().insert((major, minor), ptx.clone());
+    Ok(ptx)
+}
+
+impl Kernels {
+    pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<(Kernels, String)> {
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| cuda_err("compute capability", e))?;
+        let module = ctx
+            .load_module(ptx_for(major, minor)?)
+            .map_err(|e| cuda_err("loading the kernels", e))?;
+        let f = |name: &str| {
+            debug_assert!(KERNELS.contains(&name), "{name} is not in KERNELS");
+            module
+                .load_function(name)
+                .map_err(|e| cuda_err(&format!("kernel {name}"), e))
+        };
+        let kernels = Kernels {
+            matvec_f32: f("matvec_f32")?,
+            matvec_f16: f("matvec_f16")?,
+            matvec_bf16: f("matvec_bf16")?,
+            f32_to_f16: f("f32_to_f16")?,
+            f32_to_bf16: f("f32_to_bf16")?,
+            embed_f32: f("embed_f32")?,
+            embed_f16: f("embed_f16")?,
+            embed_bf16: f("embed_bf16")?,
+            rms_norm: f("rms_norm")?,
+            rope_store: f("rope_store")?,
+            attention: f("attention")?,
+            swiglu: f("swiglu")?,
+            add: f("add")?,
+            argmax_rows: f("argmax_rows")?,
+        };
+        Ok((kernels, format!("compute_{major}{minor}")))
+    }
 }
 
 #[cfg(test)]

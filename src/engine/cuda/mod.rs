@@ -9,17 +9,23 @@
 //! checked when the model loads, with clear errors.
 
 pub mod compile;
+mod memory;
+mod weights;
 
-use super::{rope, Engine, Rows, Segment};
+use compile::Kernels;
+use memory::{scratch, Buf, Workspace};
+pub use memory::{CudaKv, DeviceActs};
+use weights::{DevMat, LayerWeights, Matrix};
+
+use super::{rope, Engine, Segment};
 use crate::config::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::weights::{Tensor, TensorData, WeightStore};
+use crate::weights::WeightStore;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
     sys as drv, CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr,
     DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
 };
-use half::{bf16, f16};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -47,215 +53,14 @@ pub fn driver_present() -> bool {
     unsafe { drv::is_culib_present() }
 }
 
-fn cuda_err(what: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn cuda_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Unsupported, format!("CUDA: {what}: {e}"))
 }
 
 /// Unwraps a CUDA call made inside a pass (see the module comment).
 #[track_caller]
-fn ok<T>(r: std::result::Result<T, DriverError>) -> T {
+pub(crate) fn ok<T>(r: std::result::Result<T, DriverError>) -> T {
     r.unwrap_or_else(|e| panic!("CUDA engine: {e}"))
-}
-
-/// A buffer of `n` elements (at least one: CUDA refuses empty allocations)
-/// that the next kernel overwrites entirely, so it is not zeroed: no memset
-/// launch per intermediate.
-fn scratch<T: cudarc::driver::DeviceRepr>(stream: &Arc<CudaStream>, n: usize) -> CudaSlice<T> {
-    // SAFETY: every caller's next kernel or copy writes all n elements
-    // before anything reads them.
-    ok(unsafe { stream.alloc::<T>(n.max(1)) })
-}
-
-/// Intermediate buffers of a pass, kept between passes so that a layer costs
-/// kernel launches only, not stream-ordered allocations and frees.
-#[derive(Clone, Copy)]
-enum Buf {
-    Norm,
-    Qkv,
-    Attn,
-    Out,
-    GateUp,
-    Act,
-    Logits,
-}
-
-#[derive(Default)]
-struct Workspace {
-    bufs: [Option<CudaSlice<f32>>; 7],
-}
-
-impl Workspace {
-    /// Buffer `b` with room for at least `n` floats (contents undefined);
-    /// give it back with [`Workspace::put`].
-    fn take(&mut self, stream: &Arc<CudaStream>, b: Buf, n: usize) -> CudaSlice<f32> {
-        match self.bufs[b as usize].take() {
-            Some(buf) if buf.len() >= n => buf,
-            // Grown by half again, so that slowly growing passes do not
-            // reallocate every time.
-            _ => scratch(stream, n + n / 2),
-        }
-    }
-
-    fn put(&mut self, b: Buf, buf: CudaSlice<f32>) {
-        self.bufs[b as usize] = Some(buf);
-    }
-}
-
-/// A weight matrix (`rows x cols`, row-major) in its stored dtype.
-enum DevMat {
-    F32(CudaSlice<f32>),
-    F16(CudaSlice<f16>),
-    Bf16(CudaSlice<bf16>),
-}
-
-struct Matrix {
-    w: DevMat,
-    rows: usize,
-    cols: usize,
-}
-
-impl Matrix {
-    fn upload(stream: &Arc<CudaStream>, t: &Tensor) -> Result<Matrix> {
-        let w = match t.data() {
-            TensorData::F32(s) => {
-                DevMat::F32(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?)
-            }
-            TensorData::F16(s) => {
-                DevMat::F16(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?)
-            }
-            TensorData::BF16(s) => {
-                DevMat::Bf16(stream.clone_htod(s).map_err(|e| cuda_err("upload", e))?)
-            }
-        };
-        Ok(Matrix {
-            w,
-            rows: t.shape[0],
-            cols: t.shape[1],
-        })
-    }
-
-    /// Several matrices with the same columns, one under the other (the
-    /// fused QKV and gate/up products: one launch instead of three or two).
-    /// Mixed dtypes are stacked as f32.
-    fn stack(stream: &Arc<CudaStream>, parts: &[Tensor]) -> Result<Matrix> {
-        let cols = parts[0].shape[1];
-        let rows = parts.iter().map(|t| t.shape[0]).sum();
-        let up = |e| cuda_err("upload", e);
-        macro_rules! concat {
-            ($variant:ident, $ty:ty) => {{
-                let mut v: Vec<$ty> = Vec::with_capacity(rows * cols);
-                for t in parts {
-                    match t.data() {
-                        TensorData::$variant(s) => v.extend_from_slice(s),
-                        _ => unreachable!("dtypes checked above"),
-                    }
-                }
-                v
-            }};
-        }
-        let same = parts.iter().all(|t| t.dtype == parts[0].dtype);
-        let w = match (same, parts[0].data()) {
-            (true, TensorData::F16(_)) => {
-                DevMat::F16(stream.clone_htod(&concat!(F16, f16)).map_err(up)?)
-            }
-            (true, TensorData::BF16(_)) => {
-                DevMat::Bf16(stream.clone_htod(&concat!(BF16, bf16)).map_err(up)?)
-            }
-            _ => {
-                let v: Vec<f32> = parts.iter().flat_map(|t| t.to_f32()).collect();
-                DevMat::F32(stream.clone_htod(&v).map_err(up)?)
-            }
-        };
-        Ok(Matrix { w, rows, cols })
-    }
-
-    fn bytes(&self) -> usize {
-        let size = match self.w {
-            DevMat::F32(_) => 4,
-            DevMat::F16(_) | DevMat::Bf16(_) => 2,
-        };
-        self.rows * self.cols * size
-    }
-}
-
-struct LayerWeights {
-    attn_norm: CudaSlice<f32>,
-    mlp_norm: CudaSlice<f32>,
-    /// Q, K and V stacked: `q_dim + 2 kv_dim` outputs.
-    qkv: Matrix,
-    o: Matrix,
-    /// Gate and up stacked: `2 intermediate_size` outputs.
-    gate_up: Matrix,
-    down: Matrix,
-}
-
-/// The kernels of [`compile::SOURCE`], loaded into this engine's context.
-struct Kernels {
-    matvec_f32: CudaFunction,
-    matvec_f16: CudaFunction,
-    matvec_bf16: CudaFunction,
-    f32_to_f16: CudaFunction,
-    f32_to_bf16: CudaFunction,
-    embed_f32: CudaFunction,
-    embed_f16: CudaFunction,
-    embed_bf16: CudaFunction,
-    rms_norm: CudaFunction,
-    rope_store: CudaFunction,
-    attention: CudaFunction,
-    swiglu: CudaFunction,
-    add: CudaFunction,
-    argmax_rows: CudaFunction,
-}
-
-/// The PTX of the kernels for the device's architecture, compiled once per
-/// process and architecture.
-fn ptx_for(major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx> {
-    use std::collections::HashMap;
-    static CACHE: std::sync::OnceLock<Mutex<HashMap<(i32, i32), cudarc::nvrtc::Ptx>>> =
-        std::sync::OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(p) = cache.lock().get(&(major, minor)) {
-        return Ok(p.clone());
-    }
-    // NVRTC wants a 'static arch name; the few that exist are leaked once.
-    let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
-    let ptx = compile::compile_ptx(arch)?;
-    cache.lock().insert((major, minor), ptx.clone());
-    Ok(ptx)
-}
-
-impl Kernels {
-    fn load(ctx: &Arc<CudaContext>) -> Result<(Kernels, String)> {
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(|e| cuda_err("compute capability", e))?;
-        let module = ctx
-            .load_module(ptx_for(major, minor)?)
-            .map_err(|e| cuda_err("loading the kernels", e))?;
-        let f = |name: &str| {
-            debug_assert!(compile::KERNELS.contains(&name), "{name} is not in KERNELS");
-            module
-                .load_function(name)
-                .map_err(|e| cuda_err(&format!("kernel {name}"), e))
-        };
-        let kernels = Kernels {
-            matvec_f32: f("matvec_f32")?,
-            matvec_f16: f("matvec_f16")?,
-            matvec_bf16: f("matvec_bf16")?,
-            f32_to_f16: f("f32_to_f16")?,
-            f32_to_bf16: f("f32_to_bf16")?,
-            embed_f32: f("embed_f32")?,
-            embed_f16: f("embed_f16")?,
-            embed_bf16: f("embed_bf16")?,
-            rms_norm: f("rms_norm")?,
-            rope_store: f("rope_store")?,
-            attention: f("attention")?,
-            swiglu: f("swiglu")?,
-            add: f("add")?,
-            argmax_rows: f("argmax_rows")?,
-        };
-        Ok((kernels, format!("compute_{major}{minor}")))
-    }
 }
 
 pub struct CudaEngine {
@@ -280,69 +85,6 @@ pub struct CudaEngine {
     name: String,
     /// The virtual architecture the kernels were compiled for.
     arch: String,
-}
-
-/// Device activations: `rows x width` f32, row-major (the buffer may be longer).
-pub struct DeviceActs {
-    buf: CudaSlice<f32>,
-    rows: usize,
-    width: usize,
-}
-
-impl DeviceActs {
-    /// Uninitialised: the caller fills every row.
-    fn new(stream: &Arc<CudaStream>, rows: usize, width: usize) -> DeviceActs {
-        let buf = scratch(stream, rows * width);
-        DeviceActs { buf, rows, width }
-    }
-
-    fn view(&self) -> CudaView<'_, f32> {
-        self.buf.slice(..self.rows * self.width)
-    }
-
-    /// Copies rows `from..` of `self` then all of `other` into a new buffer.
-    fn joined(&self, from: usize, other: Option<&DeviceActs>) -> DeviceActs {
-        let stream = self.buf.stream().clone();
-        let extra = other.map_or(0, |o| o.rows);
-        let mut out = DeviceActs::new(&stream, self.rows - from + extra, self.width);
-        let mine = (self.rows - from) * self.width;
-        if mine > 0 {
-            let src = self.buf.slice(from * self.width..self.rows * self.width);
-            ok(stream.memcpy_dtod(&src, &mut out.buf.slice_mut(..mine)));
-        }
-        if let Some(o) = other.filter(|o| o.rows > 0) {
-            let n = o.rows * o.width;
-            ok(stream.memcpy_dtod(&o.buf.slice(..n), &mut out.buf.slice_mut(mine..mine + n)));
-        }
-        out
-    }
-}
-
-impl Rows for DeviceActs {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn append(&mut self, other: Self) {
-        *self = self.joined(0, Some(&other));
-    }
-    fn truncate(&mut self, rows: usize) {
-        self.rows = self.rows.min(rows);
-    }
-    fn split_off(&mut self, at: usize) -> Self {
-        let tail = self.joined(at, None);
-        self.rows = at;
-        tail
-    }
-    fn tail(&self, from: usize) -> Self {
-        self.joined(from, None)
-    }
-}
-
-/// Per-layer K/V on the device, `capacity x kv_dim` each, position-major. The
-/// session tracks each layer's length, so truncation copies nothing.
-pub struct CudaKv {
-    k: Vec<CudaSlice<f32>>,
-    v: Vec<CudaSlice<f32>>,
 }
 
 fn grid(n: usize, block: u32) -> LaunchConfig {

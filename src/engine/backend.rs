@@ -100,19 +100,36 @@ impl Rows for BackendActs {
     }
 }
 
-/// The segments' caches as one engine's type.
-fn segments_of<'s, 'a, K>(
+/// Runs `f` on the segments with their caches as one engine's type (a
+/// single segment, a decode step's case, without allocating).
+fn with_segments<'s, 'a, K: 's, R>(
     segments: &'s mut [Segment<'a, BackendKv>],
     pick: impl Fn(&'s mut BackendKv) -> &'s mut K,
-) -> Vec<Segment<'s, K>> {
-    segments
-        .iter_mut()
-        .map(|s| Segment {
-            kv: pick(&mut *s.kv),
-            pos0: s.pos0,
-            rows: s.rows,
-        })
-        .collect()
+    f: impl FnOnce(&mut [Segment<'s, K>]) -> R,
+) -> R {
+    let convert = |s: &'s mut Segment<'a, BackendKv>| Segment {
+        kv: pick(&mut *s.kv),
+        pos0: s.pos0,
+        rows: s.rows,
+    };
+    match segments {
+        [one] => f(&mut [convert(one)]),
+        many => f(&mut many.iter_mut().map(convert).collect::<Vec<_>>()),
+    }
+}
+
+fn cpu_kv(kv: &mut BackendKv) -> &mut CpuKv {
+    match kv {
+        BackendKv::Cpu(k) => k,
+        _ => unreachable!("{MIXED}"),
+    }
+}
+
+fn cuda_kv(kv: &mut BackendKv) -> &mut CudaKv {
+    match kv {
+        BackendKv::Cuda(k) => k,
+        _ => unreachable!("{MIXED}"),
+    }
 }
 
 impl Engine for Backend {
@@ -165,18 +182,10 @@ impl Engine for Backend {
     ) {
         match (self, x) {
             (Backend::Cpu(e), BackendActs::Cpu(x)) => {
-                let mut s = segments_of(segments, |kv| match kv {
-                    BackendKv::Cpu(k) => k,
-                    _ => unreachable!("{MIXED}"),
-                });
-                e.run_layer_batch(layer, &mut s, x)
+                with_segments(segments, cpu_kv, |s| e.run_layer_batch(layer, s, x))
             }
             (Backend::Cuda(e), BackendActs::Cuda(x)) => {
-                let mut s = segments_of(segments, |kv| match kv {
-                    BackendKv::Cuda(k) => k,
-                    _ => unreachable!("{MIXED}"),
-                });
-                e.run_layer_batch(layer, &mut s, x)
+                with_segments(segments, cuda_kv, |s| e.run_layer_batch(layer, s, x))
             }
             _ => unreachable!("{MIXED}"),
         }

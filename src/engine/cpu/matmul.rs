@@ -313,9 +313,9 @@ fn groups(rows: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).map(move |g| (g * rows / n, (g + 1) * rows / n - g * rows / n))
 }
 
-/// `x` (`rows x cols`, row-major) in the grouped k-major layout of [`Job::x`].
-fn pack_rows(x: &[f32], rows: usize, cols: usize, group: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+/// `x` (`rows x cols`, row-major) in the grouped k-major layout of
+/// [`Job::x`], into `out` (as long as `x`).
+fn pack_rows(x: &[f32], rows: usize, cols: usize, group: usize, out: &mut [f32]) {
     for (r0, rr) in groups(rows, group) {
         let dst = &mut out[r0 * cols..(r0 + rr) * cols];
         for r in 0..rr {
@@ -324,7 +324,6 @@ fn pack_rows(x: &[f32], rows: usize, cols: usize, group: usize) -> Vec<f32> {
             }
         }
     }
-    out
 }
 
 /// `x` as bf16 pairs ([`bf16_pair`]) in the grouped k-major layout of
@@ -919,26 +918,34 @@ fn run_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>, isa: Isa) {
 }
 
 /// Input rows regrouped for the kernels of one kind of matrix.
-enum Inputs {
+enum Inputs<'a> {
     /// f32 ([`pack_rows`]).
-    F32(Vec<f32>),
+    F32(&'a [f32]),
     /// bf16 pairs ([`pack_row_pairs`]) for [`Packed::Bf16Pairs`].
-    Pairs(Vec<u32>),
+    Pairs(&'a [u32]),
 }
 
-impl Inputs {
-    fn pack(m: &Mat, x: &[f32], rows: usize, isa: Isa) -> Self {
+impl Inputs<'_> {
+    /// Runs `f` with `x` packed for `m` and `isa`. One row needs no packing
+    /// (its k-major layout is itself); f32 rows are packed into a reused
+    /// per-thread buffer.
+    fn with<R>(m: &Mat, x: &[f32], rows: usize, isa: Isa, f: impl FnOnce(&Inputs) -> R) -> R {
         let group = group_rows(isa, m.pairs());
         if m.pairs() {
-            Inputs::Pairs(pack_row_pairs(x, rows, m.cols, group))
+            f(&Inputs::Pairs(&pack_row_pairs(x, rows, m.cols, group)))
+        } else if rows == 1 {
+            f(&Inputs::F32(x))
         } else {
-            Inputs::F32(pack_rows(x, rows, m.cols, group))
+            super::scratch::with([x.len()], |[buf]| {
+                pack_rows(x, rows, m.cols, group, buf);
+                f(&Inputs::F32(buf))
+            })
         }
     }
 }
 
 /// Panels `ps` of `m` for every input row, with the kernel for its dtype.
-/// `x` is packed by [`Inputs::pack`] for `m` and `isa`.
+/// `x` is packed by [`Inputs::with`] for `m` and `isa`.
 fn run_block(m: &Mat, x: &Inputs, rows: usize, ps: std::ops::Range<usize>, out: OutPtr, isa: Isa) {
     macro_rules! job {
         ($w:expr, $x:expr) => {
@@ -974,45 +981,62 @@ pub fn matmul(x: &[f32], rows: usize, m: &Mat, out: &mut [f32]) {
     matmul_many(x, rows, &mut [(m, out)]);
 }
 
+/// Most products [`matmul_many`] takes at once (Q, K and V).
+const MAX_JOBS: usize = 3;
+
 /// Several products of the same input (e.g. Q, K and V; gate and up) in one
 /// parallel region: one wake-up of the worker threads instead of one per
-/// matrix. Each product is computed exactly as by [`matmul`].
+/// matrix. Each product is computed exactly as by [`matmul`]. Nothing is
+/// allocated for one input row (a decode step).
 pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
+    assert!(
+        jobs.len() <= MAX_JOBS,
+        "at most {MAX_JOBS} products at once"
+    );
     let isa = isa();
     let Some(first) = jobs.first().map(|(m, _)| *m) else {
         return;
     };
-    // One engine packs every matrix alike, so one packing of x serves all.
-    let packed_x = &Inputs::pack(first, x, rows, isa);
-    let mut blocks: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
-    let mut outs = Vec::with_capacity(jobs.len());
+    // Per product: its matrix, output, panels per task, and first task index.
+    let mut mats: [Option<&Mat>; MAX_JOBS] = [None; MAX_JOBS];
+    let mut outs = [OutPtr(std::ptr::null_mut()); MAX_JOBS];
+    let mut sizes = [0usize; MAX_JOBS];
+    let mut starts = [0usize; MAX_JOBS + 1];
     let mut work = 0;
     for (i, (m, out)) in jobs.iter_mut().enumerate() {
         assert_eq!(x.len(), rows * m.cols);
         assert_eq!(m.pairs(), first.pairs());
         assert_eq!(out.len(), rows * m.rows);
-        outs.push(OutPtr(out.as_mut_ptr()));
+        mats[i] = Some(*m);
+        outs[i] = OutPtr(out.as_mut_ptr());
         // Enough work per task to amortise scheduling (~64k multiply-adds),
         // in whole 4-panel tiles.
-        let panels = m.rows.div_ceil(PANEL);
-        let size = (65536 / (PANEL * m.cols * rows).max(1))
+        sizes[i] = (65536 / (PANEL * m.cols * rows).max(1))
             .clamp(1, 64)
             .next_multiple_of(4);
-        blocks.extend(
-            (0..panels.div_ceil(size)).map(|b| (i, b * size..((b + 1) * size).min(panels))),
-        );
+        starts[i + 1] = starts[i] + m.rows.div_ceil(PANEL).div_ceil(sizes[i]);
         work += m.rows * m.cols * rows;
     }
-    let mats: Vec<&Mat> = jobs.iter().map(|(m, _)| *m).collect();
-    let run = |(i, ps): &(usize, std::ops::Range<usize>)| {
-        run_block(mats[*i], packed_x, rows, ps.clone(), outs[*i], isa)
-    };
-    if blocks.len() == 1 || work < SERIAL_BELOW {
-        // Waking worker threads costs more than small products save.
-        blocks.iter().for_each(run);
-    } else {
-        blocks.par_iter().for_each(run);
-    }
+    let tasks = starts[jobs.len()];
+    // One engine packs every matrix alike, so one packing of x serves all.
+    Inputs::with(first, x, rows, isa, |packed_x| {
+        let run = |t: usize| {
+            let i = (0..jobs.len())
+                .rfind(|&i| starts[i] <= t)
+                .expect("task 0 is job 0's");
+            let m = mats[i].expect("set above");
+            let panels = m.rows.div_ceil(PANEL);
+            let b = t - starts[i];
+            let ps = b * sizes[i]..((b + 1) * sizes[i]).min(panels);
+            run_block(m, packed_x, rows, ps, outs[i], isa)
+        };
+        if tasks == 1 || work < SERIAL_BELOW {
+            // Waking worker threads costs more than small products save.
+            (0..tasks).for_each(run);
+        } else {
+            (0..tasks).into_par_iter().for_each(run);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -1057,15 +1081,10 @@ mod tests {
     /// `m`'s whole product over `x` with one kernel.
     fn product(m: &Mat, x: &[f32], rows: usize, isa: Isa) -> Vec<f32> {
         let mut out = vec![f32::NAN; rows * m.rows];
-        let x = Inputs::pack(m, x, rows, isa);
-        run_block(
-            m,
-            &x,
-            rows,
-            0..m.rows.div_ceil(PANEL),
-            OutPtr(out.as_mut_ptr()),
-            isa,
-        );
+        let ptr = OutPtr(out.as_mut_ptr());
+        Inputs::with(m, x, rows, isa, |x| {
+            run_block(m, x, rows, 0..m.rows.div_ceil(PANEL), ptr, isa)
+        });
         out
     }
 

@@ -2,6 +2,7 @@
 
 mod matmul;
 mod ops;
+mod scratch;
 
 pub use matmul::{kernel_name, matmul, matmul_many, Mat};
 
@@ -195,23 +196,24 @@ impl CacheView<'_> {
         let (hd, n) = (self.hd, self.pos0 + r + 1);
         // Where position t's vector for this KV head starts in K and V.
         let at = |t: usize| t * self.kvd + kvh * hd;
-        let mut scores = vec![0f32; self.group * n];
-        for t in 0..n {
-            let kt = &self.k[at(t)..][..hd];
-            for (g, qv) in qg.chunks_exact(hd).enumerate() {
-                scores[g * n + t] = dot(qv, kt) * self.scale;
+        scratch::with([self.group * n], |[scores]| {
+            for t in 0..n {
+                let kt = &self.k[at(t)..][..hd];
+                for (g, qv) in qg.chunks_exact(hd).enumerate() {
+                    scores[g * n + t] = dot(qv, kt) * self.scale;
+                }
             }
-        }
-        // Head by head, so a head's sums stay in registers across positions.
-        for (og, p) in o.chunks_exact_mut(hd).zip(scores.chunks_exact_mut(n)) {
-            ops::softmax(p);
-            og.fill(0.0);
-            for (t, &pt) in p.iter().enumerate() {
-                og.iter_mut()
-                    .zip(&self.v[at(t)..][..hd])
-                    .for_each(|(a, b)| *a += pt * b);
+            // Head by head, so a head's sums stay in registers across positions.
+            for (og, p) in o.chunks_exact_mut(hd).zip(scores.chunks_exact_mut(n)) {
+                ops::softmax(p);
+                og.fill(0.0);
+                for (t, &pt) in p.iter().enumerate() {
+                    og.iter_mut()
+                        .zip(&self.v[at(t)..][..hd])
+                        .for_each(|(a, b)| *a += pt * b);
+                }
             }
-        }
+        });
     }
 }
 
@@ -251,12 +253,10 @@ pub fn read_bandwidth() -> f64 {
     })
 }
 
-fn norm_rows(x: &[f32], w: &[f32], eps: f32, width: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, width: usize, out: &mut [f32]) {
     for (o, r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
         ops::rms_norm(r, w, eps, o);
     }
-    out
 }
 
 impl Engine for CpuEngine {
@@ -307,51 +307,56 @@ impl Engine for CpuEngine {
         debug_assert_eq!(rows, segments.iter().map(|s| s.rows).sum::<usize>());
         let (h, hd, qd, kvd) = (cfg.hidden_size, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
 
-        // Projections over every row of the batch: weights are read once.
-        let xn = norm_rows(&x.data, &w.attn_norm, cfg.rms_norm_eps, h);
-        let mut q = vec![0.0; rows * qd];
-        let mut k = vec![0.0; rows * kvd];
-        let mut v = vec![0.0; rows * kvd];
-        matmul_many(
-            &xn,
-            rows,
-            &mut [(&w.q, &mut q), (&w.k, &mut k), (&w.v, &mut v)],
-        );
-
-        // Attention per session, over its own cache.
-        let mut attn = vec![0.0; rows * qd];
-        let mut r0 = 0;
-        for seg in segments.iter_mut() {
-            let (n, pos0) = (seg.rows, seg.pos0);
-            debug_assert_eq!(seg.kv.k[layer].len(), pos0 * kvd);
-            for r in r0..r0 + n {
-                let pos = pos0 + r - r0;
-                rope::apply(&mut q[r * qd..(r + 1) * qd], hd, pos, &self.inv_freq);
-                rope::apply(&mut k[r * kvd..(r + 1) * kvd], hd, pos, &self.inv_freq);
-            }
-            seg.kv.k[layer].extend_from_slice(&k[r0 * kvd..(r0 + n) * kvd]);
-            seg.kv.v[layer].extend_from_slice(&v[r0 * kvd..(r0 + n) * kvd]);
-            self.attention(
-                &q[r0 * qd..(r0 + n) * qd],
-                &seg.kv.k[layer],
-                &seg.kv.v[layer],
-                pos0,
-                &mut attn[r0 * qd..(r0 + n) * qd],
-            );
-            r0 += n;
-        }
-        let mut o = vec![0.0; rows * h];
-        matmul(&attn, rows, &w.o, &mut o);
-        x.data.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-
-        let xn = norm_rows(&x.data, &w.mlp_norm, cfg.rms_norm_eps, h);
         let inter = cfg.intermediate_size;
-        let mut gate = vec![0.0; rows * inter];
-        let mut up = vec![0.0; rows * inter];
-        matmul_many(&xn, rows, &mut [(&w.gate, &mut gate), (&w.up, &mut up)]);
-        ops::swiglu(&mut gate, &up);
-        matmul(&gate, rows, &w.down, &mut o);
-        x.data.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        let lens = [
+            rows * h,
+            rows * qd,
+            rows * kvd,
+            rows * kvd,
+            rows * qd,
+            rows * h,
+            rows * inter,
+            rows * inter,
+        ];
+        scratch::with(lens, |[xn, q, k, v, attn, o, gate, up]| {
+            // Projections over every row of the batch: weights are read once.
+            norm_rows(&x.data, &w.attn_norm, cfg.rms_norm_eps, h, xn);
+            matmul_many(
+                xn,
+                rows,
+                &mut [(&w.q, &mut **q), (&w.k, &mut **k), (&w.v, &mut **v)],
+            );
+
+            // Attention per session, over its own cache.
+            let mut r0 = 0;
+            for seg in segments.iter_mut() {
+                let (n, pos0) = (seg.rows, seg.pos0);
+                debug_assert_eq!(seg.kv.k[layer].len(), pos0 * kvd);
+                for r in r0..r0 + n {
+                    let pos = pos0 + r - r0;
+                    rope::apply(&mut q[r * qd..(r + 1) * qd], hd, pos, &self.inv_freq);
+                    rope::apply(&mut k[r * kvd..(r + 1) * kvd], hd, pos, &self.inv_freq);
+                }
+                seg.kv.k[layer].extend_from_slice(&k[r0 * kvd..(r0 + n) * kvd]);
+                seg.kv.v[layer].extend_from_slice(&v[r0 * kvd..(r0 + n) * kvd]);
+                self.attention(
+                    &q[r0 * qd..(r0 + n) * qd],
+                    &seg.kv.k[layer],
+                    &seg.kv.v[layer],
+                    pos0,
+                    &mut attn[r0 * qd..(r0 + n) * qd],
+                );
+                r0 += n;
+            }
+            matmul(attn, rows, &w.o, o);
+            x.data.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+
+            norm_rows(&x.data, &w.mlp_norm, cfg.rms_norm_eps, h, xn);
+            matmul_many(xn, rows, &mut [(&w.gate, &mut **gate), (&w.up, &mut **up)]);
+            ops::swiglu(gate, up);
+            matmul(gate, rows, &w.down, o);
+            x.data.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+        });
     }
 
     fn weight_bytes_per_token(&self) -> usize {
@@ -383,8 +388,16 @@ impl Engine for CpuEngine {
     fn head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {
         let h = self.cfg.hidden_size;
         let rows = x.rows() - from;
-        let xn = norm_rows(&x.data[from * h..], &self.norm, self.cfg.rms_norm_eps, h);
         out.resize(rows * self.cfg.vocab_size, 0.0);
-        matmul(&xn, rows, &self.lm_head, out);
+        scratch::with([rows * h], |[xn]| {
+            norm_rows(
+                &x.data[from * h..],
+                &self.norm,
+                self.cfg.rms_norm_eps,
+                h,
+                xn,
+            );
+            matmul(xn, rows, &self.lm_head, out);
+        });
     }
 }

@@ -101,17 +101,6 @@ fn gpu_model(name: &str, test: &str) -> Option<Arc<Model>> {
     }
 }
 
-/// Largest difference relative to the largest CPU logit.
-fn relative_error(gpu: &[f32], cpu: &[f32]) -> f32 {
-    assert_eq!(gpu.len(), cpu.len());
-    let scale = cpu.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    gpu.iter()
-        .zip(cpu)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
 #[test]
 fn gpu_logits_match_the_cpu_engine_at_every_exit() {
     for name in FIXTURES {
@@ -130,6 +119,7 @@ fn gpu_logits_match_the_cpu_engine_at_every_exit() {
                 let mut b = Session::new(cpu.clone(), 0).unwrap();
                 a.forward(prompt, exit, Logits::All).unwrap();
                 b.forward(prompt, exit, Logits::All).unwrap();
+                assert_eq!(a.logits().len(), b.logits().len());
                 let err = relative_error(a.logits(), b.logits());
                 println!("{name} exit {exit}: GPU vs CPU relative error {err:e}");
                 assert!(

@@ -35,14 +35,7 @@ fn prompts_through_cublas_match_the_cpu_engine() {
             let mut b = Session::new(cpu.clone(), 0).unwrap();
             a.forward(&prompt, exit, Logits::All).unwrap();
             b.forward(&prompt, exit, Logits::All).unwrap();
-            let scale = b.logits().iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            let err = a
-                .logits()
-                .iter()
-                .zip(b.logits())
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max)
-                / scale;
+            let err = relative_error(a.logits(), b.logits());
             println!(
                 "{name} exit {exit}, {} rows through cuBLAS: relative error {err:e}",
                 prompt.len()

@@ -85,15 +85,20 @@ pub fn greedy_steps(session: &mut Session, prompt: &[u32], exit: usize, n: usize
 }
 
 /// Max |ours - ref| relative to the logit scale (max |ref|, at least 1) is below 1e-4.
-pub fn assert_logits_close(ours: &[f32], reference: &[f32], what: &str) {
-    assert_eq!(ours.len(), reference.len(), "{what}: logit count");
+/// Largest difference of `ours` from `reference`, relative to the largest
+/// reference magnitude (at least 1).
+pub fn relative_error(ours: &[f32], reference: &[f32]) -> f32 {
     let scale = reference.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let err = ours
-        .iter()
+    ours.iter()
         .zip(reference)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max)
-        / scale;
+        / scale
+}
+
+pub fn assert_logits_close(ours: &[f32], reference: &[f32], what: &str) {
+    assert_eq!(ours.len(), reference.len(), "{what}: logit count");
+    let err = relative_error(ours, reference);
     assert!(err < 1e-4, "{what}: relative error {err:e}");
 }
 

@@ -70,21 +70,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Exit head (final norm + LM head) on rows `from..` of `x`; writes
     /// `(rows - from) x vocab` logits into `out`.
     fn head(&self, x: &Self::Acts, from: usize, out: &mut Vec<f32>);
-    /// Bytes of weights one full-depth decode step reads (every layer's
-    /// matrices and the LM head): the numerator of a roofline.
     /// The greedy token (argmax of the head's logits, the first index on
     /// ties) of rows `from..`: what probes need. A GPU engine computes it on
     /// the device, so only the ids cross to the host.
-    fn head_argmax(&self, x: &Self::Acts, from: usize, out: &mut Vec<u32>) {
-        let mut logits = Vec::new();
-        self.head(x, from, &mut logits);
-        out.clear();
-        out.extend(
-            logits
-                .chunks_exact(self.config().vocab_size)
-                .map(crate::sampling::argmax),
-        );
-    }
+    fn head_argmax(&self, x: &Self::Acts, from: usize, out: &mut Vec<u32>);
+    /// Bytes of weights one full-depth decode step reads (every layer's
+    /// matrices and the LM head): the numerator of a roofline.
     fn weight_bytes_per_token(&self) -> usize;
     /// Waits until all work issued so far has finished (a GPU engine's
     /// launches return before their kernels run). For timing.

@@ -117,6 +117,22 @@ impl CpuEngine {
         })
     }
 
+    /// Logits of rows `from..` of `x` into `out` (`rows x vocab`).
+    fn head_into(&self, x: &HostActs, from: usize, out: &mut [f32]) {
+        let h = self.cfg.hidden_size;
+        let rows = x.rows() - from;
+        scratch::with([rows * h], |[xn]| {
+            norm_rows(
+                &x.data[from * h..],
+                &self.norm,
+                self.cfg.rms_norm_eps,
+                h,
+                xn,
+            );
+            matmul(xn, rows, &self.lm_head, out);
+        });
+    }
+
     /// Causal attention of `rows` new queries (positions `pos0..`) over the
     /// layer's cache, which already holds their own K/V.
     fn attention(&self, q: &[f32], k: &[f32], v: &[f32], pos0: usize, out: &mut [f32]) {
@@ -386,18 +402,16 @@ impl Engine for CpuEngine {
     }
 
     fn head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {
-        let h = self.cfg.hidden_size;
-        let rows = x.rows() - from;
-        out.resize(rows * self.cfg.vocab_size, 0.0);
-        scratch::with([rows * h], |[xn]| {
-            norm_rows(
-                &x.data[from * h..],
-                &self.norm,
-                self.cfg.rms_norm_eps,
-                h,
-                xn,
-            );
-            matmul(xn, rows, &self.lm_head, out);
+        out.resize((x.rows() - from) * self.cfg.vocab_size, 0.0);
+        self.head_into(x, from, out);
+    }
+
+    fn head_argmax(&self, x: &HostActs, from: usize, out: &mut Vec<u32>) {
+        let vocab = self.cfg.vocab_size;
+        scratch::with([(x.rows() - from) * vocab], |[logits]| {
+            self.head_into(x, from, logits);
+            out.clear();
+            out.extend(logits.chunks_exact(vocab).map(crate::sampling::argmax));
         });
     }
 }

@@ -4,7 +4,7 @@
 use crate::adaptive::{AutoSpec, Choice, CostModel, Policy};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::sampling::{argmax, sample, Rng64, SamplingParams};
+use crate::sampling::{sample, Rng64, SamplingParams};
 use crate::session::{forward_batch, BatchItem, Logits, Probe, Session};
 use crate::speculative::{DraftLimits, Drafter, SpecStats};
 use crate::tokenizer::StreamDecoder;
@@ -370,13 +370,15 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
         }
     }
 
-    /// Choose the next token from the newest logits and emit it.
+    /// Choose the next token from the newest head output and emit it.
     fn sample_next(&mut self) {
-        self.next = sample(
-            self.session.borrow().last_logits(),
-            &self.opts.sampling,
-            &mut self.rng,
-        );
+        let s = self.session.borrow();
+        self.next = if self.opts.sampling.is_greedy() {
+            let head = s.head_output();
+            head.token(head.rows() - 1)
+        } else {
+            sample(s.last_logits(), &self.opts.sampling, &mut self.rng)
+        };
         let tok = self.next;
         self.emit(tok);
     }
@@ -540,6 +542,7 @@ fn pass<E: Engine, S: BorrowMut<Session<E>>>(
     for (i, g) in gens.iter_mut().enumerate() {
         if let Some(&(_, tokens, exit, logits)) = want.next_if(|c| c.0 == i) {
             items.push(BatchItem {
+                greedy: g.opts.sampling.is_greedy(),
                 session: g.session.borrow_mut(),
                 tokens,
                 exit,
@@ -643,7 +646,7 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
             };
             match r {
                 Ok(_) => d.take(
-                    g.session.borrow().last_logits(),
+                    g.session.borrow().head_output(),
                     &g.opts.sampling,
                     &mut g.rng,
                 ),
@@ -822,8 +825,7 @@ fn score_step_probes<E: Engine>(session: &mut Session<E>, weight: f64) {
     if probes.is_empty() {
         return;
     }
-    let vocab = session.model().config.vocab_size;
-    let full: Vec<u32> = session.logits().chunks_exact(vocab).map(argmax).collect();
+    let full = session.head_output().tokens();
     let pos0 = session.logits_pos0();
     score_probes(&mut session.acceptance, &probes, pos0, &full, weight);
 }

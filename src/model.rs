@@ -136,6 +136,24 @@ fn human_bytes(b: u64) -> String {
 }
 
 impl<E: Engine> Model<E> {
+    /// The same model on an engine made from this one's: a wrapper that
+    /// instruments it or changes how it answers (tests run the decode logic
+    /// this way on an engine that behaves like a GPU's).
+    pub fn map_engine<F: Engine>(self, wrap: impl FnOnce(E) -> F) -> Model<F> {
+        Model {
+            config: self.config,
+            engine: wrap(self.engine),
+            tokenizer: self.tokenizer,
+            dir: self.dir,
+            dtype: self.dtype,
+            cost: self.cost,
+            corrections: self.corrections,
+            acceptance: self.acceptance,
+            limits: self.limits,
+            kv_reserved: self.kv_reserved,
+        }
+    }
+
     pub fn num_layers(&self) -> usize {
         self.config.num_layers
     }

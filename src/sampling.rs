@@ -61,6 +61,30 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Largest probability of softmax(logits) (temperature 1): a draft's confidence.
+pub fn top_probability(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    1.0 / logits.iter().map(|&l| (l - max).exp()).sum::<f32>()
+}
+
+/// What greedy decoding needs from one row of logits: its argmax and that
+/// token's probability at temperature 1. A GPU engine computes it where the
+/// logits are, so only these two numbers cross to the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pick {
+    pub token: u32,
+    pub top_prob: f32,
+}
+
+impl Pick {
+    pub fn of(logits: &[f32]) -> Pick {
+        Pick {
+            token: argmax(logits),
+            top_prob: top_probability(logits),
+        }
+    }
+}
+
 /// The distribution sampling draws from: softmax(logits / T) restricted to
 /// the top-k and then to the smallest top-p nucleus, renormalised.
 pub fn distribution(logits: &[f32], p: &SamplingParams) -> Vec<f32> {

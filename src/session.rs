@@ -3,7 +3,7 @@
 
 use crate::cache::KvCache;
 use crate::engine::backend::Backend;
-use crate::engine::{Engine, Rows, Segment};
+use crate::engine::{Engine, HeadOutput, Rows, Segment};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
 use std::sync::Arc;
@@ -38,8 +38,8 @@ pub struct Session<E: Engine = Backend> {
     /// Token ids at positions `0..shallow_len()`.
     tokens: Vec<u32>,
     capacity: usize,
-    logits: Vec<f32>,
-    logits_pos0: usize,
+    /// The exit head's output of the last pass.
+    head: HeadOutput,
     /// Rows each layer has processed in this session (for "nothing recomputed" checks).
     layer_rows: Vec<u64>,
     pub(crate) spec: crate::speculative::SpecStats,
@@ -47,7 +47,7 @@ pub struct Session<E: Engine = Backend> {
     probe_exits: Vec<usize>,
     probe_rows: usize,
     probes: Vec<Probe>,
-    probe_tokens: Vec<u32>,
+    probe_out: HeadOutput,
     /// The full model's greedy tokens of the last verify pass (first position,
     /// tokens), kept while probing.
     pub(crate) verified: (usize, Vec<u32>),
@@ -79,6 +79,10 @@ pub struct BatchItem<'a, E: Engine = Backend> {
     pub tokens: &'a [u32],
     pub exit: usize,
     pub logits: Logits,
+    /// Only greedy decisions are needed from the selected rows: the engine
+    /// may hand back each row's [`crate::sampling::Pick`] instead of its
+    /// logits ([`Engine::head_greedy`]).
+    pub greedy: bool,
 }
 
 /// Where a session's logit rows come from after the layers.
@@ -194,7 +198,7 @@ fn forward_batch_in<E: Engine>(
 
     // Exit: rows below the last layer join the exit activations; logits come
     // from one exit-head call over every session's selected rows.
-    let mut jobs: Vec<(usize, HeadSource<E::Acts>, usize, usize)> = Vec::new(); // (item, source, pos0, from)
+    let mut jobs: Vec<(usize, HeadSource<E::Acts>, usize)> = Vec::new(); // (item, source, from)
     for (i, it) in items.iter_mut().enumerate() {
         let Some(x) = xs[i].take() else { continue };
         let s = &mut *it.session;
@@ -205,7 +209,9 @@ fn forward_batch_in<E: Engine>(
             match s.cache.pending(it.exit) {
                 Some(p) => (HeadSource::Pending, p.rows(), s.cache.layer_lens()[it.exit]),
                 None => {
-                    results[i] = Ok(s.set_logits(Vec::new(), 0));
+                    s.head.clear();
+                    s.head.set_pos0(0);
+                    results[i] = Ok(0);
                     continue;
                 }
             }
@@ -215,29 +221,39 @@ fn forward_batch_in<E: Engine>(
             (HeadSource::Output(x), rows, pos0)
         };
         let from = head_from(rows, it.logits);
+        s.head.set_pos0(pos0 + from);
         if from == rows {
-            let mut empty = std::mem::take(&mut s.logits);
-            empty.clear();
-            results[i] = Ok(s.set_logits(empty, pos0 + from));
+            s.head.clear();
+            results[i] = Ok(0);
         } else {
-            jobs.push((i, source, pos0, from));
+            jobs.push((i, source, from));
         }
     }
-    if let [(i, source, pos0, from)] = &jobs[..] {
+    // One head call for every job: greedy picks if no job needs logits.
+    let greedy = jobs.iter().all(|(i, ..)| items[*i].greedy);
+    let run_head = |x: &E::Acts, from: usize, out: &mut HeadOutput| {
+        if greedy {
+            engine.head_greedy(x, from, out);
+        } else {
+            out.fill_logits(|logits| engine.head(x, from, logits));
+        }
+    };
+    if let [(i, source, from)] = &jobs[..] {
         let s = &mut *items[*i].session;
-        let mut logits = std::mem::take(&mut s.logits);
+        let mut out = std::mem::take(&mut s.head);
         match source {
-            HeadSource::Output(x) => engine.head(x, *from, &mut logits),
-            HeadSource::Pending => engine.head(
+            HeadSource::Output(x) => run_head(x, *from, &mut out),
+            HeadSource::Pending => run_head(
                 s.cache.pending(items[*i].exit).expect("pending rows"),
                 *from,
-                &mut logits,
+                &mut out,
             ),
         }
-        results[*i] = Ok(s.set_logits(logits, pos0 + from));
+        s.head = out;
+        results[*i] = Ok(s.head.rows());
     } else if !jobs.is_empty() {
         let mut all: Option<E::Acts> = None;
-        for (i, source, _, from) in &jobs {
+        for (i, source, from) in &jobs {
             let rows = match source {
                 HeadSource::Output(x) => x.tail(*from),
                 HeadSource::Pending => items[*i]
@@ -252,11 +268,10 @@ fn forward_batch_in<E: Engine>(
                 None => all = Some(rows),
             }
         }
-        let mut logits = Vec::new();
-        engine.head(all.as_ref().expect("jobs"), 0, &mut logits);
-        let vocab = model.config.vocab_size;
+        let mut shared = HeadOutput::new(model.config.vocab_size);
+        run_head(all.as_ref().expect("jobs"), 0, &mut shared);
         let mut at = 0;
-        for (i, source, pos0, from) in &jobs {
+        for (i, source, from) in &jobs {
             let s = &mut *items[*i].session;
             let rows = match source {
                 HeadSource::Output(x) => x.rows(),
@@ -266,11 +281,9 @@ fn forward_batch_in<E: Engine>(
                     .expect("pending rows")
                     .rows(),
             } - from;
-            let mut mine = std::mem::take(&mut s.logits);
-            mine.clear();
-            mine.extend_from_slice(&logits[at * vocab..(at + rows) * vocab]);
+            s.head.copy_rows(&shared, at, rows);
             at += rows;
-            results[*i] = Ok(s.set_logits(mine, pos0 + from));
+            results[*i] = Ok(rows);
         }
     }
     results
@@ -300,6 +313,7 @@ impl<E: Engine> Session<E> {
         let kv_reserved = model.reserve_kv(capacity)?;
         let cache = KvCache::new(&model.engine, capacity);
         let n = model.config.num_layers;
+        let vocab = model.config.vocab_size;
         let acceptance =
             crate::adaptive::AcceptanceTracker::with_shared(n, model.acceptance.clone());
         Ok(Session {
@@ -307,14 +321,13 @@ impl<E: Engine> Session<E> {
             cache,
             tokens: Vec::new(),
             capacity,
-            logits: Vec::new(),
-            logits_pos0: 0,
+            head: HeadOutput::new(vocab),
             layer_rows: vec![0; n],
             spec: Default::default(),
             probe_exits: Vec::new(),
             probe_rows: 0,
             probes: Vec::new(),
-            probe_tokens: Vec::new(),
+            probe_out: HeadOutput::new(vocab),
             verified: (0, Vec::new()),
             acceptance,
             kv_reserved,
@@ -354,20 +367,27 @@ impl<E: Engine> Session<E> {
     }
 
     /// Logits of the last forward pass: `rows x vocab`, the first row at
-    /// position [`Session::logits_pos0`].
+    /// position [`Session::logits_pos0`]. Empty after a greedy pass on an
+    /// engine that handed back picks only (see [`Session::head_output`]).
     pub fn logits(&self) -> &[f32] {
-        &self.logits
+        self.head.logits()
     }
     pub fn logits_pos0(&self) -> usize {
-        self.logits_pos0
+        self.head.pos0()
     }
+    /// Rows the exit head produced in the last pass.
     pub fn logits_rows(&self) -> usize {
-        self.logits.len() / self.model.config.vocab_size
+        self.head.rows()
     }
-    /// Logits of the newest row.
+    /// Logits of the newest row (empty when the last pass produced none).
     pub fn last_logits(&self) -> &[f32] {
+        let logits = self.head.logits();
         let v = self.model.config.vocab_size;
-        &self.logits[self.logits.len().saturating_sub(v)..]
+        &logits[logits.len().saturating_sub(v)..]
+    }
+    /// Everything the exit head produced in the last pass: logits, or greedy picks.
+    pub fn head_output(&self) -> &HeadOutput {
+        &self.head
     }
 
     /// Validate arguments of a forward pass before anything changes.
@@ -409,11 +429,24 @@ impl<E: Engine> Session<E> {
     ///
     /// Returns the number of logit rows. On error nothing changes.
     pub fn forward(&mut self, tokens: &[u32], exit: usize, which: Logits) -> Result<usize> {
+        self.forward_head(tokens, exit, which, false)
+    }
+
+    /// [`Session::forward`]; with `greedy`, the selected rows may come back
+    /// as greedy picks only ([`BatchItem::greedy`]).
+    pub fn forward_head(
+        &mut self,
+        tokens: &[u32],
+        exit: usize,
+        which: Logits,
+        greedy: bool,
+    ) -> Result<usize> {
         let mut item = [BatchItem {
             session: self,
             tokens,
             exit,
             logits: which,
+            greedy,
         }];
         forward_batch(&mut item).pop().expect("one result per item")
     }
@@ -425,20 +458,14 @@ impl<E: Engine> Session<E> {
         }
         let engine = &self.model.engine;
         let from = x.rows().saturating_sub(self.probe_rows);
-        engine.head_argmax(x, from, &mut self.probe_tokens);
-        for (i, &token) in self.probe_tokens.iter().enumerate() {
+        engine.head_greedy(x, from, &mut self.probe_out);
+        for i in 0..self.probe_out.rows() {
             self.probes.push(Probe {
                 exit,
                 pos: pos0 + from + i,
-                token,
+                token: self.probe_out.token(i),
             });
         }
-    }
-
-    fn set_logits(&mut self, logits: Vec<f32>, pos0: usize) -> usize {
-        self.logits = logits;
-        self.logits_pos0 = pos0;
-        self.logits_rows()
     }
 
     /// Probe `exits` (each below the last layer) in the following passes: the
@@ -490,7 +517,7 @@ impl<E: Engine> Session<E> {
         }
         self.cache.truncate(&self.model.engine, len);
         self.tokens.truncate(len);
-        self.logits.clear();
+        self.head.clear();
         Ok(())
     }
 }

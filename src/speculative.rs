@@ -1,9 +1,9 @@
 //! Self-speculative decoding on the shared-activation KV cache: draft with
 //! layers `0..E`, verify with `E..L` in one batched pass, accept, roll back.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, HeadOutput};
 use crate::error::Result;
-use crate::sampling::{argmax, distribution, Rng64, SamplingParams};
+use crate::sampling::{distribution, Rng64, SamplingParams};
 use crate::session::{Logits, Session};
 use std::time::Instant;
 
@@ -54,12 +54,6 @@ pub struct DraftLimits<'a> {
     pub calibration: &'a [f32],
 }
 
-/// Largest probability of softmax(logits) (temperature 1).
-fn top_probability(logits: &[f32]) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    1.0 / logits.iter().map(|&l| (l - max).exp()).sum::<f32>()
-}
-
 /// Accept or reject one draft `x` given the full model's and the draft's
 /// distributions (Leviathan et al. 2023). On rejection returns the token
 /// drawn from the residual `max(0, p_full - p_draft)`.
@@ -96,7 +90,7 @@ pub fn accept_sampled(
 
 /// Drafting one token at a time, so that several sessions can draft in one
 /// batched pass: `feed()` says what to run through the shallow layers next,
-/// `take()` reads the logits that pass produced.
+/// `take()` reads what that pass's exit head produced.
 #[derive(Debug, Clone)]
 pub struct Drafter {
     pub exit: usize,
@@ -158,11 +152,13 @@ impl Drafter {
         self.feed
     }
 
-    /// The exit logits of the token just fed: draft from them or stop.
-    pub fn take(&mut self, logits: &[f32], sampling: &SamplingParams, rng: &mut Rng64) {
+    /// The exit head's output for the token just fed (the newest row of
+    /// `head`; logits unless greedy): draft from it or stop.
+    pub fn take(&mut self, head: &HeadOutput, sampling: &SamplingParams, rng: &mut Rng64) {
         self.feed = None;
+        let row = head.rows() - 1;
         if self.confidence > 0.0 || self.cumulative > 0.0 {
-            let top = top_probability(logits);
+            let top = head.top_prob(row);
             let n = self.calibration.len();
             self.all_accepted *= if n > 0 {
                 self.calibration[((top * n as f32) as usize).min(n - 1)]
@@ -175,8 +171,9 @@ impl Drafter {
             self.drafts.confidence.push(top);
         }
         let tok = if sampling.is_greedy() {
-            argmax(logits)
+            head.token(row)
         } else {
+            let logits = head.row_logits(row).expect("sampling passes bring logits");
             let p = distribution(logits, sampling);
             let t = rng.categorical(&p);
             self.drafts.probs.extend_from_slice(&p);
@@ -209,8 +206,8 @@ impl<E: Engine> Session<E> {
         let t0 = Instant::now();
         let mut d = Drafter::start(self, next, exit, &limits)?;
         while let Some(feed) = d.feed() {
-            self.forward(&[feed], exit, Logits::Last)?;
-            d.take(self.last_logits(), sampling, rng);
+            self.forward_head(&[feed], exit, Logits::Last, sampling.is_greedy())?;
+            d.take(self.head_output(), sampling, rng);
         }
         self.spec.draft_seconds += t0.elapsed().as_secs_f64();
         Ok(d.drafts)
@@ -231,7 +228,7 @@ impl<E: Engine> Session<E> {
         let t0 = Instant::now();
         let n_layers = self.model().config.num_layers;
         let (base, feed) = self.verify_begin(next, drafts)?;
-        if let Err(e) = self.forward(&feed, n_layers, Logits::All) {
+        if let Err(e) = self.forward_head(&feed, n_layers, Logits::All, sampling.is_greedy()) {
             // Leave the session as it was before the speculative round.
             self.rewind(base)?;
             return Err(e);
@@ -270,22 +267,23 @@ impl<E: Engine> Session<E> {
         let vocab = self.model().config.vocab_size;
         if self.probing() {
             // The full model's greedy token for every row, to score the probes.
-            let rows = self.logits().chunks_exact(vocab).map(argmax).collect();
-            self.verified = (self.logits_pos0(), rows);
+            let head = self.head_output();
+            self.verified = (head.pos0(), head.tokens());
         }
+        let head = self.head_output();
         let k = drafts.tokens.len();
         let mut accepted = 0;
         let mut token_after = None;
         for i in 0..=k {
-            let row = &self.logits()[i * vocab..(i + 1) * vocab];
             if sampling.is_greedy() {
-                let best = argmax(row);
+                let best = head.token(i);
                 if i < k && best == drafts.tokens[i] {
                     accepted += 1;
                     continue;
                 }
                 token_after = Some(best);
             } else {
+                let row = head.row_logits(i).expect("sampling passes bring logits");
                 let p_full = distribution(row, sampling);
                 if i == k {
                     token_after = Some(rng.categorical(&p_full));

@@ -204,9 +204,9 @@ fn gpu_greedy_self_speculation_equals_full_depth() {
 }
 
 #[test]
-fn gpu_argmax_on_the_device_equals_argmax_of_the_copied_logits() {
+fn gpu_greedy_picks_on_the_device_equal_picks_of_the_copied_logits() {
     for name in FIXTURES {
-        let Some(model) = gpu_model(name, "GPU argmax") else {
+        let Some(model) = gpu_model(name, "GPU greedy picks") else {
             return;
         };
         let e = &model.engine;
@@ -217,13 +217,20 @@ fn gpu_argmax_on_the_device_equals_argmax_of_the_copied_logits() {
             e.run_layer(l, &mut kv, 0, &mut x);
         }
         let mut logits = Vec::new();
-        let mut ids = Vec::new();
         e.head(&x, 1, &mut logits);
-        e.head_argmax(&x, 1, &mut ids);
-        let want: Vec<u32> = logits
-            .chunks_exact(model.config.vocab_size)
-            .map(layerskip::sampling::argmax)
-            .collect();
-        assert_eq!(ids, want, "{name}");
+        let mut out = layerskip::engine::HeadOutput::new(model.config.vocab_size);
+        e.head_greedy(&x, 1, &mut out);
+        assert!(out.logits().is_empty(), "{name}: only picks cross");
+        for (i, row) in logits.chunks_exact(model.config.vocab_size).enumerate() {
+            let want = layerskip::sampling::Pick::of(row);
+            assert_eq!(out.token(i), want.token, "{name} row {i}");
+            let err = (out.top_prob(i) - want.top_prob).abs() / want.top_prob;
+            assert!(
+                err < 1e-4,
+                "{name} row {i}: {} vs {}",
+                out.top_prob(i),
+                want.top_prob
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::cpu::{CpuEngine, CpuKv, HostActs};
 use super::cuda::{CudaEngine, CudaKv, DeviceActs};
-use super::{Engine, Rows, Segment};
+use super::{Engine, HeadOutput, Rows, Segment};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -197,10 +197,10 @@ impl Engine for Backend {
             _ => unreachable!("{MIXED}"),
         }
     }
-    fn head_argmax(&self, x: &BackendActs, from: usize, out: &mut Vec<u32>) {
+    fn head_greedy(&self, x: &BackendActs, from: usize, out: &mut HeadOutput) {
         match (self, x) {
-            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.head_argmax(x, from, out),
-            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.head_argmax(x, from, out),
+            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.head_greedy(x, from, out),
+            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.head_greedy(x, from, out),
             _ => unreachable!("{MIXED}"),
         }
     }

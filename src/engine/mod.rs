@@ -5,9 +5,11 @@
 pub mod backend;
 pub mod cpu;
 pub mod cuda;
+pub mod head_output;
 pub mod rope;
 
 use crate::config::ModelConfig;
+pub use head_output::HeadOutput;
 
 /// Rows of hidden states (one row per position), wherever an engine keeps them.
 pub trait Rows: Send + Sized {
@@ -70,10 +72,14 @@ pub trait Engine: Send + Sync + 'static {
     /// Exit head (final norm + LM head) on rows `from..` of `x`; writes
     /// `(rows - from) x vocab` logits into `out`.
     fn head(&self, x: &Self::Acts, from: usize, out: &mut Vec<f32>);
-    /// The greedy token (argmax of the head's logits, the first index on
-    /// ties) of rows `from..`: what probes need. A GPU engine computes it on
-    /// the device, so only the ids cross to the host.
-    fn head_argmax(&self, x: &Self::Acts, from: usize, out: &mut Vec<u32>);
+    /// The exit head on rows `from..` when only greedy decisions are needed
+    /// (greedy decoding, verification, probes): fills `out` with either the
+    /// rows' logits (an engine whose logits are in host memory anyway) or
+    /// each row's [`crate::sampling::Pick`] computed where the logits are (a
+    /// GPU engine, so only ids and top probabilities cross to the host).
+    fn head_greedy(&self, x: &Self::Acts, from: usize, out: &mut HeadOutput) {
+        out.fill_logits(|logits| self.head(x, from, logits));
+    }
     /// Bytes of weights one full-depth decode step reads (every layer's
     /// matrices and the LM head): the numerator of a roofline.
     fn weight_bytes_per_token(&self) -> usize;

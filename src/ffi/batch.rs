@@ -112,6 +112,8 @@ pub extern "C" fn lsk_sessions_step(
                     tokens: t,
                     exit,
                     logits: Logits::Last,
+                    // Callers may read the logits after a batched step.
+                    greedy: false,
                 }
             })
             .collect();

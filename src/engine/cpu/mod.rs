@@ -405,13 +405,4 @@ impl Engine for CpuEngine {
         out.resize((x.rows() - from) * self.cfg.vocab_size, 0.0);
         self.head_into(x, from, out);
     }
-
-    fn head_argmax(&self, x: &HostActs, from: usize, out: &mut Vec<u32>) {
-        let vocab = self.cfg.vocab_size;
-        scratch::with([(x.rows() - from) * vocab], |[logits]| {
-            self.head_into(x, from, logits);
-            out.clear();
-            out.extend(logits.chunks_exact(vocab).map(crate::sampling::argmax));
-        });
-    }
 }

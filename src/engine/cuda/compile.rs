@@ -29,7 +29,7 @@ pub const KERNELS: [&str; 14] = [
     "attention",
     "swiglu",
     "add",
-    "argmax_rows",
+    "pick_rows",
 ];
 
 /// The entry points of the source (every `extern "C" __global__`).
@@ -113,7 +113,7 @@ pub(crate) struct Kernels {
     pub(crate) attention: CudaFunction,
     pub(crate) swiglu: CudaFunction,
     pub(crate) add: CudaFunction,
-    pub(crate) argmax_rows: CudaFunction,
+    pub(crate) pick_rows: CudaFunction,
 }
 
 /// The PTX of the kernels for the device's architecture, compiled once per
@@ -160,7 +160,7 @@ impl Kernels {
             attention: f("attention")?,
             swiglu: f("swiglu")?,
             add: f("add")?,
-            argmax_rows: f("argmax_rows")?,
+            pick_rows: f("pick_rows")?,
         };
         Ok((kernels, format!("compute_{major}{minor}")))
     }

@@ -281,23 +281,26 @@ extern "C" __global__ void add(float* x, const float* y, int n) {
     if (i < n) x[i] += y[i];
 }
 
-// Greedy token of each row of logits (rows x vocab): the first index of the
-// largest value, as the CPU's argmax. One block of ARGMAX_THREADS per row.
-#define ARGMAX_THREADS 256
-extern "C" __global__ void argmax_rows(const float* logits, unsigned* out, int vocab) {
-    __shared__ float best_v[ARGMAX_THREADS];
-    __shared__ int best_i[ARGMAX_THREADS];
+// Greedy pick of each row of logits (rows x vocab): out[row] is the first
+// index of the largest value (as the CPU's argmax) and out[rows + row] the
+// bits of its probability at temperature 1, 1 / sum(exp(l - max)). One
+// block of PICK_THREADS per row; only these 8 bytes a row go to the host.
+#define PICK_THREADS 256
+extern "C" __global__ void pick_rows(const float* logits, unsigned* out, int vocab, int rows) {
+    __shared__ float best_v[PICK_THREADS];
+    __shared__ int best_i[PICK_THREADS];
+    __shared__ float scratch[WARP];
     const float* row = logits + (size_t)blockIdx.x * vocab;
     float bv = NEG_INF;
     int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += ARGMAX_THREADS) {
+    for (int i = threadIdx.x; i < vocab; i += PICK_THREADS) {
         const float v = row[i];
         if (v > bv) { bv = v; bi = i; }
     }
     best_v[threadIdx.x] = bv;
     best_i[threadIdx.x] = bi;
     __syncthreads();
-    for (int s = ARGMAX_THREADS / 2; s > 0; s >>= 1) {
+    for (int s = PICK_THREADS / 2; s > 0; s >>= 1) {
         if (threadIdx.x < s) {
             const float v = best_v[threadIdx.x + s];
             const int i = best_i[threadIdx.x + s];
@@ -308,5 +311,12 @@ extern "C" __global__ void argmax_rows(const float* logits, unsigned* out, int v
         }
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] == 0x7fffffff ? 0u : (unsigned)best_i[0];
+    const float max = best_v[0];
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < vocab; i += PICK_THREADS) sum += expf(row[i] - max);
+    sum = block_reduce(sum, scratch, Sum(), 0.0f);
+    if (threadIdx.x == 0) {
+        out[blockIdx.x] = best_i[0] == 0x7fffffff ? 0u : (unsigned)best_i[0];
+        out[rows + blockIdx.x] = __float_as_uint(1.0f / sum);
+    }
 }

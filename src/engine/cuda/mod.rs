@@ -17,9 +17,10 @@ use memory::{scratch, Buf, Workspace};
 pub use memory::{CudaKv, DeviceActs};
 use weights::{DevMat, LayerWeights, Matrix};
 
-use super::{rope, Engine, Segment};
+use super::{rope, Engine, HeadOutput, Segment};
 use crate::config::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::sampling::Pick;
 use crate::weights::WeightStore;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
@@ -590,20 +591,27 @@ impl Engine for CudaEngine {
         });
     }
 
-    fn head_argmax(&self, x: &DeviceActs, from: usize, out: &mut Vec<u32>) {
-        out.clear();
+    fn head_greedy(&self, x: &DeviceActs, from: usize, out: &mut HeadOutput) {
         let vocab = self.cfg.vocab_size as i32;
-        self.device_logits(x, from, |logits, rows| {
-            let mut ids = scratch::<u32>(&self.stream, rows);
-            let mut b = self.stream.launch_builder(&self.k.argmax_rows);
-            b.arg(logits).arg(&mut ids).arg(&vocab);
-            // SAFETY: argmax_rows(const float*, unsigned*, int vocab), a
-            // block of 256 threads per row of logits.
-            ok(unsafe { b.launch(rows_cfg(rows, 256)) }.map(|_| ()));
-            out.resize(rows, 0);
-            ok(self
-                .stream
-                .memcpy_dtoh(&ids.slice(..rows), out.as_mut_slice()));
+        out.fill_picks(|picks| {
+            self.device_logits(x, from, |logits, rows| {
+                let mut words = scratch::<u32>(&self.stream, 2 * rows);
+                let mut b = self.stream.launch_builder(&self.k.pick_rows);
+                let irows = rows as i32;
+                b.arg(logits).arg(&mut words).arg(&vocab).arg(&irows);
+                // SAFETY: pick_rows(const float*, unsigned* out[2 * rows],
+                // int vocab, int rows), a block of 256 threads per row.
+                ok(unsafe { b.launch(rows_cfg(rows, 256)) }.map(|_| ()));
+                let mut host = vec![0u32; 2 * rows];
+                ok(self
+                    .stream
+                    .memcpy_dtoh(&words.slice(..2 * rows), host.as_mut_slice()));
+                let (ids, probs) = host.split_at(rows);
+                picks.extend(ids.iter().zip(probs).map(|(&token, &p)| Pick {
+                    token,
+                    top_prob: f32::from_bits(p),
+                }));
+            })
         });
     }
 

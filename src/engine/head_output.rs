@@ -1,0 +1,130 @@
+//! What the exit head hands back for the rows a pass selected: their logits,
+//! or, when only greedy decisions are needed and the logits live on a device,
+//! each row's [`Pick`] alone (so a verify pass over a 128k vocabulary copies
+//! a few bytes per row instead of half a megabyte).
+
+use crate::sampling::{argmax, top_probability, Pick};
+
+#[derive(Debug, Clone, Default)]
+pub struct HeadOutput {
+    /// Position of the first row.
+    pos0: usize,
+    vocab: usize,
+    /// `rows x vocab`, or empty when `picks` holds the rows.
+    logits: Vec<f32>,
+    picks: Vec<Pick>,
+}
+
+impl HeadOutput {
+    pub fn new(vocab: usize) -> Self {
+        HeadOutput {
+            vocab,
+            ..Default::default()
+        }
+    }
+
+    pub fn pos0(&self) -> usize {
+        self.pos0
+    }
+
+    pub fn rows(&self) -> usize {
+        if self.picks.is_empty() {
+            self.logits.len() / self.vocab.max(1)
+        } else {
+            self.picks.len()
+        }
+    }
+
+    /// Every row's logits, `rows x vocab`; empty when only picks came back.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Row `i`'s logits, if they came back.
+    pub fn row_logits(&self, i: usize) -> Option<&[f32]> {
+        self.logits.chunks_exact(self.vocab).nth(i)
+    }
+
+    /// Row `i`'s greedy token (the first of equal maxima).
+    pub fn token(&self, i: usize) -> u32 {
+        match self.row_logits(i) {
+            Some(row) => argmax(row),
+            None => self.picks[i].token,
+        }
+    }
+
+    /// Row `i`'s greedy token's probability at temperature 1.
+    pub fn top_prob(&self, i: usize) -> f32 {
+        match self.row_logits(i) {
+            Some(row) => top_probability(row),
+            None => self.picks[i].top_prob,
+        }
+    }
+
+    /// Every row's greedy token.
+    pub fn tokens(&self) -> Vec<u32> {
+        (0..self.rows()).map(|i| self.token(i)).collect()
+    }
+
+    pub fn set_pos0(&mut self, pos0: usize) {
+        self.pos0 = pos0;
+    }
+
+    /// No rows.
+    pub fn clear(&mut self) {
+        self.logits.clear();
+        self.picks.clear();
+    }
+
+    /// Refill with logits written by `fill` (which sizes the vector).
+    pub fn fill_logits(&mut self, fill: impl FnOnce(&mut Vec<f32>)) {
+        self.clear();
+        fill(&mut self.logits);
+    }
+
+    /// Refill with picks written by `fill`.
+    pub fn fill_picks(&mut self, fill: impl FnOnce(&mut Vec<Pick>)) {
+        self.clear();
+        fill(&mut self.picks);
+    }
+
+    /// Refill with rows `at..at + rows` of `other` (a batch's shared head output).
+    pub fn copy_rows(&mut self, other: &HeadOutput, at: usize, rows: usize) {
+        self.clear();
+        if other.picks.is_empty() {
+            let v = other.vocab;
+            self.logits
+                .extend_from_slice(&other.logits[at * v..(at + rows) * v]);
+        } else {
+            self.picks.extend_from_slice(&other.picks[at..at + rows]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logits_and_picks_answer_alike() {
+        let rows = [0.5f32, 2.0, 2.0, -1.0, 3.0, 0.0, 1.0, 1.0];
+        let mut from_logits = HeadOutput::new(4);
+        from_logits.fill_logits(|v| v.extend_from_slice(&rows));
+        from_logits.set_pos0(7);
+        let mut from_picks = HeadOutput::new(4);
+        from_picks.fill_picks(|p| p.extend(rows.chunks(4).map(Pick::of)));
+        from_picks.set_pos0(7);
+        for out in [&from_logits, &from_picks] {
+            assert_eq!((out.rows(), out.pos0()), (2, 7));
+            assert_eq!(out.tokens(), vec![1, 0]);
+            assert_eq!(out.top_prob(1), top_probability(&rows[4..]));
+        }
+        assert!(from_picks.logits().is_empty() && from_picks.row_logits(0).is_none());
+        let mut part = HeadOutput::new(4);
+        part.copy_rows(&from_logits, 1, 1);
+        assert_eq!((part.rows(), part.token(0)), (1, 0));
+        part.copy_rows(&from_picks, 1, 1);
+        assert_eq!((part.rows(), part.token(0)), (1, 0));
+        assert!(part.logits().is_empty());
+    }
+}

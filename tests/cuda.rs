@@ -3,17 +3,13 @@
 //! the rest needs a GPU and skips, saying why, on machines without one.
 
 mod common;
+use common::gpu::*;
 use common::*;
 use layerskip::engine::cuda::{compile, driver_present};
 use layerskip::engine::Engine;
 use layerskip::{
-    generate, Device, ErrorKind, GenerateOptions, LoadOptions, Logits, Mode, Model, Session,
+    generate, Device, ErrorKind, GenerateOptions, LoadOptions, Logits, Model, Session,
 };
-use std::sync::Arc;
-
-fn skip(test: &str, why: &str) {
-    println!("SKIPPED {test}: {why}");
-}
 
 #[test]
 fn every_kernel_compiles_to_ptx_for_sm80_and_sm90() {
@@ -81,55 +77,13 @@ fn device_names_parse() {
     assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
 }
 
-/// The fixture on GPU 0, or None (with the reason printed) without one.
-fn gpu_model(name: &str, test: &str) -> Option<Arc<Model>> {
-    if !driver_present() {
-        skip(test, "no CUDA driver on this machine");
-        return None;
-    }
-    let options = LoadOptions {
-        device: Device::Cuda(0),
-        ..Default::default()
-    };
-    match Model::load_with(fixture_dir(name), &options) {
-        Ok(m) => Some(m),
-        Err(e) if e.to_string().contains("CUDA device(s)") => {
-            skip(test, &e.to_string());
-            None
-        }
-        Err(e) => panic!("loading {name} on cuda:0: {e}"),
-    }
-}
-
 #[test]
 fn gpu_logits_match_the_cpu_engine_at_every_exit() {
     for name in FIXTURES {
         let Some(gpu) = gpu_model(name, "GPU parity") else {
             return;
         };
-        let cpu = load(name);
-        let tol = if cpu.dtype == layerskip::weights::DType::F32 {
-            1e-4
-        } else {
-            1e-3
-        };
-        for prompt in prompts(name).iter().take(2) {
-            for exit in 1..=cpu.num_layers() {
-                let mut a = Session::new(gpu.clone(), 0).unwrap();
-                let mut b = Session::new(cpu.clone(), 0).unwrap();
-                a.forward(prompt, exit, Logits::All).unwrap();
-                b.forward(prompt, exit, Logits::All).unwrap();
-                assert_eq!(a.logits().len(), b.logits().len());
-                let err = relative_error(a.logits(), b.logits());
-                println!("{name} exit {exit}: GPU vs CPU relative error {err:e}");
-                assert!(
-                    err < tol,
-                    "{name} exit {exit}: relative error {err:e} >= {tol:e}"
-                );
-            }
-        }
-        // And against transformers' own greedy continuations.
-        assert_greedy_cases(&gpu, name);
+        check_parity(name, &gpu);
     }
 }
 
@@ -139,25 +93,7 @@ fn gpu_rows_are_bit_identical_alone_or_in_a_batch_of_nine() {
         let Some(model) = gpu_model(name, "GPU batch invariance") else {
             return;
         };
-        let prompt: Vec<u32> = prompts(name)[2][..9].to_vec();
-        let vocab = model.config.vocab_size;
-        let mut batch = Session::new(model.clone(), 0).unwrap();
-        batch
-            .forward(&prompt, model.num_layers(), Logits::All)
-            .unwrap();
-        let mut single = Session::new(model.clone(), 0).unwrap();
-        for (i, &t) in prompt.iter().enumerate() {
-            single
-                .forward(&[t], model.num_layers(), Logits::Last)
-                .unwrap();
-            let a = &batch.logits()[i * vocab..(i + 1) * vocab];
-            assert!(
-                a.iter()
-                    .zip(single.last_logits())
-                    .all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{name}: row {i} differs between a batch of 9 and a batch of 1 on the GPU"
-            );
-        }
+        check_batch_invariance(name, &model, &prompts(name)[2][..9]);
     }
 }
 
@@ -167,40 +103,44 @@ fn gpu_greedy_self_speculation_equals_full_depth() {
         let Some(model) = gpu_model(name, "GPU lossless speculation") else {
             return;
         };
-        let prompt = &prompts(name)[0];
-        let opts = |mode| GenerateOptions {
-            max_new_tokens: 40,
-            mode,
-            ignore_eos: true,
-            ..Default::default()
-        };
-        let mut s = Session::new(model.clone(), 0).unwrap();
-        let full = generate(&mut s, prompt, &opts(Mode::Full), |_, _| true).unwrap();
-        for (exit, draft_len) in [(1, 2), (1, 4), (model.num_layers() - 1, 3)] {
-            let mut s = Session::new(model.clone(), 0).unwrap();
-            let mode = Mode::SelfSpeculative { exit, draft_len };
-            let spec = generate(&mut s, prompt, &opts(mode), |_, _| true).unwrap();
-            assert_eq!(
-                spec.tokens, full.tokens,
-                "{name}: E={exit} d={draft_len} differs from full depth on the GPU"
-            );
-            // Nothing computed twice: the cache equals full decoding's.
-            let n = (*s.layer_lens().iter().min().unwrap()).min(prompt.len() + 30);
-            let mut f = Session::new(model.clone(), 0).unwrap();
-            f.prefill(prompt).unwrap();
-            for &t in &full.tokens[..30] {
-                f.step(t, model.num_layers()).unwrap();
-            }
-            for l in 0..model.num_layers() {
-                let (a, _) = model.engine.read_kv(s.kv(), l, n);
-                let (b, _) = model.engine.read_kv(f.kv(), l, n);
-                assert!(
-                    a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{name}: layer {l} K differs between speculative and full decoding on the GPU"
-                );
-            }
-        }
+        check_lossless(name, &model, &prompts(name)[0]);
     }
+}
+
+#[test]
+fn gpu_long_context_matches_the_cpu_engine() {
+    // 480 positions and more: two chunks of split attention.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/layerskip-pycode-8l");
+    let Some(gpu) = gpu_model_at(&dir, "GPU long context") else {
+        return;
+    };
+    let cpu = Model::load(&dir).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/generate.rs")).unwrap();
+    let mut prompt = cpu.encode_prompt(&text).unwrap();
+    prompt.truncate(480);
+    let mut a = Session::new(gpu.clone(), 0).unwrap();
+    let mut b = Session::new(cpu.clone(), 0).unwrap();
+    a.forward(&prompt, cpu.num_layers(), Logits::Tail(8))
+        .unwrap();
+    b.forward(&prompt, cpu.num_layers(), Logits::Tail(8))
+        .unwrap();
+    let err = relative_error(a.logits(), b.logits());
+    println!(
+        "bundled model, {} positions: GPU vs CPU relative error {err:e}",
+        prompt.len()
+    );
+    assert!(err < 1e-3, "relative error {err:e}");
+    let opts = GenerateOptions {
+        max_new_tokens: 12,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut a = Session::new(gpu, 0).unwrap();
+    let mut b = Session::new(cpu, 0).unwrap();
+    let ga = generate(&mut a, &prompt, &opts, |_, _| true).unwrap();
+    let gb = generate(&mut b, &prompt, &opts, |_, _| true).unwrap();
+    assert_eq!(ga.tokens, gb.tokens, "greedy tokens past position 480");
 }
 
 #[test]

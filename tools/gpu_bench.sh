@@ -49,6 +49,12 @@ if [ -z "${LAYERSKIP_CUDA_INCLUDE:-}" ]; then
   [ -n "$h" ] && export LAYERSKIP_CUDA_INCLUDE="$(dirname "$h")"
 fi
 echo "CUDA headers: ${LAYERSKIP_CUDA_INCLUDE:-not found}"
+# The test binaries read fixtures under the directory they were built in
+# (CARGO_MANIFEST_DIR, compiled in): point that path here if it is missing.
+built=$(cat "$BIN/manifest-dir" 2>/dev/null)
+if [ -n "$built" ] && [ ! -e "$built" ]; then
+  mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built" && echo "linked $built -> $PWD"
+fi
 export RUST_BACKTRACE=1
 step() { echo; echo "=== $* ($(date +%T))"; }
 # A bench's table on stdout; its progress bar and any error in $OUT/NAME.err.
@@ -70,6 +76,7 @@ fi
 step "tests: kernel compile, parity with the CPU engine, batch invariance, lossless speculation"
 timeout 300 "$BIN/cuda-tests" --nocapture --test-threads 1 2>&1 | tee "$OUT/tests.log"
 timeout 120 "$BIN/cuda-cublas-tests" --nocapture 2>&1 | tee -a "$OUT/tests.log"
+timeout 120 "$BIN/cuda-split-tests" --nocapture 2>&1 | tee -a "$OUT/tests.log"
 
 step "the same CLI command on the CPU and on the GPU (f32 fixture, greedy)"
 for d in cpu cuda; do

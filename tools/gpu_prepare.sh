@@ -8,12 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
-cargo test --release --test cuda --test cuda_cublas --no-run
+cargo test --release --test cuda --test cuda_cublas --test cuda_split_attention --no-run
 cargo bench --bench decode --no-run
 rm -rf gpu-carry && mkdir gpu-carry
 newest() { ls -t $1 | grep -v '\.d$' | head -1; }
 strip -o gpu-carry/layerskip target/release/layerskip
 strip -o gpu-carry/cuda-tests "$(newest 'target/release/deps/cuda-*')"
 strip -o gpu-carry/cuda-cublas-tests "$(newest 'target/release/deps/cuda_cublas-*')"
+strip -o gpu-carry/cuda-split-tests "$(newest 'target/release/deps/cuda_split_attention-*')"
 strip -o gpu-carry/decode-bench "$(newest 'target/release/deps/decode-*')"
+# The test binaries find fixtures under the path they were built in.
+pwd >gpu-carry/manifest-dir
 du -sh gpu-carry/*

@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: fixture paths and reference data.
 #![allow(dead_code)]
 
+pub mod gpu;
+
 use layerskip::{LoadOptions, Model, Quantize, Session};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -84,7 +86,6 @@ pub fn greedy_steps(session: &mut Session, prompt: &[u32], exit: usize, n: usize
     out
 }
 
-/// Max |ours - ref| relative to the logit scale (max |ref|, at least 1) is below 1e-4.
 /// Largest difference of `ours` from `reference`, relative to the largest
 /// reference magnitude (at least 1).
 pub fn relative_error(ours: &[f32], reference: &[f32]) -> f32 {

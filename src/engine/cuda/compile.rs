@@ -15,7 +15,7 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 /// The kernels the engine loads by name: exactly the source's entry points
 /// (a unit test keeps the two lists equal, so a renamed kernel fails here,
 /// not on a GPU).
-pub const KERNELS: [&str; 14] = [
+pub const KERNELS: [&str; 15] = [
     "matvec_f32",
     "matvec_f16",
     "matvec_bf16",
@@ -26,7 +26,8 @@ pub const KERNELS: [&str; 14] = [
     "embed_bf16",
     "rms_norm",
     "rope_store",
-    "attention",
+    "attention_chunk",
+    "attention_combine",
     "swiglu",
     "add",
     "pick_rows",
@@ -110,7 +111,8 @@ pub(crate) struct Kernels {
     pub(crate) embed_bf16: CudaFunction,
     pub(crate) rms_norm: CudaFunction,
     pub(crate) rope_store: CudaFunction,
-    pub(crate) attention: CudaFunction,
+    pub(crate) attention_chunk: CudaFunction,
+    pub(crate) attention_combine: CudaFunction,
     pub(crate) swiglu: CudaFunction,
     pub(crate) add: CudaFunction,
     pub(crate) pick_rows: CudaFunction,
@@ -157,7 +159,8 @@ impl Kernels {
             embed_bf16: f("embed_bf16")?,
             rms_norm: f("rms_norm")?,
             rope_store: f("rope_store")?,
-            attention: f("attention")?,
+            attention_chunk: f("attention_chunk")?,
+            attention_combine: f("attention_combine")?,
             swiglu: f("swiglu")?,
             add: f("add")?,
             pick_rows: f("pick_rows")?,

@@ -216,26 +216,39 @@ extern "C" __global__ void rope_store(float* qkv, float* kc, float* vc, const fl
     for (int d = threadIdx.x; d < kv_dim; d += blockDim.x) vd[d] = v[d];
 }
 
-// Causal attention of `rows` new queries (positions pos0..; row r's query
-// heads at q + r * q_stride) over a layer's cache (position-major, `kv_dim`
-// floats a position), which already holds their K/V. Grid: (query heads,
-// rows); block: a multiple of 32 threads; dynamic shared memory:
-// (pos0 + rows) + 32 floats.
-extern "C" __global__ void attention(const float* q, const float* kc, const float* vc, float* out,
-                                     int heads, int kv_heads, int head_dim, int pos0, float scale,
-                                     int q_stride) {
-    extern __shared__ float shared[];
-    float* scratch = shared;       // 32 floats for block reductions
-    float* p = shared + WARP;      // one score per position
-    const int h = blockIdx.x, r = blockIdx.y;
+// Causal attention, split over the context ("flash-decoding"), so that a
+// single decode row still spreads over many blocks and no context length is
+// limited by shared memory. Positions are cut into chunks of `chunk` (at
+// most ATTN_MAX_CHUNK) at fixed absolute boundaries, so how a row is split
+// depends only on its own position: its result is the same whatever rows
+// share the launch.
+//
+// Pass 1, attention_chunk: `rows` new queries (positions pos0..; row r's
+// query heads at q + r * q_stride) over a layer's cache (position-major,
+// `kv_dim` floats a position), which already holds their K/V. Grid: (query
+// heads, rows, max_chunks); block: a multiple of 32 threads. A row with one
+// chunk writes its output; otherwise each chunk writes to `part` (per row,
+// head and chunk: head_dim unnormalised sums, then the chunk's max score and
+// its sum of exp) for attention_combine.
+#define ATTN_MAX_CHUNK 256
+extern "C" __global__ void attention_chunk(const float* q, const float* kc, const float* vc,
+                                           float* out, float* part, int heads, int kv_heads,
+                                           int head_dim, int pos0, float scale, int q_stride,
+                                           int chunk, int max_chunks) {
+    __shared__ float scratch[WARP];
+    __shared__ float p[ATTN_MAX_CHUNK];
+    const int h = blockIdx.x, r = blockIdx.y, c = blockIdx.z;
     const int n = pos0 + r + 1;
+    const int chunks = (n + chunk - 1) / chunk;
+    if (c >= chunks) return;
+    const int t0 = c * chunk, len = min(chunk, n - t0);
     const int kv_dim = kv_heads * head_dim;
     const int kvh = h / (heads / kv_heads);
     const float* qv = q + (size_t)r * q_stride + h * head_dim;
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
     // Scores: a warp per position, lanes over the head's dimensions.
-    for (int t = warp; t < n; t += warps) {
-        const float* kt = kc + (size_t)t * kv_dim + kvh * head_dim;
+    for (int t = warp; t < len; t += warps) {
+        const float* kt = kc + (size_t)(t0 + t) * kv_dim + kvh * head_dim;
         float s = 0.0f;
         for (int d = lane; d < head_dim; d += WARP) s = fmaf(qv[d], kt[d], s);
         s = warp_sum(s);
@@ -243,23 +256,57 @@ extern "C" __global__ void attention(const float* q, const float* kc, const floa
     }
     __syncthreads();
     float m = NEG_INF;
-    for (int t = threadIdx.x; t < n; t += blockDim.x) m = fmaxf(m, p[t]);
+    for (int t = threadIdx.x; t < len; t += blockDim.x) m = fmaxf(m, p[t]);
     m = block_reduce(m, scratch, Max(), NEG_INF);
     float sum = 0.0f;
-    for (int t = threadIdx.x; t < n; t += blockDim.x) {
+    for (int t = threadIdx.x; t < len; t += blockDim.x) {
         const float e = expf(p[t] - m);
         p[t] = e;
         sum += e;
     }
     sum = block_reduce(sum, scratch, Sum(), 0.0f);
-    const float inv = 1.0f / sum;
     // Weighted sum of V in order of position, a thread per dimension.
+    const size_t slot = ((size_t)r * heads + h) * max_chunks + c;
+    float* pc = part + slot * (head_dim + 2);
     float* o = out + ((size_t)r * heads + h) * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        const float* vd = vc + kvh * head_dim + d;
+        const float* vd = vc + (size_t)t0 * kv_dim + kvh * head_dim + d;
         float acc = 0.0f;
-        for (int t = 0; t < n; t++) acc = fmaf(p[t] * inv, vd[(size_t)t * kv_dim], acc);
-        o[d] = acc;
+        for (int t = 0; t < len; t++) acc = fmaf(p[t], vd[(size_t)t * kv_dim], acc);
+        if (chunks == 1) {
+            o[d] = acc * (1.0f / sum);
+        } else {
+            pc[d] = acc;
+        }
+    }
+    if (chunks > 1 && threadIdx.x == 0) {
+        pc[head_dim] = m;
+        pc[head_dim + 1] = sum;
+    }
+}
+
+// Pass 2: merge the chunks of every row that has more than one, in chunk
+// order. Grid: (query heads, rows); block: any width.
+extern "C" __global__ void attention_combine(const float* part, float* out, int heads,
+                                             int head_dim, int pos0, int chunk, int max_chunks) {
+    const int h = blockIdx.x, r = blockIdx.y;
+    const int n = pos0 + r + 1;
+    const int chunks = (n + chunk - 1) / chunk;
+    if (chunks == 1) return;
+    const int stride = head_dim + 2;
+    const float* pr = part + ((size_t)r * heads + h) * max_chunks * stride;
+    float mx = NEG_INF;
+    for (int c = 0; c < chunks; c++) mx = fmaxf(mx, pr[c * stride + head_dim]);
+    float total = 0.0f;
+    for (int c = 0; c < chunks; c++)
+        total = fmaf(pr[c * stride + head_dim + 1], expf(pr[c * stride + head_dim] - mx), total);
+    const float inv = 1.0f / total;
+    float* o = out + ((size_t)r * heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int c = 0; c < chunks; c++)
+            acc = fmaf(pr[c * stride + d], expf(pr[c * stride + head_dim] - mx), acc);
+        o[d] = acc * inv;
     }
 }
 

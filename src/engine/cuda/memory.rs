@@ -29,11 +29,13 @@ pub(crate) enum Buf {
     GateUp,
     Act,
     Logits,
+    /// Split attention's per-chunk partial results.
+    Partials,
 }
 
 #[derive(Default)]
 pub(crate) struct Workspace {
-    bufs: [Option<CudaSlice<f32>>; 7],
+    bufs: [Option<CudaSlice<f32>>; 8],
 }
 
 impl Workspace {

@@ -24,7 +24,7 @@ use crate::sampling::Pick;
 use crate::weights::WeightStore;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    sys as drv, CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr,
+    sys as drv, CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
     DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
 };
 use parking_lot::Mutex;
@@ -45,6 +45,21 @@ fn matvec_max_rows() -> usize {
         .unwrap_or(MATVEC_MAX_ROWS)
 }
 const MATVEC_ROWS: usize = 16;
+/// Positions per block of split attention, at most `ATTN_MAX_CHUNK` in
+/// kernels.cu. `LAYERSKIP_CUDA_ATTN_CHUNK`, read when a model loads, changes
+/// it (the split path's GPU test runs the small fixtures with chunks of 16).
+pub const ATTN_CHUNK: usize = 256;
+
+fn attention_chunk() -> usize {
+    std::env::var("LAYERSKIP_CUDA_ATTN_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ATTN_CHUNK)
+        .clamp(1, ATTN_CHUNK)
+}
+/// Bound on split attention's partial results: long prompts go through it
+/// in slices of rows.
+const ATTN_PARTIALS_BYTES: usize = 64 << 20;
 const MATVEC_WARPS: u32 = 8;
 
 /// Whether the CUDA driver library can be loaded (checked before touching
@@ -79,10 +94,10 @@ pub struct CudaEngine {
     norm: CudaSlice<f32>,
     layers: Vec<LayerWeights>,
     inv_freq: CudaSlice<f32>,
-    /// Longest context the attention kernel's shared memory holds.
-    max_positions: usize,
     /// Passes of more rows than this go to cuBLAS ([`MATVEC_MAX_ROWS`]).
     matvec_max_rows: usize,
+    /// Positions per block of split attention ([`ATTN_CHUNK`]).
+    attn_chunk: usize,
     name: String,
     /// The virtual architecture the kernels were compiled for.
     arch: String,
@@ -148,18 +163,6 @@ impl CudaEngine {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let (k, arch) = Kernels::load(&ctx)?;
-        let optin = ctx
-            .attribute(
-                drv::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            )
-            .map_err(|e| cuda_err("shared memory size", e))?;
-        k.attention
-            .set_attribute(
-                drv::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                optin - 32 * 4,
-            )
-            .map_err(|e| cuda_err("attention shared memory", e))?;
-        let max_positions = (optin as usize / 4).saturating_sub(64);
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS", e))?;
 
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
@@ -212,8 +215,8 @@ impl CudaEngine {
             embed,
             lm_head,
             layers,
-            max_positions,
             matvec_max_rows: matvec_max_rows(),
+            attn_chunk: attention_chunk(),
             name,
             arch,
         })
@@ -372,6 +375,85 @@ impl CudaEngine {
         ws.put(Buf::Logits, logits);
     }
 
+    /// Causal attention of a segment's `n` rows (their Q in `q`, K/V
+    /// already stored) into `out`, split over the context: `attention_chunk`
+    /// then, for rows of more than one chunk, `attention_combine`. Rows go in
+    /// slices whose partial results fit `ATTN_PARTIALS_BYTES`.
+    fn attention(
+        &self,
+        ws: &mut Workspace,
+        layer: usize,
+        seg: &mut Segment<'_, CudaKv>,
+        q: &CudaView<'_, f32>,
+        out: &mut CudaViewMut<'_, f32>,
+        n: usize,
+    ) {
+        let cfg = &self.cfg;
+        let (nh, hd) = (cfg.num_heads, cfg.head_dim);
+        let (qd, stride) = (cfg.q_dim(), cfg.q_dim() + 2 * cfg.kv_dim());
+        let chunk = self.attn_chunk;
+        let max_chunks = (seg.pos0 + n).div_ceil(chunk);
+        let per_row = nh * max_chunks * (hd + 2);
+        let slice = if max_chunks == 1 {
+            n
+        } else {
+            (ATTN_PARTIALS_BYTES / 4 / per_row).clamp(1, n)
+        };
+        let mut part = ws.take(&self.stream, Buf::Partials, slice * per_row);
+        let (ih, ikv, ihd) = (nh as i32, cfg.num_kv_heads as i32, hd as i32);
+        let (istride, ichunk, ichunks) = (stride as i32, chunk as i32, max_chunks as i32);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for r0 in (0..n).step_by(slice) {
+            let rows = slice.min(n - r0);
+            let ip = (seg.pos0 + r0) as i32;
+            let qs = q.slice(r0 * stride..(r0 + rows) * stride);
+            let mut os = out.slice_mut(r0 * qd..(r0 + rows) * qd);
+            let mut b = self.stream.launch_builder(&self.k.attention_chunk);
+            b.arg(&qs)
+                .arg(&seg.kv.k[layer])
+                .arg(&seg.kv.v[layer])
+                .arg(&mut os)
+                .arg(&mut part)
+                .arg(&ih)
+                .arg(&ikv)
+                .arg(&ihd)
+                .arg(&ip)
+                .arg(&scale)
+                .arg(&istride)
+                .arg(&ichunk)
+                .arg(&ichunks);
+            let cfg_chunk = LaunchConfig {
+                grid_dim: (nh as u32, rows as u32, max_chunks as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: attention_chunk(q, k cache, v cache, out, part, heads,
+            // kv_heads, head_dim, pos0, scale, q_stride, chunk, max_chunks); the
+            // caches hold pos0 + rows positions, part holds rows x heads x
+            // max_chunks x (head_dim + 2) floats.
+            ok(unsafe { b.launch(cfg_chunk) }.map(|_| ()));
+            if max_chunks > 1 {
+                let mut b = self.stream.launch_builder(&self.k.attention_combine);
+                b.arg(&part)
+                    .arg(&mut os)
+                    .arg(&ih)
+                    .arg(&ihd)
+                    .arg(&ip)
+                    .arg(&ichunk)
+                    .arg(&ichunks);
+                let cfg_combine = LaunchConfig {
+                    grid_dim: (nh as u32, rows as u32, 1),
+                    block_dim: (hd.next_multiple_of(32).min(1024) as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: attention_combine(part, out, heads, head_dim, pos0,
+                // chunk, max_chunks) over the partials the launch above wrote.
+                ok(unsafe { b.launch(cfg_combine) }.map(|_| ()));
+            }
+        }
+        ws.put(Buf::Partials, part);
+    }
+
     /// `a += b` over `n` elements.
     fn add(&self, a: &mut CudaSlice<f32>, b_in: &CudaSlice<f32>, n: usize) {
         let len = n as i32;
@@ -394,16 +476,12 @@ impl Engine for CudaEngine {
         2 * self.cfg.num_layers * self.cfg.kv_dim() * std::mem::size_of::<f32>()
     }
 
-    fn max_positions(&self) -> usize {
-        self.max_positions
-    }
-
+    /// Device-to-device copies of 1 GiB, bytes read plus written over the
+    /// time: the best of three.
     fn synchronize(&self) {
         ok(self.stream.synchronize());
     }
 
-    /// Device-to-device copies of 1 GiB, bytes read plus written over the
-    /// time: the best of three.
     fn memory_bandwidth(&self) -> f64 {
         let n = (1usize << 30) / 4;
         let src = ok(self.stream.alloc_zeros::<f32>(n));
@@ -508,12 +586,6 @@ impl Engine for CudaEngine {
             if n == 0 {
                 continue;
             }
-            let positions = pos0 + n;
-            assert!(
-                positions <= self.max_positions,
-                "CUDA engine: {positions} positions exceed the attention kernel's limit ({})",
-                self.max_positions
-            );
             let (ip, istride) = (pos0 as i32, stride as i32);
             let mut rows_qkv = qkv.slice_mut(r0 * stride..(r0 + n) * stride);
             let mut b = self.stream.launch_builder(&self.k.rope_store);
@@ -532,28 +604,9 @@ impl Engine for CudaEngine {
             // hold pos0 + n positions (the session checked the capacity).
             ok(unsafe { b.launch(rows_cfg(n, threads)) }.map(|_| ()));
 
-            let cfg_attn = LaunchConfig {
-                grid_dim: (nh as u32, n as u32, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: ((positions + 32) * 4) as u32,
-            };
-            let scale = 1.0 / (hd as f32).sqrt();
             let qs = qkv.slice(r0 * stride..(r0 + n) * stride);
             let mut os = attn.slice_mut(r0 * qd..(r0 + n) * qd);
-            let mut b = self.stream.launch_builder(&self.k.attention);
-            b.arg(&qs)
-                .arg(&seg.kv.k[layer])
-                .arg(&seg.kv.v[layer])
-                .arg(&mut os)
-                .arg(&ih)
-                .arg(&ikv)
-                .arg(&ihd)
-                .arg(&ip)
-                .arg(&scale)
-                .arg(&istride);
-            // SAFETY: attention(q, k cache, v cache, out, heads, kv_heads,
-            // head_dim, pos0, scale, q_stride); the caches hold pos0 + n positions.
-            ok(unsafe { b.launch(cfg_attn) }.map(|_| ()));
+            self.attention(&mut ws, layer, seg, &qs, &mut os, n);
         }
         self.matmul(&attn.slice(..rows * qd), rows, &w.o, &mut out);
         self.add(&mut x.buf, &out, rows * h);

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod model;
 pub mod sampling;
 pub mod session;
+pub mod softmax;
 pub mod speculative;
 pub mod tokenizer;
 pub mod weights;

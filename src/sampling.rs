@@ -1,6 +1,7 @@
 //! Turning logits into tokens: greedy, temperature, top-k, top-p, seeded.
 
 use crate::error::{Error, Result};
+use crate::softmax;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -51,20 +52,15 @@ impl SamplingParams {
 }
 
 /// Index of the largest logit; the first one wins ties (as torch.argmax).
+/// NaNs are ignored (0 for a row with no number).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    let m = softmax::max(logits);
+    logits.iter().position(|&v| v == m).unwrap_or(0) as u32
 }
 
 /// Largest probability of softmax(logits) (temperature 1): a draft's confidence.
 pub fn top_probability(logits: &[f32]) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    1.0 / logits.iter().map(|&l| (l - max).exp()).sum::<f32>()
+    1.0 / softmax::exp_sum(logits, softmax::max(logits), 1.0, None)
 }
 
 /// What greedy decoding needs from one row of logits: its argmax and that
@@ -89,34 +85,65 @@ impl Pick {
 /// the top-k and then to the smallest top-p nucleus, renormalised.
 pub fn distribution(logits: &[f32], p: &SamplingParams) -> Vec<f32> {
     let t = p.temperature.max(f32::MIN_POSITIVE);
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<f32> = logits.iter().map(|&l| ((l - max) / t).exp()).collect();
+    let mut probs = vec![0.0; logits.len()];
+    softmax::exp_sum(logits, softmax::max(logits), t, Some(&mut probs));
     let k = if p.top_k == 0 {
         probs.len()
     } else {
         p.top_k.min(probs.len())
     };
     if k < probs.len() || p.top_p < 1.0 {
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        // Stable sort: ties keep index order, so the cut is deterministic.
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        let total: f32 = probs.iter().sum();
+        let keep = nucleus(&probs, k, p.top_p);
+        let mut kept = vec![0.0; probs.len()];
+        for &i in &keep {
+            kept[i as usize] = probs[i as usize];
+        }
+        probs = kept;
+    }
+    let sum = softmax::sum(&probs);
+    probs.iter_mut().for_each(|x| *x /= sum);
+    probs
+}
+
+/// The ids the top-k / top-p cut keeps: in decreasing order of probability
+/// (ties in index order, as a stable sort), at most `k` of them, stopping at
+/// the first whose cumulative mass reaches `top_p`. Only candidates above a
+/// threshold are sorted (a 128k vocabulary holds a few hundred): the
+/// threshold drops 16-fold until the cut falls among them.
+fn nucleus(probs: &[f32], k: usize, top_p: f32) -> Vec<u32> {
+    let total = softmax::sum(probs);
+    let top = probs.iter().copied().fold(0.0f32, f32::max);
+    let mut threshold = top / 64.0;
+    let mut candidates: Vec<u32> = Vec::new();
+    loop {
+        candidates.clear();
+        candidates.extend((0..probs.len() as u32).filter(|&i| probs[i as usize] >= threshold));
+        candidates.sort_by(|&a, &b| {
+            probs[b as usize]
+                .total_cmp(&probs[a as usize])
+                .then(a.cmp(&b))
+        });
+        let everything = candidates.len() == probs.len();
         let mut keep = 0;
         let mut mass = 0.0;
-        for &i in order.iter().take(k) {
+        let mut cut = false;
+        for &i in candidates.iter().take(k) {
             keep += 1;
-            mass += probs[i] / total;
-            if mass >= p.top_p {
+            mass += probs[i as usize] / total;
+            if mass >= top_p {
+                cut = true;
                 break;
             }
         }
-        for &i in &order[keep..] {
-            probs[i] = 0.0;
+        if cut || keep == k || everything || threshold == 0.0 {
+            candidates.truncate(keep);
+            return candidates;
+        }
+        threshold /= 16.0;
+        if threshold < f32::MIN_POSITIVE {
+            threshold = 0.0;
         }
     }
-    let sum: f32 = probs.iter().sum();
-    probs.iter_mut().for_each(|x| *x /= sum);
-    probs
 }
 
 /// A seeded random source; the same seed gives the same tokens.
@@ -132,7 +159,7 @@ impl Rng64 {
     }
     /// Draw an index from a normalised distribution.
     pub fn categorical(&mut self, probs: &[f32]) -> u32 {
-        let u = self.uniform() * probs.iter().sum::<f32>();
+        let u = self.uniform() * softmax::sum(probs);
         let mut acc = 0.0;
         let mut last = 0;
         for (i, &p) in probs.iter().enumerate() {
@@ -194,6 +221,68 @@ mod tests {
         assert!(nucleus[0] > 0.0 && nucleus[1] > 0.0 && nucleus[2] == 0.0);
         let tiny = distribution(&logits, &params(1.0, 0, 0.01));
         assert_eq!(tiny, vec![1.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// The cut by a full stable sort (what `nucleus` must equal).
+    fn sorted_distribution(logits: &[f32], p: &SamplingParams) -> Vec<f32> {
+        let t = p.temperature.max(f32::MIN_POSITIVE);
+        let mut probs = vec![0.0; logits.len()];
+        softmax::exp_sum(logits, softmax::max(logits), t, Some(&mut probs));
+        let k = if p.top_k == 0 {
+            probs.len()
+        } else {
+            p.top_k.min(probs.len())
+        };
+        if k < probs.len() || p.top_p < 1.0 {
+            let mut order: Vec<usize> = (0..probs.len()).collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+            let total = softmax::sum(&probs);
+            let (mut keep, mut mass) = (0, 0.0);
+            for &i in order.iter().take(k) {
+                keep += 1;
+                mass += probs[i] / total;
+                if mass >= p.top_p {
+                    break;
+                }
+            }
+            for &i in &order[keep..] {
+                probs[i] = 0.0;
+            }
+        }
+        let sum = softmax::sum(&probs);
+        probs.iter_mut().for_each(|x| *x /= sum);
+        probs
+    }
+
+    #[test]
+    fn the_thresholded_cut_equals_a_full_sort_bit_for_bit() {
+        let mut rng = Rng64::new(3);
+        for case in 0..300 {
+            let n = [5, 64, 4096][case % 3];
+            let spread = [0.5f32, 4.0, 30.0][(case / 3) % 3];
+            // Some rows with many ties (rounded logits).
+            let logits: Vec<f32> = (0..n)
+                .map(|_| {
+                    let v = (rng.uniform() - 0.5) * spread;
+                    if case % 5 == 0 {
+                        v.round()
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let p = params(
+                [0.3f32, 1.0, 2.0][case % 3],
+                [0, 1, 3, 40, 5000][case % 5],
+                [1.0f32, 0.9, 0.5, 0.999, 0.01][(case / 5) % 5],
+            );
+            let a = distribution(&logits, &p);
+            let b = sorted_distribution(&logits, &p);
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "case {case}: n {n} {p:?}"
+            );
+        }
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub struct Policy {
     pub current: Choice,
     /// Predicted seconds spent on probes so far.
     probe_seconds: f64,
+    /// Predicted seconds of the probe in the round in flight: taken off the
+    /// round's measured time, so that probes (which run mostly during
+    /// full-depth steps) do not make the rounds that carry them look slow.
+    round_probe: f64,
     /// Seconds that every layer or exit-head call costs beyond the isolated
     /// timings of the cost model (pass bookkeeping, waking worker threads,
     /// sampling, a busy machine), learned from measured rounds of every kind.
@@ -82,6 +86,7 @@ impl Policy {
             n_layers,
             current: Choice::full(n_layers),
             probe_seconds: 0.0,
+            round_probe: 0.0,
             overhead: 0.0,
             corrections,
             predicted: None,
@@ -171,7 +176,8 @@ impl Policy {
         tokens: usize,
         seconds: f64,
     ) {
-        if !seconds.is_finite() {
+        let seconds = seconds - std::mem::take(&mut self.round_probe);
+        if !seconds.is_finite() || seconds <= 0.0 {
             return;
         }
         if let Some((planned, pt, ps)) = self.predicted.take() {
@@ -186,6 +192,7 @@ impl Policy {
 
     /// The choice for the next round.
     pub fn choose(&mut self, cost: &CostModel, acc: &AcceptanceTracker) -> Choice {
+        self.round_probe = 0.0;
         let factors = self.corrections.snapshot();
         let mut best = (Choice::full(self.n_layers), MIN_SPEEDUP);
         // Choices that have not run enough rounds to have their own correction.
@@ -301,6 +308,7 @@ impl Policy {
             return None;
         }
         self.probe_seconds += price;
+        self.round_probe = price;
         Some(exit)
     }
 
@@ -462,6 +470,31 @@ mod tests {
         let t = p.seconds(&flat, spec, 2);
         p.observe_time(&flat, spec, 2, 3, t);
         assert!((p.overhead - 2.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn probes_do_not_make_the_rounds_that_carry_them_look_slow() {
+        // Full-depth steps that take exactly their prediction, plus the
+        // probes the policy scheduled in them: neither the per-call overhead
+        // nor full depth's correction may move (a full depth that looks slow
+        // would flatter every speculative choice, and full depth would not
+        // run again to correct it).
+        let c = cost();
+        let acc = tracker(&[(4, 0.5)]);
+        let mut p = Policy::new(AutoSpec::default(), 8, Arc::default());
+        let full = Choice::full(8);
+        let mut probed = 0;
+        for round in 0..200 {
+            assert_eq!(p.choose(&c, &acc), full);
+            let probe = p.probe(&c, &acc, 100.0 + round as f64);
+            probed += usize::from(probe.is_some());
+            let price = probe.map_or(0.0, |_| c.head(1));
+            p.observe_time(&c, full, 0, 1, p.seconds(&c, full, 0) + price);
+        }
+        assert!(probed > 10, "{probed} probes");
+        assert!(p.overhead.abs() < 1e-9, "overhead {}", p.overhead);
+        let f = p.corrections.snapshot().factor(full);
+        assert!((f - 1.0).abs() < 1e-9, "full depth's factor {f}");
     }
 
     #[test]

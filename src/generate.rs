@@ -4,9 +4,9 @@
 use crate::adaptive::{AutoSpec, Choice, CostModel, Policy};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::sampling::{sample, Rng64, SamplingParams};
+use crate::sampling::{PickRule, Rng64, SamplingParams};
 use crate::session::{forward_batch, BatchItem, Logits, Probe, Session};
-use crate::speculative::{DraftLimits, Drafter, SpecStats};
+use crate::speculative::{greedy_pick, DraftLimits, Drafter, SpecStats};
 use crate::tokenizer::StreamDecoder;
 use std::borrow::BorrowMut;
 use std::marker::PhantomData;
@@ -247,6 +247,8 @@ pub struct Generation<'cb, E: Engine, S: BorrowMut<Session<E>> = Session<E>> {
     prompt_len: usize,
     /// The newest token, emitted but not yet fed.
     next: u32,
+    /// How the token after the pass in flight (a prompt or a step) is chosen.
+    rule: PickRule,
     choices: Vec<ChoiceSpan>,
     start: Instant,
     spec0: SpecStats,
@@ -334,6 +336,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             prompt: Some(prompt.to_vec()),
             prompt_len: prompt.len(),
             next: 0,
+            rule: PickRule::Greedy,
             choices: Vec::new(),
             start: Instant::now(),
             spec0,
@@ -370,15 +373,25 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
         }
     }
 
-    /// Choose the next token from the newest head output and emit it.
-    fn sample_next(&mut self) {
-        let s = self.session.borrow();
-        self.next = if self.opts.sampling.is_greedy() {
-            let head = s.head_output();
-            head.token(head.rows() - 1)
+    /// The rule for the token after a prompt or step pass: greedy, or a
+    /// draw whose uniform is taken now (the engine may draw on the device).
+    fn next_rule(&mut self) -> PickRule {
+        self.rule = if self.opts.sampling.is_greedy() {
+            PickRule::Greedy
         } else {
-            sample(s.last_logits(), &self.opts.sampling, &mut self.rng)
+            PickRule::Sample {
+                params: self.opts.sampling,
+                u: self.rng.uniform(),
+            }
         };
+        self.rule
+    }
+
+    /// Choose the next token from the newest head output by the rule taken
+    /// for its pass, and emit it.
+    fn sample_next(&mut self) {
+        let head = self.session.borrow().head_output();
+        self.next = head.chosen(head.rows() - 1, &self.rule);
         let tok = self.next;
         self.emit(tok);
     }
@@ -530,23 +543,37 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
     }
 }
 
-/// One batched pass: for each `(gen, tokens, exit, logits)` in `calls`
-/// (ascending `gen`), generation `gen` feeds `tokens` through layers
-/// `0..exit`. Returns each call's result.
+/// A verification or a plain step of [`step_all`]'s last pass.
+struct Work {
+    gen: usize,
+    tokens: Vec<u32>,
+    exit: usize,
+    logits: Logits,
+    pick: Option<PickRule>,
+    /// The deep frontier before a verification.
+    base: usize,
+}
+
+/// One call of a batched pass: generation `gen` feeds `tokens` through
+/// layers `0..exit`, its head output selected by `logits` and, when only
+/// tokens are needed, picked by `pick`.
+type Call<'t> = (usize, &'t [u32], usize, Logits, Option<PickRule>);
+
+/// One batched pass over `calls` (ascending `gen`). Returns each call's result.
 fn pass<E: Engine, S: BorrowMut<Session<E>>>(
     gens: &mut [&mut Generation<'_, E, S>],
-    calls: &[(usize, &[u32], usize, Logits)],
+    calls: &[Call<'_>],
 ) -> Vec<Result<usize>> {
     let mut want = calls.iter().peekable();
     let mut items: Vec<BatchItem<'_, E>> = Vec::with_capacity(calls.len());
     for (i, g) in gens.iter_mut().enumerate() {
-        if let Some(&(_, tokens, exit, logits)) = want.next_if(|c| c.0 == i) {
+        if let Some(&(_, tokens, exit, logits, pick)) = want.next_if(|c| c.0 == i) {
             items.push(BatchItem {
-                greedy: g.opts.sampling.is_greedy(),
                 session: g.session.borrow_mut(),
                 tokens,
                 exit,
                 logits,
+                pick,
             });
         }
     }
@@ -560,7 +587,7 @@ fn pass<E: Engine, S: BorrowMut<Session<E>>>(
 pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation<'_, E, S>]) {
     // Prompts.
     let mut idx: Vec<usize> = Vec::new();
-    let mut prompts: Vec<(Vec<u32>, usize, Logits)> = Vec::new();
+    let mut prompts: Vec<(Vec<u32>, usize, Logits, PickRule)> = Vec::new();
     for (i, g) in gens.iter_mut().enumerate() {
         if g.is_done() || g.prompt.is_none() {
             continue;
@@ -581,13 +608,14 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
             which = Logits::Tail(rows.max(1));
         }
         idx.push(i);
-        prompts.push((prompt, exit, which));
+        let rule = g.next_rule();
+        prompts.push((prompt, exit, which, rule));
     }
     if !idx.is_empty() {
         let calls: Vec<_> = idx
             .iter()
             .zip(&prompts)
-            .map(|(&i, (p, exit, which))| (i, &p[..], *exit, *which))
+            .map(|(&i, (p, exit, which, rule))| (i, &p[..], *exit, *which, Some(*rule)))
             .collect();
         let results = pass(gens, &calls);
         for (&i, r) in idx.iter().zip(results) {
@@ -636,7 +664,10 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
         }
         let calls: Vec<_> = feeds
             .iter()
-            .map(|(i, t, exit)| (*i, &t[..], *exit, Logits::Last))
+            .map(|(i, t, exit)| {
+                let pick = greedy_pick(&gens[*i].opts.sampling);
+                (*i, &t[..], *exit, Logits::Last, pick)
+            })
             .collect();
         let results = pass(gens, &calls);
         for ((i, _, _), r) in feeds.iter().zip(results) {
@@ -660,15 +691,32 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
     let draft_seconds = round_start.elapsed().as_secs_f64();
 
     // Verifications and plain steps, in one pass.
-    let mut work: Vec<(usize, Vec<u32>, usize, Logits, usize)> = Vec::new(); // (gen, tokens, exit, logits, base)
+    let mut work: Vec<Work> = Vec::new();
     for (i, p) in plans.iter_mut().enumerate() {
         let g = &mut *gens[i];
         match p {
-            Some(Plan::Step(exit)) => work.push((i, vec![g.next], *exit, Logits::Last, 0)),
+            Some(Plan::Step(exit)) => {
+                let rule = g.next_rule();
+                work.push(Work {
+                    gen: i,
+                    tokens: vec![g.next],
+                    exit: *exit,
+                    logits: Logits::Last,
+                    pick: Some(rule),
+                    base: 0,
+                })
+            }
             Some(Plan::Speculate(d)) => {
                 let n_layers = g.session.borrow().model().config.num_layers;
                 match g.session.borrow_mut().verify_begin(g.next, &d.drafts) {
-                    Ok((base, feed)) => work.push((i, feed, n_layers, Logits::All, base)),
+                    Ok((base, feed)) => work.push(Work {
+                        gen: i,
+                        tokens: feed,
+                        exit: n_layers,
+                        logits: Logits::All,
+                        pick: greedy_pick(&g.opts.sampling),
+                        base,
+                    }),
                     Err(e) => {
                         g.fail(e);
                         *p = None;
@@ -681,13 +729,13 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
     let verify_start = Instant::now();
     let calls: Vec<_> = work
         .iter()
-        .map(|(i, t, exit, which, _)| (*i, &t[..], *exit, *which))
+        .map(|w| (w.gen, &w.tokens[..], w.exit, w.logits, w.pick))
         .collect();
     let results = pass(gens, &calls);
     let verify_seconds = verify_start.elapsed().as_secs_f64();
     let round_seconds = round_start.elapsed().as_secs_f64();
 
-    for ((i, _, _, _, base), r) in work.iter().zip(results) {
+    for (Work { gen: i, base, .. }, r) in work.iter().zip(results) {
         let g = &mut *gens[*i];
         match plans[*i].take() {
             Some(Plan::Step(exit)) => {

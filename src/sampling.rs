@@ -63,19 +63,28 @@ pub fn top_probability(logits: &[f32]) -> f32 {
     1.0 / softmax::exp_sum(logits, softmax::max(logits), 1.0, None)
 }
 
-/// What greedy decoding needs from one row of logits: its argmax and that
-/// token's probability at temperature 1. A GPU engine computes it where the
-/// logits are, so only these two numbers cross to the host.
+/// What decoding needs from one row of logits once its token is chosen: the
+/// chosen token, the greedy token (argmax) and its probability at
+/// temperature 1 (a draft's confidence). A GPU engine computes it where the
+/// logits are, so only these cross to the host.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pick {
+    /// The token the row's [`PickRule`] chose.
     pub token: u32,
+    pub argmax: u32,
     pub top_prob: f32,
 }
 
 impl Pick {
-    pub fn of(logits: &[f32]) -> Pick {
+    /// The pick of a row of logits under `rule`.
+    pub fn of(logits: &[f32], rule: &PickRule) -> Pick {
+        let argmax = argmax(logits);
         Pick {
-            token: argmax(logits),
+            token: match rule {
+                PickRule::Greedy => argmax,
+                PickRule::Sample { .. } => rule.apply(logits),
+            },
+            argmax,
             top_prob: top_probability(logits),
         }
     }
@@ -159,20 +168,26 @@ impl Rng64 {
     }
     /// Draw an index from a normalised distribution.
     pub fn categorical(&mut self, probs: &[f32]) -> u32 {
-        let u = self.uniform() * softmax::sum(probs);
-        let mut acc = 0.0;
-        let mut last = 0;
-        for (i, &p) in probs.iter().enumerate() {
-            if p > 0.0 {
-                acc += p;
-                last = i;
-                if u < acc {
-                    return i as u32;
-                }
+        categorical_at(self.uniform(), probs)
+    }
+}
+
+/// The index a uniform draw `u` in [0, 1) selects from `probs`: the first
+/// whose cumulative probability exceeds `u` times their sum.
+pub fn categorical_at(u: f32, probs: &[f32]) -> u32 {
+    let u = u * softmax::sum(probs);
+    let mut acc = 0.0;
+    let mut last = 0;
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            acc += p;
+            last = i;
+            if u < acc {
+                return i as u32;
             }
         }
-        last as u32
     }
+    last as u32
 }
 
 /// Choose a token from logits with the given parameters.
@@ -180,7 +195,29 @@ pub fn sample(logits: &[f32], p: &SamplingParams, rng: &mut Rng64) -> u32 {
     if p.is_greedy() {
         argmax(logits)
     } else {
-        rng.categorical(&distribution(logits, p))
+        categorical_at(rng.uniform(), &distribution(logits, p))
+    }
+}
+
+/// How a row's token is chosen, decided before the pass that produces the
+/// row, so that an engine can choose it where the logits are (a GPU engine:
+/// only the token and its probability cross to the host).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PickRule {
+    /// The argmax.
+    Greedy,
+    /// Drawn from [`distribution`] with the uniform `u` in [0, 1), already
+    /// taken from the generation's random source.
+    Sample { params: SamplingParams, u: f32 },
+}
+
+impl PickRule {
+    /// The token `self` chooses from a row of logits, as a host engine does.
+    pub fn apply(&self, logits: &[f32]) -> u32 {
+        match self {
+            PickRule::Greedy => argmax(logits),
+            PickRule::Sample { params, u } => categorical_at(*u, &distribution(logits, params)),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use crate::engine::backend::Backend;
 use crate::engine::{Engine, HeadOutput, Rows, Segment};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
+use crate::sampling::PickRule;
 use std::sync::Arc;
 
 /// Which rows of a forward pass get logits.
@@ -79,10 +80,11 @@ pub struct BatchItem<'a, E: Engine = Backend> {
     pub tokens: &'a [u32],
     pub exit: usize,
     pub logits: Logits,
-    /// Only greedy decisions are needed from the selected rows: the engine
-    /// may hand back each row's [`crate::sampling::Pick`] instead of its
-    /// logits ([`Engine::head_greedy`]).
-    pub greedy: bool,
+    /// Set when only the selected rows' tokens are needed (not their
+    /// logits): how the newest one's is chosen (the others greedily). The
+    /// engine may then hand back each row's [`crate::sampling::Pick`]
+    /// instead of its logits ([`Engine::head_pick`]).
+    pub pick: Option<PickRule>,
 }
 
 /// Where a session's logit rows come from after the layers.
@@ -198,7 +200,7 @@ fn forward_batch_in<E: Engine>(
 
     // Exit: rows below the last layer join the exit activations; logits come
     // from one exit-head call over every session's selected rows.
-    let mut jobs: Vec<(usize, HeadSource<E::Acts>, usize)> = Vec::new(); // (item, source, from)
+    let mut jobs: Vec<(usize, HeadSource<E::Acts>, usize, usize)> = Vec::new(); // (item, source, from, rows)
     for (i, it) in items.iter_mut().enumerate() {
         let Some(x) = xs[i].take() else { continue };
         let s = &mut *it.session;
@@ -226,19 +228,24 @@ fn forward_batch_in<E: Engine>(
             s.head.clear();
             results[i] = Ok(0);
         } else {
-            jobs.push((i, source, from));
+            jobs.push((i, source, from, rows - from));
         }
     }
-    // One head call for every job: greedy picks if no job needs logits.
-    let greedy = jobs.iter().all(|(i, ..)| items[*i].greedy);
-    let run_head = |x: &E::Acts, from: usize, out: &mut HeadOutput| {
-        if greedy {
-            engine.head_greedy(x, from, out);
-        } else {
-            out.fill_logits(|logits| engine.head(x, from, logits));
-        }
+    // One head call for every job: picks if no job needs logits. A job's
+    // newest row is chosen by its rule, the others greedily.
+    let rules: Option<Vec<PickRule>> = jobs
+        .iter()
+        .map(|(i, .., n)| {
+            let rule = items[*i].pick?;
+            Some((0..*n).map(move |r| if r + 1 == *n { rule } else { PickRule::Greedy }))
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(|per_job| per_job.into_iter().flatten().collect());
+    let run_head = |x: &E::Acts, from: usize, out: &mut HeadOutput| match &rules {
+        Some(rules) => engine.head_pick(x, from, rules, out),
+        None => out.fill_logits(|logits| engine.head(x, from, logits)),
     };
-    if let [(i, source, from)] = &jobs[..] {
+    if let [(i, source, from, _)] = &jobs[..] {
         let s = &mut *items[*i].session;
         let mut out = std::mem::take(&mut s.head);
         match source {
@@ -253,7 +260,7 @@ fn forward_batch_in<E: Engine>(
         results[*i] = Ok(s.head.rows());
     } else if !jobs.is_empty() {
         let mut all: Option<E::Acts> = None;
-        for (i, source, from) in &jobs {
+        for (i, source, from, _) in &jobs {
             let rows = match source {
                 HeadSource::Output(x) => x.tail(*from),
                 HeadSource::Pending => items[*i]
@@ -271,16 +278,8 @@ fn forward_batch_in<E: Engine>(
         let mut shared = HeadOutput::new(model.config.vocab_size);
         run_head(all.as_ref().expect("jobs"), 0, &mut shared);
         let mut at = 0;
-        for (i, source, from) in &jobs {
-            let s = &mut *items[*i].session;
-            let rows = match source {
-                HeadSource::Output(x) => x.rows(),
-                HeadSource::Pending => s
-                    .cache
-                    .pending(items[*i].exit)
-                    .expect("pending rows")
-                    .rows(),
-            } - from;
+        for (i, _, _, rows) in &jobs {
+            let (s, rows) = (&mut *items[*i].session, *rows);
             s.head.copy_rows(&shared, at, rows);
             at += rows;
             results[*i] = Ok(rows);
@@ -429,24 +428,24 @@ impl<E: Engine> Session<E> {
     ///
     /// Returns the number of logit rows. On error nothing changes.
     pub fn forward(&mut self, tokens: &[u32], exit: usize, which: Logits) -> Result<usize> {
-        self.forward_head(tokens, exit, which, false)
+        self.forward_head(tokens, exit, which, None)
     }
 
-    /// [`Session::forward`]; with `greedy`, the selected rows may come back
-    /// as greedy picks only ([`BatchItem::greedy`]).
+    /// [`Session::forward`]; with `pick`, the selected rows may come back
+    /// as picks only ([`BatchItem::pick`]).
     pub fn forward_head(
         &mut self,
         tokens: &[u32],
         exit: usize,
         which: Logits,
-        greedy: bool,
+        pick: Option<PickRule>,
     ) -> Result<usize> {
         let mut item = [BatchItem {
             session: self,
             tokens,
             exit,
             logits: which,
-            greedy,
+            pick,
         }];
         forward_batch(&mut item).pop().expect("one result per item")
     }
@@ -458,7 +457,8 @@ impl<E: Engine> Session<E> {
         }
         let engine = &self.model.engine;
         let from = x.rows().saturating_sub(self.probe_rows);
-        engine.head_greedy(x, from, &mut self.probe_out);
+        let rules = vec![PickRule::Greedy; x.rows() - from];
+        engine.head_pick(x, from, &rules, &mut self.probe_out);
         for i in 0..self.probe_out.rows() {
             self.probes.push(Probe {
                 exit,

@@ -3,7 +3,7 @@
 
 use crate::engine::{Engine, HeadOutput};
 use crate::error::Result;
-use crate::sampling::{distribution, Rng64, SamplingParams};
+use crate::sampling::{distribution, PickRule, Rng64, SamplingParams};
 use crate::session::{Logits, Session};
 use std::time::Instant;
 
@@ -52,6 +52,12 @@ pub struct DraftLimits<'a> {
     /// `floor(top * len)`), or is the top probability itself when empty.
     pub cumulative: f32,
     pub calibration: &'a [f32],
+}
+
+/// Greedy drafting and verification need only each row's greedy pick;
+/// speculative sampling needs the distributions themselves.
+pub fn greedy_pick(sampling: &SamplingParams) -> Option<PickRule> {
+    sampling.is_greedy().then_some(PickRule::Greedy)
 }
 
 /// Accept or reject one draft `x` given the full model's and the draft's
@@ -206,7 +212,7 @@ impl<E: Engine> Session<E> {
         let t0 = Instant::now();
         let mut d = Drafter::start(self, next, exit, &limits)?;
         while let Some(feed) = d.feed() {
-            self.forward_head(&[feed], exit, Logits::Last, sampling.is_greedy())?;
+            self.forward_head(&[feed], exit, Logits::Last, greedy_pick(sampling))?;
             d.take(self.head_output(), sampling, rng);
         }
         self.spec.draft_seconds += t0.elapsed().as_secs_f64();
@@ -228,7 +234,7 @@ impl<E: Engine> Session<E> {
         let t0 = Instant::now();
         let n_layers = self.model().config.num_layers;
         let (base, feed) = self.verify_begin(next, drafts)?;
-        if let Err(e) = self.forward_head(&feed, n_layers, Logits::All, sampling.is_greedy()) {
+        if let Err(e) = self.forward_head(&feed, n_layers, Logits::All, greedy_pick(sampling)) {
             // Leave the session as it was before the speculative round.
             self.rewind(base)?;
             return Err(e);

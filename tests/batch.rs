@@ -67,7 +67,7 @@ fn batched_passes_equal_solo_passes_bit_for_bit() {
                     tokens: t,
                     exit: *e,
                     logits: *w,
-                    greedy: false,
+                    pick: None,
                 })
                 .collect();
             for r in forward_batch(&mut items) {
@@ -121,7 +121,7 @@ fn batched_greedy_decoding_equals_solo_decoding() {
                 tokens: t,
                 exit: e,
                 logits: Logits::Last,
-                greedy: false,
+                pick: None,
             })
             .collect();
         for r in forward_batch(&mut items) {
@@ -151,28 +151,28 @@ fn a_bad_item_fails_alone() {
             tokens: &[1, 2, 3],
             exit: l,
             logits: Logits::Last,
-            greedy: false,
+            pick: None,
         },
         BatchItem {
             session: &mut b,
             tokens: &[1, 100_000],
             exit: l,
             logits: Logits::Last,
-            greedy: false,
+            pick: None,
         },
         BatchItem {
             session: &mut c,
             tokens: &[1, 2],
             exit: l,
             logits: Logits::Last,
-            greedy: false,
+            pick: None,
         },
         BatchItem {
             session: &mut d,
             tokens: &[1],
             exit: l + 1,
             logits: Logits::Last,
-            greedy: false,
+            pick: None,
         },
     ];
     let r = forward_batch(&mut items);

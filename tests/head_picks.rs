@@ -1,19 +1,20 @@
-//! Greedy decoding on an engine that hands back picks instead of logits (as
-//! the CUDA engine does, so that only ids and top probabilities cross to the
-//! host): every mode gives the tokens the CPU engine gives, and greedy
-//! generation asks it for no logits at all.
+//! Decoding on an engine that hands back picks instead of logits (as the
+//! CUDA engine does, so that only ids and a probability cross to the host):
+//! every mode gives the tokens the CPU engine gives, greedy generation and
+//! plain sampling ask it for no logits at all, and speculative sampling
+//! still reads them.
 
 mod common;
 use common::*;
 use layerskip::engine::{Engine, HeadOutput, Segment};
-use layerskip::sampling::{Pick, Rng64};
+use layerskip::sampling::{Pick, PickRule, Rng64};
 use layerskip::speculative::DraftLimits;
 use layerskip::{generate, AutoSpec, GenerateOptions, Mode, Model, SamplingParams, Session};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// The wrapped engine, except that `head_greedy` returns picks, and the
-/// logit rows it is asked for are counted.
+/// The wrapped engine, except that `head_pick` returns picks, and the logit
+/// rows it is asked for are counted.
 struct PicksOnly<E> {
     inner: E,
     logit_rows: AtomicUsize,
@@ -49,11 +50,12 @@ impl<E: Engine> Engine for PicksOnly<E> {
         self.logit_rows
             .fetch_add(out.len() / self.config().vocab_size, Relaxed);
     }
-    fn head_greedy(&self, x: &E::Acts, from: usize, out: &mut HeadOutput) {
+    fn head_pick(&self, x: &E::Acts, from: usize, rules: &[PickRule], out: &mut HeadOutput) {
         let mut logits = Vec::new();
         self.inner.head(x, from, &mut logits);
         let vocab = self.config().vocab_size;
-        out.fill_picks(|p| p.extend(logits.chunks_exact(vocab).map(Pick::of)));
+        let rows = logits.chunks_exact(vocab).zip(rules);
+        out.fill_picks(|p| p.extend(rows.map(|(row, rule)| Pick::of(row, rule))));
         self.pick_rows.fetch_add(out.rows(), Relaxed);
     }
     fn weight_bytes_per_token(&self) -> usize {
@@ -132,26 +134,40 @@ fn greedy_decoding_from_picks_equals_decoding_from_logits_and_reads_no_logits() 
 }
 
 #[test]
-fn sampling_still_reads_logits_from_a_picks_engine() {
-    let name = FIXTURES[0];
-    let (plain, picks) = (load(name), picks_only(name));
+fn sampling_from_picks_equals_sampling_from_logits() {
     let sampling = SamplingParams {
         temperature: 0.8,
         top_k: 20,
         top_p: 0.9,
         seed: 7,
     };
-    let mode = Mode::SelfSpeculative {
-        exit: 1,
-        draft_len: 3,
-    };
-    let prompt = &prompts(name)[2];
-    let mut a = Session::new(plain, 0).unwrap();
-    let mut b = Session::new(picks.clone(), 0).unwrap();
-    let want = generate(&mut a, prompt, &opts(mode, sampling), |_, _| true).unwrap();
-    let got = generate(&mut b, prompt, &opts(mode, sampling), |_, _| true).unwrap();
-    assert_eq!(got.tokens, want.tokens);
-    assert!(picks.engine.logit_rows.load(Relaxed) > 0);
+    for name in FIXTURES {
+        let (plain, picks) = (load(name), picks_only(name));
+        let l = plain.num_layers();
+        let prompt = &prompts(name)[2];
+        let modes = [
+            (Mode::Full, false),
+            (Mode::EarlyExit { exit: l / 2 }, false),
+            // Speculative sampling needs the draft and full distributions.
+            (
+                Mode::SelfSpeculative {
+                    exit: 1,
+                    draft_len: 3,
+                },
+                true,
+            ),
+        ];
+        for (mode, needs_logits) in modes {
+            picks.engine.logit_rows.store(0, Relaxed);
+            let mut a = Session::new(plain.clone(), 0).unwrap();
+            let mut b = Session::new(picks.clone(), 0).unwrap();
+            let want = generate(&mut a, prompt, &opts(mode, sampling), |_, _| true).unwrap();
+            let got = generate(&mut b, prompt, &opts(mode, sampling), |_, _| true).unwrap();
+            assert_eq!(got.tokens, want.tokens, "{name} {mode:?}");
+            let read = picks.engine.logit_rows.load(Relaxed);
+            assert_eq!(read > 0, needs_logits, "{name} {mode:?}: {read} logit rows");
+        }
+    }
 }
 
 #[test]

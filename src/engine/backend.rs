@@ -7,6 +7,7 @@ use super::cuda::{CudaEngine, CudaKv, DeviceActs};
 use super::{Engine, HeadOutput, Rows, Segment};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::sampling::PickRule;
 
 /// Where a model's weights live and its passes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -197,10 +198,10 @@ impl Engine for Backend {
             _ => unreachable!("{MIXED}"),
         }
     }
-    fn head_greedy(&self, x: &BackendActs, from: usize, out: &mut HeadOutput) {
+    fn head_pick(&self, x: &BackendActs, from: usize, rules: &[PickRule], out: &mut HeadOutput) {
         match (self, x) {
-            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.head_greedy(x, from, out),
-            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.head_greedy(x, from, out),
+            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.head_pick(x, from, rules, out),
+            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.head_pick(x, from, rules, out),
             _ => unreachable!("{MIXED}"),
         }
     }

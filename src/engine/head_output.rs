@@ -1,9 +1,9 @@
 //! What the exit head hands back for the rows a pass selected: their logits,
-//! or, when only greedy decisions are needed and the logits live on a device,
+//! or, when only each row's token is needed and the logits live on a device,
 //! each row's [`Pick`] alone (so a verify pass over a 128k vocabulary copies
 //! a few bytes per row instead of half a megabyte).
 
-use crate::sampling::{argmax, top_probability, Pick};
+use crate::sampling::{argmax, top_probability, Pick, PickRule};
 
 #[derive(Debug, Clone, Default)]
 pub struct HeadOutput {
@@ -49,6 +49,14 @@ impl HeadOutput {
     pub fn token(&self, i: usize) -> u32 {
         match self.row_logits(i) {
             Some(row) => argmax(row),
+            None => self.picks[i].argmax,
+        }
+    }
+
+    /// Row `i`'s token under `rule`, the rule the pass was given for it.
+    pub fn chosen(&self, i: usize, rule: &PickRule) -> u32 {
+        match self.row_logits(i) {
+            Some(row) => rule.apply(row),
             None => self.picks[i].token,
         }
     }
@@ -112,7 +120,7 @@ mod tests {
         from_logits.fill_logits(|v| v.extend_from_slice(&rows));
         from_logits.set_pos0(7);
         let mut from_picks = HeadOutput::new(4);
-        from_picks.fill_picks(|p| p.extend(rows.chunks(4).map(Pick::of)));
+        from_picks.fill_picks(|p| p.extend(rows.chunks(4).map(|r| Pick::of(r, &PickRule::Greedy))));
         from_picks.set_pos0(7);
         for out in [&from_logits, &from_picks] {
             assert_eq!((out.rows(), out.pos0()), (2, 7));
@@ -120,6 +128,18 @@ mod tests {
             assert_eq!(out.top_prob(1), top_probability(&rows[4..]));
         }
         assert!(from_picks.logits().is_empty() && from_picks.row_logits(0).is_none());
+        let rule = PickRule::Sample {
+            params: crate::SamplingParams {
+                temperature: 1.0,
+                ..Default::default()
+            },
+            u: 0.999,
+        };
+        let mut sampled = HeadOutput::new(4);
+        sampled.fill_picks(|p| p.extend(rows.chunks(4).map(|r| Pick::of(r, &rule))));
+        // The last id holds the top of the cumulative distribution.
+        assert_eq!(from_logits.chosen(0, &rule), 3);
+        assert_eq!((sampled.chosen(0, &rule), sampled.token(0)), (3, 1));
         let mut part = HeadOutput::new(4);
         part.copy_rows(&from_logits, 1, 1);
         assert_eq!((part.rows(), part.token(0)), (1, 0));

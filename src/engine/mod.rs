@@ -72,12 +72,21 @@ pub trait Engine: Send + Sync + 'static {
     /// Exit head (final norm + LM head) on rows `from..` of `x`; writes
     /// `(rows - from) x vocab` logits into `out`.
     fn head(&self, x: &Self::Acts, from: usize, out: &mut Vec<f32>);
-    /// The exit head on rows `from..` when only greedy decisions are needed
-    /// (greedy decoding, verification, probes): fills `out` with either the
-    /// rows' logits (an engine whose logits are in host memory anyway) or
-    /// each row's [`crate::sampling::Pick`] computed where the logits are (a
-    /// GPU engine, so only ids and top probabilities cross to the host).
-    fn head_greedy(&self, x: &Self::Acts, from: usize, out: &mut HeadOutput) {
+    /// The exit head on rows `from..` when only each row's token is needed,
+    /// chosen by `rules[i]` (one per row; a sampled row's uniform is drawn
+    /// already): fills `out` with either the rows' logits (an engine whose
+    /// logits are in host memory anyway; [`HeadOutput::chosen`] then applies
+    /// the rules) or each row's [`crate::sampling::Pick`] computed where the
+    /// logits are (a GPU engine, so only ids and a probability cross to the
+    /// host).
+    fn head_pick(
+        &self,
+        x: &Self::Acts,
+        from: usize,
+        rules: &[crate::sampling::PickRule],
+        out: &mut HeadOutput,
+    ) {
+        let _ = rules;
         out.fill_logits(|logits| self.head(x, from, logits));
     }
     /// Bytes of weights one full-depth decode step reads (every layer's

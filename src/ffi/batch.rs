@@ -113,7 +113,7 @@ pub extern "C" fn lsk_sessions_step(
                     exit,
                     logits: Logits::Last,
                     // Callers may read the logits after a batched step.
-                    greedy: false,
+                    pick: None,
                 }
             })
             .collect();

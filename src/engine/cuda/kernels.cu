@@ -328,42 +328,138 @@ extern "C" __global__ void add(float* x, const float* y, int n) {
     if (i < n) x[i] += y[i];
 }
 
-// Greedy pick of each row of logits (rows x vocab): out[row] is the first
-// index of the largest value (as the CPU's argmax) and out[rows + row] the
-// bits of its probability at temperature 1, 1 / sum(exp(l - max)). One
-// block of PICK_THREADS per row; only these 8 bytes a row go to the host.
-#define PICK_THREADS 256
-extern "C" __global__ void pick_rows(const float* logits, unsigned* out, int vocab, int rows) {
+// The pick of each row of logits (rows x vocab), by the row's rule
+// rules[4r..4r+4] = (temperature, top_k, top_p, u): with temperature 0 the
+// argmax; otherwise the token drawn with the uniform u from softmax(l / T)
+// cut to the top-k and then to the top-p nucleus (the first index, in index
+// order, whose cumulative kept weight exceeds u times the kept mass). Out:
+// out[r] the chosen token, out[rows + r] the argmax (the first index of the
+// largest value, as the CPU's argmax), out[2 rows + r] the bits of the
+// argmax's probability at temperature 1. One block of PICK_THREADS per row;
+// only these 12 bytes a row go to the host.
+//
+// The cut keeps every weight at or above a threshold found by binary search
+// over the threshold's bits (the largest that still keeps k ids, or top_p of
+// the mass), so ids tied at the cut are all kept, where the CPU keeps them
+// in index order up to the cut.
+#define PICK_THREADS 1024
+__device__ __forceinline__ float pick_weight(float l, float mx, float inv) {
+    return expf((l - mx) * inv);
+}
+extern "C" __global__ void pick_rows(const float* logits, const float* rules, unsigned* out,
+                                     int vocab, int rows) {
     __shared__ float best_v[PICK_THREADS];
     __shared__ int best_i[PICK_THREADS];
     __shared__ float scratch[WARP];
-    const float* row = logits + (size_t)blockIdx.x * vocab;
+    __shared__ int found, last_kept;
+    const int r = blockIdx.x, tid = threadIdx.x;
+    const float* row = logits + (size_t)r * vocab;
     float bv = NEG_INF;
     int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += PICK_THREADS) {
+    for (int i = tid; i < vocab; i += PICK_THREADS) {
         const float v = row[i];
         if (v > bv) { bv = v; bi = i; }
     }
-    best_v[threadIdx.x] = bv;
-    best_i[threadIdx.x] = bi;
+    best_v[tid] = bv;
+    best_i[tid] = bi;
     __syncthreads();
     for (int s = PICK_THREADS / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            const float v = best_v[threadIdx.x + s];
-            const int i = best_i[threadIdx.x + s];
-            if (v > best_v[threadIdx.x] || (v == best_v[threadIdx.x] && i < best_i[threadIdx.x])) {
-                best_v[threadIdx.x] = v;
-                best_i[threadIdx.x] = i;
+        if (tid < s) {
+            const float v = best_v[tid + s];
+            const int i = best_i[tid + s];
+            if (v > best_v[tid] || (v == best_v[tid] && i < best_i[tid])) {
+                best_v[tid] = v;
+                best_i[tid] = i;
             }
         }
         __syncthreads();
     }
-    const float max = best_v[0];
+    const float mx = best_v[0];
+    const unsigned am = best_i[0] == 0x7fffffff ? 0u : (unsigned)best_i[0];
+    __syncthreads();
     float sum = 0.0f;
-    for (int i = threadIdx.x; i < vocab; i += PICK_THREADS) sum += expf(row[i] - max);
+    for (int i = tid; i < vocab; i += PICK_THREADS) sum += expf(row[i] - mx);
     sum = block_reduce(sum, scratch, Sum(), 0.0f);
-    if (threadIdx.x == 0) {
-        out[blockIdx.x] = best_i[0] == 0x7fffffff ? 0u : (unsigned)best_i[0];
-        out[rows + blockIdx.x] = __float_as_uint(1.0f / sum);
+
+    const float temp = rules[4 * r], top_p = rules[4 * r + 2], u = rules[4 * r + 3];
+    const int top_k = (int)rules[4 * r + 1];
+    unsigned token = am;
+    if (temp > 0.0f) {
+        const float inv = 1.0f / temp;
+        float z = 0.0f;
+        for (int i = tid; i < vocab; i += PICK_THREADS) z += pick_weight(row[i], mx, inv);
+        z = block_reduce(z, scratch, Sum(), 0.0f);
+        float tau = 0.0f;  // kept: weights >= tau
+        if (top_k > 0 && top_k < vocab) {
+            unsigned lo = 0u, hi = 0x3f800000u;  // weights lie in [0, 1]
+            while (lo < hi) {
+                const unsigned mid = lo + (hi - lo + 1u) / 2u;
+                const float t = __uint_as_float(mid);
+                float c = 0.0f;
+                for (int i = tid; i < vocab; i += PICK_THREADS)
+                    c += pick_weight(row[i], mx, inv) >= t ? 1.0f : 0.0f;
+                c = block_reduce(c, scratch, Sum(), 0.0f);
+                if (c >= (float)top_k) lo = mid; else hi = mid - 1u;
+            }
+            tau = __uint_as_float(lo);
+        }
+        if (top_p < 1.0f) {
+            unsigned lo = 0u, hi = 0x3f800000u;
+            while (lo < hi) {
+                const unsigned mid = lo + (hi - lo + 1u) / 2u;
+                const float t = __uint_as_float(mid);
+                float m = 0.0f;
+                for (int i = tid; i < vocab; i += PICK_THREADS) {
+                    const float w = pick_weight(row[i], mx, inv);
+                    m += w >= t ? w : 0.0f;
+                }
+                m = block_reduce(m, scratch, Sum(), 0.0f);
+                if (m >= top_p * z) lo = mid; else hi = mid - 1u;
+            }
+            tau = fmaxf(tau, __uint_as_float(lo));
+        }
+        // Each thread a contiguous run of ids; prefix sums of the runs' kept
+        // weight in thread order (best_v is free again), then the thread
+        // whose run holds the draw walks it.
+        const int run = (vocab + PICK_THREADS - 1) / PICK_THREADS;
+        const int begin = min(tid * run, vocab), end = min(begin + run, vocab);
+        float local = 0.0f;
+        int last = -1;
+        for (int i = begin; i < end; i++) {
+            const float w = pick_weight(row[i], mx, inv);
+            if (w >= tau && w > 0.0f) { local += w; last = i; }
+        }
+        if (tid == 0) { found = 0x7fffffff; last_kept = -1; }
+        best_v[tid] = local;
+        __syncthreads();
+        if (tid == 0) {
+            float acc = 0.0f;
+            for (int t = 0; t < PICK_THREADS; t++) {
+                const float v = best_v[t];
+                best_v[t] = acc;
+                acc += v;
+            }
+            scratch[0] = acc;
+        }
+        if (last >= 0) atomicMax(&last_kept, last);
+        __syncthreads();
+        const float target = u * scratch[0], before = best_v[tid];
+        if (local > 0.0f && target >= before && target < before + local) {
+            float acc = before;
+            for (int i = begin; i < end; i++) {
+                const float w = pick_weight(row[i], mx, inv);
+                if (w >= tau && w > 0.0f) {
+                    acc += w;
+                    if (target < acc) { atomicMin(&found, i); break; }
+                }
+            }
+        }
+        __syncthreads();
+        token = found != 0x7fffffff ? (unsigned)found : (last_kept >= 0 ? (unsigned)last_kept : am);
+    }
+    if (tid == 0) {
+        out[r] = token;
+        out[rows + r] = am;
+        out[2 * rows + r] = __float_as_uint(1.0f / sum);
     }
 }

@@ -20,7 +20,7 @@ use weights::{DevMat, LayerWeights, Matrix};
 use super::{rope, Engine, HeadOutput, Segment};
 use crate::config::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sampling::Pick;
+use crate::sampling::{Pick, PickRule};
 use crate::weights::WeightStore;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{
@@ -644,25 +644,42 @@ impl Engine for CudaEngine {
         });
     }
 
-    fn head_greedy(&self, x: &DeviceActs, from: usize, out: &mut HeadOutput) {
+    fn head_pick(&self, x: &DeviceActs, from: usize, rules: &[PickRule], out: &mut HeadOutput) {
         let vocab = self.cfg.vocab_size as i32;
+        // Per row: temperature (0: greedy), top-k, top-p, uniform.
+        let packed: Vec<f32> = rules
+            .iter()
+            .flat_map(|r| match r {
+                PickRule::Greedy => [0.0, 0.0, 1.0, 0.0],
+                PickRule::Sample { params: p, u } => {
+                    [p.temperature, p.top_k.min(1 << 24) as f32, p.top_p, *u]
+                }
+            })
+            .collect();
         out.fill_picks(|picks| {
             self.device_logits(x, from, |logits, rows| {
-                let mut words = scratch::<u32>(&self.stream, 2 * rows);
+                assert_eq!(rows, rules.len(), "one rule per row");
+                let dev_rules = ok(self.stream.clone_htod(&packed));
+                let mut words = scratch::<u32>(&self.stream, 3 * rows);
                 let mut b = self.stream.launch_builder(&self.k.pick_rows);
                 let irows = rows as i32;
-                b.arg(logits).arg(&mut words).arg(&vocab).arg(&irows);
-                // SAFETY: pick_rows(const float*, unsigned* out[2 * rows],
-                // int vocab, int rows), a block of 256 threads per row.
-                ok(unsafe { b.launch(rows_cfg(rows, 256)) }.map(|_| ()));
-                let mut host = vec![0u32; 2 * rows];
+                b.arg(logits)
+                    .arg(&dev_rules)
+                    .arg(&mut words)
+                    .arg(&vocab)
+                    .arg(&irows);
+                // SAFETY: pick_rows(const float* logits, const float*
+                // rules[4 * rows], unsigned* out[3 * rows], int vocab, int
+                // rows), a block of 1024 threads per row.
+                ok(unsafe { b.launch(rows_cfg(rows, 1024)) }.map(|_| ()));
+                let mut host = vec![0u32; 3 * rows];
                 ok(self
                     .stream
-                    .memcpy_dtoh(&words.slice(..2 * rows), host.as_mut_slice()));
-                let (ids, probs) = host.split_at(rows);
-                picks.extend(ids.iter().zip(probs).map(|(&token, &p)| Pick {
-                    token,
-                    top_prob: f32::from_bits(p),
+                    .memcpy_dtoh(&words.slice(..3 * rows), host.as_mut_slice()));
+                picks.extend((0..rows).map(|i| Pick {
+                    token: host[i],
+                    argmax: host[rows + i],
+                    top_prob: f32::from_bits(host[2 * rows + i]),
                 }));
             })
         });

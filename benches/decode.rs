@@ -63,6 +63,18 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // A full-depth step at a long context (attention's share grows with it).
+    let long = prompt(&m, (m.max_context() - 16).min(2048));
+    let mut s_long = Session::new(m.clone(), 0).unwrap();
+    s_long.prefill(&long).unwrap();
+    c.bench_function(&format!("decode_step_full_ctx{}", long.len()), |b| {
+        b.iter(|| {
+            s_long.step(5, l).unwrap();
+            s_long.rewind(long.len()).unwrap();
+        })
+    });
+    drop(s_long);
+
     // The deep part of a verify: layers E..L plus the head on `rows` pending rows.
     let mut g = c.benchmark_group("verify_deep_pass");
     for rows in [1usize, 2, 3, 5, 7, 9] {

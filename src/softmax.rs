@@ -124,6 +124,31 @@ fn exp_sum_lanes(row: &[f32], max: f32, t: f32, mut terms: Option<&mut [f32]>) -
     acc.iter().sum::<f32>() + sum
 }
 
+/// Softmax of `x` in place (temperature 1).
+pub fn softmax_in_place(x: &mut [f32]) {
+    dispatch!(softmax_lanes(x: &mut [f32]) -> ())
+}
+
+#[inline(always)]
+fn softmax_lanes(x: &mut [f32]) {
+    let max = max_lanes(x);
+    let mut acc = [0.0f32; LANES];
+    let n = x.len() - x.len() % LANES;
+    for c in x[..n].chunks_exact_mut(LANES) {
+        for (v, a) in c.iter_mut().zip(acc.iter_mut()) {
+            *v = exp_nonpositive(*v - max);
+            *a += *v;
+        }
+    }
+    let mut rest = 0.0;
+    for v in x[n..].iter_mut() {
+        *v = exp_nonpositive(*v - max);
+        rest += *v;
+    }
+    let inv = 1.0 / (acc.iter().sum::<f32>() + rest);
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +167,22 @@ mod tests {
         assert_eq!(exp_nonpositive(0.0), 1.0);
         assert_eq!(exp_nonpositive(-90.0), 0.0);
         assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn softmax_in_place_matches_the_terms_over_their_sum() {
+        for n in [1, 7, 16, 100] {
+            let row: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 6.0).collect();
+            let mut x = row.clone();
+            softmax_in_place(&mut x);
+            let m = max(&row);
+            let mut terms = vec![0.0; n];
+            let z = exp_sum(&row, m, 1.0, Some(&mut terms));
+            for (a, t) in x.iter().zip(&terms) {
+                assert!((a - t / z).abs() <= 1e-6, "n {n}");
+            }
+            assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
     }
 
     #[test]

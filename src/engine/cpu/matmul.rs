@@ -201,59 +201,6 @@ impl Mat {
     }
 }
 
-/// Dot product with 8 independent lanes and a fixed pairwise final reduction
-/// (attention scores; the order never depends on the batch).
-#[inline(always)]
-pub(crate) fn dot(w: &[f32], x: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0f32; LANES];
-    let n = w.len() / LANES * LANES;
-    for (wc, xc) in w[..n].chunks_exact(LANES).zip(x[..n].chunks_exact(LANES)) {
-        for i in 0..LANES {
-            acc[i] += wc[i] * xc[i];
-        }
-    }
-    dot_tail(w, x, n, acc)
-}
-
-/// The elements past the last full 8 lanes, then the final reduction.
-#[inline(always)]
-fn dot_tail(w: &[f32], x: &[f32], n: usize, mut acc: [f32; 8]) -> f32 {
-    for i in n..w.len() {
-        acc[i - n] += w[i] * x[i];
-    }
-    let a = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    (a[0] + a[2]) + (a[1] + a[3])
-}
-
-/// [`dot`] with one 8-lane AVX register (a multiply, then an add: the same
-/// arithmetic; the compiler vectorises the portable loop only 2 lanes wide).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-pub(crate) unsafe fn dot_avx2(w: &[f32], x: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = w.len() / 8 * 8;
-    let mut acc = _mm256_setzero_ps();
-    let mut i = 0;
-    while i < n {
-        let p = _mm256_mul_ps(
-            _mm256_loadu_ps(w.as_ptr().add(i)),
-            _mm256_loadu_ps(x.as_ptr().add(i)),
-        );
-        acc = _mm256_add_ps(acc, p);
-        i += 8;
-    }
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-    dot_tail(w, x, n, lanes)
-}
-
 /// Products smaller than this many multiply-adds run on the calling thread.
 pub(crate) const SERIAL_BELOW: usize = 1 << 17;
 
@@ -1108,21 +1055,6 @@ mod tests {
                     );
                 }
             }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx2_dot_equals_the_portable_dot_bit_for_bit() {
-        if !is_x86_feature_detected!("avx2") {
-            println!("SKIPPED: no AVX2");
-            return;
-        }
-        for len in [1, 7, 8, 13, 64, 80, 127] {
-            let (a, b) = (input(1, len), input(2, len));
-            // SAFETY: the CPU has AVX2.
-            let fast = unsafe { dot_avx2(&a, &b[len..]) };
-            assert_eq!(fast.to_bits(), dot(&a, &b[len..]).to_bits(), "len {len}");
         }
     }
 

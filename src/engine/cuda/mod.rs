@@ -394,12 +394,16 @@ impl CudaEngine {
         let chunk = self.attn_chunk;
         let max_chunks = (seg.pos0 + n).div_ceil(chunk);
         let per_row = nh * max_chunks * (hd + 2);
+        // Rows a launch (the grid's y dimension is at most 65535), and
+        // partials only when rows span several chunks.
         let slice = if max_chunks == 1 {
             n
         } else {
             (ATTN_PARTIALS_BYTES / 4 / per_row).clamp(1, n)
-        };
-        let mut part = ws.take(&self.stream, Buf::Partials, slice * per_row);
+        }
+        .min(65535);
+        let part_len = if max_chunks == 1 { 1 } else { slice * per_row };
+        let mut part = ws.take(&self.stream, Buf::Partials, part_len);
         let (ih, ikv, ihd) = (nh as i32, cfg.num_kv_heads as i32, hd as i32);
         let (istride, ichunk, ichunks) = (stride as i32, chunk as i32, max_chunks as i32);
         let scale = 1.0 / (hd as f32).sqrt();

@@ -38,25 +38,18 @@ use std::sync::Arc;
 /// crossover (for tuning, and for the test of the cuBLAS path).
 pub const MATVEC_MAX_ROWS: usize = 128;
 
-fn matvec_max_rows() -> usize {
-    std::env::var("LAYERSKIP_CUDA_MATVEC_MAX_ROWS")
+/// A tuning knob from the environment, or its default.
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(MATVEC_MAX_ROWS)
+        .unwrap_or(default)
 }
 const MATVEC_ROWS: usize = 16;
 /// Positions per block of split attention, at most `ATTN_MAX_CHUNK` in
 /// kernels.cu. `LAYERSKIP_CUDA_ATTN_CHUNK`, read when a model loads, changes
 /// it (the split path's GPU test runs the small fixtures with chunks of 16).
 pub const ATTN_CHUNK: usize = 256;
-
-fn attention_chunk() -> usize {
-    std::env::var("LAYERSKIP_CUDA_ATTN_CHUNK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(ATTN_CHUNK)
-        .clamp(1, ATTN_CHUNK)
-}
 /// Bound on split attention's partial results: long prompts go through it
 /// in slices of rows.
 const ATTN_PARTIALS_BYTES: usize = 64 << 20;
@@ -215,8 +208,8 @@ impl CudaEngine {
             embed,
             lm_head,
             layers,
-            matvec_max_rows: matvec_max_rows(),
-            attn_chunk: attention_chunk(),
+            matvec_max_rows: env_usize("LAYERSKIP_CUDA_MATVEC_MAX_ROWS", MATVEC_MAX_ROWS),
+            attn_chunk: env_usize("LAYERSKIP_CUDA_ATTN_CHUNK", ATTN_CHUNK).clamp(1, ATTN_CHUNK),
             name,
             arch,
         })

@@ -93,6 +93,16 @@ impl Pick {
 /// The distribution sampling draws from: softmax(logits / T) restricted to
 /// the top-k and then to the smallest top-p nucleus, renormalised.
 pub fn distribution(logits: &[f32], p: &SamplingParams) -> Vec<f32> {
+    distribution_cut_by(logits, p, nucleus)
+}
+
+/// [`distribution`] with the top-k / top-p cut made by `cut(probs, k,
+/// top_p)`, which returns the ids to keep.
+fn distribution_cut_by(
+    logits: &[f32],
+    p: &SamplingParams,
+    cut: impl Fn(&[f32], usize, f32) -> Vec<u32>,
+) -> Vec<f32> {
     let t = p.temperature.max(f32::MIN_POSITIVE);
     let mut probs = vec![0.0; logits.len()];
     softmax::exp_sum(logits, softmax::max(logits), t, Some(&mut probs));
@@ -102,7 +112,7 @@ pub fn distribution(logits: &[f32], p: &SamplingParams) -> Vec<f32> {
         p.top_k.min(probs.len())
     };
     if k < probs.len() || p.top_p < 1.0 {
-        let keep = nucleus(&probs, k, p.top_p);
+        let keep = cut(&probs, k, p.top_p);
         let mut kept = vec![0.0; probs.len()];
         for &i in &keep {
             kept[i as usize] = probs[i as usize];
@@ -261,34 +271,20 @@ mod tests {
     }
 
     /// The cut by a full stable sort (what `nucleus` must equal).
-    fn sorted_distribution(logits: &[f32], p: &SamplingParams) -> Vec<f32> {
-        let t = p.temperature.max(f32::MIN_POSITIVE);
-        let mut probs = vec![0.0; logits.len()];
-        softmax::exp_sum(logits, softmax::max(logits), t, Some(&mut probs));
-        let k = if p.top_k == 0 {
-            probs.len()
-        } else {
-            p.top_k.min(probs.len())
-        };
-        if k < probs.len() || p.top_p < 1.0 {
-            let mut order: Vec<usize> = (0..probs.len()).collect();
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-            let total = softmax::sum(&probs);
-            let (mut keep, mut mass) = (0, 0.0);
-            for &i in order.iter().take(k) {
-                keep += 1;
-                mass += probs[i] / total;
-                if mass >= p.top_p {
-                    break;
-                }
-            }
-            for &i in &order[keep..] {
-                probs[i] = 0.0;
+    fn sorted_cut(probs: &[f32], k: usize, top_p: f32) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..probs.len() as u32).collect();
+        order.sort_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]));
+        let total = softmax::sum(probs);
+        let (mut keep, mut mass) = (0, 0.0);
+        for &i in order.iter().take(k) {
+            keep += 1;
+            mass += probs[i as usize] / total;
+            if mass >= top_p {
+                break;
             }
         }
-        let sum = softmax::sum(&probs);
-        probs.iter_mut().for_each(|x| *x /= sum);
-        probs
+        order.truncate(keep);
+        order
     }
 
     #[test]
@@ -314,7 +310,7 @@ mod tests {
                 [1.0f32, 0.9, 0.5, 0.999, 0.01][(case / 5) % 5],
             );
             let a = distribution(&logits, &p);
-            let b = sorted_distribution(&logits, &p);
+            let b = distribution_cut_by(&logits, &p, sorted_cut);
             assert!(
                 a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
                 "case {case}: n {n} {p:?}"

@@ -3,9 +3,10 @@
 //! loads. Skips, saying why, without a GPU.
 
 mod common;
+use common::gpu::gpu_vs_cpu_error;
 use common::*;
 use layerskip::engine::cuda::driver_present;
-use layerskip::{Device, LoadOptions, Logits, Model, Session};
+use layerskip::{Device, LoadOptions, Model};
 
 #[test]
 fn prompts_through_cublas_match_the_cpu_engine() {
@@ -31,11 +32,7 @@ fn prompts_through_cublas_match_the_cpu_engine() {
         };
         let prompt: Vec<u32> = prompts(name).concat().into_iter().take(40).collect();
         for exit in [1, cpu.num_layers()] {
-            let mut a = Session::new(gpu.clone(), 0).unwrap();
-            let mut b = Session::new(cpu.clone(), 0).unwrap();
-            a.forward(&prompt, exit, Logits::All).unwrap();
-            b.forward(&prompt, exit, Logits::All).unwrap();
-            let err = relative_error(a.logits(), b.logits());
+            let err = gpu_vs_cpu_error(&gpu, &cpu, &prompt, exit);
             println!(
                 "{name} exit {exit}, {} rows through cuBLAS: relative error {err:e}",
                 prompt.len()

@@ -20,7 +20,7 @@ fn a_row_is_bit_identical_alone_or_in_a_batch_of_nine() {
                 let a = &batch.logits()[i * vocab..(i + 1) * vocab];
                 let b = single.last_logits();
                 assert!(
-                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    same_bits(a, b),
                     "{name} {quantize:?}: row {i} differs between batch of 9 and batch of 1 (exit {exit})"
                 );
             }
@@ -65,7 +65,7 @@ fn early_exit_steps_then_full_step_leave_the_cache_of_full_decoding() {
                 kv_bits(&lazy) == kv_bits(&full),
                 "{name}: KV differs after catch-up from exit {exit}"
             );
-            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(same_bits(&a, &b));
             // Every layer processed every position exactly once.
             let n = (prompt.len() + 6) as u64;
             assert!(
@@ -115,10 +115,7 @@ fn rewind_truncates_every_layer_and_the_exit_activations() {
     let a = s.step(toks[8], l).unwrap().to_vec();
     let mut fresh = Session::new(model, 0).unwrap();
     fresh.prefill(&toks[..9]).unwrap();
-    assert!(a
-        .iter()
-        .zip(fresh.last_logits())
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(same_bits(&a, fresh.last_logits()));
     assert!(s.rewind(100).is_err());
 }
 

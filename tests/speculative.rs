@@ -83,14 +83,8 @@ fn speculative_cache_is_bit_identical_to_full_decoding() {
     for l in 0..model.num_layers() {
         let (sk, sv) = model.engine.read_kv(spec.kv(), l, n);
         let (fk, fv) = model.engine.read_kv(full.kv(), l, n);
-        assert!(
-            sk.iter().zip(&fk).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "layer {l} K differs"
-        );
-        assert!(
-            sv.iter().zip(&fv).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "layer {l} V differs"
-        );
+        assert!(same_bits(&sk, &fk), "layer {l} K differs");
+        assert!(same_bits(&sv, &fv), "layer {l} V differs");
     }
 }
 

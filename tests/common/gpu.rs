@@ -36,6 +36,17 @@ pub fn gpu_model(name: &str, test: &str) -> Option<Arc<Model>> {
     gpu_model_at(&fixture_dir(name), test)
 }
 
+/// Relative error of `gpu`'s logits against `cpu`'s for every position of
+/// `prompt` at `exit` (fresh sessions).
+pub fn gpu_vs_cpu_error(gpu: &Arc<Model>, cpu: &Arc<Model>, prompt: &[u32], exit: usize) -> f32 {
+    let mut a = Session::new(gpu.clone(), 0).unwrap();
+    let mut b = Session::new(cpu.clone(), 0).unwrap();
+    a.forward(prompt, exit, Logits::All).unwrap();
+    b.forward(prompt, exit, Logits::All).unwrap();
+    assert_eq!(a.logits().len(), b.logits().len());
+    relative_error(a.logits(), b.logits())
+}
+
 /// Logits within 1e-4 (f32 weights) or 1e-3 (f16/bf16) of the CPU engine's
 /// for every prompt at every exit, then transformers' greedy continuations.
 pub fn check_parity(name: &str, gpu: &Arc<Model>) {
@@ -47,12 +58,7 @@ pub fn check_parity(name: &str, gpu: &Arc<Model>) {
     };
     for prompt in prompts(name).iter() {
         for exit in 1..=cpu.num_layers() {
-            let mut a = Session::new(gpu.clone(), 0).unwrap();
-            let mut b = Session::new(cpu.clone(), 0).unwrap();
-            a.forward(prompt, exit, Logits::All).unwrap();
-            b.forward(prompt, exit, Logits::All).unwrap();
-            assert_eq!(a.logits().len(), b.logits().len());
-            let err = relative_error(a.logits(), b.logits());
+            let err = gpu_vs_cpu_error(gpu, &cpu, prompt, exit);
             println!(
                 "{name} exit {exit}, {} positions: GPU vs CPU relative error {err:e}",
                 prompt.len()
@@ -78,9 +84,7 @@ pub fn check_batch_invariance(name: &str, model: &Arc<Model>, prompt: &[u32]) {
         single.forward(&[t], l, Logits::Last).unwrap();
         let a = &batch.logits()[i * vocab..(i + 1) * vocab];
         assert!(
-            a.iter()
-                .zip(single.last_logits())
-                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            same_bits(a, single.last_logits()),
             "{name}: row {i} differs between a batch of {} and a batch of 1 on the GPU",
             prompt.len()
         );
@@ -117,7 +121,7 @@ pub fn check_lossless(name: &str, model: &Arc<Model>, prompt: &[u32]) {
             let (a, _) = model.engine.read_kv(s.kv(), l, n);
             let (b, _) = model.engine.read_kv(f.kv(), l, n);
             assert!(
-                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                same_bits(&a, &b),
                 "{name}: layer {l} K differs between speculative and full decoding on the GPU"
             );
         }

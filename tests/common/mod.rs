@@ -97,6 +97,11 @@ pub fn relative_error(ours: &[f32], reference: &[f32]) -> f32 {
         / scale
 }
 
+/// Whether two slices hold the same floats bit for bit.
+pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 pub fn assert_logits_close(ours: &[f32], reference: &[f32], what: &str) {
     assert_eq!(ours.len(), reference.len(), "{what}: logit count");
     let err = relative_error(ours, reference);

@@ -11,10 +11,13 @@ use super::Choice;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 
-/// Weight kept by the old sums at each new round (a window of ~50 rounds).
+/// Weight kept by the old sums at each new round of any choice (a window of
+/// ~50 rounds).
 const DECAY: f64 = 0.98;
 /// Rounds of a choice before its own ratio replaces the mean.
 const MIN_ROUNDS: f64 = 3.0;
+/// Evidence below which a choice's entry is dropped.
+const FORGOTTEN: f64 = 0.01;
 
 /// Decayed sums of one choice's rounds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -68,11 +71,17 @@ impl Corrections {
             predicted_seconds,
             rounds: 1.0,
         };
-        self.by_choice
-            .lock()
-            .entry((c.exit, c.draft_len))
+        let mut map = self.by_choice.lock();
+        // Every choice's evidence fades with every round, run or not: a
+        // choice judged on a few early rounds (cold caches, a busy spell)
+        // becomes untried again after a while instead of being shut out for
+        // good, and is then retried if its prediction still says it pays.
+        map.values_mut()
+            .for_each(|s| s.add(&Sums::default(), DECAY));
+        map.retain(|_, s| s.rounds >= FORGOTTEN);
+        map.entry((c.exit, c.draft_len))
             .or_default()
-            .add(&round, DECAY);
+            .add(&round, 1.0);
     }
 
     /// The factors as they stand, read under one lock (a policy consults
@@ -157,5 +166,35 @@ mod tests {
         c.observe(b, f64::NAN, 1.0, 1.0, 1.0);
         c.observe(b, 1.0, 0.0, 1.0, 1.0);
         assert!((c.factor(b) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_choice_judged_on_early_rounds_is_forgotten_while_others_run() {
+        let c = Corrections::default();
+        let (slow, full) = (
+            Choice {
+                exit: 5,
+                draft_len: 2,
+            },
+            Choice::full(8),
+        );
+        // A few rounds of `slow` at a third of its predicted speed (cold start).
+        for _ in 0..5 {
+            c.observe(slow, 3.0, 3.0, 3.0, 1.0);
+        }
+        assert!(c.snapshot().measured(slow));
+        assert!((c.factor(slow) - 1.0 / 3.0).abs() < 1e-9);
+        // Full depth then runs as predicted for a while: the old verdict on
+        // `slow` fades until it is untried again and borrows the mean.
+        for _ in 0..200 {
+            c.observe(full, 1.0, 1.0, 1.0, 1.0);
+        }
+        let f = c.snapshot();
+        assert!(!f.measured(slow), "stale evidence no longer counts");
+        assert!(
+            (f.factor(slow) - f.factor(full)).abs() < 0.02,
+            "{}",
+            f.factor(slow)
+        );
     }
 }

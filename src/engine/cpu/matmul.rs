@@ -10,6 +10,7 @@
 //! uses the same `mul_add` chain). That is what makes batching and
 //! self-speculation bit-exact.
 
+use super::huge::{HugeBuf, Plain};
 use crate::weights::{Tensor, TensorData};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -18,7 +19,7 @@ use rayon::prelude::*;
 pub const PANEL: usize = 16;
 
 /// Weight element types the kernels read.
-pub(crate) trait Weight: Copy + Default + Send + Sync {
+pub(crate) trait Weight: Plain + Default {
     fn f32(self) -> f32;
     /// Where output `o` (0..16) of a panel sits within its 16 elements for one
     /// k: bf16 interleaves outputs 0..8 with 8..16 so that a shift and a mask
@@ -63,19 +64,20 @@ impl Weight for i8 {
 
 /// Panels of one matrix: `panels * cols * PANEL` elements, zero-padded past
 /// the last output row.
+/// Panels live in [`HugeBuf`]s: decoding streams them once per token.
 enum Packed {
-    F32(Vec<f32>),
-    BF16(Vec<bf16>),
-    F16(Vec<f16>),
+    F32(HugeBuf<f32>),
+    BF16(HugeBuf<bf16>),
+    F16(HugeBuf<f16>),
     /// Weight-only int8: `W[j][k] ≈ q[j][k] * scale[j]`.
     I8 {
-        q: Vec<i8>,
+        q: HugeBuf<i8>,
         scale: Vec<f32>,
     },
     /// bf16 weights for bf16 dot products (inputs rounded to bf16 too):
     /// `panel[kp][o]` holds `W[o][2kp]` in its low half and `W[o][2kp+1]` in
     /// its high half, the operand layout of AVX512_BF16's `VDPBF16PS`.
-    Bf16Pairs(Vec<u32>),
+    Bf16Pairs(HugeBuf<u32>),
 }
 
 /// A `rows x cols` weight matrix (`rows` outputs), packed for the kernels.
@@ -85,8 +87,8 @@ pub struct Mat {
     pub cols: usize,
 }
 
-fn pack<W: Weight>(w: &[W], rows: usize, cols: usize) -> Vec<W> {
-    let mut out = vec![W::default(); rows.div_ceil(PANEL) * PANEL * cols];
+fn pack<W: Weight>(w: &[W], rows: usize, cols: usize) -> HugeBuf<W> {
+    let mut out = HugeBuf::zeroed(rows.div_ceil(PANEL) * PANEL * cols);
     out.par_chunks_mut(PANEL * cols)
         .enumerate()
         .for_each(|(p, panel)| {
@@ -109,9 +111,9 @@ fn bf16_pair(v: &[f32]) -> u32 {
 }
 
 /// [`Packed::Bf16Pairs`] panels of a row-major f32 matrix.
-fn pack_pairs(w: &[f32], rows: usize, cols: usize) -> Vec<u32> {
+fn pack_pairs(w: &[f32], rows: usize, cols: usize) -> HugeBuf<u32> {
     let kps = cols.div_ceil(2);
-    let mut out = vec![0u32; rows.div_ceil(PANEL) * PANEL * kps];
+    let mut out = HugeBuf::zeroed(rows.div_ceil(PANEL) * PANEL * kps);
     out.par_chunks_mut(PANEL * kps)
         .enumerate()
         .for_each(|(p, panel)| {

@@ -1,5 +1,6 @@
 //! The CPU engine: f32 compute over weights kept in their stored dtype.
 
+mod huge;
 mod matmul;
 mod ops;
 mod scratch;

@@ -111,6 +111,7 @@ impl Model<Backend> {
                 Backend::Cuda(CudaEngine::load(&config, &store, ordinal)?)
             }
         };
+        warm_up(&engine);
         Ok(Arc::new(Model {
             config,
             engine,
@@ -124,6 +125,24 @@ impl Model<Backend> {
             kv_reserved: AtomicU64::new(0),
         }))
     }
+}
+
+/// One throwaway token through every layer and the exit head, on the
+/// engine's own threads as decoding runs, so that the first generation does
+/// not pay for first-touch page faults, empty per-thread buffers and cold
+/// caches (its first tokens took twice as long as the next session's).
+/// llama.cpp warms a model up the same way.
+fn warm_up<E: Engine>(engine: &E) {
+    engine.enter(|| {
+        let mut kv = engine.new_kv(1);
+        let mut x = engine.embed(&[0]);
+        for l in 0..engine.config().num_layers {
+            engine.run_layer(l, &mut kv, 0, &mut x);
+        }
+        let mut logits = Vec::new();
+        engine.head(&x, 0, &mut logits);
+        engine.synchronize();
+    });
 }
 
 fn human_bytes(b: u64) -> String {

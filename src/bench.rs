@@ -21,7 +21,16 @@ pub struct BenchRow {
     pub tokens: usize,
     pub seconds: f64,
     pub tokens_per_second: f64,
+    /// Over full depth: the median, over prompts and repetitions, of this
+    /// row's tokens/s over full depth's on the same prompt in the same
+    /// repetition (the two ran back to back, so a busy spell of the machine
+    /// hits both), with the quartiles of those ratios.
     pub speedup: f64,
+    pub speedup_q1: f64,
+    pub speedup_q3: f64,
+    /// Tokens/s of each run, in (repetition, prompt) order: the same order
+    /// in every row of a phase, so rows can be compared run by run.
+    pub run_tokens_per_second: Vec<f64>,
     pub acceptance_rate: f64,
     /// Tokens produced per verify round (accepted drafts + 1).
     pub tokens_per_round: f64,
@@ -56,6 +65,29 @@ struct Totals {
     draft_s: f64,
     verify_s: f64,
     outputs: Vec<Vec<u32>>,
+    /// Tokens/s of every run, in (repetition, prompt) order.
+    runs: Vec<f64>,
+}
+
+/// First quartile, median and third quartile (linear between ranks; NaN if
+/// empty).
+fn quartiles(mut v: Vec<f64>) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let x = (v.len() - 1) as f64 * q;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
+    };
+    (at(0.25), at(0.5), at(0.75))
+}
+
+/// [`quartiles`] of `runs[i] / base[i]`: each run against the baseline run
+/// it was paired with.
+fn paired_ratios(runs: &[f64], base: &[f64]) -> (f64, f64, f64) {
+    quartiles(runs.iter().zip(base).map(|(r, b)| r / b).collect())
 }
 
 /// Run the benchmark; `progress(done, total)` is called after each run.
@@ -96,7 +128,7 @@ pub fn run<E: Engine>(
             .iter()
             .zip(&modes)
             .filter(|(r, _)| r.mode == "self-speculative")
-            .max_by(|a, b| a.0.tokens_per_second.total_cmp(&b.0.tokens_per_second))
+            .max_by(|a, b| a.0.speedup.total_cmp(&b.0.speedup))
             .map(|(_, m)| *m)
             .expect("the sweep has fixed pairs");
         let again = [Mode::Full, best, Mode::Auto(AutoSpec::default())];
@@ -152,6 +184,7 @@ fn measure<E: Engine>(
                 }
                 t.draft_s += st.draft_seconds;
                 t.verify_s += st.verify_seconds;
+                t.runs.push(st.tokens_per_second);
                 if rep == 0 {
                     t.outputs.push(out.tokens);
                 }
@@ -159,13 +192,14 @@ fn measure<E: Engine>(
             }
         }
     }
-    let full_tps = totals[0].tokens as f64 / totals[0].seconds;
+    let full_runs = totals[0].runs.clone();
     let full_out = totals[0].outputs.clone();
     Ok(modes
         .iter()
         .zip(&totals)
         .map(|(mode, t)| {
             let tps = t.tokens as f64 / t.seconds;
+            let (q1, speedup, q3) = paired_ratios(&t.runs, &full_runs);
             let (name, e, d) = match *mode {
                 Mode::SelfSpeculative { exit, draft_len } => {
                     ("self-speculative", Some(exit), Some(draft_len))
@@ -184,7 +218,10 @@ fn measure<E: Engine>(
                 tokens: t.tokens,
                 seconds: t.seconds,
                 tokens_per_second: tps,
-                speedup: tps / full_tps,
+                speedup,
+                speedup_q1: q1,
+                speedup_q3: q3,
+                run_tokens_per_second: t.runs.clone(),
                 acceptance_rate: if t.drafted > 0 {
                     t.accepted as f64 / t.drafted as f64
                 } else {
@@ -206,7 +243,7 @@ fn measure<E: Engine>(
 /// The table as text (confirmation rows after a line of their own).
 pub fn format_table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
-        "mode              E   d   tokens/s  speedup  accept  tok/round  draft%  verify%  lossless\n",
+        "mode              E   d   tokens/s  speedup  quartiles  accept  tok/round  draft%  verify%  lossless\n",
     );
     let mut phase = rows.first().map_or("sweep", |r| r.phase);
     for r in rows {
@@ -216,12 +253,14 @@ pub fn format_table(rows: &[BenchRow]) -> String {
         }
         let opt = |v: Option<usize>| v.map_or("-".to_string(), |x| x.to_string());
         s += &format!(
-            "{:<16} {:>2} {:>3} {:>10.1} {:>7.2}x {:>6.1}% {:>10.2} {:>6.1}% {:>7.1}%  {}\n",
+            "{:<16} {:>2} {:>3} {:>10.1} {:>7.2}x  {:>4.2}-{:<4.2} {:>6.1}% {:>10.2} {:>6.1}% {:>7.1}%  {}\n",
             r.mode,
             opt(r.exit_layer),
             opt(r.draft_len),
             r.tokens_per_second,
             r.speedup,
+            r.speedup_q1,
+            r.speedup_q3,
             100.0 * r.acceptance_rate,
             r.tokens_per_round,
             100.0 * r.draft_share,
@@ -247,7 +286,11 @@ pub fn format_summary(rows: &[BenchRow]) -> String {
     if fixed.is_empty() {
         return String::new();
     }
-    fixed.sort_by(|a, b| a.tokens_per_second.total_cmp(&b.tokens_per_second));
+    fixed.sort_by(|a, b| a.speedup.total_cmp(&b.speedup));
+    // Rows of one phase ran the same prompts back to back: compare them run by run.
+    let paired = |a: &BenchRow, b: &BenchRow| {
+        paired_ratios(&a.run_tokens_per_second, &b.run_tokens_per_second).1
+    };
     let best = fixed[fixed.len() - 1];
     let median = fixed[fixed.len() / 2];
     let mut s = format!(
@@ -257,8 +300,8 @@ pub fn format_summary(rows: &[BenchRow]) -> String {
         best.speedup,
         median.speedup,
         auto.speedup,
-        auto.tokens_per_second / best.tokens_per_second,
-        auto.tokens_per_second / median.tokens_per_second,
+        paired(auto, best),
+        paired(auto, median),
     );
     if let (Some(b), Some(a)) = (
         in_phase("confirm", "self-speculative").pop(),
@@ -270,7 +313,7 @@ pub fn format_summary(rows: &[BenchRow]) -> String {
             b.draft_len.unwrap_or(0),
             b.speedup,
             a.speedup,
-            a.tokens_per_second / b.tokens_per_second,
+            paired(a, b),
             a.speedup / median.speedup,
         );
     }
@@ -485,4 +528,27 @@ pub fn evaluate<E: Engine>(
         top1_accuracy: correct as f64 / n as f64,
         argmax,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_ratios_resist_a_busy_spell() {
+        assert_eq!(quartiles(vec![3.0, 1.0, 2.0]), (1.5, 2.0, 2.5));
+        assert!(quartiles(Vec::new()).1.is_nan());
+        // The second pair ran while the machine was busy (both halves slow),
+        // the third had a burst of noise on the baseline only.
+        let full = [100.0, 50.0, 60.0, 100.0, 100.0];
+        let spec = [120.0, 60.0, 120.0, 118.0, 121.0];
+        let (q1, med, q3) = paired_ratios(&spec, &full);
+        assert!((med - 1.2).abs() < 1e-12, "{med}");
+        assert!(q1 <= med && med <= q3 && q3 == 1.21);
+        let totals = spec.iter().sum::<f64>() / full.iter().sum::<f64>();
+        assert!(
+            totals > 1.3,
+            "the ratio of totals is pulled by the burst: {totals}"
+        );
+    }
 }

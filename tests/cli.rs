@@ -278,15 +278,32 @@ fn bench_confirmation_reruns_full_the_best_pair_and_auto() {
         .map(|r| r["mode"].as_str().unwrap())
         .collect();
     assert_eq!(modes, ["full", "self-speculative", "auto"]);
-    // The confirmed pair is the sweep's fastest, and every row stays lossless.
+    // The confirmed pair is the sweep's fastest (by its median speedup over
+    // full depth, paired run by run), and every row stays lossless.
     let best = sweep
         .iter()
         .filter(|r| r["mode"] == "self-speculative")
         .max_by(|a, b| {
-            let t = |r: &&&serde_json::Value| r["tokens_per_second"].as_f64().unwrap();
+            let t = |r: &&&serde_json::Value| r["speedup"].as_f64().unwrap();
             t(a).total_cmp(&t(b))
         })
         .unwrap();
+    // One run per prompt and repetition, paired with full depth's.
+    for r in &sweep {
+        let runs = r["run_tokens_per_second"].as_array().unwrap();
+        assert_eq!(runs.len(), 1);
+        let full = sweep[0]["run_tokens_per_second"][0].as_f64().unwrap();
+        let ratio = runs[0].as_f64().unwrap() / full;
+        assert!((r["speedup"].as_f64().unwrap() - ratio).abs() < 1e-9);
+        assert!(r["speedup_q1"].as_f64().unwrap() <= r["speedup_q3"].as_f64().unwrap());
+    }
+    assert_eq!(
+        confirm[0]["run_tokens_per_second"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(confirm[1]["draft_len"], best["draft_len"]);
     assert!(rows.iter().all(|r| r["lossless"] == true));
     // Each confirmation row covers 2 rounds of 6 tokens.

@@ -729,12 +729,15 @@ mod simd512 {
 
     /// [`block`] for bf16 pairs, in groups of up to [`super::PAIR_GROUP`] rows: at
     /// half the instructions per multiply-add, 9-16 rows are still cheaper
-    /// in one pass over the weights than in two.
+    /// in one pass over the weights than in two. 9 rows take 3 panels (27
+    /// accumulators) like 8: with 2 they cost ~1.2x 8 rows, with 3 about the
+    /// same (100M layer products, three alternating runs: 7.2-8.0 against
+    /// 7.5-8.7 ms), which puts a 9-row verify at ~1.3x one row.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[rustfmt::skip]
     pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
         blocks!(j, tile, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3),
-            (9, 2), (10, 2), (11, 2), (12, 2), (13, 1), (14, 1), (15, 1), (16, 1)])
+            (9, 3), (10, 2), (11, 2), (12, 2), (13, 1), (14, 1), (15, 1), (16, 1)])
     }
 
     /// [`block_pairs`] without AVX512_BF16: each pair's two products by two

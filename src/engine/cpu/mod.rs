@@ -1,5 +1,6 @@
 //! The CPU engine: f32 compute over weights kept in their stored dtype.
 
+mod attention;
 mod huge;
 mod matmul;
 mod ops;
@@ -12,6 +13,7 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::model::Quantize;
 use crate::weights::{Tensor, WeightStore};
+use attention::CacheView;
 use rayon::prelude::*;
 
 struct LayerWeights {
@@ -165,140 +167,6 @@ impl CpuEngine {
             out.par_chunks_mut(group * hd).enumerate().for_each(unit);
         }
     }
-}
-
-/// One layer's K/V cache (`len x kvd`, position-major) as attention reads it.
-struct CacheView<'a> {
-    k: &'a [f32],
-    v: &'a [f32],
-    hd: usize,
-    /// Query heads per KV head.
-    group: usize,
-    kvd: usize,
-    scale: f32,
-    /// Position of the first new row.
-    pos0: usize,
-}
-
-impl CacheView<'_> {
-    /// Attention of row `r`'s query heads of KV head `kvh` (`qg`: `group x
-    /// hd`) into `o`. Each head's arithmetic (scores, softmax, weighted sum
-    /// in order of position) is the same whatever the batch, so results are
-    /// too; AVX2 only widens the vectors (Rust never fuses a multiply and an
-    /// add on its own), it changes no result (a unit test checks it).
-    fn attend(&self, qg: &[f32], r: usize, kvh: usize, o: &mut [f32]) {
-        let n = self.pos0 + r + 1;
-        scratch::with([self.group * n], |[scores]| {
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
-                return unsafe { self.attend_avx2(qg, n, kvh, o, scores) };
-            }
-            self.attend_lanes(qg, n, kvh, o, scores)
-        })
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn attend_avx2(
-        &self,
-        qg: &[f32],
-        n: usize,
-        kvh: usize,
-        o: &mut [f32],
-        scores: &mut [f32],
-    ) {
-        self.attend_lanes(qg, n, kvh, o, scores)
-    }
-
-    /// Over `n` positions, with `group x n` floats of scratch for the
-    /// scores. The group's heads go through each K row together: a row is
-    /// loaded once for all of them, and their dot products are independent
-    /// chains (a head's own arithmetic is unchanged).
-    #[inline(always)]
-    fn attend_lanes(&self, qg: &[f32], n: usize, kvh: usize, o: &mut [f32], scores: &mut [f32]) {
-        let (hd, group) = (self.hd, self.group);
-        // Where position t's vector for this KV head starts in K and V.
-        let at = |t: usize| t * self.kvd + kvh * hd;
-        for t in 0..n {
-            let kt = &self.k[at(t)..][..hd];
-            let mut g = 0;
-            while g < group {
-                let take = match group - g {
-                    1 => 1,
-                    2 | 3 => 2,
-                    _ => 4,
-                };
-                let qs = &qg[g * hd..(g + take) * hd];
-                let mut s = [0.0f32; 4];
-                match take {
-                    4 => s = dots::<4>(qs, kt),
-                    2 => s[..2].copy_from_slice(&dots::<2>(qs, kt)),
-                    _ => s[0] = dots::<1>(qs, kt)[0],
-                }
-                for (j, &v) in s[..take].iter().enumerate() {
-                    scores[(g + j) * n + t] = v * self.scale;
-                }
-                g += take;
-            }
-        }
-        // Head by head and 32 dimensions at a time, so the sums stay in
-        // registers across positions (each a sum over t in order from 0).
-        const BLOCK: usize = 32;
-        for (og, p) in o.chunks_exact_mut(hd).zip(scores.chunks_exact_mut(n)) {
-            crate::softmax::softmax_in_place(p);
-            let mut d0 = 0;
-            while d0 + BLOCK <= hd {
-                let mut acc = [0f32; BLOCK];
-                for (t, &pt) in p.iter().enumerate() {
-                    let vt = &self.v[at(t) + d0..][..BLOCK];
-                    for i in 0..BLOCK {
-                        acc[i] += pt * vt[i];
-                    }
-                }
-                og[d0..d0 + BLOCK].copy_from_slice(&acc);
-                d0 += BLOCK;
-            }
-            for (d, o) in og.iter_mut().enumerate().skip(d0) {
-                *o = p
-                    .iter()
-                    .enumerate()
-                    .fold(0.0, |a, (t, &pt)| a + pt * self.v[at(t) + d]);
-            }
-        }
-    }
-}
-
-/// `H` dot products of `k` with the `H` consecutive vectors of `qs`, as
-/// independent chains. Each is 8 lanes of multiplies then adds over k in
-/// order, the tail folded into the first lanes, then a fixed pairwise
-/// reduction: its bits depend on neither `H` nor the instruction set
-/// (attention scores; the order never depends on the batch).
-#[inline(always)]
-fn dots<const H: usize>(qs: &[f32], k: &[f32]) -> [f32; H] {
-    let hd = k.len();
-    let n = hd / 8 * 8;
-    let mut acc = [[0f32; 8]; H];
-    for c in (0..n).step_by(8) {
-        let kc = &k[c..c + 8];
-        for (h, a) in acc.iter_mut().enumerate() {
-            let qc = &qs[h * hd + c..h * hd + c + 8];
-            for i in 0..8 {
-                a[i] += qc[i] * kc[i];
-            }
-        }
-    }
-    // A plain loop: `array::from_fn` would not inline into the caller's
-    // instruction set.
-    let mut out = [0f32; H];
-    for (h, (o, a)) in out.iter_mut().zip(acc.iter_mut()).enumerate() {
-        for i in n..hd {
-            a[i - n] += qs[h * hd + i] * k[i];
-        }
-        let p = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
-        *o = (p[0] + p[2]) + (p[1] + p[3]);
-    }
-    out
 }
 
 /// The CPU engine's worker threads (`RAYON_NUM_THREADS`, default one per
@@ -472,59 +340,5 @@ impl Engine for CpuEngine {
     fn head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {
         out.resize((x.rows() - from) * self.cfg.vocab_size, 0.0);
         self.head_into(x, from, out);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dots;
-
-    /// One head's dot product by the definition the kernels keep: 8 lanes
-    /// over k in order, the tail in the first lanes, a pairwise reduction.
-    fn reference(q: &[f32], k: &[f32]) -> f32 {
-        let mut acc = [0f32; 8];
-        for (i, (a, b)) in q.iter().zip(k).enumerate() {
-            acc[i % 8] += a * b;
-        }
-        let p = [
-            acc[0] + acc[4],
-            acc[1] + acc[5],
-            acc[2] + acc[6],
-            acc[3] + acc[7],
-        ];
-        (p[0] + p[2]) + (p[1] + p[3])
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn dots4_avx2(qs: &[f32], k: &[f32]) -> [f32; 4] {
-        dots::<4>(qs, k)
-    }
-
-    #[test]
-    fn grouped_dots_equal_one_head_at_a_time_bit_for_bit() {
-        for hd in [1, 7, 8, 13, 64, 80, 127] {
-            let v = |seed: u32, n: usize| -> Vec<f32> {
-                (0..n as u32)
-                    .map(|i| {
-                        (((i.wrapping_mul(2654435761)) ^ seed).rotate_left(7) >> 8) as f32
-                            / 16777216.0
-                            - 0.5
-                    })
-                    .collect()
-            };
-            let (qs, k) = (v(1, 4 * hd), v(2, hd));
-            let want: Vec<u32> = qs.chunks(hd).map(|q| reference(q, &k).to_bits()).collect();
-            let got = dots::<4>(&qs, &k).map(f32::to_bits);
-            assert_eq!(got.to_vec(), want, "hd {hd}");
-            let two = dots::<2>(&qs[..2 * hd], &k).map(f32::to_bits);
-            assert_eq!(two.to_vec(), want[..2], "hd {hd}");
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
-                let wide = unsafe { dots4_avx2(&qs, &k) }.map(f32::to_bits);
-                assert_eq!(wide.to_vec(), want, "hd {hd}: AVX2");
-            }
-        }
     }
 }

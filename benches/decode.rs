@@ -5,10 +5,11 @@
 //!   LAYERSKIP_BENCH_MODEL=/tmp/rand100m cargo bench --bench decode
 //!   LAYERSKIP_BENCH_QUANTIZE=bf16 cargo bench --bench decode    # or int8
 //!   LAYERSKIP_BENCH_DEVICE=cuda cargo bench --bench decode      # the CUDA engine
+//!   LAYERSKIP_BENCH_KV=bf16 cargo bench --bench decode          # a bf16 K/V cache
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use layerskip::engine::Engine;
-use layerskip::{LoadOptions, Logits, Model, Quantize, Session};
+use layerskip::{KvDtype, LoadOptions, Logits, Model, Quantize, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,9 +28,14 @@ fn model() -> Arc<Model> {
                 .expect("LAYERSKIP_BENCH_DEVICE: cpu, cuda or cuda:N")
         })
         .unwrap_or_default();
+    let kv_dtype = match std::env::var("LAYERSKIP_BENCH_KV").as_deref() {
+        Ok("bf16") => KvDtype::Bf16,
+        _ => KvDtype::F32,
+    };
     let options = LoadOptions {
         quantize,
         device,
+        kv_dtype,
         ..Default::default()
     };
     Model::load_with(&dir, &options).unwrap_or_else(|e| panic!("{dir}: {e}"))

@@ -298,6 +298,23 @@ int main(int argc, char **argv) {
                     lsk_model_free(limited);
                 }
             }
+            /* A bf16 K/V cache: half the bytes per position against the budget;
+             * an unknown value is refused. */
+            lsk_model_options_default(&mo);
+            mo.kv_dtype = 7;
+            EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_model_load(argv[1], &mo, &none, &err_));
+            {
+                int32_t p[3] = {2, 3, 4};
+                lsk_generate_result gr;
+                mo.kv_dtype = LSK_KV_BF16;
+                EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
+                EXPECT(LSK_OK, lsk_session_new(limited, NULL, &a, &err_));
+                lsk_generate_result_init(&gr);
+                EXPECT(LSK_OK, lsk_session_generate(a, p, 3, NULL, NULL, NULL, &gr, &err_));
+                CHECK(gr.n_tokens >= 1);
+                lsk_session_free(a);
+                lsk_model_free(limited);
+            }
         }
     }
     CHECK(model != NULL);

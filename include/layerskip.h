@@ -167,6 +167,25 @@ typedef uint32_t lsk_quantize;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// `lsk_model_options.kv_dtype` values.
+enum lsk_kv_dtype
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // f32 K/V cache.
+  LSK_KV_F32 = 0,
+  // bf16 K/V cache: half the memory per position (CPU engine).
+  LSK_KV_BF16 = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum lsk_kv_dtype lsk_kv_dtype;
+#else
+typedef uint32_t lsk_kv_dtype;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // Why `lsk_session_generate` stopped.
 enum lsk_stop_reason
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -282,6 +301,9 @@ typedef struct lsk_model_options {
   // An `lsk_quantize` value (default `LSK_QUANTIZE_NONE`). Appended after
   // `kv_budget_bytes` (older callers get the default).
   uint32_t quantize;
+  // An `lsk_kv_dtype` value (default `LSK_KV_F32`; CPU only). Appended
+  // after `quantize` (older callers get the default).
+  uint32_t kv_dtype;
 } lsk_model_options;
 
 // What `lsk_model_info` reports. Set `struct_size` before the call.

@@ -28,6 +28,6 @@ pub use generate::{
     generate, step_all, ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Generation,
     Mode, OnToken, StopReason,
 };
-pub use model::{LoadOptions, Model, Quantize};
+pub use model::{KvDtype, LoadOptions, Model, Quantize};
 pub use sampling::SamplingParams;
 pub use session::{forward_batch, BatchItem, Logits, Probe, Session};

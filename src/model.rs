@@ -32,6 +32,20 @@ pub enum Quantize {
     Bf16,
 }
 
+/// How the K/V cache stores its elements (the CPU engine).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvDtype {
+    /// f32: the reference.
+    #[default]
+    F32,
+    /// bf16, rounded to nearest even as K and V are computed (transformers
+    /// keeps a bf16 model's cache the same way): half the memory per
+    /// position, so twice the context or sessions in a KV budget, and half
+    /// the bytes attention reads at long contexts. Attention arithmetic
+    /// stays f32.
+    Bf16,
+}
+
 /// Limits and choices a serving process sets when it loads a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -46,6 +60,8 @@ pub struct LoadOptions {
     pub quantize: Quantize,
     /// The engine: the CPU (default) or a CUDA GPU.
     pub device: Device,
+    /// K/V cache element type (CPU engine).
+    pub kv_dtype: KvDtype,
 }
 
 pub struct Model<E: Engine = Backend> {
@@ -100,12 +116,23 @@ impl Model<Backend> {
         let store = WeightStore::from_dir(dir)?;
         let dtype = store.dominant_dtype().unwrap_or(DType::F32);
         let engine = match options.device {
-            Device::Cpu => Backend::Cpu(CpuEngine::load(&config, &store, options.quantize)?),
+            Device::Cpu => Backend::Cpu(CpuEngine::load(
+                &config,
+                &store,
+                options.quantize,
+                options.kv_dtype,
+            )?),
             Device::Cuda(ordinal) => {
                 if options.quantize != Quantize::None {
                     return Err(Error::new(
                         ErrorKind::Unsupported,
                         "the CUDA engine keeps weights in their stored dtype; --quantize is CPU-only",
+                    ));
+                }
+                if options.kv_dtype != KvDtype::F32 {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "the CUDA engine keeps its K/V cache in f32; --kv-dtype is CPU-only",
                     ));
                 }
                 Backend::Cuda(CudaEngine::load(&config, &store, ordinal)?)

@@ -1,8 +1,12 @@
-//! Weight-only int8 and bf16 products: self-speculation stays lossless on the
-//! quantized model, and its predictions stay close to the unquantized model's
+//! Weight-only int8, bf16 products and a bf16 K/V cache: self-speculation
+//! stays lossless with each, and predictions stay close to the plain model's
 //! on Python code (the bundled model's domain).
 
-use layerskip::{generate, GenerateOptions, LoadOptions, Mode, Model, Quantize, Session};
+use layerskip::engine::Engine;
+use layerskip::{
+    generate, Device, ErrorKind, GenerateOptions, KvDtype, LoadOptions, Mode, Model, Quantize,
+    Session,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,16 +14,26 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn bundled(quantize: Quantize) -> Arc<Model> {
-    let options = LoadOptions {
-        quantize,
-        ..Default::default()
-    };
+fn bundled(options: LoadOptions) -> Arc<Model> {
     Model::load_with(root().join("assets/layerskip-pycode-8l"), &options).unwrap()
 }
 
-fn self_speculation_equals_full_depth(quantize: Quantize) {
-    let model = bundled(quantize);
+fn quantized(quantize: Quantize) -> LoadOptions {
+    LoadOptions {
+        quantize,
+        ..Default::default()
+    }
+}
+
+fn bf16_kv() -> LoadOptions {
+    LoadOptions {
+        kv_dtype: KvDtype::Bf16,
+        ..Default::default()
+    }
+}
+
+fn self_speculation_equals_full_depth(options: LoadOptions) {
+    let model = bundled(options);
     let l = model.num_layers();
     let prompt = model.encode_prompt("def fibonacci(n):").unwrap();
     let run = |mode| {
@@ -40,24 +54,29 @@ fn self_speculation_equals_full_depth(quantize: Quantize) {
         assert_eq!(
             run(Mode::SelfSpeculative { exit, draft_len }),
             full,
-            "{quantize:?} E={exit} d={draft_len}"
+            "{options:?} E={exit} d={draft_len}"
         );
     }
 }
 
 #[test]
 fn int8_self_speculation_equals_int8_full_depth() {
-    self_speculation_equals_full_depth(Quantize::Int8);
+    self_speculation_equals_full_depth(quantized(Quantize::Int8));
 }
 
 #[test]
 fn bf16_self_speculation_equals_bf16_full_depth() {
-    self_speculation_equals_full_depth(Quantize::Bf16);
+    self_speculation_equals_full_depth(quantized(Quantize::Bf16));
+}
+
+#[test]
+fn bf16_kv_self_speculation_equals_its_full_depth() {
+    self_speculation_equals_full_depth(bf16_kv());
 }
 
 /// Top-1 agreement with the unquantized model and the loss difference on
 /// Python code the model never saw in training: this repository's tools.
-fn predictions_stay_close(quantize: Quantize, min_agreement: f64, max_loss_diff: f64) {
+fn predictions_stay_close(options: LoadOptions, min_agreement: f64, max_loss_diff: f64) {
     let text = [
         "tools/make_fixtures.py",
         "tools/train/train.py",
@@ -66,10 +85,10 @@ fn predictions_stay_close(quantize: Quantize, min_agreement: f64, max_loss_diff:
     .iter()
     .map(|p| std::fs::read_to_string(root().join(p)).unwrap())
     .collect::<String>();
-    let plain = bundled(Quantize::None);
+    let plain = bundled(LoadOptions::default());
     let tokens = plain.tokenizer.encode(&text, false).unwrap();
     let base = layerskip::bench::evaluate(&plain, &tokens, 128, 24).unwrap();
-    let q = layerskip::bench::evaluate(&bundled(quantize), &tokens, 128, 24).unwrap();
+    let q = layerskip::bench::evaluate(&bundled(options), &tokens, 128, 24).unwrap();
     assert!(base.positions >= 1000, "{} positions", base.positions);
     let agree = q
         .argmax
@@ -79,7 +98,7 @@ fn predictions_stay_close(quantize: Quantize, min_agreement: f64, max_loss_diff:
         .count() as f64
         / base.positions as f64;
     println!(
-        "{quantize:?} vs unquantized on {} positions: top-1 agreement {:.2}%, perplexity {:.3} vs {:.3}",
+        "{options:?} vs plain on {} positions: top-1 agreement {:.2}%, perplexity {:.3} vs {:.3}",
         base.positions,
         100.0 * agree,
         q.perplexity,
@@ -96,10 +115,61 @@ fn predictions_stay_close(quantize: Quantize, min_agreement: f64, max_loss_diff:
 
 #[test]
 fn int8_predictions_stay_close_to_bf16_on_code() {
-    predictions_stay_close(Quantize::Int8, 0.97, 0.02);
+    predictions_stay_close(quantized(Quantize::Int8), 0.97, 0.02);
 }
 
 #[test]
 fn bf16_products_predictions_stay_close_to_f32_products_on_code() {
-    predictions_stay_close(Quantize::Bf16, 0.98, 0.01);
+    predictions_stay_close(quantized(Quantize::Bf16), 0.98, 0.01);
+}
+
+#[test]
+fn bf16_kv_predictions_stay_close_to_f32_kv_on_code_at_half_the_memory() {
+    predictions_stay_close(bf16_kv(), 0.98, 0.01);
+    let (plain, half) = (bundled(LoadOptions::default()), bundled(bf16_kv()));
+    assert_eq!(
+        2 * half.engine.kv_bytes_per_position(),
+        plain.engine.kv_bytes_per_position()
+    );
+    // The same K/V, rounded: the cache reads back within bf16's precision.
+    let prompt = plain.encode_prompt("import os\nimport sys\n").unwrap();
+    let (mut a, mut b) = (
+        Session::new(plain.clone(), 0).unwrap(),
+        Session::new(half.clone(), 0).unwrap(),
+    );
+    a.prefill(&prompt).unwrap();
+    b.prefill(&prompt).unwrap();
+    for l in 0..plain.num_layers() {
+        let (k32, v32) = plain.engine.read_kv(a.kv(), l, prompt.len());
+        let (k16, v16) = half.engine.read_kv(b.kv(), l, prompt.len());
+        if l == 0 {
+            // Layer 0 sees the same inputs: exactly the rounded f32 cache.
+            let round = |x: &[f32]| -> Vec<f32> {
+                x.iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f32())
+                    .collect()
+            };
+            assert_eq!(k16, round(&k32));
+            assert_eq!(v16, round(&v32));
+        }
+        for (x, y) in k32.iter().chain(&v32).zip(k16.iter().chain(&v16)) {
+            assert!(
+                (x - y).abs() <= 0.02 * x.abs().max(1.0),
+                "layer {l}: {x} vs {y}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bf16_kv_cache_on_the_gpu_is_a_clear_error() {
+    let options = LoadOptions {
+        device: Device::Cuda(0),
+        ..bf16_kv()
+    };
+    let Err(err) = Model::load_with(root().join("assets/layerskip-pycode-8l"), &options) else {
+        panic!("loaded a bf16 K/V cache onto the CUDA engine");
+    };
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("--kv-dtype"), "{err}");
 }

@@ -252,6 +252,8 @@ int main(int argc, char** argv) {
         else if (a == "--port") port = std::stoi(v);
         else if (a == "--quantize" && (v == "none" || v == "int8" || v == "bf16"))
             options.quantize = v == "int8" ? LSK_QUANTIZE_INT8 : v == "bf16" ? LSK_QUANTIZE_BF16 : LSK_QUANTIZE_NONE;
+        else if (a == "--kv-dtype" && (v == "f32" || v == "bf16"))
+            options.kv_dtype = v == "bf16" ? LSK_KV_BF16 : LSK_KV_F32;
         else if (a == "--device" && v == "cpu")
             options.device = LSK_DEVICE_CPU;
         else if (a == "--device" && (v == "cuda" || (v.size() > 5 && v.rfind("cuda:", 0) == 0 &&
@@ -259,7 +261,7 @@ int main(int argc, char** argv) {
             options.device = LSK_DEVICE_CUDA;
             options.device_index = v.size() > 5 && v[4] == ':' ? std::stoi(v.substr(5)) : 0;
         } else {
-            std::fprintf(stderr, "usage: layerskip-server [--model DIR] [--host H] [--port P] [--quantize none|int8|bf16] [--device cpu|cuda[:N]]\n");
+            std::fprintf(stderr, "usage: layerskip-server [--model DIR] [--host H] [--port P] [--quantize none|int8|bf16] [--kv-dtype f32|bf16] [--device cpu|cuda[:N]]\n");
             return 2;
         }
     }

@@ -77,6 +77,16 @@ struct ModelArgs {
     /// Where to run: `cpu`, `cuda` (GPU 0) or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     device: layerskip::Device,
+    /// K/V cache elements: `bf16` halves its memory and the bytes attention
+    /// reads (CPU engine).
+    #[arg(long, value_enum, default_value_t = KvDtypeArg::F32)]
+    kv_dtype: KvDtypeArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KvDtypeArg {
+    F32,
+    Bf16,
 }
 
 impl ModelArgs {
@@ -96,6 +106,10 @@ impl ModelArgs {
                 QuantizeArg::Bf16 => layerskip::Quantize::Bf16,
             },
             device: self.device,
+            kv_dtype: match self.kv_dtype {
+                KvDtypeArg::F32 => layerskip::KvDtype::F32,
+                KvDtypeArg::Bf16 => layerskip::KvDtype::Bf16,
+            },
             ..Default::default()
         };
         Model::load_with(self.model.clone().unwrap_or_else(default_model), &options)
@@ -472,6 +486,7 @@ fn run_eval(
             model: args.model.clone(),
             quantize: QuantizeArg::None,
             device: args.device,
+            kv_dtype: args.kv_dtype,
         }
         .load()?;
         let base = layerskip::bench::evaluate(&plain, &tokens, seq, windows)?;

@@ -49,11 +49,17 @@ pub extern "C" fn lsk_model_load(
             2 => crate::model::Quantize::Bf16,
             q => return Err(FfiError::invalid(format!("unknown quantize value {q}"))),
         };
+        let kv_dtype = match opts.kv_dtype {
+            0 => crate::model::KvDtype::F32,
+            1 => crate::model::KvDtype::Bf16,
+            k => return Err(FfiError::invalid(format!("unknown kv_dtype value {k}"))),
+        };
         let limits = crate::model::LoadOptions {
             max_context: opts.max_context as usize,
             kv_budget_bytes: opts.kv_budget_bytes,
             quantize,
             device,
+            kv_dtype,
         };
         let model = Model::load_with(path, &limits)?;
         let handle = Box::into_raw(Box::new(model)) as *mut lsk_model;

@@ -112,6 +112,9 @@ pub struct lsk_model_options {
     /// An `lsk_quantize` value (default `LSK_QUANTIZE_NONE`). Appended after
     /// `kv_budget_bytes` (older callers get the default).
     pub quantize: u32,
+    /// An `lsk_kv_dtype` value (default `LSK_KV_F32`; CPU only). Appended
+    /// after `quantize` (older callers get the default).
+    pub kv_dtype: u32,
 }
 versioned!(
     lsk_model_options,
@@ -122,6 +125,7 @@ versioned!(
         max_context: 0,
         kv_budget_bytes: 0,
         quantize: 0,
+        kv_dtype: 0,
     },
     // struct_size + device + device_index: the first version.
     16
@@ -268,6 +272,16 @@ pub enum lsk_quantize {
     /// bf16 matrix products: bf16 weights and inputs, f32 sums (fastest
     /// multi-row products on CPUs with AVX512_BF16).
     LSK_QUANTIZE_BF16 = 2,
+}
+
+/// `lsk_model_options.kv_dtype` values.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lsk_kv_dtype {
+    /// f32 K/V cache.
+    LSK_KV_F32 = 0,
+    /// bf16 K/V cache: half the memory per position (CPU engine).
+    LSK_KV_BF16 = 1,
 }
 
 /// Storage dtypes reported by `lsk_model_info`.

@@ -105,6 +105,7 @@ type LoadOptions struct {
 	MaxContext    uint32 // longest session context; 0 = the model's
 	KVBudgetBytes uint64 // KV-cache bytes all sessions may reserve; 0 = unlimited
 	Quantize      int    // QuantizeNone, QuantizeInt8 or QuantizeBf16
+	KVBf16        bool   // bf16 K/V cache: half the memory per position (CPU)
 	CUDA          bool   // run on a CUDA GPU (DeviceIndex) instead of the CPU
 	DeviceIndex   uint32 // GPU ordinal when CUDA is set
 }
@@ -123,6 +124,9 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	o.max_context = C.uint32_t(opt.MaxContext)
 	o.kv_budget_bytes = C.uint64_t(opt.KVBudgetBytes)
 	o.quantize = C.uint32_t(opt.Quantize)
+	if opt.KVBf16 {
+		o.kv_dtype = C.LSK_KV_BF16
+	}
 	if opt.CUDA {
 		o.device = C.LSK_DEVICE_CUDA
 		o.device_index = C.uint32_t(opt.DeviceIndex)

@@ -4,11 +4,58 @@
 //! which keeps batching and self-speculation bit-exact.
 
 use super::scratch;
+use half::bf16;
+
+/// An element of the K/V cache: f32, or bf16 (half the memory and the
+/// bytes read per position; widened exactly to f32 before any arithmetic,
+/// so the order of operations is the same for both).
+pub(crate) trait KvElem: Copy + Send + Sync + 'static {
+    fn f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+    /// Eight consecutive elements as f32 lanes.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl KvElem for bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    /// Round to nearest even (what transformers stores for a bf16 model).
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+}
 
 /// One layer's K/V cache (`len x kvd`, position-major) as attention reads it.
-pub(super) struct CacheView<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+pub(super) struct CacheView<'a, T: KvElem> {
+    pub k: &'a [T],
+    pub v: &'a [T],
     pub hd: usize,
     /// Query heads per KV head.
     pub group: usize,
@@ -18,7 +65,7 @@ pub(super) struct CacheView<'a> {
     pub pos0: usize,
 }
 
-impl CacheView<'_> {
+impl<T: KvElem> CacheView<'_, T> {
     /// Attention of row `r`'s query heads of KV head `kvh` (`qg`: `group x
     /// hd`) into `o`. Each head's arithmetic (scores, softmax, weighted sum
     /// in order of position) is the same whatever the batch, so results are
@@ -58,9 +105,9 @@ impl CacheView<'_> {
                 let qs = &qg[g * hd..(g + take) * hd];
                 let mut s = [0.0f32; 4];
                 match take {
-                    4 => s = dots::<4>(qs, kt),
-                    2 => s[..2].copy_from_slice(&dots::<2>(qs, kt)),
-                    _ => s[0] = dots::<1>(qs, kt)[0],
+                    4 => s = dots::<4, T>(qs, kt),
+                    2 => s[..2].copy_from_slice(&dots::<2, T>(qs, kt)),
+                    _ => s[0] = dots::<1, T>(qs, kt)[0],
                 }
                 for (j, &v) in s[..take].iter().enumerate() {
                     scores[(g + j) * n + t] = v * self.scale;
@@ -79,7 +126,7 @@ impl CacheView<'_> {
                 for (t, &pt) in p.iter().enumerate() {
                     let vt = &self.v[at(t) + d0..][..BLOCK];
                     for i in 0..BLOCK {
-                        acc[i] += pt * vt[i];
+                        acc[i] += pt * vt[i].f32();
                     }
                 }
                 og[d0..d0 + BLOCK].copy_from_slice(&acc);
@@ -89,7 +136,7 @@ impl CacheView<'_> {
                 *o = p
                     .iter()
                     .enumerate()
-                    .fold(0.0, |a, (t, &pt)| a + pt * self.v[at(t) + d]);
+                    .fold(0.0, |a, (t, &pt)| a + pt * self.v[at(t) + d].f32());
             }
         }
     }
@@ -101,7 +148,7 @@ impl CacheView<'_> {
 /// reduction: its bits depend on neither `H` nor the instruction set
 /// (attention scores; the order never depends on the batch).
 #[inline(always)]
-fn dots<const H: usize>(qs: &[f32], k: &[f32]) -> [f32; H] {
+fn dots<const H: usize, T: KvElem>(qs: &[f32], k: &[T]) -> [f32; H] {
     let hd = k.len();
     let n = hd / 8 * 8;
     let mut acc = [[0f32; 8]; H];
@@ -110,7 +157,7 @@ fn dots<const H: usize>(qs: &[f32], k: &[f32]) -> [f32; H] {
         for (h, a) in acc.iter_mut().enumerate() {
             let qc = &qs[h * hd + c..h * hd + c + 8];
             for i in 0..8 {
-                a[i] += qc[i] * kc[i];
+                a[i] += qc[i] * kc[i].f32();
             }
         }
     }
@@ -119,7 +166,7 @@ fn dots<const H: usize>(qs: &[f32], k: &[f32]) -> [f32; H] {
     let mut out = [0f32; H];
     for (h, (o, a)) in out.iter_mut().zip(acc.iter_mut()).enumerate() {
         for i in n..hd {
-            a[i - n] += qs[h * hd + i] * k[i];
+            a[i - n] += qs[h * hd + i] * k[i].f32();
         }
         let p = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
         *o = (p[0] + p[2]) + (p[1] + p[3]);
@@ -128,7 +175,7 @@ fn dots<const H: usize>(qs: &[f32], k: &[f32]) -> [f32; H] {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl CacheView<'_> {
+impl<T: KvElem> CacheView<'_, T> {
     /// [`CacheView::attend_lanes`] with explicit 8-lane vectors, bit for bit:
     /// each score is the same 8 lane sums over k in order and the same
     /// pairwise reduction, and each output element the same sum over
@@ -159,11 +206,11 @@ impl CacheView<'_> {
             let s = &mut scores[h * n..(h + 1) * n];
             let mut t = 0;
             while t + 8 <= n {
-                scores_block::<8>(q.as_ptr(), k.add(t * kvd), kvd, hd, self.scale, &mut s[t..]);
+                scores_block::<8, T>(q.as_ptr(), k.add(t * kvd), kvd, hd, self.scale, &mut s[t..]);
                 t += 8;
             }
             while t < n {
-                scores_block::<1>(q.as_ptr(), k.add(t * kvd), kvd, hd, self.scale, &mut s[t..]);
+                scores_block::<1, T>(q.as_ptr(), k.add(t * kvd), kvd, hd, self.scale, &mut s[t..]);
                 t += 1;
             }
         }
@@ -172,10 +219,10 @@ impl CacheView<'_> {
             let mut d = 0;
             while d < hd {
                 d += match (hd - d) / 8 {
-                    8.. => weighted_sum::<8>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
-                    4..=7 => weighted_sum::<4>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
-                    2 | 3 => weighted_sum::<2>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
-                    _ => weighted_sum::<1>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
+                    8.. => weighted_sum::<8, T>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
+                    4..=7 => weighted_sum::<4, T>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
+                    2 | 3 => weighted_sum::<2, T>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
+                    _ => weighted_sum::<1, T>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
                 };
             }
         }
@@ -187,9 +234,9 @@ impl CacheView<'_> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn scores_block<const T: usize>(
+unsafe fn scores_block<const T: usize, E: KvElem>(
     q: *const f32,
-    k: *const f32,
+    k: *const E,
     kvd: usize,
     hd: usize,
     scale: f32,
@@ -200,7 +247,7 @@ unsafe fn scores_block<const T: usize>(
     for c in (0..hd).step_by(8) {
         let qc = _mm256_loadu_ps(q.add(c));
         for (j, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_add_ps(*a, _mm256_mul_ps(qc, _mm256_loadu_ps(k.add(j * kvd + c))));
+            *a = _mm256_add_ps(*a, _mm256_mul_ps(qc, E::load8(k.add(j * kvd + c))));
         }
     }
     for (o, a) in out[..T].iter_mut().zip(acc) {
@@ -216,9 +263,9 @@ unsafe fn scores_block<const T: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn weighted_sum<const W: usize>(
+unsafe fn weighted_sum<const W: usize, E: KvElem>(
     p: &[f32],
-    v: *const f32,
+    v: *const E,
     kvd: usize,
     out: *mut f32,
 ) -> usize {
@@ -228,7 +275,7 @@ unsafe fn weighted_sum<const W: usize>(
         let pv = _mm256_set1_ps(pt);
         let vt = v.add(t * kvd);
         for (j, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, _mm256_loadu_ps(vt.add(8 * j))));
+            *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, E::load8(vt.add(8 * j))));
         }
     }
     for (j, a) in acc.iter().enumerate() {
@@ -260,7 +307,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn dots4_avx2(qs: &[f32], k: &[f32]) -> [f32; 4] {
-        dots::<4>(qs, k)
+        dots::<4, f32>(qs, k)
     }
 
     #[test]
@@ -277,9 +324,9 @@ mod tests {
             };
             let (qs, k) = (v(1, 4 * hd), v(2, hd));
             let want: Vec<u32> = qs.chunks(hd).map(|q| reference(q, &k).to_bits()).collect();
-            let got = dots::<4>(&qs, &k).map(f32::to_bits);
+            let got = dots::<4, f32>(&qs, &k).map(f32::to_bits);
             assert_eq!(got.to_vec(), want, "hd {hd}");
-            let two = dots::<2>(&qs[..2 * hd], &k).map(f32::to_bits);
+            let two = dots::<2, f32>(&qs[..2 * hd], &k).map(f32::to_bits);
             assert_eq!(two.to_vec(), want[..2], "hd {hd}");
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") {
@@ -290,50 +337,56 @@ mod tests {
         }
     }
 
+    /// `attend_avx2` against `attend_lanes` (the definition) on K/V of
+    /// element type `T`, for head shapes with and without whole 64-dim blocks.
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_matches_definition<T: KvElem>() {
+        let v = |seed: u32, n: usize| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| {
+                    (((i.wrapping_mul(2654435761)) ^ seed).rotate_left(11) >> 8) as f32 / 16777216.0
+                        - 0.5
+                })
+                .collect()
+        };
+        let elems = |x: Vec<f32>| -> Vec<T> { x.into_iter().map(T::from_f32).collect() };
+        for (hd, group, kv_heads) in [(64, 3, 4), (128, 4, 2), (8, 1, 1), (24, 2, 3), (80, 2, 1)] {
+            let kvd = hd * kv_heads;
+            for n in [1, 7, 8, 9, 17, 70] {
+                let (k, vv) = (elems(v(3, n * kvd)), elems(v(4, n * kvd)));
+                let view = CacheView {
+                    k: &k,
+                    v: &vv,
+                    hd,
+                    group,
+                    kvd,
+                    scale: 0.125,
+                    pos0: n - 1,
+                };
+                let qg = v(5, group * hd);
+                for kvh in 0..kv_heads {
+                    let (mut want, mut got) = (vec![0f32; group * hd], vec![0f32; group * hd]);
+                    let mut s = vec![0f32; group * n];
+                    view.attend_lanes(&qg, n, kvh, &mut want, &mut s);
+                    // SAFETY: the caller checked AVX2; hd is a multiple of 8.
+                    unsafe { view.attend_avx2(&qg, n, kvh, &mut got, &mut s) };
+                    let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "hd {hd} group {group} n {n} kvh {kvh}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_avx2_kernel_equals_the_definition_bit_for_bit() {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") {
-            let v = |seed: u32, n: usize| -> Vec<f32> {
-                (0..n as u32)
-                    .map(|i| {
-                        (((i.wrapping_mul(2654435761)) ^ seed).rotate_left(11) >> 8) as f32
-                            / 16777216.0
-                            - 0.5
-                    })
-                    .collect()
-            };
-            for (hd, group, kv_heads) in
-                [(64, 3, 4), (128, 4, 2), (8, 1, 1), (24, 2, 3), (80, 2, 1)]
-            {
-                let kvd = hd * kv_heads;
-                for n in [1, 7, 8, 9, 17, 70] {
-                    let (k, vv) = (v(3, n * kvd), v(4, n * kvd));
-                    let view = CacheView {
-                        k: &k,
-                        v: &vv,
-                        hd,
-                        group,
-                        kvd,
-                        scale: 0.125,
-                        pos0: n - 1,
-                    };
-                    let qg = v(5, group * hd);
-                    for kvh in 0..kv_heads {
-                        let (mut want, mut got) = (vec![0f32; group * hd], vec![0f32; group * hd]);
-                        let mut s = vec![0f32; group * n];
-                        view.attend_lanes(&qg, n, kvh, &mut want, &mut s);
-                        // SAFETY: the CPU has AVX2; hd is a multiple of 8.
-                        unsafe { view.attend_avx2(&qg, n, kvh, &mut got, &mut s) };
-                        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(
-                            bits(&got),
-                            bits(&want),
-                            "hd {hd} group {group} n {n} kvh {kvh}"
-                        );
-                    }
-                }
-            }
+            avx2_matches_definition::<f32>();
+            avx2_matches_definition::<half::bf16>();
         } else {
             println!("skipped: this CPU has no AVX2");
         }

@@ -2,6 +2,7 @@
 
 mod attention;
 mod huge;
+mod kv;
 mod matmul;
 mod ops;
 mod scratch;
@@ -11,9 +12,10 @@ pub use matmul::{kernel_name, matmul, matmul_many, Mat};
 use super::{rope, Engine, Rows, Segment};
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::model::Quantize;
+use crate::model::{KvDtype, Quantize};
 use crate::weights::{Tensor, WeightStore};
-use attention::CacheView;
+use attention::{CacheView, KvElem};
+pub use kv::{CpuKv, KvRows};
 use rayon::prelude::*;
 
 struct LayerWeights {
@@ -35,6 +37,7 @@ pub struct CpuEngine {
     norm: Vec<f32>,
     layers: Vec<LayerWeights>,
     inv_freq: Vec<f32>,
+    kv_dtype: KvDtype,
 }
 
 /// Host activations: `rows x hidden` f32, row-major.
@@ -67,15 +70,13 @@ impl Rows for HostActs {
     }
 }
 
-/// Per-layer K/V, position-major (`len x kv_dim`), so appending and truncating
-/// are plain length changes.
-pub struct CpuKv {
-    pub k: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
-}
-
 impl CpuEngine {
-    pub fn load(cfg: &ModelConfig, store: &WeightStore, quantize: Quantize) -> Result<Self> {
+    pub fn load(
+        cfg: &ModelConfig,
+        store: &WeightStore,
+        quantize: Quantize,
+        kv_dtype: KvDtype,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let (qd, kvd, inter) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat> {
@@ -117,6 +118,7 @@ impl CpuEngine {
             norm: vec("model.norm.weight")?,
             layers,
             inv_freq: rope::inv_freq(cfg),
+            kv_dtype,
         })
     }
 
@@ -138,7 +140,7 @@ impl CpuEngine {
 
     /// Causal attention of `rows` new queries (positions `pos0..`) over the
     /// layer's cache, which already holds their own K/V.
-    fn attention(&self, q: &[f32], k: &[f32], v: &[f32], pos0: usize, out: &mut [f32]) {
+    fn attention<T: KvElem>(&self, q: &[f32], k: &[T], v: &[T], pos0: usize, out: &mut [f32]) {
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
         let group = nh / nkv;
@@ -220,16 +222,16 @@ impl Engine for CpuEngine {
     }
 
     fn kv_bytes_per_position(&self) -> usize {
-        // K and V, f32, every layer.
-        2 * self.cfg.num_layers * self.cfg.kv_dim() * std::mem::size_of::<f32>()
+        let elem = match self.kv_dtype {
+            KvDtype::F32 => 4,
+            KvDtype::Bf16 => 2,
+        };
+        // K and V, every layer.
+        2 * self.cfg.num_layers * self.cfg.kv_dim() * elem
     }
 
     fn new_kv(&self, _capacity: usize) -> CpuKv {
-        let n = self.cfg.num_layers;
-        CpuKv {
-            k: vec![Vec::new(); n],
-            v: vec![Vec::new(); n],
-        }
+        CpuKv::new(self.cfg.num_layers, self.kv_dtype)
     }
 
     fn truncate_kv(&self, kv: &mut CpuKv, layer: usize, len: usize) {
@@ -240,7 +242,7 @@ impl Engine for CpuEngine {
 
     fn read_kv(&self, kv: &CpuKv, layer: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
         let n = len * self.cfg.kv_dim();
-        (kv.k[layer][..n].to_vec(), kv.v[layer][..n].to_vec())
+        (kv.k[layer].to_f32(n), kv.v[layer].to_f32(n))
     }
 
     fn embed(&self, tokens: &[u32]) -> HostActs {
@@ -289,15 +291,17 @@ impl Engine for CpuEngine {
                     rope::apply(&mut q[r * qd..(r + 1) * qd], hd, pos, &self.inv_freq);
                     rope::apply(&mut k[r * kvd..(r + 1) * kvd], hd, pos, &self.inv_freq);
                 }
-                seg.kv.k[layer].extend_from_slice(&k[r0 * kvd..(r0 + n) * kvd]);
-                seg.kv.v[layer].extend_from_slice(&v[r0 * kvd..(r0 + n) * kvd]);
-                self.attention(
+                seg.kv.k[layer].extend(&k[r0 * kvd..(r0 + n) * kvd]);
+                seg.kv.v[layer].extend(&v[r0 * kvd..(r0 + n) * kvd]);
+                let (q, out) = (
                     &q[r0 * qd..(r0 + n) * qd],
-                    &seg.kv.k[layer],
-                    &seg.kv.v[layer],
-                    pos0,
                     &mut attn[r0 * qd..(r0 + n) * qd],
                 );
+                match (&seg.kv.k[layer], &seg.kv.v[layer]) {
+                    (KvRows::F32(k), KvRows::F32(v)) => self.attention(q, k, v, pos0, out),
+                    (KvRows::Bf16(k), KvRows::Bf16(v)) => self.attention(q, k, v, pos0, out),
+                    _ => unreachable!("K and V share one element type"),
+                }
                 r0 += n;
             }
             matmul(attn, rows, &w.o, o);

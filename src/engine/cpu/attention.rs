@@ -83,11 +83,11 @@ impl<T: KvElem> CacheView<'_, T> {
         })
     }
 
-    /// Over `n` positions, with `group x n` floats of scratch for the
-    /// scores. The group's heads go through each K row together: a row is
-    /// loaded once for all of them, and their dot products are independent
-    /// chains (a head's own arithmetic is unchanged).
-    /// The definition (and the kernel where AVX2 is missing).
+    /// The definition (and the kernel where AVX2 is missing), over `n`
+    /// positions, with `group x n` floats of scratch for the scores. The
+    /// group's heads go through each K row together: a row is loaded once
+    /// for all of them, and their dot products are independent chains (a
+    /// head's own arithmetic is unchanged).
     #[inline(always)]
     fn attend_lanes(&self, qg: &[f32], n: usize, kvh: usize, o: &mut [f32], scores: &mut [f32]) {
         let (hd, group) = (self.hd, self.group);

@@ -1,75 +1,94 @@
 //! The CPU engine's K/V cache: per layer, position-major (`len x kv_dim`),
 //! so appending and truncating are plain length changes. Elements are f32
-//! or bf16 ([`crate::KvDtype`]).
+//! or bf16 ([`crate::KvDtype`]); a layer's K and V share one type.
 
 use super::attention::KvElem;
 use crate::model::KvDtype;
 use half::bf16;
 
-/// One layer's K or V rows.
-pub enum KvRows {
-    F32(Vec<f32>),
-    Bf16(Vec<bf16>),
+/// One layer's K and V rows.
+pub(crate) struct KvPair<T> {
+    pub k: Vec<T>,
+    pub v: Vec<T>,
 }
 
-impl KvRows {
-    pub fn new(dtype: KvDtype) -> Self {
+impl<T: KvElem> KvPair<T> {
+    fn truncate(&mut self, len: usize) {
+        self.k.truncate(len);
+        self.v.truncate(len);
+    }
+
+    /// Appends rows of K and V, rounded to the element type.
+    fn extend(&mut self, k: &[f32], v: &[f32]) {
+        self.k.extend(k.iter().map(|&x| T::from_f32(x)));
+        self.v.extend(v.iter().map(|&x| T::from_f32(x)));
+    }
+
+    /// The first `len` elements of K and V as f32.
+    fn to_f32(&self, len: usize) -> (Vec<f32>, Vec<f32>) {
+        let widen = |x: &[T]| x[..len].iter().map(|e| e.f32()).collect();
+        (widen(&self.k), widen(&self.v))
+    }
+}
+
+/// One layer's cache in its element type.
+pub(crate) enum KvLayer {
+    F32(KvPair<f32>),
+    Bf16(KvPair<bf16>),
+}
+
+/// Runs `$body` with `$p` bound to the layer's [`KvPair`], whatever its type.
+macro_rules! with_pair {
+    ($layer:expr, $p:ident => $body:expr) => {
+        match $layer {
+            $crate::engine::cpu::kv::KvLayer::F32($p) => $body,
+            $crate::engine::cpu::kv::KvLayer::Bf16($p) => $body,
+        }
+    };
+}
+pub(super) use with_pair;
+
+impl KvLayer {
+    fn new(dtype: KvDtype) -> Self {
         match dtype {
-            KvDtype::F32 => KvRows::F32(Vec::new()),
-            KvDtype::Bf16 => KvRows::Bf16(Vec::new()),
+            KvDtype::F32 => KvLayer::F32(KvPair {
+                k: Vec::new(),
+                v: Vec::new(),
+            }),
+            KvDtype::Bf16 => KvLayer::Bf16(KvPair {
+                k: Vec::new(),
+                v: Vec::new(),
+            }),
         }
     }
 
-    /// Elements held.
+    /// Elements of K held (V holds as many).
     pub fn len(&self) -> usize {
-        match self {
-            KvRows::F32(v) => v.len(),
-            KvRows::Bf16(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        with_pair!(self, p => p.k.len())
     }
 
     pub fn truncate(&mut self, len: usize) {
-        match self {
-            KvRows::F32(v) => v.truncate(len),
-            KvRows::Bf16(v) => v.truncate(len),
-        }
+        with_pair!(self, p => p.truncate(len))
     }
 
-    /// Appends `rows`, rounded to the cache's element type.
-    pub fn extend(&mut self, rows: &[f32]) {
-        fn push<T: KvElem>(v: &mut Vec<T>, rows: &[f32]) {
-            v.extend(rows.iter().map(|&x| T::from_f32(x)));
-        }
-        match self {
-            KvRows::F32(v) => v.extend_from_slice(rows),
-            KvRows::Bf16(v) => push(v, rows),
-        }
+    pub fn extend(&mut self, k: &[f32], v: &[f32]) {
+        with_pair!(self, p => p.extend(k, v))
     }
 
-    /// The first `len` elements as f32.
-    pub fn to_f32(&self, len: usize) -> Vec<f32> {
-        match self {
-            KvRows::F32(v) => v[..len].to_vec(),
-            KvRows::Bf16(v) => v[..len].iter().map(|x| x.f32()).collect(),
-        }
+    pub fn to_f32(&self, len: usize) -> (Vec<f32>, Vec<f32>) {
+        with_pair!(self, p => p.to_f32(len))
     }
 }
 
 /// Every layer's K and V.
 pub struct CpuKv {
-    pub k: Vec<KvRows>,
-    pub v: Vec<KvRows>,
+    pub(crate) layers: Vec<KvLayer>,
 }
 
 impl CpuKv {
     pub fn new(layers: usize, dtype: KvDtype) -> Self {
         CpuKv {
-            k: (0..layers).map(|_| KvRows::new(dtype)).collect(),
-            v: (0..layers).map(|_| KvRows::new(dtype)).collect(),
+            layers: (0..layers).map(|_| KvLayer::new(dtype)).collect(),
         }
     }
 }

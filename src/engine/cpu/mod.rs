@@ -15,7 +15,8 @@ use crate::error::Result;
 use crate::model::{KvDtype, Quantize};
 use crate::weights::{Tensor, WeightStore};
 use attention::{CacheView, KvElem};
-pub use kv::{CpuKv, KvRows};
+use kv::with_pair;
+pub use kv::CpuKv;
 use rayon::prelude::*;
 
 struct LayerWeights {
@@ -236,13 +237,12 @@ impl Engine for CpuEngine {
 
     fn truncate_kv(&self, kv: &mut CpuKv, layer: usize, len: usize) {
         let kvd = self.cfg.kv_dim();
-        kv.k[layer].truncate(len * kvd);
-        kv.v[layer].truncate(len * kvd);
+        kv.layers[layer].truncate(len * kvd);
     }
 
     fn read_kv(&self, kv: &CpuKv, layer: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
         let n = len * self.cfg.kv_dim();
-        (kv.k[layer].to_f32(n), kv.v[layer].to_f32(n))
+        kv.layers[layer].to_f32(n)
     }
 
     fn embed(&self, tokens: &[u32]) -> HostActs {
@@ -285,23 +285,20 @@ impl Engine for CpuEngine {
             let mut r0 = 0;
             for seg in segments.iter_mut() {
                 let (n, pos0) = (seg.rows, seg.pos0);
-                debug_assert_eq!(seg.kv.k[layer].len(), pos0 * kvd);
+                debug_assert_eq!(seg.kv.layers[layer].len(), pos0 * kvd);
                 for r in r0..r0 + n {
                     let pos = pos0 + r - r0;
                     rope::apply(&mut q[r * qd..(r + 1) * qd], hd, pos, &self.inv_freq);
                     rope::apply(&mut k[r * kvd..(r + 1) * kvd], hd, pos, &self.inv_freq);
                 }
-                seg.kv.k[layer].extend(&k[r0 * kvd..(r0 + n) * kvd]);
-                seg.kv.v[layer].extend(&v[r0 * kvd..(r0 + n) * kvd]);
+                let rows = r0 * kvd..(r0 + n) * kvd;
+                let cache = &mut seg.kv.layers[layer];
+                cache.extend(&k[rows.clone()], &v[rows]);
                 let (q, out) = (
                     &q[r0 * qd..(r0 + n) * qd],
                     &mut attn[r0 * qd..(r0 + n) * qd],
                 );
-                match (&seg.kv.k[layer], &seg.kv.v[layer]) {
-                    (KvRows::F32(k), KvRows::F32(v)) => self.attention(q, k, v, pos0, out),
-                    (KvRows::Bf16(k), KvRows::Bf16(v)) => self.attention(q, k, v, pos0, out),
-                    _ => unreachable!("K and V share one element type"),
-                }
+                with_pair!(&*cache, p => self.attention(q, &p.k, &p.v, pos0, out));
                 r0 += n;
             }
             matmul(attn, rows, &w.o, o);

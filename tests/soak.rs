@@ -131,7 +131,11 @@ fn soak_many_sessions_many_threads() {
                 let mut sessions: Vec<Option<Session>> = (0..SESSIONS_PER_THREAD)
                     .map(|_| Some(Session::new(model.clone(), CONTEXT).unwrap()))
                     .collect();
-                barrier.wait(); // all 64 sessions exist
+                // All 64 sessions exist; then recreating sessions waits for
+                // the over-budget check below (a slot freed meanwhile would
+                // let that session through).
+                barrier.wait();
+                barrier.wait();
                 let mut k = t;
                 loop {
                     let n = done.fetch_add(1, Ordering::Relaxed);
@@ -157,6 +161,7 @@ fn soak_many_sessions_many_threads() {
             .err()
             .expect("over budget");
         assert_eq!(err.kind(), layerskip::ErrorKind::ResourceLimit, "{err}");
+        barrier.wait();
         // Start measuring once every cache has had time to reach its size.
         while done.load(Ordering::Relaxed) < generations / 4 {
             std::thread::sleep(std::time::Duration::from_millis(1));

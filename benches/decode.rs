@@ -83,7 +83,7 @@ fn benches(c: &mut Criterion) {
 
     // The deep part of a verify: layers E..L plus the head on `rows` pending rows.
     let mut g = c.benchmark_group("verify_deep_pass");
-    for rows in [1usize, 2, 3, 5, 7, 9] {
+    for rows in [1usize, 2, 3, 5, 6, 7, 8, 9] {
         g.bench_with_input(BenchmarkId::from_parameter(rows), &rows, |b, &rows| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

@@ -2,8 +2,9 @@
 //! their stored dtype (f32/bf16/f16), converted in registers.
 //!
 //! Weights are repacked at load into panels of [`PANEL`] output rows stored
-//! k-major (`panel[k][0..16]`), so one vector load gives sixteen outputs' weights
-//! for one k and each broadcast input value feeds them all. Every output is a
+//! k-major (`panel[k][0..16]`; bf16 as [`Bf16Pair`]s, two k per element), so
+//! one vector load gives sixteen outputs' weights for one k (or two) and each
+//! broadcast input value feeds them all. Every output is a
 //! single fused multiply-add chain over k in order: a row's result does not
 //! depend on how many rows share the call, how outputs are tiled, how the work
 //! is split across threads, or which instruction set ran it (the portable path
@@ -18,46 +19,50 @@ use rayon::prelude::*;
 /// Outputs per panel: two 8-lane f32 vectors.
 pub const PANEL: usize = 16;
 
-/// Weight element types the kernels read.
+/// Weight element types the kernels read. An element holds `STEPS`
+/// consecutive k of one output (in its low bits first).
 pub(crate) trait Weight: Plain + Default {
-    fn f32(self) -> f32;
-    /// Where output `o` (0..16) of a panel sits within its 16 elements for one
-    /// k: bf16 interleaves outputs 0..8 with 8..16 so that a shift and a mask
-    /// of one 256-bit load yield both halves without a cross-lane shuffle.
-    #[inline(always)]
-    fn slot(o: usize) -> usize {
-        o
-    }
+    const STEPS: usize = 1;
+    /// The weight of step `s` (0..STEPS).
+    fn at(self, s: usize) -> f32;
 }
 impl Weight for f32 {
     #[inline(always)]
-    fn f32(self) -> f32 {
+    fn at(self, _: usize) -> f32 {
         self
     }
 }
-impl Weight for bf16 {
+/// Two bf16 weights of one output, `W[o][2e]` in the low half and
+/// `W[o][2e + 1]` in the high half: one 512-bit load then holds sixteen
+/// outputs at two k, and a shift and a mask turn them into f32 lanes without
+/// a shuffle (widening each k on its own took a shuffle and a shift per
+/// sixteen weights, which competed with the FMAs: 1-4 row products in cache
+/// ran 1.1-1.4x slower).
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+pub(crate) struct Bf16Pair(u32);
+// SAFETY: a plain u32.
+unsafe impl Plain for Bf16Pair {}
+impl Weight for Bf16Pair {
+    const STEPS: usize = 2;
     #[inline(always)]
-    fn f32(self) -> f32 {
-        f32::from_bits((self.to_bits() as u32) << 16)
-    }
-    #[inline(always)]
-    fn slot(o: usize) -> usize {
-        if o < 8 {
-            2 * o
+    fn at(self, s: usize) -> f32 {
+        f32::from_bits(if s == 0 {
+            self.0 << 16
         } else {
-            2 * (o - 8) + 1
-        }
+            self.0 & 0xFFFF_0000
+        })
     }
 }
 impl Weight for f16 {
     #[inline(always)]
-    fn f32(self) -> f32 {
+    fn at(self, _: usize) -> f32 {
         self.to_f32()
     }
 }
 impl Weight for i8 {
     #[inline(always)]
-    fn f32(self) -> f32 {
+    fn at(self, _: usize) -> f32 {
         self as f32
     }
 }
@@ -67,7 +72,7 @@ impl Weight for i8 {
 /// Panels live in [`HugeBuf`]s: decoding streams them once per token.
 enum Packed {
     F32(HugeBuf<f32>),
-    BF16(HugeBuf<bf16>),
+    BF16(HugeBuf<Bf16Pair>),
     F16(HugeBuf<f16>),
     /// Weight-only int8: `W[j][k] ≈ q[j][k] * scale[j]`.
     I8 {
@@ -87,19 +92,36 @@ pub struct Mat {
     pub cols: usize,
 }
 
-fn pack<W: Weight>(w: &[W], rows: usize, cols: usize) -> HugeBuf<W> {
-    let mut out = HugeBuf::zeroed(rows.div_ceil(PANEL) * PANEL * cols);
-    out.par_chunks_mut(PANEL * cols)
+/// Panels of a `rows`-output matrix whose output `j` is `elems` elements
+/// `elem(j, e)`: `panel[e * PANEL + o]`.
+fn pack_panels<W: Plain + Default>(
+    rows: usize,
+    elems: usize,
+    elem: impl Fn(usize, usize) -> W + Sync,
+) -> HugeBuf<W> {
+    let mut out = HugeBuf::zeroed(rows.div_ceil(PANEL) * PANEL * elems);
+    out.par_chunks_mut(PANEL * elems)
         .enumerate()
         .for_each(|(p, panel)| {
             for o in 0..PANEL.min(rows - p * PANEL) {
-                let src = &w[(p * PANEL + o) * cols..][..cols];
-                for (k, &v) in src.iter().enumerate() {
-                    panel[k * PANEL + W::slot(o)] = v;
+                for e in 0..elems {
+                    panel[e * PANEL + o] = elem(p * PANEL + o, e);
                 }
             }
         });
     out
+}
+
+fn pack<W: Weight>(w: &[W], rows: usize, cols: usize) -> HugeBuf<W> {
+    pack_panels(rows, cols, |j, k| w[j * cols + k])
+}
+
+/// bf16 weights as [`Bf16Pair`]s (an odd last column pairs with zero).
+fn pack_bf16(w: &[bf16], rows: usize, cols: usize) -> HugeBuf<Bf16Pair> {
+    pack_panels(rows, cols.div_ceil(2), |j, e| {
+        let half = |k: usize| (k < cols).then(|| w[j * cols + k].to_bits() as u32);
+        Bf16Pair(half(2 * e).unwrap_or(0) | half(2 * e + 1).unwrap_or(0) << 16)
+    })
 }
 
 /// Two values rounded to bf16 (round to nearest even) in one word: the first
@@ -112,19 +134,9 @@ fn bf16_pair(v: &[f32]) -> u32 {
 
 /// [`Packed::Bf16Pairs`] panels of a row-major f32 matrix.
 fn pack_pairs(w: &[f32], rows: usize, cols: usize) -> HugeBuf<u32> {
-    let kps = cols.div_ceil(2);
-    let mut out = HugeBuf::zeroed(rows.div_ceil(PANEL) * PANEL * kps);
-    out.par_chunks_mut(PANEL * kps)
-        .enumerate()
-        .for_each(|(p, panel)| {
-            for o in 0..PANEL.min(rows - p * PANEL) {
-                let src = &w[(p * PANEL + o) * cols..][..cols];
-                for (kp, pair) in src.chunks(2).enumerate() {
-                    panel[kp * PANEL + o] = bf16_pair(pair);
-                }
-            }
-        });
-    out
+    pack_panels(rows, cols.div_ceil(2), |j, kp| {
+        bf16_pair(&w[j * cols..(j + 1) * cols][2 * kp..(2 * kp + 2).min(cols)])
+    })
 }
 
 /// Symmetric int8 per output row: `scale = max|w| / 127`, `q = round(w / scale)`.
@@ -180,7 +192,7 @@ impl Mat {
         let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
         let packed = match tensor.data() {
             TensorData::F32(w) => Packed::F32(pack(w, rows, cols)),
-            TensorData::BF16(w) => Packed::BF16(pack(w, rows, cols)),
+            TensorData::BF16(w) => Packed::BF16(pack_bf16(w, rows, cols)),
             TensorData::F16(w) => Packed::F16(pack(w, rows, cols)),
         };
         Mat { packed, rows, cols }
@@ -195,7 +207,7 @@ impl Mat {
     pub fn bytes(&self) -> usize {
         match &self.packed {
             Packed::F32(w) => w.len() * 4,
-            Packed::BF16(w) => w.len() * 2,
+            Packed::BF16(w) => w.len() * 4,
             Packed::F16(w) => w.len() * 2,
             Packed::I8 { q, scale } => q.len() + scale.len() * 4,
             Packed::Bf16Pairs(w) => w.len() * 4,
@@ -242,13 +254,12 @@ impl<W, X> Job<'_, W, X> {
         }
     }
 
-    /// Writes row `r`'s finished sums of panel `p`, held in storage order
-    /// (output `o` at `slot(o)`).
+    /// Writes row `r`'s finished sums of panel `p`.
     #[inline(always)]
-    fn store(&self, r: usize, p: usize, acc: &[f32; PANEL], slot: impl Fn(usize) -> usize) {
+    fn store(&self, r: usize, p: usize, acc: &[f32; PANEL]) {
         let j0 = p * PANEL;
-        for o in 0..PANEL.min(self.n_out - j0) {
-            let v = self.finish(j0 + o, acc[slot(o)]);
+        for (o, &sum) in acc.iter().enumerate().take(self.n_out - j0) {
+            let v = self.finish(j0 + o, sum);
             // SAFETY: each (r, output) is written by exactly one task; out has rows*n_out elements.
             unsafe { *self.out.0.add(r * self.n_out + j0 + o) = v };
         }
@@ -291,38 +302,47 @@ fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, group: usize) -> Vec<u32>
     out
 }
 
-/// Portable kernel: `step(acc, w, x)` adds one k step (a panel's weights
-/// `w` times input `x`) to a row's sixteen sums, in the same order as the
-/// SIMD kernels, so results are identical on every machine.
-fn portable<W, X: Copy>(
+/// Portable kernel: `step(acc, w, s, x)` adds step `s` of a panel's
+/// elements `w` (one k; see [`Weight::STEPS`]) times input `x` to a row's
+/// sixteen sums, in the same order as the SIMD kernels, so results are
+/// identical on every machine.
+fn portable<W, X: Copy, const STEPS: usize>(
     j: &Job<W, X>,
     panels: std::ops::Range<usize>,
-    step: impl Fn(&mut [f32; PANEL], &[W], X),
+    step: impl Fn(&mut [f32; PANEL], &[W], usize, X),
 ) {
+    let elems = j.cols.div_ceil(STEPS);
     for p in panels {
-        let pw = &j.w[p * PANEL * j.cols..][..PANEL * j.cols];
+        let pw = &j.w[p * PANEL * elems..][..PANEL * elems];
         for (r0, rr) in groups(j.rows, j.group) {
             for r in r0..r0 + rr {
                 let mut acc = [0f32; PANEL];
                 for k in 0..j.cols {
                     step(
                         &mut acc,
-                        &pw[k * PANEL..][..PANEL],
+                        &pw[k / STEPS * PANEL..][..PANEL],
+                        k % STEPS,
                         j.x[r0 * j.cols + k * rr + r - r0],
                     );
                 }
-                j.store(r, p, &acc, |o| o);
+                j.store(r, p, &acc);
             }
         }
     }
 }
 
 fn block_portable<W: Weight>(j: &Job<W>, panels: std::ops::Range<usize>) {
-    portable(j, panels, |acc, w, x| {
-        for (o, a) in acc.iter_mut().enumerate() {
-            *a = w[W::slot(o)].f32().mul_add(x, *a);
-        }
-    });
+    fn run<W: Weight, const STEPS: usize>(j: &Job<W>, panels: std::ops::Range<usize>) {
+        portable::<W, f32, STEPS>(j, panels, |acc, w, s, x| {
+            for (a, &w) in acc.iter_mut().zip(w) {
+                *a = w.at(s).mul_add(x, *a);
+            }
+        });
+    }
+    match W::STEPS {
+        1 => run::<W, 1>(j, panels),
+        _ => run::<W, 2>(j, panels),
+    }
 }
 
 /// Portable bf16-pair kernel, bit-identical to `VDPBF16PS`: per pair, the
@@ -331,7 +351,7 @@ fn block_portable<W: Weight>(j: &Job<W>, panels: std::ops::Range<usize>) {
 fn block_portable_pairs(j: &Job<u32, u32>, panels: std::ops::Range<usize>) {
     let hi = |v: u32| f32::from_bits(v & 0xFFFF_0000);
     let lo = |v: u32| f32::from_bits(v << 16);
-    portable(j, panels, |acc, w, x| {
+    portable::<u32, u32, 1>(j, panels, |acc, w, _, x| {
         for (a, &wv) in acc.iter_mut().zip(w) {
             *a = hi(wv).mul_add(hi(x), *a);
             *a = lo(wv).mul_add(lo(x), *a);
@@ -342,33 +362,41 @@ fn block_portable_pairs(j: &Job<u32, u32>, panels: std::ops::Range<usize>) {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     //! AVX2 + FMA + F16C tiles of R input rows by P panels (16 P outputs).
-    use super::{groups, Job, Weight, PANEL};
-    use half::{bf16, f16};
+    use super::{groups, Bf16Pair, Job, Weight, PANEL};
+    use half::f16;
     use std::arch::x86_64::*;
 
     pub trait Load16: Weight {
-        /// Outputs 0..8 and 8..16 of a panel at one k, as f32 lanes.
-        unsafe fn load16(p: *const Self) -> (__m256, __m256);
+        /// Outputs 0..8 and 8..16 of a panel at step `s` of its elements, as
+        /// f32 lanes.
+        unsafe fn load16(p: *const Self, s: usize) -> (__m256, __m256);
     }
     impl Load16 for f32 {
         #[inline(always)]
-        unsafe fn load16(p: *const Self) -> (__m256, __m256) {
+        unsafe fn load16(p: *const Self, _: usize) -> (__m256, __m256) {
             (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
         }
     }
-    impl Load16 for bf16 {
+    impl Load16 for Bf16Pair {
         #[inline(always)]
-        unsafe fn load16(p: *const Self) -> (__m256, __m256) {
-            // Even u16 slots hold outputs 0..8, odd slots 8..16 (`Weight::slot`).
-            let v = _mm256_loadu_si256(p as *const __m256i);
-            let lo = _mm256_slli_epi32(v, 16);
-            let hi = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
-            (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi))
+        unsafe fn load16(p: *const Self, s: usize) -> (__m256, __m256) {
+            let widen = |v: __m256i| {
+                _mm256_castsi256_ps(if s == 0 {
+                    _mm256_slli_epi32(v, 16)
+                } else {
+                    _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32))
+                })
+            };
+            let p = p as *const __m256i;
+            (
+                widen(_mm256_loadu_si256(p)),
+                widen(_mm256_loadu_si256(p.add(1))),
+            )
         }
     }
     impl Load16 for f16 {
         #[inline(always)]
-        unsafe fn load16(p: *const Self) -> (__m256, __m256) {
+        unsafe fn load16(p: *const Self, _: usize) -> (__m256, __m256) {
             let lo = _mm_loadu_si128(p as *const __m128i);
             let hi = _mm_loadu_si128(p.add(8) as *const __m128i);
             (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi))
@@ -376,7 +404,7 @@ mod simd {
     }
     impl Load16 for i8 {
         #[inline(always)]
-        unsafe fn load16(p: *const Self) -> (__m256, __m256) {
+        unsafe fn load16(p: *const Self, _: usize) -> (__m256, __m256) {
             let v = _mm_loadu_si128(p as *const __m128i);
             let lo = _mm256_cvtepi8_epi32(v);
             let hi = _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v));
@@ -397,7 +425,7 @@ mod simd {
                 let mut tmp = [0f32; PANEL];
                 _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
                 _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
-                j.store(r0 + r, p0 + p, &tmp, |o| o);
+                j.store(r0 + r, p0 + p, &tmp);
             }
         }
     }
@@ -406,21 +434,36 @@ mod simd {
     #[inline(always)]
     unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize, p0: usize) {
         let cols = j.cols;
+        let elems = cols.div_ceil(W::STEPS);
         let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
-        let w = j.w.as_ptr().add(p0 * PANEL * cols);
+        let w = j.w.as_ptr().add(p0 * PANEL * elems);
         let x = j.x.as_ptr().add(r0 * cols);
-        for k in 0..cols {
-            let mut xb = [_mm256_setzero_ps(); R];
-            for (r, b) in xb.iter_mut().enumerate() {
-                *b = _mm256_broadcast_ss(&*x.add(k * R + r));
-            }
-            for p in 0..P {
-                let (lo, hi) = W::load16(w.add((p * cols + k) * PANEL));
-                for (row, b) in acc.iter_mut().zip(&xb) {
-                    row[p][0] = _mm256_fmadd_ps(lo, *b, row[p][0]);
-                    row[p][1] = _mm256_fmadd_ps(hi, *b, row[p][1]);
+        // Step `s` of element `e` (column k = e * STEPS + s); a macro because
+        // closures do not inherit the caller's target features.
+        macro_rules! step {
+            ($e:expr, $s:expr) => {
+                let k = $e * W::STEPS + $s;
+                let mut xb = [_mm256_setzero_ps(); R];
+                for (r, b) in xb.iter_mut().enumerate() {
+                    *b = _mm256_broadcast_ss(&*x.add(k * R + r));
                 }
+                for p in 0..P {
+                    let (lo, hi) = W::load16(w.add((p * elems + $e) * PANEL), $s);
+                    for (row, b) in acc.iter_mut().zip(&xb) {
+                        row[p][0] = _mm256_fmadd_ps(lo, *b, row[p][0]);
+                        row[p][1] = _mm256_fmadd_ps(hi, *b, row[p][1]);
+                    }
+                }
+            };
+        }
+        let full = cols / W::STEPS;
+        for e in 0..full {
+            for s in 0..W::STEPS {
+                step!(e, s);
             }
+        }
+        for s in 0..cols - full * W::STEPS {
+            step!(full, s);
         }
         store(j, r0, p0, &acc);
     }
@@ -545,15 +588,19 @@ mod simd {
 mod simd512 {
     //! AVX-512F tiles: a panel's sixteen outputs fill one 512-bit register, the
     //! input value is broadcast straight from memory into the FMA, and 32
-    //! registers hold up to 28 accumulators (rows x panels). Lanes keep the panel's
-    //! storage order (`Weight::slot`); stores put them back in output order.
-    use super::{groups, Job, Weight, PANEL};
-    use half::{bf16, f16};
+    //! registers hold up to 28 accumulators (rows x panels).
+    use super::{groups, Bf16Pair, Job, Weight, PANEL};
+    use half::f16;
     use std::arch::x86_64::*;
 
     pub trait Load16: Weight {
-        /// A panel's sixteen weights at one k, as f32 lanes in slot order.
+        /// A panel's sixteen elements at one position.
         unsafe fn load16(p: *const Self) -> __m512;
+        /// Their weights at step `s` (see [`Weight::STEPS`]) as f32 lanes.
+        #[inline(always)]
+        unsafe fn widen(v: __m512, _s: usize) -> __m512 {
+            v
+        }
     }
     impl Load16 for f32 {
         #[inline(always)]
@@ -561,11 +608,19 @@ mod simd512 {
             _mm512_loadu_ps(p)
         }
     }
-    impl Load16 for bf16 {
+    impl Load16 for Bf16Pair {
         #[inline(always)]
         unsafe fn load16(p: *const Self) -> __m512 {
-            let v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
-            _mm512_castsi512_ps(_mm512_slli_epi32(v, 16))
+            _mm512_loadu_ps(p as *const f32)
+        }
+        #[inline(always)]
+        unsafe fn widen(v: __m512, s: usize) -> __m512 {
+            let v = _mm512_castps_si512(v);
+            _mm512_castsi512_ps(if s == 0 {
+                _mm512_slli_epi32(v, 16)
+            } else {
+                _mm512_and_si512(v, _mm512_set1_epi32(0xFFFF_0000u32 as i32))
+            })
         }
     }
     impl Load16 for f16 {
@@ -585,34 +640,66 @@ mod simd512 {
     #[inline(always)]
     unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize, p0: usize) {
         let cols = j.cols;
+        let elems = cols.div_ceil(W::STEPS);
         let mut acc = [[_mm512_setzero_ps(); P]; R];
-        let w = j.w.as_ptr().add(p0 * PANEL * cols);
+        let w = j.w.as_ptr().add(p0 * PANEL * elems);
         let x = j.x.as_ptr().add(r0 * cols);
-        for k in 0..cols {
-            for p in 0..P {
-                let wv = W::load16(w.add((p * cols + k) * PANEL));
-                for (r, row) in acc.iter_mut().enumerate() {
-                    row[p] = _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(k * R + r)), row[p]);
+        // The first `steps` steps of element `e` (columns e * STEPS + s). A
+        // macro, not a closure: closures do not inherit the caller's target
+        // features, and intrinsics outside them are calls.
+        macro_rules! step {
+            ($e:expr, $steps:expr) => {
+                if R * P <= 16 {
+                    // Few accumulators: load each element once for its steps.
+                    for p in 0..P {
+                        let v = W::load16(w.add((p * elems + $e) * PANEL));
+                        for s in 0..$steps {
+                            let (wv, k) = (W::widen(v, s), $e * W::STEPS + s);
+                            for (r, row) in acc.iter_mut().enumerate() {
+                                row[p] =
+                                    _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(k * R + r)), row[p]);
+                            }
+                        }
+                    }
+                } else {
+                    // Many: load again per step (from L1) rather than keep
+                    // every panel's element in a register.
+                    for s in 0..$steps {
+                        let k = $e * W::STEPS + s;
+                        for p in 0..P {
+                            let wv = W::widen(W::load16(w.add((p * elems + $e) * PANEL)), s);
+                            for (r, row) in acc.iter_mut().enumerate() {
+                                row[p] =
+                                    _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(k * R + r)), row[p]);
+                            }
+                        }
+                    }
                 }
-            }
+            };
         }
-        store(j, r0, p0, &acc, W::slot);
+        let full = cols / W::STEPS;
+        for e in 0..full {
+            step!(e, W::STEPS);
+        }
+        if cols > full * W::STEPS {
+            step!(full, cols - full * W::STEPS);
+        }
+        store(j, r0, p0, &acc);
     }
 
-    /// Writes a tile's sums (lanes in storage order: output `o` at `slot(o)`).
+    /// Writes a tile's sums.
     #[inline(always)]
     unsafe fn store<W, X, const R: usize, const P: usize>(
         j: &Job<W, X>,
         r0: usize,
         p0: usize,
         acc: &[[__m512; P]; R],
-        slot: impl Fn(usize) -> usize + Copy,
     ) {
         for (r, row) in acc.iter().enumerate() {
             for (p, a) in row.iter().enumerate() {
                 let mut tmp = [0f32; PANEL];
                 _mm512_storeu_ps(tmp.as_mut_ptr(), *a);
-                j.store(r0 + r, p0 + p, &tmp, slot);
+                j.store(r0 + r, p0 + p, &tmp);
             }
         }
     }
@@ -636,7 +723,7 @@ mod simd512 {
                 }
             }
         }
-        store(j, r0, p0, &acc, |o| o);
+        store(j, r0, p0, &acc);
     }
 
     /// The tile kernels of one kind of product.
@@ -687,7 +774,7 @@ mod simd512 {
                     }
                 }
             }
-            store(j, r0, p0, &acc, |o| o);
+            store(j, r0, p0, &acc);
         }
     }
 
@@ -720,11 +807,19 @@ mod simd512 {
     /// (tried: 2 panels for 5-8 rows was 1.4x slower). A verify of 9 rows is
     /// then one pass over the weights instead of two: 9.3 against 10.1 ms for
     /// the 100M model's layer products, alternating runs on a busy machine.
+    /// [`Bf16Pair`] weights keep at most 20 accumulators from 6 rows on: with
+    /// the widened weights of two steps live, 7-8 rows on 3-4 panels ran at
+    /// half speed (100M verify pass, 7 rows 10-11 ms against 6 ms).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[rustfmt::skip]
     pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
-        blocks!(j, tile, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3),
-            (9, 3), (10, 2), (11, 2), (12, 2), (13, 1), (14, 1), (15, 1), (16, 1)])
+        if W::STEPS == 1 {
+            blocks!(j, tile, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3),
+                (9, 3), (10, 2), (11, 2), (12, 2), (13, 1), (14, 1), (15, 1), (16, 1)])
+        } else {
+            blocks!(j, tile, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 3), (7, 2), (8, 2),
+                (9, 2), (10, 2), (11, 1), (12, 1), (13, 1), (14, 1), (15, 1), (16, 1)])
+        }
     }
 
     /// [`block`] for bf16 pairs, in groups of up to [`super::PAIR_GROUP`] rows: at

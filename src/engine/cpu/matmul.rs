@@ -119,8 +119,14 @@ fn pack<W: Weight>(w: &[W], rows: usize, cols: usize) -> HugeBuf<W> {
 /// bf16 weights as [`Bf16Pair`]s (an odd last column pairs with zero).
 fn pack_bf16(w: &[bf16], rows: usize, cols: usize) -> HugeBuf<Bf16Pair> {
     pack_panels(rows, cols.div_ceil(2), |j, e| {
-        let half = |k: usize| (k < cols).then(|| w[j * cols + k].to_bits() as u32);
-        Bf16Pair(half(2 * e).unwrap_or(0) | half(2 * e + 1).unwrap_or(0) << 16)
+        let half = |k: usize| {
+            if k < cols {
+                w[j * cols + k].to_bits() as u32
+            } else {
+                0
+            }
+        };
+        Bf16Pair(half(2 * e) | half(2 * e + 1) << 16)
     })
 }
 
@@ -349,8 +355,8 @@ fn block_portable<W: Weight>(j: &Job<W>, panels: std::ops::Range<usize>) {
 /// high product then the low one is added to the sum, each rounded once (a
 /// product of two bf16 is exact in f32, so `mul_add` rounds only the sum).
 fn block_portable_pairs(j: &Job<u32, u32>, panels: std::ops::Range<usize>) {
-    let hi = |v: u32| f32::from_bits(v & 0xFFFF_0000);
-    let lo = |v: u32| f32::from_bits(v << 16);
+    let hi = |v: u32| Bf16Pair(v).at(1);
+    let lo = |v: u32| Bf16Pair(v).at(0);
     portable::<u32, u32, 1>(j, panels, |acc, w, _, x| {
         for (a, &wv) in acc.iter_mut().zip(w) {
             *a = hi(wv).mul_add(hi(x), *a);

@@ -383,20 +383,22 @@ mod simd {
             (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
         }
     }
+    /// Step `s` of eight [`Bf16Pair`]s (see [`Bf16Pair::at`]) as f32 lanes.
+    #[inline(always)]
+    unsafe fn widen(v: __m256i, s: usize) -> __m256 {
+        _mm256_castsi256_ps(if s == 0 {
+            _mm256_slli_epi32(v, 16)
+        } else {
+            _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32))
+        })
+    }
     impl Load16 for Bf16Pair {
         #[inline(always)]
         unsafe fn load16(p: *const Self, s: usize) -> (__m256, __m256) {
-            let widen = |v: __m256i| {
-                _mm256_castsi256_ps(if s == 0 {
-                    _mm256_slli_epi32(v, 16)
-                } else {
-                    _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32))
-                })
-            };
             let p = p as *const __m256i;
             (
-                widen(_mm256_loadu_si256(p)),
-                widen(_mm256_loadu_si256(p.add(1))),
+                widen(_mm256_loadu_si256(p), s),
+                widen(_mm256_loadu_si256(p.add(1)), s),
             )
         }
     }
@@ -483,21 +485,19 @@ mod simd {
         let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
         let w = j.w.as_ptr().add(p0 * PANEL * kps);
         let x = j.x.as_ptr().add(r0 * kps);
-        let mask = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
         for kp in 0..kps {
             let mut xh = [_mm256_setzero_ps(); R];
             let mut xl = [_mm256_setzero_ps(); R];
             for r in 0..R {
-                let v = *x.add(kp * R + r);
-                xh[r] = _mm256_set1_ps(f32::from_bits(v & 0xFFFF_0000));
-                xl[r] = _mm256_set1_ps(f32::from_bits(v << 16));
+                let v = Bf16Pair(*x.add(kp * R + r));
+                xh[r] = _mm256_set1_ps(v.at(1));
+                xl[r] = _mm256_set1_ps(v.at(0));
             }
             for p in 0..P {
                 let base = w.add((p * kps + kp) * PANEL) as *const __m256i;
                 for half in 0..2 {
                     let v = _mm256_loadu_si256(base.add(half));
-                    let wh = _mm256_castsi256_ps(_mm256_and_si256(v, mask));
-                    let wl = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+                    let (wh, wl) = (widen(v, 1), widen(v, 0));
                     for (r, row) in acc.iter_mut().enumerate() {
                         row[p][half] = _mm256_fmadd_ps(wh, xh[r], row[p][half]);
                         row[p][half] = _mm256_fmadd_ps(wl, xl[r], row[p][half]);
@@ -653,6 +653,14 @@ mod simd512 {
         // The first `steps` steps of element `e` (columns e * STEPS + s). A
         // macro, not a closure: closures do not inherit the caller's target
         // features, and intrinsics outside them are calls.
+        // Panel p's weights `wv` at column k times every row.
+        macro_rules! fma_rows {
+            ($wv:expr, $k:expr, $p:expr) => {
+                for (r, row) in acc.iter_mut().enumerate() {
+                    row[$p] = _mm512_fmadd_ps($wv, _mm512_set1_ps(*x.add($k * R + r)), row[$p]);
+                }
+            };
+        }
         macro_rules! step {
             ($e:expr, $steps:expr) => {
                 if R * P <= 16 {
@@ -660,24 +668,16 @@ mod simd512 {
                     for p in 0..P {
                         let v = W::load16(w.add((p * elems + $e) * PANEL));
                         for s in 0..$steps {
-                            let (wv, k) = (W::widen(v, s), $e * W::STEPS + s);
-                            for (r, row) in acc.iter_mut().enumerate() {
-                                row[p] =
-                                    _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(k * R + r)), row[p]);
-                            }
+                            fma_rows!(W::widen(v, s), $e * W::STEPS + s, p);
                         }
                     }
                 } else {
                     // Many: load again per step (from L1) rather than keep
                     // every panel's element in a register.
                     for s in 0..$steps {
-                        let k = $e * W::STEPS + s;
                         for p in 0..P {
                             let wv = W::widen(W::load16(w.add((p * elems + $e) * PANEL)), s);
-                            for (r, row) in acc.iter_mut().enumerate() {
-                                row[p] =
-                                    _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(k * R + r)), row[p]);
-                            }
+                            fma_rows!(wv, $e * W::STEPS + s, p);
                         }
                     }
                 }
@@ -761,19 +761,17 @@ mod simd512 {
             let mut acc = [[_mm512_setzero_ps(); P]; R];
             let w = j.w.as_ptr().add(p0 * PANEL * kps);
             let x = j.x.as_ptr().add(r0 * kps);
-            let mask = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
             for kp in 0..kps {
                 let mut xh = [_mm512_setzero_ps(); R];
                 let mut xl = [_mm512_setzero_ps(); R];
                 for r in 0..R {
-                    let v = *x.add(kp * R + r);
-                    xh[r] = _mm512_set1_ps(f32::from_bits(v & 0xFFFF_0000));
-                    xl[r] = _mm512_set1_ps(f32::from_bits(v << 16));
+                    let v = Bf16Pair(*x.add(kp * R + r));
+                    xh[r] = _mm512_set1_ps(v.at(1));
+                    xl[r] = _mm512_set1_ps(v.at(0));
                 }
                 for p in 0..P {
-                    let v = _mm512_loadu_si512(w.add((p * kps + kp) * PANEL) as _);
-                    let wh = _mm512_castsi512_ps(_mm512_and_si512(v, mask));
-                    let wl = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+                    let v = Bf16Pair::load16(w.add((p * kps + kp) * PANEL) as *const Bf16Pair);
+                    let (wh, wl) = (Bf16Pair::widen(v, 1), Bf16Pair::widen(v, 0));
                     for (r, row) in acc.iter_mut().enumerate() {
                         row[p] = _mm512_fmadd_ps(wh, xh[r], row[p]);
                         row[p] = _mm512_fmadd_ps(wl, xl[r], row[p]);

@@ -46,10 +46,12 @@ pub struct DraftLimits<'a> {
     pub stop_ids: &'a [u32],
     /// Stop when the draft's top probability falls below this (0 disables).
     pub confidence: f32,
-    /// Stop when the estimated probability that every draft so far is
-    /// accepted falls below this (0 disables). Each draft's acceptance is
-    /// estimated from its top probability through `calibration` (bin
-    /// `floor(top * len)`), or is the top probability itself when empty.
+    /// Draft no further once the estimated probability that every draft so
+    /// far is accepted falls below this (0 disables); the draft that crossed
+    /// it is kept, since its exit head has run already and its verify row is
+    /// the cheapest part of it. Each draft's acceptance is estimated from its
+    /// top probability through `calibration` (bin `floor(top * len)`), or is
+    /// the top probability itself when empty.
     pub cumulative: f32,
     pub calibration: &'a [f32],
 }
@@ -171,7 +173,7 @@ impl Drafter {
             } else {
                 top
             };
-            if top < self.confidence || self.all_accepted < self.cumulative {
+            if top < self.confidence {
                 return;
             }
             self.drafts.confidence.push(top);
@@ -186,7 +188,8 @@ impl Drafter {
             t
         };
         self.drafts.tokens.push(tok);
-        if self.drafts.tokens.len() < self.max && !self.stop_ids.contains(&tok) {
+        let likely = self.all_accepted >= self.cumulative;
+        if self.drafts.tokens.len() < self.max && !self.stop_ids.contains(&tok) && likely {
             self.feed = Some(tok);
         }
     }

@@ -62,10 +62,11 @@ pub struct Policy {
     /// round's measured time, so that probes (which run mostly during
     /// full-depth steps) do not make the rounds that carry them look slow.
     round_probe: f64,
-    /// Seconds that every layer or exit-head call costs beyond the isolated
-    /// timings of the cost model (pass bookkeeping, waking worker threads,
-    /// sampling, a busy machine), learned from measured rounds of every kind.
-    overhead: f64,
+    /// Seconds that a plain step and a speculative round cost beyond the
+    /// isolated timings of the cost model (sampling, emitting, pass and
+    /// cache bookkeeping, the verify's acceptance), learned from measured
+    /// rounds: a fixed cost per round favours longer drafts.
+    overhead: Overhead,
     /// Measured over predicted speed per choice, shared by the model's sessions.
     corrections: Arc<Corrections>,
     /// The prediction for the round in flight: (choice, tokens, seconds).
@@ -76,8 +77,22 @@ pub struct Policy {
     exploring: Option<(Choice, usize)>,
 }
 
-/// Weight of the newest timing in the overhead's moving average.
+/// Weight of the newest timing in the overheads' moving averages.
 const TIMING_WEIGHT: f64 = 0.1;
+
+/// Per-round costs beyond the cost model: [plain step, speculative round].
+#[derive(Debug, Clone, Copy, Default)]
+struct Overhead([f64; 2]);
+
+impl Overhead {
+    fn of(&self, c: Choice) -> f64 {
+        self.0[usize::from(!c.is_step())]
+    }
+    fn learn(&mut self, c: Choice, extra: f64) {
+        let o = &mut self.0[usize::from(!c.is_step())];
+        *o += TIMING_WEIGHT * (extra.max(0.0) - *o);
+    }
+}
 
 impl Policy {
     pub fn new(spec: AutoSpec, n_layers: usize, corrections: Arc<Corrections>) -> Policy {
@@ -87,7 +102,7 @@ impl Policy {
             current: Choice::full(n_layers),
             probe_seconds: 0.0,
             round_probe: 0.0,
-            overhead: 0.0,
+            overhead: Overhead::default(),
             corrections,
             predicted: None,
             since_explore: 0,
@@ -110,30 +125,23 @@ impl Policy {
         }
     }
 
-    /// Layer and head calls of a full-depth step, and of a round at exit `e`
-    /// with `k` drafts (k draft passes, then the verify pass through every layer).
-    fn calls(&self, c: Choice, k: usize) -> f64 {
-        let l = self.n_layers;
-        if c.is_step() {
-            (c.exit + 1) as f64
-        } else {
-            (k * c.exit + l + k + 1) as f64
-        }
-    }
-
     /// Predicted seconds of a full-depth token.
     fn full_seconds(&self, cost: &CostModel) -> f64 {
-        cost.full_token() + self.calls(Choice::full(self.n_layers), 0) * self.overhead
+        self.seconds(cost, Choice::full(self.n_layers), 0)
+    }
+
+    /// What the cost model alone predicts for a round that runs `c` with `k` drafts.
+    fn compute(&self, cost: &CostModel, c: Choice, k: usize) -> f64 {
+        if c.is_step() {
+            c.exit as f64 * cost.layer(1) + cost.head(1)
+        } else {
+            cost.round(c.exit, k)
+        }
     }
 
     /// Predicted seconds of a round that runs `c` with `k` drafts.
     fn seconds(&self, cost: &CostModel, c: Choice, k: usize) -> f64 {
-        let compute = if c.is_step() {
-            c.exit as f64 * cost.layer(1) + cost.head(1)
-        } else {
-            cost.round(c.exit, k)
-        };
-        compute + self.calls(c, k) * self.overhead
+        self.compute(cost, c, k) + self.overhead.of(c)
     }
 
     /// Predicted tokens and seconds of a round of `c`.
@@ -144,6 +152,22 @@ impl Policy {
             expected_tokens(acc.rate(c.exit), c.draft_len)
         };
         (tokens, self.seconds(cost, c, c.draft_len))
+    }
+
+    /// The entry of `c` in the corrections. With an automatic draft length
+    /// every round at exit E runs the same way (drafting until the
+    /// confidence stop or the longest draft), whatever d its prediction
+    /// used, so all of them share one entry per exit and its evidence
+    /// gathers eight times as fast.
+    fn key(&self, c: Choice) -> Choice {
+        if self.spec.draft_len.is_none() && !c.is_step() {
+            Choice {
+                exit: c.exit,
+                draft_len: 0,
+            }
+        } else {
+            c
+        }
     }
 
     /// Predicted speed of `c` relative to full depth, corrected by what
@@ -161,11 +185,12 @@ impl Policy {
     ) -> f64 {
         let (tokens, seconds) = self.predict(cost, acc, c);
         let full = Choice::full(self.n_layers);
-        tokens * self.full_seconds(cost) / seconds * factors.factor(c) / factors.factor(full)
+        tokens * self.full_seconds(cost) / seconds * factors.factor(self.key(c))
+            / factors.factor(full)
     }
 
     /// Learn from the measured time of a round that ran `c` with `drafted`
-    /// drafts (0 for a step) and produced `tokens`: the per-call overhead
+    /// drafts (0 for a step) and produced `tokens`: the per-round overhead
     /// beyond the isolated timings, and the correction of the prediction made
     /// when `c` was chosen.
     pub fn observe_time(
@@ -182,12 +207,10 @@ impl Policy {
         }
         if let Some((planned, pt, ps)) = self.predicted.take() {
             self.corrections
-                .observe(planned, tokens as f64, seconds, pt, ps);
+                .observe(self.key(planned), tokens as f64, seconds, pt, ps);
         }
-        let extra =
-            seconds - (self.seconds(cost, c, drafted) - self.calls(c, drafted) * self.overhead);
-        let per_call = (extra / self.calls(c, drafted)).max(0.0);
-        self.overhead += TIMING_WEIGHT * (per_call - self.overhead);
+        self.overhead
+            .learn(c, seconds - self.compute(cost, c, drafted));
     }
 
     /// The choice for the next round.
@@ -198,16 +221,36 @@ impl Policy {
         // Choices that have not run enough rounds to have their own correction.
         let mut untried: Vec<(Choice, f64)> = Vec::new();
         for e in self.exits() {
-            for d in self.drafts() {
-                let c = Choice {
-                    exit: e,
-                    draft_len: d,
-                };
-                let s = self.speedup_with(&factors, cost, acc, c);
+            // With an automatic d, an exit is one candidate: its best d by
+            // prediction (the label of its rounds; drafting itself stops by
+            // confidence).
+            let mut at_exit: Vec<(Choice, f64)> = self
+                .drafts()
+                .into_iter()
+                .map(|d| {
+                    let c = Choice {
+                        exit: e,
+                        draft_len: d,
+                    };
+                    (c, self.speedup_with(&factors, cost, acc, c))
+                })
+                .collect();
+            if self.spec.draft_len.is_none() {
+                at_exit = at_exit
+                    .into_iter()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .into_iter()
+                    .collect();
+            }
+            for (c, s) in at_exit {
+                // The current choice takes its exit's new label.
+                if self.key(c) == self.key(self.current) {
+                    self.current = c;
+                }
                 if s > best.1 {
                     best = (c, s);
                 }
-                if !factors.measured(c) {
+                if !factors.measured(self.key(c)) {
                     untried.push((c, s));
                 }
             }
@@ -255,24 +298,25 @@ impl Policy {
         choice
     }
 
-    /// With an automatic draft length, drafting stops once the probability
-    /// that every draft so far is accepted (the product of their top
-    /// probabilities) falls below what one more draft costs relative to a
-    /// full token: its draft step, and the extra row it adds to the verify
-    /// pass (on a small model in cache, rows are far from free). 0 (never
-    /// stop) with a fixed draft length.
-    pub fn stop_below(&self, cost: &CostModel, exit: usize) -> f32 {
-        match self.spec.draft_len {
-            Some(_) => 0.0,
-            None => {
-                let n = MAX_DRAFT + 1;
-                let deep = self.n_layers.saturating_sub(exit) as f64;
-                let verify_row = (deep * (cost.layer(n) - cost.layer(1)) + cost.head(n)
-                    - cost.head(1))
-                    / (n - 1) as f64;
-                ((cost.draft_step(exit) + verify_row) / cost.full_token()).min(1.0) as f32
-            }
+    /// With an automatic draft length, drafting goes on while one more
+    /// draft is expected to pay for itself at the round's own rate: the
+    /// probability that every draft so far and the next are accepted (the
+    /// calibrated probabilities so far times the exit's rate) must reach
+    /// what one more draft costs (its draft step and its verify row; on a
+    /// small model in cache rows are far from free) times the tokens per
+    /// second predicted for `c`. Returned as the bound on the drafts so far.
+    /// 0 (never stop) with a fixed draft length.
+    pub fn stop_below(&self, cost: &CostModel, acc: &AcceptanceTracker, c: Choice) -> f32 {
+        if self.spec.draft_len.is_some() || c.is_step() {
+            return 0.0;
         }
+        let n = MAX_DRAFT + 1;
+        let deep = self.n_layers.saturating_sub(c.exit) as f64;
+        let verify_row =
+            (deep * (cost.layer(n) - cost.layer(1)) + cost.head(n) - cost.head(1)) / (n - 1) as f64;
+        let (tokens, seconds) = self.predict(cost, acc, c);
+        let next = acc.rate(c.exit).max(1e-3);
+        ((cost.draft_step(c.exit) + verify_row) * tokens / seconds / next).min(1.0) as f32
     }
 
     /// The exit to probe in the next round, if the probe budget allows one:
@@ -441,35 +485,88 @@ mod tests {
     }
 
     #[test]
-    fn measured_overhead_per_call_changes_the_choice() {
-        // Verify passes over many rows cost about as much as one row here.
+    fn measured_round_overheads_change_the_choice() {
         let flat = CostModel::from_tables(8, vec![1.0; 9], vec![0.5; 9]);
         let acc = tracker(&[(4, 0.6)]);
-        let mut p = Policy::new(
-            AutoSpec {
-                exit: Some(4),
-                draft_len: Some(2),
-            },
-            8,
-            Arc::default(),
-        );
         let spec = Choice {
             exit: 4,
             draft_len: 2,
         };
+        let fixed = AutoSpec {
+            exit: Some(4),
+            draft_len: Some(2),
+        };
+        let mut p = Policy::new(fixed, 8, Arc::default());
         let before = p.speedup(&flat, &acc, spec);
-        // Every call turns out to cost 2 more than timed alone: a full step of
-        // 8.5 takes 8.5 + 9 * 2. Drafts are calls too, so speculation pays less.
+        // Full-depth steps turn out to cost 2 more than the cost model says:
+        // a round that makes several tokens pays that once, so speculation
+        // gains.
         for _ in 0..100 {
-            p.observe_time(&flat, Choice::full(8), 0, 1, 8.5 + 9.0 * 2.0);
+            p.observe_time(&flat, Choice::full(8), 0, 1, 8.5 + 2.0);
         }
-        assert!((p.overhead - 2.0).abs() < 1e-3, "{}", p.overhead);
-        let after = p.speedup(&flat, &acc, spec);
-        assert!(after < before, "{before} -> {after}");
+        assert!((p.overhead.0[0] - 2.0).abs() < 1e-3, "{:?}", p.overhead);
+        let cheaper_full = p.speedup(&flat, &acc, spec);
+        assert!(cheaper_full > before, "{before} -> {cheaper_full}");
+        // Speculative rounds that cost 6 more: speculation pays less.
+        let mut q = Policy::new(fixed, 8, Arc::default());
+        let t = q.seconds(&flat, spec, 2);
+        for _ in 0..100 {
+            q.observe_time(&flat, spec, 2, 2, t + 6.0);
+        }
+        assert!((q.overhead.0[1] - 6.0).abs() < 1e-3, "{:?}", q.overhead);
+        assert!(q.speedup(&flat, &acc, spec) < before);
         // Rounds that match the prediction (including the overhead) change nothing.
-        let t = p.seconds(&flat, spec, 2);
-        p.observe_time(&flat, spec, 2, 3, t);
-        assert!((p.overhead - 2.0).abs() < 1e-3);
+        let t = q.seconds(&flat, spec, 2);
+        q.observe_time(&flat, spec, 2, 3, t);
+        assert!((q.overhead.0[1] - 6.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn automatic_d_has_one_candidate_and_one_correction_per_exit() {
+        let acc = tracker(&[(2, 0.9), (6, 0.95)]);
+        let shared = Arc::new(Corrections::default());
+        let mut p = Policy::new(AutoSpec::default(), 8, shared.clone());
+        let first = p.choose(&cost(), &acc);
+        assert!(!first.is_step());
+        // Rounds at the same exit under any d label feed one entry.
+        for d in 1..=4 {
+            let c = Choice {
+                exit: first.exit,
+                draft_len: d,
+            };
+            let (t, sec) = p.predict(&cost(), &acc, c);
+            p.predicted = Some((c, t, sec));
+            p.observe_time(&cost(), c, d, t.round() as usize, sec);
+        }
+        assert!(shared.snapshot().measured(p.key(first)));
+        assert_eq!(p.key(first).draft_len, 0);
+        // A full-depth step keeps its own entry.
+        assert_eq!(p.key(Choice::full(8)), Choice::full(8));
+    }
+
+    #[test]
+    fn drafting_goes_on_while_the_next_draft_pays_at_the_rounds_rate() {
+        let c = cost();
+        let spec = Choice {
+            exit: 4,
+            draft_len: 2,
+        };
+        let p = Policy::new(AutoSpec::default(), 8, Arc::default());
+        let sure = p.stop_below(&c, &tracker(&[(4, 0.99)]), spec);
+        let unsure = p.stop_below(&c, &tracker(&[(4, 0.6)]), spec);
+        assert!(sure > 0.0 && sure < 1.0, "{sure}");
+        // A worse exit makes the next draft less likely, so the drafts so
+        // far must be surer before drafting on.
+        assert!(unsure > sure, "{unsure} vs {sure}");
+        let fixed = Policy::new(
+            AutoSpec {
+                exit: None,
+                draft_len: Some(3),
+            },
+            8,
+            Arc::default(),
+        );
+        assert_eq!(fixed.stop_below(&c, &tracker(&[(4, 0.9)]), spec), 0.0);
     }
 
     #[test]
@@ -492,7 +589,7 @@ mod tests {
             p.observe_time(&c, full, 0, 1, p.seconds(&c, full, 0) + price);
         }
         assert!(probed > 10, "{probed} probes");
-        assert!(p.overhead.abs() < 1e-9, "overhead {}", p.overhead);
+        assert!(p.overhead.0[0].abs() < 1e-9, "overhead {:?}", p.overhead);
         let f = p.corrections.snapshot().factor(full);
         assert!((f - 1.0).abs() < 1e-9, "full depth's factor {f}");
     }
@@ -509,7 +606,7 @@ mod tests {
         // unmeasured choices borrow the same correction.
         for _ in 0..5 {
             let (t, sec) = p.predict(&cost(), &acc, first);
-            shared.observe(first, t, 3.0 * sec, t, sec);
+            shared.observe(p.key(first), t, 3.0 * sec, t, sec);
         }
         assert_eq!(p.choose(&cost(), &acc), first);
         // Another choice measured at its predicted speed now wins, in this
@@ -520,7 +617,7 @@ mod tests {
         };
         for _ in 0..5 {
             let (t, sec) = p.predict(&cost(), &acc, other);
-            shared.observe(other, t, sec, t, sec);
+            shared.observe(p.key(other), t, sec, t, sec);
         }
         assert_ne!(p.choose(&cost(), &acc), first);
         let mut q = Policy::new(AutoSpec::default(), 8, shared);
@@ -535,7 +632,7 @@ mod tests {
         assert!((0..200).all(|_| p.choose(&cost(), &hopeless).is_step()));
         // Good exits: now and then an untried contender runs EXPLORE_ROUNDS
         // rounds; everything else is the policy's own choice.
-        let good = tracker(&[(2, 0.9), (4, 0.92), (6, 0.95)]);
+        let good = tracker(&[(2, 0.9), (3, 0.97), (4, 0.98), (6, 0.99)]);
         let mut q = Policy::new(AutoSpec::default(), 8, Arc::default());
         let rounds = 20 * EXPLORE_EVERY;
         let mut explored = 0;
@@ -545,7 +642,7 @@ mod tests {
                 explored += 1;
                 let (t, sec) = q.predict(&cost(), &good, c);
                 q.observe_time(&cost(), c, c.draft_len, t.round() as usize, sec);
-                q.overhead = 0.0;
+                q.overhead = Overhead::default();
             }
         }
         assert!(explored > 0);

@@ -20,13 +20,33 @@ const PRIOR_WEIGHT: f64 = 4.0;
 /// ~200 observations, so they follow what the model is being used for).
 const SHARED_FADE: f64 = 0.995;
 
-/// Agreement counts per exit over all sessions of a model (faded).
+/// Faded (hits, misses) of drafts per confidence bin, for one exit.
+type Bins = [(f64, f64); BINS];
+
+/// Agreement counts per exit over all sessions of a model (faded), and how
+/// drafts' confidence maps to acceptance per exit: a session's confidence
+/// stop is calibrated from its first round instead of after a few dozen.
 #[derive(Debug, Default)]
 pub struct SharedAcceptance {
     counts: Mutex<Vec<(f64, f64)>>,
+    bins: Mutex<Vec<Bins>>,
 }
 
 impl SharedAcceptance {
+    fn observe_bin(&self, exit: usize, bin: usize, agreed: bool) {
+        let mut b = self.bins.lock();
+        if b.len() <= exit {
+            b.resize(exit + 1, [(0.0, 0.0); BINS]);
+        }
+        for (h, m) in b[exit].iter_mut() {
+            *h *= SHARED_FADE;
+            *m *= SHARED_FADE;
+        }
+        let (h, m) = &mut b[exit][bin];
+        *h += f64::from(agreed);
+        *m += f64::from(!agreed);
+    }
+
     fn observe(&self, exit: usize, agreed: bool, weight: f64) {
         let mut c = self.counts.lock();
         if c.len() <= exit {
@@ -43,9 +63,9 @@ impl SharedAcceptance {
         self.counts.lock().get(exit).and_then(|&c| rate_of(c))
     }
 
-    /// Every exit's counts at once (one lock).
-    fn snapshot(&self) -> Vec<(f64, f64)> {
-        self.counts.lock().clone()
+    /// Every exit's counts and bins at once.
+    fn snapshot(&self) -> (Vec<(f64, f64)>, Vec<Bins>) {
+        (self.counts.lock().clone(), self.bins.lock().clone())
     }
 }
 
@@ -67,6 +87,8 @@ pub struct AcceptanceTracker {
     /// round ([`AcceptanceTracker::fade`]), so estimating every (E, d) of a
     /// round takes no lock.
     prior: Vec<(f64, f64)>,
+    /// The model's confidence bins, taken with `prior`.
+    prior_bins: Vec<Bins>,
 }
 
 fn bin(top: f32) -> usize {
@@ -82,13 +104,16 @@ impl AcceptanceTracker {
             by_confidence: vec![[(0.0, 0.0); BINS]; n_layers + 1],
             shared: None,
             prior: Vec::new(),
+            prior_bins: Vec::new(),
         }
     }
 
     /// A tracker that starts from, and adds to, the model's shared counts.
     pub fn with_shared(n_layers: usize, shared: Arc<SharedAcceptance>) -> Self {
+        let (prior, prior_bins) = shared.snapshot();
         AcceptanceTracker {
-            prior: shared.snapshot(),
+            prior,
+            prior_bins,
             shared: Some(shared),
             ..Self::new(n_layers)
         }
@@ -139,21 +164,30 @@ impl AcceptanceTracker {
             } else {
                 b.1 += 1.0;
             }
+            if let Some(s) = &self.shared {
+                s.observe_bin(exit, bin(c), i < accepted);
+            }
         }
     }
 
     /// Estimated acceptance probability of a draft from `exit` by its top
-    /// probability, one entry per bin (bins with little evidence use the
-    /// exit's overall rate).
+    /// probability, one entry per bin: this session's evidence in the bin,
+    /// with the model's rate for the bin (or, where the model has little
+    /// evidence there, the exit's overall rate) counting as
+    /// [`PRIOR_WEIGHT`] observations.
     pub fn calibration(&self, exit: usize) -> [f32; BINS] {
         let overall = self.rate(exit);
-        let mut out = [overall as f32; BINS];
-        if let Some(bins) = self.by_confidence.get(exit) {
-            for (o, &(h, m)) in out.iter_mut().zip(bins) {
-                if h + m >= 2.0 {
-                    *o = (h / (h + m)) as f32;
-                }
-            }
+        let none = [(0.0, 0.0); BINS];
+        let own = self.by_confidence.get(exit).unwrap_or(&none);
+        let model = self.prior_bins.get(exit).unwrap_or(&none);
+        let mut out = [0.0; BINS];
+        for ((o, &(h, m)), &(hs, ms)) in out.iter_mut().zip(own).zip(model) {
+            let prior = if hs + ms >= 2.0 {
+                hs / (hs + ms)
+            } else {
+                overall
+            };
+            *o = ((h + PRIOR_WEIGHT * prior) / (h + m + PRIOR_WEIGHT)) as f32;
         }
         out
     }
@@ -162,7 +196,7 @@ impl AcceptanceTracker {
     /// model's counts as the prior.
     pub fn fade(&mut self) {
         if let Some(s) = &self.shared {
-            self.prior = s.snapshot();
+            (self.prior, self.prior_bins) = s.snapshot();
         }
         self.hits.iter_mut().for_each(|h| *h *= FADE);
         self.misses.iter_mut().for_each(|m| *m *= FADE);
@@ -259,12 +293,31 @@ mod tests {
             t.observe_drafts(3, &[0.95, 0.9, 0.15, 0.05], 2);
         }
         let c = t.calibration(3);
-        assert_eq!(c[9], 1.0);
-        assert_eq!(c[1], 0.0);
-        assert!(
-            (c[5] - t.rate(3) as f32).abs() < 1e-6,
-            "no evidence: overall rate"
-        );
+        let overall = t.rate(3) as f32;
         assert!((t.rate(3) - 10.0 / 15.0).abs() < 1e-12);
+        // Ten accepted drafts in bin 9 against a prior of 4 at the overall rate.
+        let want = (10.0 + 4.0 * overall) / 14.0;
+        assert!((c[9] - want).abs() < 1e-6, "{} vs {want}", c[9]);
+        assert!(c[1] < 0.5 * overall, "{}", c[1]);
+        assert!((c[5] - overall).abs() < 1e-6, "no evidence: overall rate");
+    }
+
+    #[test]
+    fn a_new_session_starts_from_the_models_calibration() {
+        let shared = Arc::new(SharedAcceptance::default());
+        let mut first = AcceptanceTracker::with_shared(8, shared.clone());
+        for _ in 0..30 {
+            first.observe_drafts(5, &[0.95, 0.35], 1);
+        }
+        let fresh = AcceptanceTracker::with_shared(8, shared.clone());
+        let c = fresh.calibration(5);
+        // No evidence of its own: the model's bins, not the overall rate.
+        assert!(c[9] > 0.9, "{}", c[9]);
+        assert!(c[3] < 0.1, "{}", c[3]);
+        let alone = AcceptanceTracker::new(8).calibration(5);
+        assert!(
+            alone.iter().all(|&p| p == alone[0]),
+            "no sharing without it"
+        );
     }
 }

@@ -520,13 +520,11 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             max_drafts: max_drafts.min(room - 1),
             stop_ids: &self.sink.eos,
             confidence: self.opts.confidence_threshold,
-            cumulative: self.auto.as_ref().map_or(0.0, |(p, c)| {
-                if auto_d {
-                    p.stop_below(c, &s.acceptance, choice)
-                } else {
-                    0.0
-                }
-            }),
+            // 0 (never stop early) unless d is automatic.
+            cumulative: self
+                .auto
+                .as_ref()
+                .map_or(0.0, |(p, c)| p.stop_below(c, &s.acceptance, choice)),
             calibration: if self.auto.is_some() {
                 &calibration
             } else {

@@ -85,11 +85,14 @@ const TIMING_WEIGHT: f64 = 0.1;
 struct Overhead([f64; 2]);
 
 impl Overhead {
+    fn kind(c: Choice) -> usize {
+        usize::from(!c.is_step())
+    }
     fn of(&self, c: Choice) -> f64 {
-        self.0[usize::from(!c.is_step())]
+        self.0[Self::kind(c)]
     }
     fn learn(&mut self, c: Choice, extra: f64) {
-        let o = &mut self.0[usize::from(!c.is_step())];
+        let o = &mut self.0[Self::kind(c)];
         *o += TIMING_WEIGHT * (extra.max(0.0) - *o);
     }
 }
@@ -224,24 +227,21 @@ impl Policy {
             // With an automatic d, an exit is one candidate: its best d by
             // prediction (the label of its rounds; drafting itself stops by
             // confidence).
-            let mut at_exit: Vec<(Choice, f64)> = self
-                .drafts()
-                .into_iter()
-                .map(|d| {
-                    let c = Choice {
-                        exit: e,
-                        draft_len: d,
-                    };
-                    (c, self.speedup_with(&factors, cost, acc, c))
-                })
-                .collect();
-            if self.spec.draft_len.is_none() {
-                at_exit = at_exit
-                    .into_iter()
+            let scored = self.drafts().into_iter().map(|d| {
+                let c = Choice {
+                    exit: e,
+                    draft_len: d,
+                };
+                (c, self.speedup_with(&factors, cost, acc, c))
+            });
+            let at_exit: Vec<(Choice, f64)> = if self.spec.draft_len.is_none() {
+                scored
                     .max_by(|a, b| a.1.total_cmp(&b.1))
                     .into_iter()
-                    .collect();
-            }
+                    .collect()
+            } else {
+                scored.collect()
+            };
             for (c, s) in at_exit {
                 // The current choice takes its exit's new label.
                 if self.key(c) == self.key(self.current) {

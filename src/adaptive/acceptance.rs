@@ -29,8 +29,13 @@ type Bins = [(f64, f64); BINS];
 #[derive(Debug, Default)]
 pub struct SharedAcceptance {
     counts: Mutex<Vec<(f64, f64)>>,
+    after: Mutex<Vec<After>>,
     bins: Mutex<Vec<Bins>>,
 }
+
+/// Faded (hits, misses) of an exit at positions right after one where it
+/// missed ([0]) and right after one where it agreed ([1]).
+type After = [(f64, f64); 2];
 
 impl SharedAcceptance {
     fn observe_bin(&self, exit: usize, bin: usize, agreed: bool) {
@@ -52,10 +57,15 @@ impl SharedAcceptance {
         if c.len() <= exit {
             c.resize(exit + 1, (0.0, 0.0));
         }
-        let (h, m) = &mut c[exit];
-        let fade = SHARED_FADE.powf(weight);
-        *h = *h * fade + weight * f64::from(agreed);
-        *m = *m * fade + weight * f64::from(!agreed);
+        add_faded(&mut c[exit], agreed, weight);
+    }
+
+    fn observe_after(&self, exit: usize, previous: bool, agreed: bool, weight: f64) {
+        let mut a = self.after.lock();
+        if a.len() <= exit {
+            a.resize(exit + 1, [(0.0, 0.0); 2]);
+        }
+        add_faded(&mut a[exit][usize::from(previous)], agreed, weight);
     }
 
     /// The agreement rate of `exit` over all sessions, if any observed it.
@@ -64,9 +74,28 @@ impl SharedAcceptance {
     }
 
     /// Every exit's counts and bins at once.
-    fn snapshot(&self) -> (Vec<(f64, f64)>, Vec<Bins>) {
-        (self.counts.lock().clone(), self.bins.lock().clone())
+    fn snapshot(&self) -> Prior {
+        Prior {
+            counts: self.counts.lock().clone(),
+            after: self.after.lock().clone(),
+            bins: self.bins.lock().clone(),
+        }
     }
+}
+
+/// One observation into faded shared counts (a window of ~200 per entry).
+fn add_faded((h, m): &mut (f64, f64), agreed: bool, weight: f64) {
+    let fade = SHARED_FADE.powf(weight);
+    *h = *h * fade + weight * f64::from(agreed);
+    *m = *m * fade + weight * f64::from(!agreed);
+}
+
+/// A session's copy of the model's counts.
+#[derive(Debug, Clone, Default)]
+struct Prior {
+    counts: Vec<(f64, f64)>,
+    after: Vec<After>,
+    bins: Vec<Bins>,
 }
 
 /// `hits / (hits + misses)`, if there is any evidence.
@@ -79,6 +108,14 @@ pub struct AcceptanceTracker {
     /// Faded counts of agreements and disagreements, indexed by exit layer.
     hits: Vec<f64>,
     misses: Vec<f64>,
+    /// Per exit: faded counts at positions right after a miss and right
+    /// after an agreement of the same exit. Agreement comes in runs (a
+    /// shallow exit that gets one token right is often wrong on the next),
+    /// so a round's first draft and its later ones are accepted at
+    /// different rates.
+    after: Vec<After>,
+    /// Per exit: the position and outcome of its newest observation.
+    last: Vec<Option<(usize, bool)>>,
     /// Per exit and bin of the draft's top probability: faded (hits, misses).
     by_confidence: Vec<[(f64, f64); BINS]>,
     /// The model's counts, fed by this session's observations.
@@ -86,9 +123,7 @@ pub struct AcceptanceTracker {
     /// This session's prior: the model's counts as of the start of the
     /// round ([`AcceptanceTracker::fade`]), so estimating every (E, d) of a
     /// round takes no lock.
-    prior: Vec<(f64, f64)>,
-    /// The model's confidence bins, taken with `prior`.
-    prior_bins: Vec<Bins>,
+    prior: Prior,
 }
 
 fn bin(top: f32) -> usize {
@@ -101,19 +136,18 @@ impl AcceptanceTracker {
         AcceptanceTracker {
             hits: vec![0.0; n_layers + 1],
             misses: vec![0.0; n_layers + 1],
+            after: vec![[(0.0, 0.0); 2]; n_layers + 1],
+            last: vec![None; n_layers + 1],
             by_confidence: vec![[(0.0, 0.0); BINS]; n_layers + 1],
             shared: None,
-            prior: Vec::new(),
-            prior_bins: Vec::new(),
+            prior: Prior::default(),
         }
     }
 
     /// A tracker that starts from, and adds to, the model's shared counts.
     pub fn with_shared(n_layers: usize, shared: Arc<SharedAcceptance>) -> Self {
-        let (prior, prior_bins) = shared.snapshot();
         AcceptanceTracker {
-            prior,
-            prior_bins,
+            prior: shared.snapshot(),
             shared: Some(shared),
             ..Self::new(n_layers)
         }
@@ -139,21 +173,45 @@ impl AcceptanceTracker {
         }
     }
 
-    /// A verify round at `exit`: `accepted` of `drafted` drafts accepted. The
-    /// drafts after the first rejection say nothing.
-    pub fn observe_round(&mut self, exit: usize, drafted: usize, accepted: usize) {
-        for _ in 0..accepted {
-            self.observe(exit, true);
+    /// A comparison at the row of position `pos`: also counted as following
+    /// the exit's observation at `pos - 1`, if there is one.
+    pub fn observe_at(&mut self, exit: usize, pos: usize, agreed: bool, weight: f64) {
+        if exit >= self.hits.len() {
+            return;
         }
-        if accepted < drafted {
-            self.observe(exit, false);
+        self.observe_weighted(exit, agreed, weight);
+        if let Some((p, previous)) = self.last[exit] {
+            if p + 1 == pos {
+                let (h, m) = &mut self.after[exit][usize::from(previous)];
+                *h += weight * f64::from(agreed);
+                *m += weight * f64::from(!agreed);
+                if let Some(s) = &self.shared {
+                    s.observe_after(exit, previous, agreed, weight);
+                }
+            }
+        }
+        self.last[exit] = Some((pos, agreed));
+    }
+
+    /// A verify round at `exit` whose drafts sat at rows `pos0..`: `accepted`
+    /// of `drafted` drafts accepted. The drafts after the first rejection say
+    /// nothing.
+    pub fn observe_round(&mut self, exit: usize, pos0: usize, drafted: usize, accepted: usize) {
+        for k in 0..drafted.min(accepted + 1) {
+            self.observe_at(exit, pos0 + k, k < accepted, 1.0);
         }
     }
 
     /// Like [`AcceptanceTracker::observe_round`], also learning how the
     /// drafts' top probabilities `confidence` map to acceptance.
-    pub fn observe_drafts(&mut self, exit: usize, confidence: &[f32], accepted: usize) {
-        self.observe_round(exit, confidence.len(), accepted);
+    pub fn observe_drafts(
+        &mut self,
+        exit: usize,
+        pos0: usize,
+        confidence: &[f32],
+        accepted: usize,
+    ) {
+        self.observe_round(exit, pos0, confidence.len(), accepted);
         let Some(bins) = self.by_confidence.get_mut(exit) else {
             return;
         };
@@ -179,7 +237,7 @@ impl AcceptanceTracker {
         let overall = self.rate(exit);
         let none = [(0.0, 0.0); BINS];
         let own = self.by_confidence.get(exit).unwrap_or(&none);
-        let model = self.prior_bins.get(exit).unwrap_or(&none);
+        let model = self.prior.bins.get(exit).unwrap_or(&none);
         let mut out = [0.0; BINS];
         for ((o, &(h, m)), &(hs, ms)) in out.iter_mut().zip(own).zip(model) {
             let prior = if hs + ms >= 2.0 {
@@ -196,19 +254,42 @@ impl AcceptanceTracker {
     /// model's counts as the prior.
     pub fn fade(&mut self) {
         if let Some(s) = &self.shared {
-            (self.prior, self.prior_bins) = s.snapshot();
+            self.prior = s.snapshot();
         }
         self.hits.iter_mut().for_each(|h| *h *= FADE);
         self.misses.iter_mut().for_each(|m| *m *= FADE);
+        for c in self.after.iter_mut().flatten() {
+            c.0 *= FADE;
+            c.1 *= FADE;
+        }
         for b in self.by_confidence.iter_mut().flatten() {
             b.0 *= FADE;
             b.1 *= FADE;
         }
     }
 
+    /// Estimated probability that a draft from `exit` is accepted at the
+    /// position right after one where the exit missed (`previous` false) or
+    /// agreed (true: a round's later drafts, given the one before was
+    /// accepted). This session's evidence, with the model's rate counting
+    /// as [`PRIOR_WEIGHT`] observations; without any, the exit's overall
+    /// rate (independent drafts).
+    pub fn rate_after(&self, exit: usize, previous: bool) -> f64 {
+        let i = usize::from(previous);
+        let overall = self.rate(exit);
+        let prior = self
+            .prior
+            .after
+            .get(exit)
+            .and_then(|a| rate_of(a[i]))
+            .unwrap_or(overall);
+        let (h, m) = self.after.get(exit).map_or((0.0, 0.0), |a| a[i]);
+        (h + PRIOR_WEIGHT * prior) / (h + m + PRIOR_WEIGHT)
+    }
+
     /// How much evidence the model's earlier sessions left about `exit`.
     pub fn shared_evidence(&self, exit: usize) -> f64 {
-        self.prior.get(exit).map_or(0.0, |(h, m)| h + m)
+        self.prior.counts.get(exit).map_or(0.0, |(h, m)| h + m)
     }
 
     /// How much (faded) evidence exit `exit` has.
@@ -222,7 +303,7 @@ impl AcceptanceTracker {
     /// the nearest observed shallower exit's estimate (agreement grows with
     /// depth, so that is conservative), or 0.
     pub fn rate(&self, exit: usize) -> f64 {
-        let prior = |e: usize| self.prior.get(e).and_then(|&c| rate_of(c));
+        let prior = |e: usize| self.prior.counts.get(e).and_then(|&c| rate_of(c));
         (1..=exit.min(self.hits.len() - 1))
             .rev()
             .find_map(|e| match (prior(e), self.evidence(e)) {
@@ -242,7 +323,7 @@ mod tests {
     fn rates_follow_observations_and_borrow_conservatively() {
         let mut t = AcceptanceTracker::new(8);
         assert_eq!(t.rate(4), 0.0);
-        t.observe_round(2, 4, 1);
+        t.observe_round(2, 0, 4, 1);
         assert_eq!(t.rate(2), 0.5);
         assert_eq!(
             t.rate(5),
@@ -250,7 +331,7 @@ mod tests {
             "unobserved exits borrow from shallower ones"
         );
         assert_eq!(t.rate(1), 0.0);
-        t.observe_round(2, 3, 3);
+        t.observe_round(2, 10, 3, 3);
         assert_eq!(t.rate(2), 0.8);
         t.fade();
         assert!((t.rate(2) - 0.8).abs() < 1e-12, "fading keeps the rate");
@@ -290,7 +371,7 @@ mod tests {
         let mut t = AcceptanceTracker::new(8);
         for _ in 0..5 {
             // Confident drafts accepted, the unsure third rejected, the fourth unseen.
-            t.observe_drafts(3, &[0.95, 0.9, 0.15, 0.05], 2);
+            t.observe_drafts(3, 0, &[0.95, 0.9, 0.15, 0.05], 2);
         }
         let c = t.calibration(3);
         let overall = t.rate(3) as f32;
@@ -307,7 +388,7 @@ mod tests {
         let shared = Arc::new(SharedAcceptance::default());
         let mut first = AcceptanceTracker::with_shared(8, shared.clone());
         for _ in 0..30 {
-            first.observe_drafts(5, &[0.95, 0.35], 1);
+            first.observe_drafts(5, 0, &[0.95, 0.35], 1);
         }
         let fresh = AcceptanceTracker::with_shared(8, shared.clone());
         let c = fresh.calibration(5);
@@ -319,5 +400,38 @@ mod tests {
             alone.iter().all(|&p| p == alone[0]),
             "no sharing without it"
         );
+    }
+
+    #[test]
+    fn later_drafts_have_their_own_rate() {
+        // Exit 2 gets a round's first draft right 7 times in 10, but the
+        // draft after a right one only once in 7: two-draft rounds.
+        let shared = Arc::new(SharedAcceptance::default());
+        let mut t = AcceptanceTracker::with_shared(8, shared.clone());
+        let mut pos = 0;
+        for i in 0..50 {
+            let accepted = match i % 10 {
+                0 => 2,
+                1..=6 => 1,
+                _ => 0,
+            };
+            t.observe_round(2, pos, 2, accepted);
+            pos += accepted + 1;
+        }
+        let (first, then) = (t.rate(2), t.rate_after(2, true));
+        assert!(first > 0.4 && then < 0.25, "{first} {then}");
+        // Independent drafts would have promised far more from a second draft.
+        let two = crate::adaptive::policy::expected_tokens(first, then, 2);
+        assert!(two < 1.0 + first + first * first - 0.1, "{two}");
+        // Rows that do not follow each other are not linked.
+        let mut gap = AcceptanceTracker::new(8);
+        gap.observe_at(3, 10, true, 1.0);
+        gap.observe_at(3, 12, false, 1.0);
+        assert_eq!(gap.rate_after(3, true), gap.rate(3), "no linked evidence");
+        gap.observe_at(3, 13, true, 1.0);
+        assert!(gap.rate_after(3, false) > gap.rate(3), "a miss, then a hit");
+        // A new session starts from the model's rates.
+        let fresh = AcceptanceTracker::with_shared(8, shared);
+        assert!((fresh.rate_after(2, true) - then).abs() < 0.1);
     }
 }

@@ -29,13 +29,9 @@ type Bins = [(f64, f64); BINS];
 #[derive(Debug, Default)]
 pub struct SharedAcceptance {
     counts: Mutex<Vec<(f64, f64)>>,
-    after: Mutex<Vec<After>>,
+    then: Mutex<Vec<(f64, f64)>>,
     bins: Mutex<Vec<Bins>>,
 }
-
-/// Faded (hits, misses) of an exit at positions right after one where it
-/// missed ([0]) and right after one where it agreed ([1]).
-type After = [(f64, f64); 2];
 
 impl SharedAcceptance {
     fn observe_bin(&self, exit: usize, bin: usize, agreed: bool) {
@@ -60,12 +56,12 @@ impl SharedAcceptance {
         add_faded(&mut c[exit], agreed, weight);
     }
 
-    fn observe_after(&self, exit: usize, previous: bool, agreed: bool, weight: f64) {
-        let mut a = self.after.lock();
-        if a.len() <= exit {
-            a.resize(exit + 1, [(0.0, 0.0); 2]);
+    fn observe_then(&self, exit: usize, agreed: bool, weight: f64) {
+        let mut t = self.then.lock();
+        if t.len() <= exit {
+            t.resize(exit + 1, (0.0, 0.0));
         }
-        add_faded(&mut a[exit][usize::from(previous)], agreed, weight);
+        add_faded(&mut t[exit], agreed, weight);
     }
 
     /// The agreement rate of `exit` over all sessions, if any observed it.
@@ -77,7 +73,7 @@ impl SharedAcceptance {
     fn snapshot(&self) -> Prior {
         Prior {
             counts: self.counts.lock().clone(),
-            after: self.after.lock().clone(),
+            then: self.then.lock().clone(),
             bins: self.bins.lock().clone(),
         }
     }
@@ -94,7 +90,7 @@ fn add_faded((h, m): &mut (f64, f64), agreed: bool, weight: f64) {
 #[derive(Debug, Clone, Default)]
 struct Prior {
     counts: Vec<(f64, f64)>,
-    after: Vec<After>,
+    then: Vec<(f64, f64)>,
     bins: Vec<Bins>,
 }
 
@@ -108,12 +104,11 @@ pub struct AcceptanceTracker {
     /// Faded counts of agreements and disagreements, indexed by exit layer.
     hits: Vec<f64>,
     misses: Vec<f64>,
-    /// Per exit: faded counts at positions right after a miss and right
-    /// after an agreement of the same exit. Agreement comes in runs (a
-    /// shallow exit that gets one token right is often wrong on the next),
-    /// so a round's first draft and its later ones are accepted at
-    /// different rates.
-    after: Vec<After>,
+    /// Per exit: faded (hits, misses) at positions right after one where the
+    /// same exit agreed. Agreements are not independent (a shallow exit
+    /// that gets one token right is often wrong on the next), so a round's
+    /// later drafts are accepted at a rate of their own.
+    then: Vec<(f64, f64)>,
     /// Per exit: the position and outcome of its newest observation.
     last: Vec<Option<(usize, bool)>>,
     /// Per exit and bin of the draft's top probability: faded (hits, misses).
@@ -136,7 +131,7 @@ impl AcceptanceTracker {
         AcceptanceTracker {
             hits: vec![0.0; n_layers + 1],
             misses: vec![0.0; n_layers + 1],
-            after: vec![[(0.0, 0.0); 2]; n_layers + 1],
+            then: vec![(0.0, 0.0); n_layers + 1],
             last: vec![None; n_layers + 1],
             by_confidence: vec![[(0.0, 0.0); BINS]; n_layers + 1],
             shared: None,
@@ -173,21 +168,22 @@ impl AcceptanceTracker {
         }
     }
 
-    /// A comparison at the row of position `pos`: also counted as following
-    /// the exit's observation at `pos - 1`, if there is one.
+    /// A comparison at the row of position `pos`: also counted as a later
+    /// draft's if the exit agreed at `pos - 1`.
     pub fn observe_at(&mut self, exit: usize, pos: usize, agreed: bool, weight: f64) {
         if exit >= self.hits.len() {
             return;
         }
         self.observe_weighted(exit, agreed, weight);
-        if let Some((p, previous)) = self.last[exit] {
-            if p + 1 == pos {
-                let (h, m) = &mut self.after[exit][usize::from(previous)];
-                *h += weight * f64::from(agreed);
-                *m += weight * f64::from(!agreed);
-                if let Some(s) = &self.shared {
-                    s.observe_after(exit, previous, agreed, weight);
-                }
+        if pos
+            .checked_sub(1)
+            .is_some_and(|p| self.last[exit] == Some((p, true)))
+        {
+            let (h, m) = &mut self.then[exit];
+            *h += weight * f64::from(agreed);
+            *m += weight * f64::from(!agreed);
+            if let Some(s) = &self.shared {
+                s.observe_then(exit, agreed, weight);
             }
         }
         self.last[exit] = Some((pos, agreed));
@@ -258,7 +254,7 @@ impl AcceptanceTracker {
         }
         self.hits.iter_mut().for_each(|h| *h *= FADE);
         self.misses.iter_mut().for_each(|m| *m *= FADE);
-        for c in self.after.iter_mut().flatten() {
+        for c in self.then.iter_mut() {
             c.0 *= FADE;
             c.1 *= FADE;
         }
@@ -268,22 +264,19 @@ impl AcceptanceTracker {
         }
     }
 
-    /// Estimated probability that a draft from `exit` is accepted at the
-    /// position right after one where the exit missed (`previous` false) or
-    /// agreed (true: a round's later drafts, given the one before was
-    /// accepted). This session's evidence, with the model's rate counting
-    /// as [`PRIOR_WEIGHT`] observations; without any, the exit's overall
-    /// rate (independent drafts).
-    pub fn rate_after(&self, exit: usize, previous: bool) -> f64 {
-        let i = usize::from(previous);
-        let overall = self.rate(exit);
+    /// Estimated probability that a draft from `exit` is accepted given that
+    /// the one before it was (a round's later drafts): this session's
+    /// evidence, with the model's rate counting as [`PRIOR_WEIGHT`]
+    /// observations; without any, the exit's overall rate (independent
+    /// drafts).
+    pub fn rate_then(&self, exit: usize) -> f64 {
         let prior = self
             .prior
-            .after
+            .then
             .get(exit)
-            .and_then(|a| rate_of(a[i]))
-            .unwrap_or(overall);
-        let (h, m) = self.after.get(exit).map_or((0.0, 0.0), |a| a[i]);
+            .and_then(|&c| rate_of(c))
+            .unwrap_or_else(|| self.rate(exit));
+        let (h, m) = self.then.get(exit).copied().unwrap_or_default();
         (h + PRIOR_WEIGHT * prior) / (h + m + PRIOR_WEIGHT)
     }
 
@@ -418,7 +411,7 @@ mod tests {
             t.observe_round(2, pos, 2, accepted);
             pos += accepted + 1;
         }
-        let (first, then) = (t.rate(2), t.rate_after(2, true));
+        let (first, then) = (t.rate(2), t.rate_then(2));
         assert!(first > 0.4 && then < 0.25, "{first} {then}");
         // Independent drafts would have promised far more from a second draft.
         let two = crate::adaptive::policy::expected_tokens(first, then, 2);
@@ -427,11 +420,13 @@ mod tests {
         let mut gap = AcceptanceTracker::new(8);
         gap.observe_at(3, 10, true, 1.0);
         gap.observe_at(3, 12, false, 1.0);
-        assert_eq!(gap.rate_after(3, true), gap.rate(3), "no linked evidence");
+        assert_eq!(gap.rate_then(3), gap.rate(3), "no linked evidence");
         gap.observe_at(3, 13, true, 1.0);
-        assert!(gap.rate_after(3, false) > gap.rate(3), "a miss, then a hit");
+        assert_eq!(gap.rate_then(3), gap.rate(3), "after a miss");
+        gap.observe_at(3, 14, false, 1.0);
+        assert!(gap.rate_then(3) < gap.rate(3), "a hit, then a miss");
         // A new session starts from the model's rates.
         let fresh = AcceptanceTracker::with_shared(8, shared);
-        assert!((fresh.rate_after(2, true) - then).abs() < 0.1);
+        assert!((fresh.rate_then(2) - then).abs() < 0.1);
     }
 }

@@ -156,7 +156,7 @@ impl Policy {
         let tokens = if c.is_step() {
             1.0
         } else {
-            expected_tokens(acc.rate(c.exit), acc.rate_after(c.exit, true), c.draft_len)
+            expected_tokens(acc.rate(c.exit), acc.rate_then(c.exit), c.draft_len)
         };
         (tokens, self.seconds(cost, c, c.draft_len))
     }
@@ -319,7 +319,7 @@ impl Policy {
         let verify_row =
             (deep * (cost.layer(n) - cost.layer(1)) + cost.head(n) - cost.head(1)) / (n - 1) as f64;
         let (tokens, seconds) = self.predict(cost, acc, c);
-        let next = acc.rate_after(c.exit, true).max(1e-3);
+        let next = acc.rate_then(c.exit).max(1e-3);
         ((cost.draft_step(c.exit) + verify_row) * tokens / seconds / next).min(1.0) as f32
     }
 

@@ -779,19 +779,11 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
                     let (pos0, full) = std::mem::take(&mut s.verified);
                     score_probes(&mut s.acceptance, &probes, pos0, &full, 1.0);
                     if d.drafts.confidence.len() == d.drafts.tokens.len() {
-                        s.acceptance.observe_drafts(
-                            d.exit,
-                            *base,
-                            &d.drafts.confidence,
-                            verdict.accepted,
-                        );
+                        s.acceptance
+                            .observe_drafts(d.exit, &d.drafts.confidence, verdict.accepted);
                     } else {
-                        s.acceptance.observe_round(
-                            d.exit,
-                            *base,
-                            d.drafts.tokens.len(),
-                            verdict.accepted,
-                        );
+                        s.acceptance
+                            .observe_round(d.exit, d.drafts.tokens.len(), verdict.accepted);
                     }
                     let choice = Choice {
                         exit: d.exit,
@@ -859,13 +851,9 @@ fn score_probes(
     full: &[u32],
     weight: f64,
 ) {
-    // In position order: a comparison also counts as following the one
-    // before it at the same exit.
-    let mut probes: Vec<&Probe> = probes.iter().collect();
-    probes.sort_by_key(|p| p.pos);
     for p in probes {
         if let Some(&t) = p.pos.checked_sub(pos0).and_then(|i| full.get(i)) {
-            acc.observe_at(p.exit, p.pos, p.token == t, weight);
+            acc.observe_weighted(p.exit, p.token == t, weight);
         }
     }
 }

@@ -29,7 +29,6 @@ type Bins = [(f64, f64); BINS];
 #[derive(Debug, Default)]
 pub struct SharedAcceptance {
     counts: Mutex<Vec<(f64, f64)>>,
-    then: Mutex<Vec<(f64, f64)>>,
     bins: Mutex<Vec<Bins>>,
 }
 
@@ -53,15 +52,10 @@ impl SharedAcceptance {
         if c.len() <= exit {
             c.resize(exit + 1, (0.0, 0.0));
         }
-        add_faded(&mut c[exit], agreed, weight);
-    }
-
-    fn observe_then(&self, exit: usize, agreed: bool, weight: f64) {
-        let mut t = self.then.lock();
-        if t.len() <= exit {
-            t.resize(exit + 1, (0.0, 0.0));
-        }
-        add_faded(&mut t[exit], agreed, weight);
+        let (h, m) = &mut c[exit];
+        let fade = SHARED_FADE.powf(weight);
+        *h = *h * fade + weight * f64::from(agreed);
+        *m = *m * fade + weight * f64::from(!agreed);
     }
 
     /// The agreement rate of `exit` over all sessions, if any observed it.
@@ -70,28 +64,9 @@ impl SharedAcceptance {
     }
 
     /// Every exit's counts and bins at once.
-    fn snapshot(&self) -> Prior {
-        Prior {
-            counts: self.counts.lock().clone(),
-            then: self.then.lock().clone(),
-            bins: self.bins.lock().clone(),
-        }
+    fn snapshot(&self) -> (Vec<(f64, f64)>, Vec<Bins>) {
+        (self.counts.lock().clone(), self.bins.lock().clone())
     }
-}
-
-/// One observation into faded shared counts (a window of ~200 per entry).
-fn add_faded((h, m): &mut (f64, f64), agreed: bool, weight: f64) {
-    let fade = SHARED_FADE.powf(weight);
-    *h = *h * fade + weight * f64::from(agreed);
-    *m = *m * fade + weight * f64::from(!agreed);
-}
-
-/// A session's copy of the model's counts.
-#[derive(Debug, Clone, Default)]
-struct Prior {
-    counts: Vec<(f64, f64)>,
-    then: Vec<(f64, f64)>,
-    bins: Vec<Bins>,
 }
 
 /// `hits / (hits + misses)`, if there is any evidence.
@@ -104,13 +79,6 @@ pub struct AcceptanceTracker {
     /// Faded counts of agreements and disagreements, indexed by exit layer.
     hits: Vec<f64>,
     misses: Vec<f64>,
-    /// Per exit: faded (hits, misses) at positions right after one where the
-    /// same exit agreed. Agreements are not independent (a shallow exit
-    /// that gets one token right is often wrong on the next), so a round's
-    /// later drafts are accepted at a rate of their own.
-    then: Vec<(f64, f64)>,
-    /// Per exit: the position and outcome of its newest observation.
-    last: Vec<Option<(usize, bool)>>,
     /// Per exit and bin of the draft's top probability: faded (hits, misses).
     by_confidence: Vec<[(f64, f64); BINS]>,
     /// The model's counts, fed by this session's observations.
@@ -118,7 +86,9 @@ pub struct AcceptanceTracker {
     /// This session's prior: the model's counts as of the start of the
     /// round ([`AcceptanceTracker::fade`]), so estimating every (E, d) of a
     /// round takes no lock.
-    prior: Prior,
+    prior: Vec<(f64, f64)>,
+    /// The model's confidence bins, taken with `prior`.
+    prior_bins: Vec<Bins>,
 }
 
 fn bin(top: f32) -> usize {
@@ -131,18 +101,19 @@ impl AcceptanceTracker {
         AcceptanceTracker {
             hits: vec![0.0; n_layers + 1],
             misses: vec![0.0; n_layers + 1],
-            then: vec![(0.0, 0.0); n_layers + 1],
-            last: vec![None; n_layers + 1],
             by_confidence: vec![[(0.0, 0.0); BINS]; n_layers + 1],
             shared: None,
-            prior: Prior::default(),
+            prior: Vec::new(),
+            prior_bins: Vec::new(),
         }
     }
 
     /// A tracker that starts from, and adds to, the model's shared counts.
     pub fn with_shared(n_layers: usize, shared: Arc<SharedAcceptance>) -> Self {
+        let (prior, prior_bins) = shared.snapshot();
         AcceptanceTracker {
-            prior: shared.snapshot(),
+            prior,
+            prior_bins,
             shared: Some(shared),
             ..Self::new(n_layers)
         }
@@ -168,46 +139,21 @@ impl AcceptanceTracker {
         }
     }
 
-    /// A comparison at the row of position `pos`: also counted as a later
-    /// draft's if the exit agreed at `pos - 1`.
-    pub fn observe_at(&mut self, exit: usize, pos: usize, agreed: bool, weight: f64) {
-        if exit >= self.hits.len() {
-            return;
+    /// A verify round at `exit`: `accepted` of `drafted` drafts accepted. The
+    /// drafts after the first rejection say nothing.
+    pub fn observe_round(&mut self, exit: usize, drafted: usize, accepted: usize) {
+        for _ in 0..accepted {
+            self.observe(exit, true);
         }
-        self.observe_weighted(exit, agreed, weight);
-        if pos
-            .checked_sub(1)
-            .is_some_and(|p| self.last[exit] == Some((p, true)))
-        {
-            let (h, m) = &mut self.then[exit];
-            *h += weight * f64::from(agreed);
-            *m += weight * f64::from(!agreed);
-            if let Some(s) = &self.shared {
-                s.observe_then(exit, agreed, weight);
-            }
-        }
-        self.last[exit] = Some((pos, agreed));
-    }
-
-    /// A verify round at `exit` whose drafts sat at rows `pos0..`: `accepted`
-    /// of `drafted` drafts accepted. The drafts after the first rejection say
-    /// nothing.
-    pub fn observe_round(&mut self, exit: usize, pos0: usize, drafted: usize, accepted: usize) {
-        for k in 0..drafted.min(accepted + 1) {
-            self.observe_at(exit, pos0 + k, k < accepted, 1.0);
+        if accepted < drafted {
+            self.observe(exit, false);
         }
     }
 
     /// Like [`AcceptanceTracker::observe_round`], also learning how the
     /// drafts' top probabilities `confidence` map to acceptance.
-    pub fn observe_drafts(
-        &mut self,
-        exit: usize,
-        pos0: usize,
-        confidence: &[f32],
-        accepted: usize,
-    ) {
-        self.observe_round(exit, pos0, confidence.len(), accepted);
+    pub fn observe_drafts(&mut self, exit: usize, confidence: &[f32], accepted: usize) {
+        self.observe_round(exit, confidence.len(), accepted);
         let Some(bins) = self.by_confidence.get_mut(exit) else {
             return;
         };
@@ -233,7 +179,7 @@ impl AcceptanceTracker {
         let overall = self.rate(exit);
         let none = [(0.0, 0.0); BINS];
         let own = self.by_confidence.get(exit).unwrap_or(&none);
-        let model = self.prior.bins.get(exit).unwrap_or(&none);
+        let model = self.prior_bins.get(exit).unwrap_or(&none);
         let mut out = [0.0; BINS];
         for ((o, &(h, m)), &(hs, ms)) in out.iter_mut().zip(own).zip(model) {
             let prior = if hs + ms >= 2.0 {
@@ -250,39 +196,19 @@ impl AcceptanceTracker {
     /// model's counts as the prior.
     pub fn fade(&mut self) {
         if let Some(s) = &self.shared {
-            self.prior = s.snapshot();
+            (self.prior, self.prior_bins) = s.snapshot();
         }
         self.hits.iter_mut().for_each(|h| *h *= FADE);
         self.misses.iter_mut().for_each(|m| *m *= FADE);
-        for c in self.then.iter_mut() {
-            c.0 *= FADE;
-            c.1 *= FADE;
-        }
         for b in self.by_confidence.iter_mut().flatten() {
             b.0 *= FADE;
             b.1 *= FADE;
         }
     }
 
-    /// Estimated probability that a draft from `exit` is accepted given that
-    /// the one before it was (a round's later drafts): this session's
-    /// evidence, with the model's rate counting as [`PRIOR_WEIGHT`]
-    /// observations; without any, the exit's overall rate (independent
-    /// drafts).
-    pub fn rate_then(&self, exit: usize) -> f64 {
-        let prior = self
-            .prior
-            .then
-            .get(exit)
-            .and_then(|&c| rate_of(c))
-            .unwrap_or_else(|| self.rate(exit));
-        let (h, m) = self.then.get(exit).copied().unwrap_or_default();
-        (h + PRIOR_WEIGHT * prior) / (h + m + PRIOR_WEIGHT)
-    }
-
     /// How much evidence the model's earlier sessions left about `exit`.
     pub fn shared_evidence(&self, exit: usize) -> f64 {
-        self.prior.counts.get(exit).map_or(0.0, |(h, m)| h + m)
+        self.prior.get(exit).map_or(0.0, |(h, m)| h + m)
     }
 
     /// How much (faded) evidence exit `exit` has.
@@ -296,7 +222,7 @@ impl AcceptanceTracker {
     /// the nearest observed shallower exit's estimate (agreement grows with
     /// depth, so that is conservative), or 0.
     pub fn rate(&self, exit: usize) -> f64 {
-        let prior = |e: usize| self.prior.counts.get(e).and_then(|&c| rate_of(c));
+        let prior = |e: usize| self.prior.get(e).and_then(|&c| rate_of(c));
         (1..=exit.min(self.hits.len() - 1))
             .rev()
             .find_map(|e| match (prior(e), self.evidence(e)) {
@@ -316,7 +242,7 @@ mod tests {
     fn rates_follow_observations_and_borrow_conservatively() {
         let mut t = AcceptanceTracker::new(8);
         assert_eq!(t.rate(4), 0.0);
-        t.observe_round(2, 0, 4, 1);
+        t.observe_round(2, 4, 1);
         assert_eq!(t.rate(2), 0.5);
         assert_eq!(
             t.rate(5),
@@ -324,7 +250,7 @@ mod tests {
             "unobserved exits borrow from shallower ones"
         );
         assert_eq!(t.rate(1), 0.0);
-        t.observe_round(2, 10, 3, 3);
+        t.observe_round(2, 3, 3);
         assert_eq!(t.rate(2), 0.8);
         t.fade();
         assert!((t.rate(2) - 0.8).abs() < 1e-12, "fading keeps the rate");
@@ -364,7 +290,7 @@ mod tests {
         let mut t = AcceptanceTracker::new(8);
         for _ in 0..5 {
             // Confident drafts accepted, the unsure third rejected, the fourth unseen.
-            t.observe_drafts(3, 0, &[0.95, 0.9, 0.15, 0.05], 2);
+            t.observe_drafts(3, &[0.95, 0.9, 0.15, 0.05], 2);
         }
         let c = t.calibration(3);
         let overall = t.rate(3) as f32;
@@ -381,7 +307,7 @@ mod tests {
         let shared = Arc::new(SharedAcceptance::default());
         let mut first = AcceptanceTracker::with_shared(8, shared.clone());
         for _ in 0..30 {
-            first.observe_drafts(5, 0, &[0.95, 0.35], 1);
+            first.observe_drafts(5, &[0.95, 0.35], 1);
         }
         let fresh = AcceptanceTracker::with_shared(8, shared.clone());
         let c = fresh.calibration(5);
@@ -393,40 +319,5 @@ mod tests {
             alone.iter().all(|&p| p == alone[0]),
             "no sharing without it"
         );
-    }
-
-    #[test]
-    fn later_drafts_have_their_own_rate() {
-        // Exit 2 gets a round's first draft right 7 times in 10, but the
-        // draft after a right one only once in 7: two-draft rounds.
-        let shared = Arc::new(SharedAcceptance::default());
-        let mut t = AcceptanceTracker::with_shared(8, shared.clone());
-        let mut pos = 0;
-        for i in 0..50 {
-            let accepted = match i % 10 {
-                0 => 2,
-                1..=6 => 1,
-                _ => 0,
-            };
-            t.observe_round(2, pos, 2, accepted);
-            pos += accepted + 1;
-        }
-        let (first, then) = (t.rate(2), t.rate_then(2));
-        assert!(first > 0.4 && then < 0.25, "{first} {then}");
-        // Independent drafts would have promised far more from a second draft.
-        let two = crate::adaptive::policy::expected_tokens(first, then, 2);
-        assert!(two < 1.0 + first + first * first - 0.1, "{two}");
-        // Rows that do not follow each other are not linked.
-        let mut gap = AcceptanceTracker::new(8);
-        gap.observe_at(3, 10, true, 1.0);
-        gap.observe_at(3, 12, false, 1.0);
-        assert_eq!(gap.rate_then(3), gap.rate(3), "no linked evidence");
-        gap.observe_at(3, 13, true, 1.0);
-        assert_eq!(gap.rate_then(3), gap.rate(3), "after a miss");
-        gap.observe_at(3, 14, false, 1.0);
-        assert!(gap.rate_then(3) < gap.rate(3), "a hit, then a miss");
-        // A new session starts from the model's rates.
-        let fresh = AcceptanceTracker::with_shared(8, shared);
-        assert!((fresh.rate_then(2) - then).abs() < 0.1);
     }
 }

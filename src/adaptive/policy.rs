@@ -419,6 +419,17 @@ mod tests {
         t
     }
 
+    /// Two good exits, shared corrections, and a policy's first choice
+    /// (speculative).
+    fn first_speculative_choice() -> (AcceptanceTracker, Arc<Corrections>, Policy, Choice) {
+        let acc = tracker(&[(2, 0.9), (6, 0.95)]);
+        let shared = Arc::new(Corrections::default());
+        let mut p = Policy::new(AutoSpec::default(), 8, shared.clone());
+        let first = p.choose(&cost(), &acc);
+        assert!(!first.is_step());
+        (acc, shared, p, first)
+    }
+
     #[test]
     fn expected_tokens_counts_the_bonus() {
         assert_eq!(expected_tokens(0.0, 4), 1.0);
@@ -523,11 +534,7 @@ mod tests {
 
     #[test]
     fn automatic_d_has_one_candidate_and_one_correction_per_exit() {
-        let acc = tracker(&[(2, 0.9), (6, 0.95)]);
-        let shared = Arc::new(Corrections::default());
-        let mut p = Policy::new(AutoSpec::default(), 8, shared.clone());
-        let first = p.choose(&cost(), &acc);
-        assert!(!first.is_step());
+        let (acc, shared, mut p, first) = first_speculative_choice();
         // Rounds at the same exit under any d label feed one entry.
         for d in 1..=4 {
             let c = Choice {
@@ -596,11 +603,7 @@ mod tests {
 
     #[test]
     fn measured_corrections_steer_the_choice_across_sessions() {
-        let acc = tracker(&[(2, 0.9), (6, 0.95)]);
-        let shared = Arc::new(Corrections::default());
-        let mut p = Policy::new(AutoSpec::default(), 8, shared.clone());
-        let first = p.choose(&cost(), &acc);
-        assert!(!first.is_step());
+        let (acc, shared, mut p, first) = first_speculative_choice();
         // Rounds of the first choice deliver a third of the predicted speed
         // (same tokens, three times the time). Alone, that moves nothing:
         // unmeasured choices borrow the same correction.

@@ -650,10 +650,9 @@ mod simd512 {
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         let w = j.w.as_ptr().add(p0 * PANEL * elems);
         let x = j.x.as_ptr().add(r0 * cols);
-        // The first `steps` steps of element `e` (columns e * STEPS + s). A
-        // macro, not a closure: closures do not inherit the caller's target
-        // features, and intrinsics outside them are calls.
-        // Panel p's weights `wv` at column k times every row.
+        // Panel p's weights `wv` at column k times every row. Macros, not
+        // closures: closures do not inherit the caller's target features,
+        // and intrinsics outside them are calls.
         macro_rules! fma_rows {
             ($wv:expr, $k:expr, $p:expr) => {
                 for (r, row) in acc.iter_mut().enumerate() {
@@ -661,6 +660,7 @@ mod simd512 {
                 }
             };
         }
+        // The first `steps` steps of element `e` (columns e * STEPS + s).
         macro_rules! step {
             ($e:expr, $steps:expr) => {
                 if R * P <= 16 {

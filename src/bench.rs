@@ -38,6 +38,40 @@ pub struct BenchRow {
     pub verify_share: f64,
     /// Greedy output identical to full-depth decoding.
     pub lossless: bool,
+    /// Automatic rows: the share of the tokens made at each exit layer
+    /// (`drafts == false`: plain full-depth steps), largest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exit_shares: Vec<ExitShare>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ExitShare {
+    pub exit_layer: usize,
+    pub drafts: bool,
+    pub share: f64,
+}
+
+/// Tokens per (E, d) merged per exit (an automatic d labels its rounds by
+/// the d it predicted; they all drafted at E), as shares of the total.
+fn exit_shares(choices: &[((usize, usize), usize)]) -> Vec<ExitShare> {
+    let total: usize = choices.iter().map(|(_, n)| n).sum();
+    let mut out: Vec<ExitShare> = Vec::new();
+    for &((exit_layer, d), n) in choices {
+        let share = n as f64 / total.max(1) as f64;
+        match out
+            .iter_mut()
+            .find(|x| (x.exit_layer, x.drafts) == (exit_layer, d > 0))
+        {
+            Some(x) => x.share += share,
+            None => out.push(ExitShare {
+                exit_layer,
+                drafts: d > 0,
+                share,
+            }),
+        }
+    }
+    out.sort_by(|a, b| b.share.total_cmp(&a.share));
+    out
 }
 
 pub struct BenchConfig {
@@ -205,7 +239,15 @@ fn measure<E: Engine>(
                     ("self-speculative", Some(exit), Some(draft_len))
                 }
                 Mode::Auto(_) => {
-                    let main = t.choices.iter().max_by_key(|(_, n)| *n).map(|(k, _)| *k);
+                    // The exit that made the most tokens, with its most used d label.
+                    let top = exit_shares(&t.choices).first().copied();
+                    let main = top.and_then(|top| {
+                        t.choices
+                            .iter()
+                            .filter(|((e, d), _)| (*e, *d > 0) == (top.exit_layer, top.drafts))
+                            .max_by_key(|(_, n)| *n)
+                            .map(|(k, _)| *k)
+                    });
                     ("auto", main.map(|k| k.0), main.map(|k| k.1))
                 }
                 _ => ("full", None, None),
@@ -235,6 +277,11 @@ fn measure<E: Engine>(
                 draft_share: t.draft_s / t.seconds,
                 verify_share: t.verify_s / t.seconds,
                 lossless: t.outputs == full_out,
+                exit_shares: if matches!(mode, Mode::Auto(_)) {
+                    exit_shares(&t.choices)
+                } else {
+                    Vec::new()
+                },
             }
         })
         .collect())
@@ -303,6 +350,21 @@ pub fn format_summary(rows: &[BenchRow]) -> String {
         paired(auto, best),
         paired(auto, median),
     );
+    if !auto.exit_shares.is_empty() {
+        let shares: Vec<String> = auto
+            .exit_shares
+            .iter()
+            .map(|x| {
+                let at = if x.drafts {
+                    format!("E={}", x.exit_layer)
+                } else {
+                    "full depth".to_string()
+                };
+                format!("{at} {:.0}%", 100.0 * x.share)
+            })
+            .collect();
+        s += &format!("auto's tokens by exit (sweep): {}\n", shares.join(", "));
+    }
     if let (Some(b), Some(a)) = (
         in_phase("confirm", "self-speculative").pop(),
         in_phase("confirm", "auto").pop(),
@@ -533,6 +595,19 @@ pub fn evaluate<E: Engine>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_shares_merge_draft_labels_per_exit() {
+        // E=5 labelled d=2 and d=4 is one exit; full-depth steps are apart
+        // from an exit's drafts even at the same layer index.
+        let shares = exit_shares(&[((5, 2), 30), ((8, 0), 20), ((5, 4), 40), ((2, 1), 10)]);
+        let got: Vec<_> = shares
+            .iter()
+            .map(|x| (x.exit_layer, x.drafts, (100.0 * x.share).round()))
+            .collect();
+        assert_eq!(got, [(5, true, 70.0), (8, false, 20.0), (2, true, 10.0)]);
+        assert!(exit_shares(&[]).is_empty());
+    }
 
     #[test]
     fn paired_ratios_resist_a_busy_spell() {

@@ -201,3 +201,34 @@ fn hopeless_exits_fall_back_to_full_depth() {
         "{full_rounds} of {all} rounds at full depth"
     );
 }
+
+#[test]
+fn round_timings_pair_live_times_with_the_models_predictions() {
+    let model = load(FIXTURES[0]);
+    let layers = model.num_layers();
+    let cost = memory_bound(layers);
+    let exit = layers / 2;
+    let prompt = &prompts(FIXTURES[0])[0];
+    let before = run(&model, prompt, Mode::Full, 8);
+    let timed = cost
+        .time_rounds(&model.engine, &[(exit, 2), (1, 8)], 3)
+        .unwrap();
+    // A full-depth step first, then the rounds asked for, in order.
+    let shapes: Vec<_> = timed.iter().map(|t| (t.exit, t.drafts)).collect();
+    assert_eq!(shapes, [(layers, 0), (exit, 2), (1, 8)]);
+    assert_eq!(timed[0].predicted, cost.full_token());
+    assert_eq!(timed[1].predicted, cost.round(exit, 2));
+    assert_eq!(timed[2].predicted, cost.round(1, 8));
+    assert!(timed
+        .iter()
+        .all(|t| t.measured.is_finite() && t.measured > 0.0));
+    // Rounds the policy could never run, and a model for another depth: errors.
+    for bad in [(0, 2), (layers, 2), (exit, 0), (exit, 9)] {
+        let e = cost.time_rounds(&model.engine, &[bad], 1).unwrap_err();
+        assert!(e.to_string().contains("must be in"), "{bad:?}: {e}");
+    }
+    let other = memory_bound(layers + 1);
+    assert!(other.time_rounds(&model.engine, &[], 1).is_err());
+    // The timing uses its own cache: the model decodes as before.
+    assert_eq!(run(&model, prompt, Mode::Full, 8).tokens, before.tokens);
+}

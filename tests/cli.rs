@@ -278,6 +278,13 @@ fn bench_confirmation_reruns_full_the_best_pair_and_auto() {
         .map(|r| r["mode"].as_str().unwrap())
         .collect();
     assert_eq!(modes, ["full", "self-speculative", "auto"]);
+    // Auto's tokens by exit: shares of every token it made, largest first;
+    // only automatic rows carry them.
+    let shares = sweep[3]["exit_shares"].as_array().unwrap();
+    let share = |x: &Value| x["share"].as_f64().unwrap();
+    assert!((shares.iter().map(share).sum::<f64>() - 1.0).abs() < 1e-9);
+    assert!(shares.windows(2).all(|w| share(&w[0]) >= share(&w[1])));
+    assert!(sweep[..3].iter().all(|r| r.get("exit_shares").is_none()));
     // The confirmed pair is the sweep's fastest (by its median speedup over
     // full depth, paired run by run), and every row stays lossless.
     let best = sweep
@@ -308,4 +315,43 @@ fn bench_confirmation_reruns_full_the_best_pair_and_auto() {
     assert!(rows.iter().all(|r| r["lossless"] == true));
     // Each confirmation row covers 2 rounds of 6 tokens.
     assert!(confirm.iter().all(|r| r["tokens"] == 12));
+}
+
+#[test]
+fn costs_times_rounds_next_to_the_cost_models_predictions() {
+    let dir = fixture_dir("mha-f32");
+    let out = cli(&[
+        "costs",
+        "--model",
+        dir.to_str().unwrap(),
+        "--rounds",
+        "1:2,1:1",
+        "--repeat",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("full depth"))
+        .unwrap();
+    assert!(lines[at + 1].starts_with("E=1 d=2") && lines[at + 2].starts_with("E=1 d=1"));
+    // measured, predicted, their ratio, and both over full depth's (1.00 for full depth).
+    let cols: Vec<f64> = lines[at]
+        .split_whitespace()
+        .skip(2)
+        .map(|c| c.parse().unwrap())
+        .collect();
+    assert_eq!(cols.len(), 5);
+    assert!(cols[0] > 0.0 && cols[1] > 0.0 && cols[3] == 1.0 && cols[4] == 1.0);
+    for bad in ["1:9", "0:2", "2"] {
+        let out = cli(&["costs", "--model", dir.to_str().unwrap(), "--rounds", bad]);
+        assert!(!out.status.success(), "--rounds {bad}");
+        assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    }
 }

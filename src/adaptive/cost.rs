@@ -3,7 +3,8 @@
 //! stands for every layer.
 
 use super::MAX_DRAFT;
-use crate::engine::Engine;
+use crate::engine::{Engine, Rows};
+use crate::error::{Error, Result};
 use std::time::Instant;
 
 /// Rows a verify pass can have (drafts + 1).
@@ -38,6 +39,37 @@ fn at(table: &[f64], rows: usize) -> f64 {
     }
 }
 
+/// `n` token ids for timing (any ids do: the cost does not depend on them).
+fn tokens<E: Engine>(engine: &E, n: usize, salt: usize) -> Vec<u32> {
+    let vocab = engine.config().vocab_size as u32;
+    (0..n)
+        .map(|i| ((i * 7 + salt * 13) as u32) % vocab)
+        .collect()
+}
+
+/// A K/V cache holding [`CONTEXT`] positions in every layer, with room for
+/// [`MAX_ROWS`] more.
+fn primed_kv<E: Engine>(engine: &E) -> E::Kv {
+    let mut kv = engine.new_kv(CONTEXT + MAX_ROWS);
+    let mut x = engine.embed(&tokens(engine, CONTEXT, 0));
+    for l in 0..engine.config().num_layers {
+        engine.run_layer(l, &mut kv, 0, &mut x);
+    }
+    kv
+}
+
+/// A full-depth step (`drafts == 0`, `exit` = the number of layers) or a
+/// self-speculative round, timed the way decoding runs it, next to what the
+/// cost model predicts for it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundTiming {
+    pub exit: usize,
+    pub drafts: usize,
+    /// Median seconds over the repetitions.
+    pub measured: f64,
+    pub predicted: f64,
+}
+
 /// Later entries never cheaper than earlier ones (timing noise would otherwise
 /// make a longer verify look free).
 fn monotone(mut t: Vec<f64>) -> Vec<f64> {
@@ -61,17 +93,8 @@ impl CostModel {
         let t0 = Instant::now();
         let cfg = engine.config();
         let n_layers = cfg.num_layers;
-        let vocab = cfg.vocab_size as u32;
-        let tokens = |n: usize, salt: usize| -> Vec<u32> {
-            (0..n)
-                .map(|i| ((i * 7 + salt * 13) as u32) % vocab)
-                .collect()
-        };
-        let mut kv = engine.new_kv(CONTEXT + MAX_ROWS);
-        let mut x = engine.embed(&tokens(CONTEXT, 0));
-        for l in 0..n_layers {
-            engine.run_layer(l, &mut kv, 0, &mut x);
-        }
+        let tokens = |n, salt| tokens(engine, n, salt);
+        let mut kv = primed_kv(engine);
         let mut logits = Vec::new();
         let mut layer = vec![f64::INFINITY; MAX_ROWS];
         let mut head = vec![f64::INFINITY; MAX_ROWS];
@@ -145,6 +168,104 @@ impl CostModel {
             + exit as f64 * self.layer(1)
             + deep * self.layer(drafts + 1)
             + self.head(drafts + 1)
+    }
+
+    /// What the model predicts for `drafts` drafts at `exit` (0: a full-depth step).
+    fn pattern(&self, exit: usize, drafts: usize) -> f64 {
+        if drafts == 0 {
+            self.full_token()
+        } else {
+            self.round(exit, drafts)
+        }
+    }
+
+    /// Time a full-depth step (the first entry) and a self-speculative round
+    /// for each `(exit, drafts)` the way decoding runs them, `reps` times
+    /// each (patterns in turn, so a busy spell hits all of them alike), and
+    /// put each median next to this model's prediction. A round: `drafts`
+    /// one-row passes through layers `0..exit`, each followed by the exit
+    /// head, the last draft's pass through the same layers, then the deeper
+    /// layers and the head over `drafts + 1` rows. The policy compares a
+    /// round with a full-depth step, so what matters is that both columns
+    /// agree on that ratio, not on absolute times (`layerskip costs`).
+    pub fn time_rounds<E: Engine>(
+        &self,
+        engine: &E,
+        rounds: &[(usize, usize)],
+        reps: usize,
+    ) -> Result<Vec<RoundTiming>> {
+        let n_layers = engine.config().num_layers;
+        if n_layers != self.n_layers {
+            return Err(Error::invalid(format!(
+                "the cost model is for {} layers, the engine has {n_layers}",
+                self.n_layers
+            )));
+        }
+        for &(exit, drafts) in rounds {
+            if !(1..n_layers).contains(&exit) || !(1..=MAX_DRAFT).contains(&drafts) {
+                return Err(Error::invalid(format!(
+                    "round E={exit} d={drafts}: E must be in 1..{n_layers} and d in 1..={MAX_DRAFT}"
+                )));
+            }
+        }
+        let patterns: Vec<(usize, usize)> = std::iter::once((n_layers, 0))
+            .chain(rounds.iter().copied())
+            .collect();
+        let times = engine.enter(|| {
+            let mut kv = primed_kv(engine);
+            let mut logits = Vec::new();
+            let mut times = vec![Vec::with_capacity(reps); patterns.len()];
+            // Repetition 0 is the untimed warm-up.
+            for rep in 0..=reps.max(1) {
+                for (&(exit, drafts), t) in patterns.iter().zip(&mut times) {
+                    // Twice, timing the second: a pass runs slower right
+                    // after a larger one, and in decoding a round follows a
+                    // round like it.
+                    for timed in [false, rep > 0] {
+                        let ids = tokens(engine, drafts + 1, rep);
+                        engine.synchronize();
+                        let start = Instant::now();
+                        let mut rows = engine.embed(&[]);
+                        for (k, &id) in ids.iter().enumerate() {
+                            let mut x = engine.embed(&[id]);
+                            for l in 0..exit {
+                                engine.run_layer(l, &mut kv, CONTEXT + k, &mut x);
+                            }
+                            if k < drafts {
+                                engine.head(&x, 0, &mut logits);
+                            }
+                            rows.append(x);
+                        }
+                        for l in exit..n_layers {
+                            engine.run_layer(l, &mut kv, CONTEXT, &mut rows);
+                        }
+                        // A round's verify head, or a full-depth step's own.
+                        engine.head(&rows, 0, &mut logits);
+                        engine.synchronize();
+                        if timed {
+                            t.push(start.elapsed().as_secs_f64());
+                        }
+                        for l in 0..n_layers {
+                            engine.truncate_kv(&mut kv, l, CONTEXT);
+                        }
+                    }
+                }
+            }
+            times
+        });
+        Ok(patterns
+            .iter()
+            .zip(times)
+            .map(|(&(exit, drafts), mut t)| {
+                t.sort_by(f64::total_cmp);
+                RoundTiming {
+                    exit,
+                    drafts,
+                    measured: t[t.len() / 2],
+                    predicted: self.pattern(exit, drafts),
+                }
+            })
+            .collect())
     }
 
     /// A cost model with given per-row-count times (tests, what-if analysis).

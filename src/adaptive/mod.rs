@@ -19,7 +19,7 @@ pub mod policy;
 
 pub use acceptance::{AcceptanceTracker, SharedAcceptance, BINS};
 pub use correction::Corrections;
-pub use cost::CostModel;
+pub use cost::{CostModel, RoundTiming};
 pub use policy::{Choice, Policy};
 
 /// Longest draft the automatic policy considers.

@@ -25,10 +25,17 @@ enum Cmd {
     /// Full depth against every (E, d) pair: tokens/s, speedup, acceptance.
     Bench(BenchArgs),
     /// Time one layer and the exit head by row count (the cost model that
-    /// automatic (E, d) uses).
+    /// automatic (E, d) uses), then full-depth steps and self-speculative
+    /// rounds as decoding runs them, against the model's predictions.
     Costs {
         #[command(flatten)]
         model: ModelArgs,
+        /// Rounds to time, as E:D (default: E = L/4, L/2, 3L/4 with D = 1, 2, 4, 8).
+        #[arg(long, value_delimiter = ',', value_parser = parse_round)]
+        rounds: Vec<(usize, usize)>,
+        /// Timed repetitions of each round (the median is shown).
+        #[arg(long, default_value_t = 30)]
+        repeat: usize,
     },
     /// Teacher-forced perplexity and top-1 accuracy on a text file; with
     /// `--quantize`, also the agreement of top-1 tokens with the unquantized model.
@@ -437,7 +444,17 @@ fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
     Ok(())
 }
 
-fn run_costs(model: ModelArgs) -> layerskip::Result<()> {
+fn parse_round(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("expected E:D (exit layer and draft length), got `{s}`");
+    let (e, d) = s.split_once(':').ok_or_else(bad)?;
+    Ok((e.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?))
+}
+
+fn run_costs(
+    model: ModelArgs,
+    rounds: Vec<(usize, usize)>,
+    repeat: usize,
+) -> layerskip::Result<()> {
     let model = model.load()?;
     let c = model.cost_model();
     println!("rows  layer_us  per_row  head_us  per_row");
@@ -456,6 +473,43 @@ fn run_costs(model: ModelArgs) -> layerskip::Result<()> {
         c.n_layers,
         1e3 * c.measure_seconds
     );
+    let l = c.n_layers;
+    let rounds = if rounds.is_empty() {
+        let mut exits: Vec<usize> = [l / 4, l / 2, 3 * l / 4]
+            .into_iter()
+            .filter(|e| (1..l).contains(e))
+            .collect();
+        exits.dedup();
+        exits
+            .into_iter()
+            .flat_map(|e| [1, 2, 4, 8].map(|d| (e, d)))
+            .collect()
+    } else {
+        rounds
+    };
+    let timed = c.time_rounds(&model.engine, &rounds, repeat.max(1))?;
+    let full = timed[0];
+    println!(
+        "\nas decoding runs them (median of {repeat}); x full = seconds over a full-depth step's"
+    );
+    println!(
+        "round       measured_us  predicted_us  measured/predicted  x full: measured  predicted"
+    );
+    for t in &timed {
+        let name = if t.drafts == 0 {
+            "full depth".to_string()
+        } else {
+            format!("E={} d={}", t.exit, t.drafts)
+        };
+        println!(
+            "{name:<11} {:>11.1} {:>13.1} {:>19.2} {:>17.2} {:>10.2}",
+            1e6 * t.measured,
+            1e6 * t.predicted,
+            t.measured / t.predicted,
+            t.measured / full.measured,
+            t.predicted / full.predicted,
+        );
+    }
     Ok(())
 }
 
@@ -559,7 +613,11 @@ fn main() -> ExitCode {
         Cmd::Generate(a) => run_generate(a),
         Cmd::Bench(a) => run_bench(a),
         Cmd::Info { model, json } => run_info(model, json),
-        Cmd::Costs { model } => run_costs(model),
+        Cmd::Costs {
+            model,
+            rounds,
+            repeat,
+        } => run_costs(model, rounds, repeat),
         Cmd::Eval {
             model,
             file,

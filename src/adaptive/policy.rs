@@ -28,6 +28,14 @@ impl Choice {
 
 /// Self-speculation must be predicted this much faster than full depth.
 const MIN_SPEEDUP: f64 = 1.03;
+/// An automatic exit must be able to beat full depth by this much when
+/// every draft is accepted (by the cost model). Round times move 10-20%
+/// against the model's with the machine's state (`layerskip costs`), so an
+/// exit whose best case is within that of full depth wins or loses by
+/// chance, and its probes cost time too: on the hopeless 100M model (12
+/// layers), exit 11 (best case 1.05x, yet 75% agreement) made 14% of auto's
+/// tokens and auto ran 0.96x full depth; without it, 0.99x.
+const MIN_CEILING: f64 = 1.1;
 /// A new choice must be predicted this much faster than the current one.
 const SWITCH_GAIN: f64 = 1.03;
 /// Share of generation time that probing other exits may take.
@@ -113,12 +121,25 @@ impl Policy {
         }
     }
 
-    /// Exits that may be chosen (and so are worth probing).
-    fn exits(&self) -> Vec<usize> {
+    /// Exits that may be chosen (and so are worth probing): the one given,
+    /// or those that could beat full depth by [`MIN_CEILING`] if every
+    /// draft were accepted.
+    fn exits(&self, cost: &CostModel) -> Vec<usize> {
         match self.spec.exit {
             Some(e) => vec![e],
-            None => (1..self.n_layers).collect(),
+            None => (1..self.n_layers)
+                .filter(|&e| self.ceiling(cost, e) >= MIN_CEILING)
+                .collect(),
         }
+    }
+
+    /// The cost model's speedup of exit `e` over full depth with every draft
+    /// accepted, at its best draft length.
+    fn ceiling(&self, cost: &CostModel, e: usize) -> f64 {
+        self.drafts()
+            .into_iter()
+            .map(|d| (d + 1) as f64 * cost.full_token() / cost.round(e, d))
+            .fold(0.0, f64::max)
     }
 
     fn drafts(&self) -> Vec<usize> {
@@ -223,7 +244,7 @@ impl Policy {
         let mut best = (Choice::full(self.n_layers), MIN_SPEEDUP);
         // Choices that have not run enough rounds to have their own correction.
         let mut untried: Vec<(Choice, f64)> = Vec::new();
-        for e in self.exits() {
+        for e in self.exits(cost) {
             // With an automatic d, an exit is one candidate: its best d by
             // prediction (the label of its rounds; drafting itself stops by
             // confidence).
@@ -330,7 +351,7 @@ impl Policy {
     ) -> Option<usize> {
         let c = self.current;
         let exit = self
-            .exits()
+            .exits(cost)
             .into_iter()
             .filter(|&e| c.is_step() || e != c.exit)
             .min_by(|&a, &b| acc.evidence(a).total_cmp(&acc.evidence(b)))?;
@@ -367,7 +388,7 @@ impl Policy {
         max_new_tokens: usize,
     ) -> (Vec<usize>, usize) {
         let exits: Vec<usize> = self
-            .exits()
+            .exits(cost)
             .into_iter()
             .filter(|&e| acc.shared_evidence(e) < WELL_KNOWN)
             .collect();
@@ -653,6 +674,37 @@ mod tests {
             explored <= rounds * EXPLORE_ROUNDS / EXPLORE_EVERY,
             "{explored}"
         );
+    }
+
+    #[test]
+    fn exits_whose_best_case_is_close_to_full_depth_are_left_out() {
+        // With cost(), exit 7 of 8 is at best 1.097x full depth (d = 8,
+        // every draft accepted); exit 6 reaches 1.22x.
+        let c = cost();
+        let auto = Policy::new(AutoSpec::default(), 8, Arc::default());
+        assert!(auto.ceiling(&c, 7) < MIN_CEILING && auto.ceiling(&c, 6) >= MIN_CEILING);
+        // Only exit 7 agrees with the full model, and perfectly: its
+        // prediction beats MIN_SPEEDUP, but it is neither chosen nor probed.
+        let mut rates: Vec<(usize, f64)> = (1..7).map(|e| (e, 0.0)).collect();
+        rates.push((7, 1.0));
+        let acc = tracker(&rates);
+        let e7 = Choice {
+            exit: 7,
+            draft_len: 8,
+        };
+        assert!(auto.speedup(&c, &acc, e7) > MIN_SPEEDUP);
+        let mut p = auto;
+        for round in 0..200 {
+            assert!(p.choose(&c, &acc).is_step());
+            assert_ne!(p.probe(&c, &acc, 1e3 * (1 + round) as f64), Some(7));
+        }
+        // An exit the caller fixes is used whatever its best case.
+        let fixed = AutoSpec {
+            exit: Some(7),
+            draft_len: None,
+        };
+        let mut q = Policy::new(fixed, 8, Arc::default());
+        assert_eq!(q.choose(&c, &acc).exit, 7);
     }
 
     #[test]

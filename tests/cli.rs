@@ -355,3 +355,23 @@ fn costs_times_rounds_next_to_the_cost_models_predictions() {
         assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
     }
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_without_a_panic() {
+    // The reader is gone before the first line is printed.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let dir = fixture_dir("mha-f32");
+    let out = Command::new(env!("CARGO_BIN_EXE_layerskip"))
+        .args(["info", "--model", dir.to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE));
+    }
+}

@@ -608,6 +608,15 @@ fn run_info(model: ModelArgs, as_json: bool) -> layerskip::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` and the like: end quietly when the reader
+    // goes, as other command-line tools do (Rust ignores SIGPIPE, so the
+    // next print would panic).
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any
+    // other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Generate(a) => run_generate(a),

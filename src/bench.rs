@@ -234,14 +234,18 @@ fn measure<E: Engine>(
         .map(|(mode, t)| {
             let tps = t.tokens as f64 / t.seconds;
             let (q1, speedup, q3) = paired_ratios(&t.runs, &full_runs);
+            let shares = if matches!(mode, Mode::Auto(_)) {
+                exit_shares(&t.choices)
+            } else {
+                Vec::new()
+            };
             let (name, e, d) = match *mode {
                 Mode::SelfSpeculative { exit, draft_len } => {
                     ("self-speculative", Some(exit), Some(draft_len))
                 }
                 Mode::Auto(_) => {
                     // The exit that made the most tokens, with its most used d label.
-                    let top = exit_shares(&t.choices).first().copied();
-                    let main = top.and_then(|top| {
+                    let main = shares.first().and_then(|top| {
                         t.choices
                             .iter()
                             .filter(|((e, d), _)| (*e, *d > 0) == (top.exit_layer, top.drafts))
@@ -277,11 +281,7 @@ fn measure<E: Engine>(
                 draft_share: t.draft_s / t.seconds,
                 verify_share: t.verify_s / t.seconds,
                 lossless: t.outputs == full_out,
-                exit_shares: if matches!(mode, Mode::Auto(_)) {
-                    exit_shares(&t.choices)
-                } else {
-                    Vec::new()
-                },
+                exit_shares: shares,
             }
         })
         .collect())

@@ -487,7 +487,8 @@ fn run_costs(
     } else {
         rounds
     };
-    let timed = c.time_rounds(&model.engine, &rounds, repeat.max(1))?;
+    let repeat = repeat.max(1);
+    let timed = c.time_rounds(&model.engine, &rounds, repeat)?;
     let full = timed[0];
     println!(
         "\nas decoding runs them (median of {repeat}); x full = seconds over a full-depth step's"

@@ -625,7 +625,7 @@ int main(int argc, char **argv) {
             ntk[k] = np;
         }
         for (step = 0; step < nfull && step < nexit1; step++) {
-            tk[2] = &bad; /* session 2 always gets an out-of-range token */
+            tk[2] = &bad; /* the third session always gets an out-of-range token */
             ntk[2] = 1;
             EXPECT(LSK_OK, lsk_sessions_step(bs, 6, tk, ntk, ex, NULL, next, rs, &err_));
             CHECK(rs[0] == LSK_OK && rs[1] == LSK_OK && rs[3] == LSK_OK);

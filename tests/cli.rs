@@ -54,6 +54,7 @@ fn generate_json_matches_reference_in_every_mode() {
             "--max-new-tokens",
             "24",
             "--ignore-eos",
+            "--greedy",
             "--json",
         ];
         let v = json_of(&cli(&base));

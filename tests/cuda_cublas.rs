@@ -11,8 +11,11 @@ use layerskip::{Device, LoadOptions, Model};
 #[test]
 fn prompts_through_cublas_match_the_cpu_engine() {
     if !driver_present() {
-        println!("SKIPPED cuBLAS path: no CUDA driver on this machine");
-        return;
+        return skip(
+            Some(REQUIRE_GPU),
+            "cuBLAS path",
+            "no CUDA driver on this machine",
+        );
     }
     // Every pass of more than 4 rows goes to cuBLAS.
     std::env::set_var("LAYERSKIP_CUDA_MATVEC_MAX_ROWS", "4");

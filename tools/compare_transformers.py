@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def ours(model, ids, n, mode, exit_layer, draft_len, threads):
     cli = ROOT / "target" / "release" / "layerskip"
     cmd = [str(cli), "generate", "--model", model, "--prompt-ids", ",".join(map(str, ids)),
-           "--max-new-tokens", str(n), "--ignore-eos", "--json", "--mode", mode,
+           "--max-new-tokens", str(n), "--ignore-eos", "--greedy", "--json", "--mode", mode,
            "--exit-layer", str(exit_layer), "--draft-len", str(draft_len)]
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)

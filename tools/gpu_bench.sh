@@ -14,6 +14,8 @@
 #   tools/gpu_bench.sh                       # there
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# On a GPU machine a GPU test that skips is a failure.
+export LAYERSKIP_REQUIRE_GPU=1
 BIN=gpu-carry
 OUT=${OUT:-/tmp/gpu-out}
 MODELS=${MODELS:-/tmp/layerskip-gpu-models}
@@ -69,7 +71,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max
 
 step "smoke test: load a fixture on the GPU and decode (stops here on failure, to save device time)"
 if ! timeout 120 "$BIN/layerskip" generate --model tests/fixtures/mha-f32 --device cuda \
-    --prompt-ids 5,6,7,8 --max-new-tokens 8 --ignore-eos --json 2>&1 | tee "$OUT/smoke.txt"; then
+    --prompt-ids 5,6,7,8 --max-new-tokens 8 --ignore-eos --greedy --json 2>&1 | tee "$OUT/smoke.txt"; then
   echo "smoke test failed: see above"; exit 1
 fi
 
@@ -81,7 +83,7 @@ timeout 120 "$BIN/cuda-split-tests" --nocapture 2>&1 | tee -a "$OUT/tests.log"
 step "the same CLI command on the CPU and on the GPU (f32 fixture, greedy)"
 for d in cpu cuda; do
   timeout 60 "$BIN/layerskip" generate --model tests/fixtures/mha-f32 --device $d \
-    --prompt-ids 5,6,7,8 --max-new-tokens 24 --ignore-eos --json >"$OUT/cli-$d.json" || tail -3 "$OUT/cli-$d.json"
+    --prompt-ids 5,6,7,8 --max-new-tokens 24 --ignore-eos --greedy --json >"$OUT/cli-$d.json" || tail -3 "$OUT/cli-$d.json"
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tokens"])' "$OUT/cli-$d.json" 2>/dev/null |
     tee "$OUT/cli-$d.txt"
 done

@@ -155,16 +155,23 @@ struct GenerateArgs {
     /// Draft length d for self-speculative mode; `auto` chooses it every round.
     #[arg(long, value_parser = parse_setting, default_value = "4")]
     draft_len: Setting,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature; 0 is greedy. The default samples, as
+    /// llama.cpp's CLI does: a small model's greedy text falls into loops.
+    #[arg(long, default_value_t = 0.7)]
     temperature: f32,
-    /// 0 disables.
-    #[arg(long, default_value_t = 0)]
+    /// Keep the K most probable tokens; 0 keeps all.
+    #[arg(long, default_value_t = 40)]
     top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
+    /// Keep the most probable tokens up to this total probability.
+    #[arg(long, default_value_t = 0.95)]
     top_p: f32,
+    /// Random seed: the same seed and settings give the same text.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Greedy decoding (the most probable token every step): the same as
+    /// `--temperature 0`; overrides the sampling options.
+    #[arg(long)]
+    greedy: bool,
     /// Keep generating past EOS.
     #[arg(long)]
     ignore_eos: bool,
@@ -278,7 +285,7 @@ fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
         max_new_tokens: a.max_new_tokens,
         mode,
         sampling: SamplingParams {
-            temperature: a.temperature,
+            temperature: if a.greedy { 0.0 } else { a.temperature },
             top_k: a.top_k,
             top_p: a.top_p,
             seed: a.seed,

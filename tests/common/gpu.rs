@@ -7,14 +7,15 @@ use layerskip::engine::cuda::driver_present;
 use layerskip::engine::Engine;
 use layerskip::{generate, Device, GenerateOptions, LoadOptions, Logits, Mode};
 
-pub fn skip(test: &str, why: &str) {
-    println!("SKIPPED {test}: {why}");
+/// Skips a GPU test without a GPU (a failure with `LAYERSKIP_REQUIRE_GPU=1`).
+pub fn skip_gpu(test: &str, why: &str) {
+    skip(Some(REQUIRE_GPU), test, why);
 }
 
 /// The model in `dir` on GPU 0, or None (with the reason printed) without one.
 pub fn gpu_model_at(dir: &std::path::Path, test: &str) -> Option<Arc<Model>> {
     if !driver_present() {
-        skip(test, "no CUDA driver on this machine");
+        skip_gpu(test, "no CUDA driver on this machine");
         return None;
     }
     let options = LoadOptions {
@@ -24,7 +25,7 @@ pub fn gpu_model_at(dir: &std::path::Path, test: &str) -> Option<Arc<Model>> {
     match Model::load_with(dir, &options) {
         Ok(m) => Some(m),
         Err(e) if e.to_string().contains("CUDA device(s)") => {
-            skip(test, &e.to_string());
+            skip_gpu(test, &e.to_string());
             None
         }
         Err(e) => panic!("loading {} on cuda:0: {e}", dir.display()),

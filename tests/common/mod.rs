@@ -3,6 +3,31 @@
 
 pub mod gpu;
 
+/// Makes a missing CUDA driver or GPU a failure (`tools/gpu_bench.sh` sets it).
+pub const REQUIRE_GPU: &str = "LAYERSKIP_REQUIRE_GPU";
+/// Makes missing NVRTC or CUDA headers a failure (`tools/test.sh` installs them and sets it).
+pub const REQUIRE_NVRTC: &str = "LAYERSKIP_REQUIRE_NVRTC";
+/// Makes a missing Go, valgrind, CMake or system library a failure
+/// (`tools/test.sh` installs them and sets it).
+pub const REQUIRE_TOOLS: &str = "LAYERSKIP_REQUIRE_TOOLS";
+
+/// Skips a test that cannot run on this machine, visibly: the line goes
+/// straight to the process's stderr, which the test harness does not
+/// capture, so it shows in a plain `cargo test`. Where the environment
+/// variable `required_by` is 1 the resource must exist, and the skip is a
+/// failure instead. `None` is a skip that no flag turns into a failure (a
+/// test of the no-GPU error path on a machine that has a GPU).
+pub fn skip(required_by: Option<&str>, test: &str, why: &str) {
+    if let Some(flag) = required_by {
+        assert!(
+            std::env::var(flag).as_deref() != Ok("1"),
+            "{flag}=1, but {test} cannot run: {why}"
+        );
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 use layerskip::{LoadOptions, Model, Quantize, Session};
 use serde_json::Value;
 use std::path::PathBuf;

@@ -38,7 +38,7 @@ layerskip_tps() {  # extra args...
     local out
     out=$(mktemp)
     RAYON_NUM_THREADS=$THREADS "$LAYERSKIP" generate --model "$MODEL_DIR" \
-        --prompt-ids "$PROMPT_IDS" --max-new-tokens "$N" --ignore-eos --json "$@" >"$out" || { rm -f "$out"; return 1; }
+        --prompt-ids "$PROMPT_IDS" --max-new-tokens "$N" --ignore-eos --greedy --json "$@" >"$out" || { rm -f "$out"; return 1; }
     "$TORCH_PYTHON" -c '
 import json, sys
 s = json.load(open(sys.argv[1]))["stats"]

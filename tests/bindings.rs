@@ -133,3 +133,39 @@ fn examples_print_the_same_greedy_continuation_as_the_cli() {
         assert_eq!(goout, cli, "examples/go/cmd/generate");
     }
 }
+
+/// The README's C example compiles as written (strict C99) and prints the
+/// CLI's greedy continuation: automatic self-speculation is lossless.
+#[test]
+fn readme_c_example_prints_the_greedy_continuation() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find("```c\n").expect("README.md has a C example") + 5;
+    let len = readme[start..].find("```").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("app.c");
+    std::fs::write(&src, &readme[start..start + len]).unwrap();
+    let lib = lib_dir();
+    let exe = tmp.path().join("app");
+    output(
+        Command::new("cc")
+            .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+            .arg(&src)
+            .arg(format!("-I{}", root().join("include").display()))
+            .arg("-o")
+            .arg(&exe)
+            .arg(format!("-L{}", lib.display()))
+            .arg("-llayerskip")
+            .arg(format!("-Wl,-rpath,{}", lib.display())),
+    );
+    let text = output(Command::new(&exe).current_dir(root()));
+    let cli = output(Command::new(env!("CARGO_BIN_EXE_layerskip")).args([
+        "generate",
+        "--prompt",
+        "class Stack:",
+        "--greedy",
+        "--json",
+    ]));
+    let cli: serde_json::Value = serde_json::from_str(&cli).unwrap();
+    assert!(text.len() > 16, "{text:?}");
+    assert_eq!(text, cli["text"].as_str().unwrap());
+}

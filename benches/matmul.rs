@@ -9,19 +9,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use layerskip::engine::cpu::{matmul, matmul_many, Mat};
+use layerskip::engine::cpu::{matmul, matmul_many, LayerWeights, Mat};
 use layerskip::weights::{DType, Tensor};
 use std::time::Duration;
-
-struct Layer {
-    q: Mat,
-    k: Mat,
-    v: Mat,
-    o: Mat,
-    gate: Mat,
-    up: Mat,
-    down: Mat,
-}
 
 fn mat(rows: usize, cols: usize, seed: u64) -> Mat {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -55,8 +45,10 @@ fn shape() -> (usize, usize, usize, usize) {
 
 fn benches(c: &mut Criterion) {
     let (h, inter, kvd, n_layers) = shape();
-    let layers: Vec<Layer> = (0..n_layers as u64)
-        .map(|i| Layer {
+    let layers: Vec<LayerWeights> = (0..n_layers as u64)
+        .map(|i| LayerWeights {
+            attn_norm: vec![1.0; h],
+            mlp_norm: vec![1.0; h],
             q: mat(h, h, 7 * i + 1),
             k: mat(kvd, h, 7 * i + 2),
             v: mat(kvd, h, 7 * i + 3),

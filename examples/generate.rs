@@ -13,7 +13,7 @@ fn main() -> layerskip::Result<()> {
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(64);
     let model = Model::load(path)?;
     let mut session = Session::new(model.clone(), 0)?;
-    let exit = (model.num_layers() / 2).max(1);
+    let exit = Mode::default_exit(model.num_layers());
     let opts = GenerateOptions {
         max_new_tokens: n,
         mode: Mode::SelfSpeculative { exit, draft_len: 4 },

@@ -320,4 +320,9 @@ impl ModelConfig {
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
     }
+    /// Bytes one position of the K/V cache takes: K and V in every layer,
+    /// `elem_bytes` an element.
+    pub fn kv_bytes_per_position(&self, elem_bytes: usize) -> usize {
+        2 * self.num_layers * self.kv_dim() * elem_bytes
+    }
 }

@@ -5,7 +5,6 @@
 //! [`generate`]. The decode logic is written once against [`engine::Engine`].
 
 pub mod adaptive;
-pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod engine;
@@ -16,18 +15,19 @@ pub mod model;
 pub mod sampling;
 pub mod session;
 pub mod softmax;
+pub mod spec_state;
 pub mod speculative;
 pub mod tokenizer;
 pub mod weights;
 
-pub use adaptive::AutoSpec;
+pub use adaptive::{AutoSpec, PolicyState, Probe};
 pub use config::{ModelConfig, RopeScaling};
-pub use engine::backend::Device;
+pub use engine::options::{Device, EngineOptions, KvDtype, Quantize};
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{
     generate, step_all, ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Generation,
-    Mode, OnToken, StopReason,
+    Mode, ModeKind, OnToken, Setting, StopReason,
 };
-pub use model::{KvDtype, LoadOptions, Model, Quantize};
+pub use model::{LoadOptions, Model};
 pub use sampling::SamplingParams;
-pub use session::{forward_batch, BatchItem, Logits, Probe, Session};
+pub use session::{forward_batch, BatchItem, Logits, Session};

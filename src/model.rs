@@ -1,11 +1,10 @@
 //! A loaded model: config + weights on an engine + tokenizer. Immutable and
 //! shared (`Arc`) by any number of sessions on any threads.
 
-use crate::adaptive::CostModel;
+use crate::adaptive::{CostModel, PolicyState};
 use crate::config::ModelConfig;
-use crate::engine::backend::{Backend, Device};
-use crate::engine::cpu::CpuEngine;
-use crate::engine::cuda::CudaEngine;
+use crate::engine::backend::Backend;
+use crate::engine::options::{Device, EngineOptions, KvDtype, Quantize};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::tokenizer::Tokenizer;
@@ -13,38 +12,6 @@ use crate::weights::{DType, WeightStore};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-
-/// How weights are held for compute.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Quantize {
-    /// As stored (f32, bf16 or f16).
-    #[default]
-    None,
-    /// Weight-only int8, symmetric per output channel (activations stay f32).
-    /// Embeddings are looked up from the checkpoint as stored.
-    Int8,
-    /// bf16 matrix products: weights in bf16 (f32/f16 checkpoints are
-    /// rounded), each product's input rows rounded to bf16, products summed
-    /// in f32 (llama.cpp's bf16 arithmetic). Multi-row products (verify,
-    /// batches) run about twice as fast on CPUs with AVX512_BF16; elsewhere
-    /// FMAs give the same bits at about the speed of f32 products. Norms,
-    /// attention and the residual stream stay f32.
-    Bf16,
-}
-
-/// How the K/V cache stores its elements (the CPU engine).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum KvDtype {
-    /// f32: the reference.
-    #[default]
-    F32,
-    /// bf16, rounded to nearest even as K and V are computed (transformers
-    /// keeps a bf16 model's cache the same way): half the memory per
-    /// position, so twice the context or sessions in a KV budget, and half
-    /// the bytes attention reads at long contexts. Attention arithmetic
-    /// stays f32.
-    Bf16,
-}
 
 /// Limits and choices a serving process sets when it loads a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,15 +40,22 @@ pub struct Model<E: Engine = Backend> {
     pub dtype: DType,
     /// Layer and exit-head timings for automatic (E, d), measured on first use.
     cost: OnceLock<CostModel>,
-    /// What automatic (E, d) has measured against its predictions, shared
-    /// by every session of this model.
-    pub(crate) corrections: Arc<crate::adaptive::Corrections>,
-    /// Exit agreement seen by automatic (E, d) in all sessions: where a new
-    /// session's estimates start.
-    pub(crate) acceptance: Arc<crate::adaptive::SharedAcceptance>,
+    /// What automatic (E, d) learns from this model's sessions.
+    policy: PolicyState,
     limits: LoadOptions,
     /// KV-cache bytes reserved by open sessions.
     kv_reserved: AtomicU64,
+}
+
+impl LoadOptions {
+    /// The part of these options that the engine takes.
+    pub fn engine(&self) -> EngineOptions {
+        EngineOptions {
+            device: self.device,
+            quantize: self.quantize,
+            kv_dtype: self.kv_dtype,
+        }
+    }
 }
 
 impl Model<Backend> {
@@ -115,29 +89,7 @@ impl Model<Backend> {
         }
         let store = WeightStore::from_dir(dir)?;
         let dtype = store.dominant_dtype().unwrap_or(DType::F32);
-        let engine = match options.device {
-            Device::Cpu => Backend::Cpu(CpuEngine::load(
-                &config,
-                &store,
-                options.quantize,
-                options.kv_dtype,
-            )?),
-            Device::Cuda(ordinal) => {
-                if options.quantize != Quantize::None {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        "the CUDA engine keeps weights in their stored dtype; --quantize is CPU-only",
-                    ));
-                }
-                if options.kv_dtype != KvDtype::F32 {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        "the CUDA engine keeps its K/V cache in f32; --kv-dtype is CPU-only",
-                    ));
-                }
-                Backend::Cuda(CudaEngine::load(&config, &store, ordinal)?)
-            }
-        };
+        let engine = Backend::load(&config, &store, &options.engine())?;
         warm_up(&engine);
         Ok(Arc::new(Model {
             config,
@@ -146,8 +98,7 @@ impl Model<Backend> {
             dir: dir.to_path_buf(),
             dtype,
             cost: OnceLock::new(),
-            corrections: Arc::default(),
-            acceptance: Arc::default(),
+            policy: PolicyState::default(),
             limits: *options,
             kv_reserved: AtomicU64::new(0),
         }))
@@ -193,11 +144,16 @@ impl<E: Engine> Model<E> {
             dir: self.dir,
             dtype: self.dtype,
             cost: self.cost,
-            corrections: self.corrections,
-            acceptance: self.acceptance,
+            policy: self.policy,
             limits: self.limits,
             kv_reserved: self.kv_reserved,
         }
+    }
+
+    /// What automatic (E, d) has learnt from this model's sessions, shared
+    /// by all of them (see [`PolicyState`]).
+    pub fn policy_state(&self) -> &PolicyState {
+        &self.policy
     }
 
     pub fn num_layers(&self) -> usize {
@@ -210,7 +166,6 @@ impl<E: Engine> Model<E> {
         self.cost.get_or_init(|| CostModel::measure(&self.engine))
     }
 
-    /// The longest context a session may have.
     /// Use `cost` instead of timing this machine (e.g. costs measured once and
     /// stored by a serving process, or a what-if analysis). Fails once the
     /// cost model has been measured or set.
@@ -220,6 +175,7 @@ impl<E: Engine> Model<E> {
             .map_err(|_| Error::invalid("the cost model is already measured or set"))
     }
 
+    /// The longest context a session may have.
     pub fn max_context(&self) -> usize {
         let max = self
             .config
@@ -272,10 +228,6 @@ impl<E: Engine> Model<E> {
 
     pub(crate) fn release_kv(&self, bytes: u64) {
         self.kv_reserved.fetch_sub(bytes, Ordering::AcqRel);
-    }
-
-    pub fn is_eos(&self, id: u32) -> bool {
-        self.config.eos_token_ids.contains(&id)
     }
 
     /// Encode a prompt with the tokenizer's own special-token rules (e.g. BOS).

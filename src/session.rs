@@ -1,12 +1,14 @@
 //! A decoding session: one model, one shared-activation KV cache, and the
 //! operations every decoding mode is built from.
 
+use crate::adaptive::Probe;
 use crate::cache::KvCache;
 use crate::engine::backend::Backend;
 use crate::engine::{Engine, HeadOutput, Rows, Segment};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
 use crate::sampling::PickRule;
+use crate::spec_state::{SpecState, SpecStats};
 use std::sync::Arc;
 
 /// Which rows of a forward pass get logits.
@@ -23,16 +25,6 @@ pub enum Logits {
     Tail(usize),
 }
 
-/// The greedy token an intermediate exit predicted for one position during a
-/// pass (see [`Session::set_probes`]): the argmax of the exit head on the
-/// hidden state that left layer `exit - 1` at position `pos`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Probe {
-    pub exit: usize,
-    pub pos: usize,
-    pub token: u32,
-}
-
 pub struct Session<E: Engine = Backend> {
     model: Arc<Model<E>>,
     cache: KvCache<E>,
@@ -43,17 +35,13 @@ pub struct Session<E: Engine = Backend> {
     head: HeadOutput,
     /// Rows each layer has processed in this session (for "nothing recomputed" checks).
     layer_rows: Vec<u64>,
-    pub(crate) spec: crate::speculative::SpecStats,
+    /// Speculation's per-session state (the session never reads it).
+    spec: SpecState,
     /// Exits probed on the rows passing them, at most `probe_rows` newest rows per pass.
     probe_exits: Vec<usize>,
     probe_rows: usize,
     probes: Vec<Probe>,
     probe_out: HeadOutput,
-    /// The full model's greedy tokens of the last verify pass (first position,
-    /// tokens), kept while probing.
-    pub(crate) verified: (usize, Vec<u32>),
-    /// Acceptance estimates per exit layer, kept across generations.
-    pub(crate) acceptance: crate::adaptive::AcceptanceTracker,
     /// KV-cache bytes reserved against the model's budget.
     kv_reserved: u64,
 }
@@ -313,8 +301,7 @@ impl<E: Engine> Session<E> {
         let cache = KvCache::new(&model.engine, capacity);
         let n = model.config.num_layers;
         let vocab = model.config.vocab_size;
-        let acceptance =
-            crate::adaptive::AcceptanceTracker::with_shared(n, model.acceptance.clone());
+        let spec = SpecState::new(n, model.policy_state().acceptance.clone());
         Ok(Session {
             model,
             cache,
@@ -322,15 +309,26 @@ impl<E: Engine> Session<E> {
             capacity,
             head: HeadOutput::new(vocab),
             layer_rows: vec![0; n],
-            spec: Default::default(),
+            spec,
             probe_exits: Vec::new(),
             probe_rows: 0,
             probes: Vec::new(),
             probe_out: HeadOutput::new(vocab),
-            verified: (0, Vec::new()),
-            acceptance,
             kv_reserved,
         })
+    }
+
+    /// Drafted, accepted and verify-round counts over the session's life.
+    pub fn spec_stats(&self) -> SpecStats {
+        self.spec.stats
+    }
+
+    pub(crate) fn spec(&self) -> &SpecState {
+        &self.spec
+    }
+
+    pub(crate) fn spec_mut(&mut self) -> &mut SpecState {
+        &mut self.spec
     }
 
     pub fn model(&self) -> &Arc<Model<E>> {
@@ -373,10 +371,6 @@ impl<E: Engine> Session<E> {
     }
     pub fn logits_pos0(&self) -> usize {
         self.head.pos0()
-    }
-    /// Rows the exit head produced in the last pass.
-    pub fn logits_rows(&self) -> usize {
-        self.head.rows()
     }
     /// Logits of the newest row (empty when the last pass produced none).
     pub fn last_logits(&self) -> &[f32] {

@@ -28,16 +28,6 @@ pub struct Verdict {
     pub token_after: u32,
 }
 
-/// Counters kept per session.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct SpecStats {
-    pub drafted: u64,
-    pub accepted: u64,
-    pub rounds: u64,
-    pub draft_seconds: f64,
-    pub verify_seconds: f64,
-}
-
 /// When to stop drafting.
 #[derive(Debug, Clone, Copy)]
 pub struct DraftLimits<'a> {
@@ -196,10 +186,6 @@ impl Drafter {
 }
 
 impl<E: Engine> Session<E> {
-    pub fn spec_stats(&self) -> SpecStats {
-        self.spec
-    }
-
     /// Draft up to `limits.max_drafts` tokens with layers `0..exit`, starting
     /// from `next` (the last accepted token, not cached yet). Every token fed
     /// keeps its K/V in the shallow layers and its exit activation; the last
@@ -218,7 +204,7 @@ impl<E: Engine> Session<E> {
             self.forward_head(&[feed], exit, Logits::Last, greedy_pick(sampling))?;
             d.take(self.head_output(), sampling, rng);
         }
-        self.spec.draft_seconds += t0.elapsed().as_secs_f64();
+        self.spec_mut().stats.draft_seconds += t0.elapsed().as_secs_f64();
         Ok(d.drafts)
     }
 
@@ -237,13 +223,9 @@ impl<E: Engine> Session<E> {
         let t0 = Instant::now();
         let n_layers = self.model().config.num_layers;
         let (base, feed) = self.verify_begin(next, drafts)?;
-        if let Err(e) = self.forward_head(&feed, n_layers, Logits::All, greedy_pick(sampling)) {
-            // Leave the session as it was before the speculative round.
-            self.rewind(base)?;
-            return Err(e);
-        }
-        let v = self.verify_end(base, drafts, sampling, rng);
-        self.spec.verify_seconds += t0.elapsed().as_secs_f64();
+        let pass = self.forward_head(&feed, n_layers, Logits::All, greedy_pick(sampling));
+        let v = self.verify_end(base, pass, drafts, sampling, rng);
+        self.spec_mut().stats.verify_seconds += t0.elapsed().as_secs_f64();
         v
     }
 
@@ -264,9 +246,28 @@ impl<E: Engine> Session<E> {
         Ok((base, seq.split_off(held)))
     }
 
-    /// Second half of [`Session::verify`], after the full-depth pass: accept
-    /// a prefix of the drafts and truncate the cache to it.
+    /// Second half of [`Session::verify`], after the full-depth pass whose
+    /// result is `pass`: accept a prefix of the drafts and truncate the cache
+    /// to it, or, when the pass or the acceptance failed, leave the session
+    /// as it was before the round (its deep frontier `base`).
     pub fn verify_end(
+        &mut self,
+        base: usize,
+        pass: Result<usize>,
+        drafts: &Drafts,
+        sampling: &SamplingParams,
+        rng: &mut Rng64,
+    ) -> Result<Verdict> {
+        let verdict = pass.and_then(|_| self.accept(base, drafts, sampling, rng));
+        if verdict.is_err() {
+            let _ = self.rewind(base);
+        }
+        verdict
+    }
+
+    /// Accept a prefix of the drafts by the full pass's rows and truncate
+    /// the cache to it.
+    fn accept(
         &mut self,
         base: usize,
         drafts: &Drafts,
@@ -277,7 +278,8 @@ impl<E: Engine> Session<E> {
         if self.probing() {
             // The full model's greedy token for every row, to score the probes.
             let head = self.head_output();
-            self.verified = (head.pos0(), head.tokens());
+            let verified = (head.pos0(), head.tokens());
+            self.spec_mut().verified = verified;
         }
         let head = self.head_output();
         let k = drafts.tokens.len();
@@ -311,9 +313,10 @@ impl<E: Engine> Session<E> {
             break;
         }
         self.rewind(base + 1 + accepted)?;
-        self.spec.drafted += k as u64;
-        self.spec.accepted += accepted as u64;
-        self.spec.rounds += 1;
+        let stats = &mut self.spec_mut().stats;
+        stats.drafted += k as u64;
+        stats.accepted += accepted as u64;
+        stats.rounds += 1;
         Ok(Verdict {
             accepted,
             token_after: token_after.expect("loop always decides"),

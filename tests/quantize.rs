@@ -75,8 +75,9 @@ fn bf16_kv_self_speculation_equals_its_full_depth() {
 }
 
 /// Top-1 agreement with the unquantized model and the loss difference on
-/// Python code the model never saw in training: this repository's tools.
-fn predictions_stay_close(options: LoadOptions, min_agreement: f64, max_loss_diff: f64) {
+/// Python code the model never saw in training: this repository's tools,
+/// through `layerskip eval --quantize`.
+fn predictions_stay_close(holding: &[&str], min_agreement: f64, max_loss_diff: f64) {
     let text = [
         "tools/make_fixtures.py",
         "tools/train/train.py",
@@ -85,47 +86,55 @@ fn predictions_stay_close(options: LoadOptions, min_agreement: f64, max_loss_dif
     .iter()
     .map(|p| std::fs::read_to_string(root().join(p)).unwrap())
     .collect::<String>();
-    let plain = bundled(LoadOptions::default());
-    let tokens = plain.tokenizer.encode(&text, false).unwrap();
-    let base = layerskip::bench::evaluate(&plain, &tokens, 128, 24).unwrap();
-    let q = layerskip::bench::evaluate(&bundled(options), &tokens, 128, 24).unwrap();
-    assert!(base.positions >= 1000, "{} positions", base.positions);
-    let agree = q
-        .argmax
-        .iter()
-        .zip(&base.argmax)
-        .filter(|(a, b)| a == b)
-        .count() as f64
-        / base.positions as f64;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("code.py");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layerskip"))
+        .args(["eval", "--seq", "128", "--windows", "24", "--json"])
+        .args(holding)
+        .arg("--file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (q, base) = (&v["eval"], &v["unquantized"]);
+    let positions = base["positions"].as_u64().unwrap();
+    assert!(positions >= 1000, "{positions} positions");
+    let agree = v["top1_agreement_with_unquantized"].as_f64().unwrap();
+    let loss = |e: &serde_json::Value| e["loss"].as_f64().unwrap();
     println!(
-        "{options:?} vs plain on {} positions: top-1 agreement {:.2}%, perplexity {:.3} vs {:.3}",
-        base.positions,
+        "{holding:?} vs plain on {positions} positions: top-1 agreement {:.2}%, perplexity {} vs {}",
         100.0 * agree,
-        q.perplexity,
-        base.perplexity
+        q["perplexity"],
+        base["perplexity"]
     );
     assert!(agree >= min_agreement, "top-1 agreement {agree}");
     assert!(
-        (q.loss - base.loss).abs() < max_loss_diff,
+        (loss(q) - loss(base)).abs() < max_loss_diff,
         "loss {} vs {}",
-        q.loss,
-        base.loss
+        loss(q),
+        loss(base)
     );
 }
 
 #[test]
 fn int8_predictions_stay_close_to_bf16_on_code() {
-    predictions_stay_close(quantized(Quantize::Int8), 0.97, 0.02);
+    predictions_stay_close(&["--quantize", "int8"], 0.97, 0.02);
 }
 
 #[test]
 fn bf16_products_predictions_stay_close_to_f32_products_on_code() {
-    predictions_stay_close(quantized(Quantize::Bf16), 0.98, 0.01);
+    predictions_stay_close(&["--quantize", "bf16"], 0.98, 0.01);
 }
 
 #[test]
 fn bf16_kv_predictions_stay_close_to_f32_kv_on_code_at_half_the_memory() {
-    predictions_stay_close(bf16_kv(), 0.98, 0.01);
+    predictions_stay_close(&["--kv-dtype", "bf16"], 0.98, 0.01);
     let (plain, half) = (bundled(LoadOptions::default()), bundled(bf16_kv()));
     assert_eq!(
         2 * half.engine.kv_bytes_per_position(),

@@ -193,8 +193,9 @@ std::optional<std::string> parse(const json& body, layerskip::Model& model, cons
     auto temperature = num("temperature", 0, 100, 0);
     auto top_p = num("top_p", 1e-6, 1, 1);
     auto seed = num("seed", 0, 9.0e15, 0);
-    auto exit_layer = num("exit_layer", 1, info.n_layers, (info.n_layers / 2 > 0 ? info.n_layers / 2 : 1));
-    auto draft_len = num("draft_len", 1, 64, 4);
+    // Absent: the library's defaults (exit_layer 0 means L/2).
+    auto exit_layer = num("exit_layer", 1, info.n_layers, r.opts.exit_layer);
+    auto draft_len = num("draft_len", 1, 64, r.opts.draft_len);
     if (!max_tokens) return "`max_tokens` must be a number in 1..1048576";
     if (!temperature) return "`temperature` must be a number in [0, 100]";
     if (!top_p) return "`top_p` must be a number in (0, 1]";

@@ -33,6 +33,12 @@ pub struct SharedAcceptance {
 }
 
 impl SharedAcceptance {
+    /// Forget everything seen.
+    pub fn reset(&self) {
+        self.counts.lock().clear();
+        self.bins.lock().clear();
+    }
+
     fn observe_bin(&self, exit: usize, bin: usize, agreed: bool) {
         let mut b = self.bins.lock();
         if b.len() <= exit {
@@ -72,6 +78,16 @@ impl SharedAcceptance {
 /// `hits / (hits + misses)`, if there is any evidence.
 fn rate_of((h, m): (f64, f64)) -> Option<f64> {
     (h + m > 1e-9).then(|| h / (h + m))
+}
+
+/// The greedy token an intermediate exit predicted for one position during a
+/// pass (see `Session::set_probes`): the argmax of the exit head on the
+/// hidden state that left layer `exit - 1` at position `pos`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub exit: usize,
+    pub pos: usize,
+    pub token: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +138,17 @@ impl AcceptanceTracker {
     /// One comparison of exit `exit`'s token with the full model's.
     pub fn observe(&mut self, exit: usize, agreed: bool) {
         self.observe_weighted(exit, agreed, 1.0);
+    }
+
+    /// Compare probed exits' tokens with the full model's greedy tokens
+    /// `full[i]` at positions `pos0 + i`; each comparison counts as `weight`
+    /// observations.
+    pub fn score_probes(&mut self, probes: &[Probe], pos0: usize, full: &[u32], weight: f64) {
+        for p in probes {
+            if let Some(&t) = p.pos.checked_sub(pos0).and_then(|i| full.get(i)) {
+                self.observe_weighted(p.exit, p.token == t, weight);
+            }
+        }
     }
 
     /// A comparison that counts as `weight` observations (less than one for

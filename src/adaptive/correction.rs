@@ -50,6 +50,11 @@ pub struct Corrections {
 }
 
 impl Corrections {
+    /// Forget every correction.
+    pub fn reset(&self) {
+        self.by_choice.lock().clear();
+    }
+
     /// A round of `c` produced `tokens` in `seconds`; the policy predicted
     /// `predicted_tokens` in `predicted_seconds`.
     pub fn observe(

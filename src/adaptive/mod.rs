@@ -17,10 +17,32 @@ pub mod correction;
 pub mod cost;
 pub mod policy;
 
-pub use acceptance::{AcceptanceTracker, SharedAcceptance, BINS};
+pub use acceptance::{AcceptanceTracker, Probe, SharedAcceptance, BINS};
 pub use correction::Corrections;
 pub use cost::{CostModel, RoundTiming};
 pub use policy::{Choice, Policy};
+
+use std::sync::Arc;
+
+/// What automatic (E, d) learns from a model's sessions and shares among
+/// them: corrections of the cost model's predictions per (E, d), and the
+/// per-exit agreement and confidence calibration that a new session starts
+/// from. Sharing is deliberate: a session predicts well from its first round
+/// instead of after a few dozen. A server whose tenants use the model for
+/// unlike text can [`PolicyState::reset`] it, or keep one model per tenant.
+#[derive(Debug, Default)]
+pub struct PolicyState {
+    pub(crate) corrections: Arc<Corrections>,
+    pub(crate) acceptance: Arc<SharedAcceptance>,
+}
+
+impl PolicyState {
+    /// Forget everything learnt; sessions open now keep their own estimates.
+    pub fn reset(&self) {
+        self.corrections.reset();
+        self.acceptance.reset();
+    }
+}
 
 /// Longest draft the automatic policy considers.
 pub const MAX_DRAFT: usize = 8;

@@ -4,48 +4,12 @@
 
 use super::cpu::{CpuEngine, CpuKv, HostActs};
 use super::cuda::{CudaEngine, CudaKv, DeviceActs};
+use super::options::{Device, EngineOptions, KvDtype, Quantize};
 use super::{Engine, HeadOutput, Rows, Segment};
 use crate::config::ModelConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::sampling::PickRule;
-
-/// Where a model's weights live and its passes run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Device {
-    #[default]
-    Cpu,
-    /// A CUDA GPU by ordinal.
-    Cuda(usize),
-}
-
-impl std::str::FromStr for Device {
-    type Err = Error;
-    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
-    fn from_str(s: &str) -> Result<Device> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "unknown device {s:?} (expected cpu, cuda or cuda:N)"
-                    ))
-                }),
-        }
-    }
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Device::Cpu => write!(f, "cpu"),
-            Device::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
+use crate::weights::WeightStore;
 
 /// One model's engine (never moved once loaded, so the size difference of
 /// the variants costs nothing).
@@ -63,6 +27,40 @@ pub enum BackendActs {
 pub enum BackendKv {
     Cpu(CpuKv),
     Cuda(CudaKv),
+}
+
+impl Backend {
+    /// Load `store`'s weights onto the engine `options` names, with that
+    /// engine's own checks.
+    pub fn load(
+        config: &ModelConfig,
+        store: &WeightStore,
+        options: &EngineOptions,
+    ) -> Result<Self> {
+        match options.device {
+            Device::Cpu => Ok(Backend::Cpu(CpuEngine::load(
+                config,
+                store,
+                options.quantize,
+                options.kv_dtype,
+            )?)),
+            Device::Cuda(ordinal) => {
+                if options.quantize != Quantize::None {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "the CUDA engine keeps weights in their stored dtype; --quantize is CPU-only",
+                    ));
+                }
+                if options.kv_dtype != KvDtype::F32 {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "the CUDA engine keeps its K/V cache in f32; --kv-dtype is CPU-only",
+                    ));
+                }
+                Ok(Backend::Cuda(CudaEngine::load(config, store, ordinal)?))
+            }
+        }
+    }
 }
 
 const MIXED: &str = "activations and caches of one model share its engine";

@@ -6,6 +6,8 @@ pub mod backend;
 pub mod cpu;
 pub mod cuda;
 pub mod head_output;
+pub mod llama;
+pub mod options;
 pub mod rope;
 
 use crate::config::ModelConfig;

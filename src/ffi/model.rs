@@ -44,14 +44,14 @@ pub extern "C" fn lsk_model_load(
             d => return Err(FfiError::invalid(format!("unknown device {d}"))),
         };
         let quantize = match opts.quantize {
-            0 => crate::model::Quantize::None,
-            1 => crate::model::Quantize::Int8,
-            2 => crate::model::Quantize::Bf16,
+            0 => crate::engine::options::Quantize::None,
+            1 => crate::engine::options::Quantize::Int8,
+            2 => crate::engine::options::Quantize::Bf16,
             q => return Err(FfiError::invalid(format!("unknown quantize value {q}"))),
         };
         let kv_dtype = match opts.kv_dtype {
-            0 => crate::model::KvDtype::F32,
-            1 => crate::model::KvDtype::Bf16,
+            0 => crate::engine::options::KvDtype::F32,
+            1 => crate::engine::options::KvDtype::Bf16,
             k => return Err(FfiError::invalid(format!("unknown kv_dtype value {k}"))),
         };
         let limits = crate::model::LoadOptions {

@@ -4,8 +4,7 @@ use super::error::{boundary, lsk_error, lsk_result, FfiError, FfiResult};
 use super::model::{lsk_model, model_ref};
 use super::types::*;
 use super::{c_str, need, need_list, put, put_list, slice, token_ids};
-use crate::adaptive::AutoSpec;
-use crate::generate::{generate, ChoiceSpan, GenerateOptions, Mode, StopReason};
+use crate::generate::{generate, ChoiceSpan, GenerateOptions, Mode, ModeKind, Setting, StopReason};
 use crate::sampling::{sample, Rng64};
 use crate::session::{Logits, Session};
 use crate::speculative::{DraftLimits, Drafts};
@@ -392,25 +391,21 @@ pub(crate) unsafe fn generate_options(
     let o = unsafe { read_options(options, "options") }?;
     let sampling = o.sampling;
     let sampling = unsafe { read_options(&sampling, "options.sampling") }?.params()?;
+    let kind = match o.mode {
+        0 => ModeKind::Full,
+        1 => ModeKind::EarlyExit,
+        2 => ModeKind::SelfSpeculative,
+        other => return Err(FfiError::invalid(format!("unknown mode {other}"))),
+    };
+    let setting = |v: u32| match v {
+        LSK_AUTO => Setting::Auto,
+        v => Setting::Fixed(v as usize),
+    };
     let exit = match o.exit_layer {
-        0 => Some((n_layers / 2).max(1)),
-        LSK_AUTO => None,
-        e => Some(e as usize),
+        0 => Setting::Default,
+        e => setting(e),
     };
-    let draft_len = (o.draft_len != LSK_AUTO).then_some(o.draft_len as usize);
-    let mode = match (o.mode, exit, draft_len) {
-        (0, _, _) => Mode::Full,
-        (1, Some(exit), _) => Mode::EarlyExit { exit },
-        (1, None, _) => {
-            return Err(FfiError::invalid(
-                "exit_layer LSK_AUTO needs LSK_MODE_SELF_SPECULATIVE",
-            ))
-        }
-        (2, _, Some(0)) => return Err(FfiError::invalid("draft_len must be at least 1")),
-        (2, Some(exit), Some(draft_len)) => Mode::SelfSpeculative { exit, draft_len },
-        (2, exit, draft_len) => Mode::Auto(AutoSpec { exit, draft_len }),
-        (other, _, _) => return Err(FfiError::invalid(format!("unknown mode {other}"))),
-    };
+    let mode = Mode::resolve(kind, exit, setting(o.draft_len), n_layers)?;
     let stops = unsafe { slice(o.stop_strings, o.n_stop_strings, "stop_strings") }?
         .iter()
         .map(|&p| unsafe { c_str(p, "stop_strings[i]") }.map(str::to_string))

@@ -252,7 +252,7 @@ versioned!(
         max_new_tokens: 64,
         mode: 0,
         exit_layer: 0,
-        draft_len: 4,
+        draft_len: crate::generate::Mode::DEFAULT_DRAFT_LEN as u32,
         sampling: lsk_sampling::defaults(),
         ignore_eos: 0,
         stop_strings: std::ptr::null(),

@@ -3,7 +3,7 @@
 //! or bf16 ([`crate::KvDtype`]); a layer's K and V share one type.
 
 use super::attention::KvElem;
-use crate::model::KvDtype;
+use crate::engine::options::KvDtype;
 use half::bf16;
 
 /// One layer's K and V rows.

@@ -9,26 +9,28 @@ mod scratch;
 
 pub use matmul::{kernel_name, matmul, matmul_many, Mat};
 
+use super::llama::{self, LayerNames};
 use super::{rope, Engine, Rows, Segment};
 use crate::config::ModelConfig;
+use crate::engine::options::{KvDtype, Quantize};
 use crate::error::Result;
-use crate::model::{KvDtype, Quantize};
 use crate::weights::{Tensor, WeightStore};
 use attention::{CacheView, KvElem};
 use kv::with_pair;
 pub use kv::CpuKv;
 use rayon::prelude::*;
 
-struct LayerWeights {
-    attn_norm: Vec<f32>,
-    mlp_norm: Vec<f32>,
-    q: Mat,
-    k: Mat,
-    v: Mat,
-    o: Mat,
-    gate: Mat,
-    up: Mat,
-    down: Mat,
+/// One decoder layer's weights, packed (benches build them too).
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub mlp_norm: Vec<f32>,
+    pub q: Mat,
+    pub k: Mat,
+    pub v: Mat,
+    pub o: Mat,
+    pub gate: Mat,
+    pub up: Mat,
+    pub down: Mat,
 }
 
 pub struct CpuEngine {
@@ -90,25 +92,21 @@ impl CpuEngine {
         };
         let vec = |name: &str| -> Result<Vec<f32>> { Ok(store.get(name, &[h])?.to_f32()) };
         // Looked up by row, straight from the checkpoint (no packed copy).
-        let embed = store.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let lm_head = if cfg.tie_word_embeddings && !store.contains("lm_head.weight") {
-            mat("model.embed_tokens.weight", cfg.vocab_size, h)?
-        } else {
-            mat("lm_head.weight", cfg.vocab_size, h)?
-        };
+        let embed = store.get(llama::EMBED, &[cfg.vocab_size, h])?;
+        let lm_head = mat(llama::lm_head(cfg, store), cfg.vocab_size, h)?;
         let layers = (0..cfg.num_layers)
             .map(|i| {
-                let p = format!("model.layers.{i}");
+                let n = LayerNames::new(i);
                 Ok(LayerWeights {
-                    attn_norm: vec(&format!("{p}.input_layernorm.weight"))?,
-                    mlp_norm: vec(&format!("{p}.post_attention_layernorm.weight"))?,
-                    q: mat(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
-                    k: mat(&format!("{p}.self_attn.k_proj.weight"), kvd, h)?,
-                    v: mat(&format!("{p}.self_attn.v_proj.weight"), kvd, h)?,
-                    o: mat(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
-                    gate: mat(&format!("{p}.mlp.gate_proj.weight"), inter, h)?,
-                    up: mat(&format!("{p}.mlp.up_proj.weight"), inter, h)?,
-                    down: mat(&format!("{p}.mlp.down_proj.weight"), h, inter)?,
+                    attn_norm: vec(&n.attn_norm)?,
+                    mlp_norm: vec(&n.mlp_norm)?,
+                    q: mat(&n.q, qd, h)?,
+                    k: mat(&n.k, kvd, h)?,
+                    v: mat(&n.v, kvd, h)?,
+                    o: mat(&n.o, h, qd)?,
+                    gate: mat(&n.gate, inter, h)?,
+                    up: mat(&n.up, inter, h)?,
+                    down: mat(&n.down, h, inter)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -116,7 +114,7 @@ impl CpuEngine {
             cfg: cfg.clone(),
             embed,
             lm_head,
-            norm: vec("model.norm.weight")?,
+            norm: vec(llama::FINAL_NORM)?,
             layers,
             inv_freq: rope::inv_freq(cfg),
             kv_dtype,
@@ -223,12 +221,7 @@ impl Engine for CpuEngine {
     }
 
     fn kv_bytes_per_position(&self) -> usize {
-        let elem = match self.kv_dtype {
-            KvDtype::F32 => 4,
-            KvDtype::Bf16 => 2,
-        };
-        // K and V, every layer.
-        2 * self.cfg.num_layers * self.cfg.kv_dim() * elem
+        self.cfg.kv_bytes_per_position(self.kv_dtype.bytes())
     }
 
     fn new_kv(&self, _capacity: usize) -> CpuKv {

@@ -17,6 +17,7 @@ use memory::{scratch, Buf, Workspace};
 pub use memory::{CudaKv, DeviceActs};
 use weights::{DevMat, LayerWeights, Matrix};
 
+use super::llama::{self, LayerNames};
 use super::{rope, Engine, HeadOutput, Segment};
 use crate::config::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -173,31 +174,30 @@ impl CudaEngine {
                 .clone_htod(&store.get(name, &[h])?.to_f32())
                 .map_err(|e| cuda_err("upload", e))
         };
-        let embed = mat("model.embed_tokens.weight", cfg.vocab_size, h)?;
-        let lm_head = if cfg.tie_word_embeddings && !store.contains("lm_head.weight") {
-            None
-        } else {
-            Some(mat("lm_head.weight", cfg.vocab_size, h)?)
+        let embed = mat(llama::EMBED, cfg.vocab_size, h)?;
+        // A tied head shares the embedding's copy.
+        let lm_head = match llama::lm_head(cfg, store) {
+            llama::EMBED => None,
+            name => Some(mat(name, cfg.vocab_size, h)?),
         };
         let layers = (0..cfg.num_layers)
             .map(|i| {
-                let p = format!("model.layers.{i}");
-                let attn = |m: &str, rows| (format!("{p}.self_attn.{m}_proj.weight"), rows);
-                let mlp = |m: &str| (format!("{p}.mlp.{m}_proj.weight"), inter);
+                let n = LayerNames::new(i);
+                let (q, k, v) = ((n.q, qd), (n.k, kvd), (n.v, kvd));
                 Ok(LayerWeights {
-                    attn_norm: vec(&format!("{p}.input_layernorm.weight"))?,
-                    mlp_norm: vec(&format!("{p}.post_attention_layernorm.weight"))?,
-                    qkv: stacked(&[attn("q", qd), attn("k", kvd), attn("v", kvd)], h)?,
-                    o: mat(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
-                    gate_up: stacked(&[mlp("gate"), mlp("up")], h)?,
-                    down: mat(&format!("{p}.mlp.down_proj.weight"), h, inter)?,
+                    attn_norm: vec(&n.attn_norm)?,
+                    mlp_norm: vec(&n.mlp_norm)?,
+                    qkv: stacked(&[q, k, v], h)?,
+                    o: mat(&n.o, h, qd)?,
+                    gate_up: stacked(&[(n.gate, inter), (n.up, inter)], h)?,
+                    down: mat(&n.down, h, inter)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Ok(CudaEngine {
             cfg: cfg.clone(),
-            norm: vec("model.norm.weight")?,
+            norm: vec(llama::FINAL_NORM)?,
             inv_freq: stream
                 .clone_htod(&rope::inv_freq(cfg))
                 .map_err(|e| cuda_err("upload", e))?,
@@ -470,7 +470,7 @@ impl Engine for CudaEngine {
     }
 
     fn kv_bytes_per_position(&self) -> usize {
-        2 * self.cfg.num_layers * self.cfg.kv_dim() * std::mem::size_of::<f32>()
+        self.cfg.kv_bytes_per_position(std::mem::size_of::<f32>())
     }
 
     /// Device-to-device copies of 1 GiB, bytes read plus written over the

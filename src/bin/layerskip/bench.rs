@@ -1,17 +1,15 @@
 //! `layerskip bench`: full-depth decoding against every (E, d) pair on the
 //! same prompts, runs interleaved so machine noise hits every row alike.
 
-use crate::adaptive::AutoSpec;
-use crate::engine::Engine;
-use crate::error::Result;
-use crate::generate::{generate, GenerateOptions, Mode};
-use crate::model::Model;
-use crate::session::Session;
+use crate::{print_rows, BenchArgs};
+use layerskip::adaptive::AutoSpec;
+use layerskip::engine::Engine;
+use layerskip::{generate, GenerateOptions, Mode, Model, Result, Session};
 use serde::Serialize;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct BenchRow {
+pub(crate) struct BenchRow {
     /// "sweep", or "confirm" for the confirmation runs (see [`run`]).
     pub phase: &'static str,
     /// "full", "self-speculative" or "auto".
@@ -45,7 +43,7 @@ pub struct BenchRow {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct ExitShare {
+pub(crate) struct ExitShare {
     pub exit_layer: usize,
     pub drafts: bool,
     pub share: f64,
@@ -74,7 +72,7 @@ fn exit_shares(choices: &[((usize, usize), usize)]) -> Vec<ExitShare> {
     out
 }
 
-pub struct BenchConfig {
+pub(crate) struct BenchConfig {
     pub prompts: Vec<Vec<u32>>,
     pub max_new_tokens: usize,
     pub exit_layers: Vec<usize>,
@@ -129,7 +127,7 @@ fn paired_ratios(runs: &[f64], base: &[f64]) -> (f64, f64, f64) {
 /// fixed (E, d) and automatic run again `confirm` times (rows with phase
 /// "confirm"): the best of many noisy sweep rows is partly luck, and the
 /// confirmation measures the three side by side on equal terms.
-pub fn run<E: Engine>(
+pub(crate) fn run<E: Engine>(
     model: &Arc<Model<E>>,
     cfg: &BenchConfig,
     mut progress: impl FnMut(usize, usize),
@@ -288,7 +286,7 @@ fn measure<E: Engine>(
 }
 
 /// The table as text (confirmation rows after a line of their own).
-pub fn format_table(rows: &[BenchRow]) -> String {
+pub(crate) fn format_table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
         "mode              E   d   tokens/s  speedup  quartiles  accept  tok/round  draft%  verify%  lossless\n",
     );
@@ -320,7 +318,7 @@ pub fn format_table(rows: &[BenchRow]) -> String {
 
 /// Best and median fixed (E, d) against automatic, as text; with
 /// confirmation rows, also the best pair against automatic in those.
-pub fn format_summary(rows: &[BenchRow]) -> String {
+pub(crate) fn format_summary(rows: &[BenchRow]) -> String {
     let in_phase = |phase: &str, mode: &str| {
         rows.iter()
             .filter(move |r| r.phase == phase && r.mode == mode)
@@ -386,7 +384,7 @@ pub fn format_summary(rows: &[BenchRow]) -> String {
 /// every weight once per token, so bytes per token x tokens/s cannot exceed
 /// what the memory delivers.
 #[derive(Debug, Clone, Serialize)]
-pub struct Roofline {
+pub(crate) struct Roofline {
     pub weight_bytes_per_token: usize,
     pub tokens_per_second: f64,
     /// weight_bytes_per_token x tokens_per_second.
@@ -422,174 +420,78 @@ impl Roofline {
     }
 }
 
-/// Aggregate decoding speed of `sessions` concurrent greedy generations in
-/// one mode: advanced together by [`crate::step_all`] (one batched pass per
-/// layer), and the same generations run one after another.
-#[derive(Debug, Clone, Serialize)]
-pub struct BatchRow {
-    pub mode: String,
-    pub sessions: usize,
-    pub tokens: usize,
-    pub batched_tokens_per_second: f64,
-    pub sequential_tokens_per_second: f64,
-    /// Batched aggregate tokens/s over one generation's tokens/s at full depth alone.
-    pub scaling: f64,
-    /// Outputs of the batched and sequential runs are identical.
-    pub identical: bool,
-}
-
-fn run_generations<E: Engine>(
-    model: &Arc<Model<E>>,
-    prompts: &[Vec<u32>],
-    n: usize,
-    opts: &GenerateOptions,
-    batched: bool,
-) -> Result<(f64, Vec<Vec<u32>>)> {
-    let t = std::time::Instant::now();
-    let mut out = Vec::with_capacity(n);
-    if batched {
-        let mut gens = (0..n)
-            .map(|i| {
-                let s = Session::new(model.clone(), 0)?;
-                crate::Generation::new(
-                    s,
-                    &prompts[i % prompts.len()],
-                    opts.clone(),
-                    Box::new(|_, _| true),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        loop {
-            let mut active: Vec<_> = gens.iter_mut().filter(|g| !g.is_done()).collect();
-            if active.is_empty() {
-                break;
-            }
-            crate::step_all(&mut active);
-        }
-        for g in gens {
-            out.push(g.finish()?.tokens);
-        }
-    } else {
-        for i in 0..n {
-            let mut s = Session::new(model.clone(), 0)?;
-            out.push(generate(&mut s, &prompts[i % prompts.len()], opts, |_, _| true)?.tokens);
-        }
-    }
-    Ok((t.elapsed().as_secs_f64(), out))
-}
-
-pub fn run_batched<E: Engine>(
-    model: &Arc<Model<E>>,
-    prompts: &[Vec<u32>],
-    max_new_tokens: usize,
-    counts: &[usize],
-    modes: &[Mode],
-) -> Result<Vec<BatchRow>> {
-    let mut rows = Vec::new();
-    let mut single = 0.0;
-    for mode in modes {
-        let opts = GenerateOptions {
-            max_new_tokens,
-            mode: *mode,
-            ignore_eos: true,
-            ..Default::default()
-        };
-        for &n in counts {
-            let (tb, ob) = run_generations(model, prompts, n, &opts, true)?;
-            let (ts, os) = run_generations(model, prompts, n, &opts, false)?;
-            let tokens: usize = ob.iter().map(Vec::len).sum();
-            if single == 0.0 {
-                single = tokens as f64 / ts;
-            }
-            rows.push(BatchRow {
-                mode: match mode {
-                    Mode::SelfSpeculative { exit, draft_len } => {
-                        format!("self-spec E={exit} d={draft_len}")
-                    }
-                    Mode::EarlyExit { exit } => format!("early exit E={exit}"),
-                    Mode::Auto(_) => "auto".to_string(),
-                    Mode::Full => "full".to_string(),
-                },
-                sessions: n,
-                tokens,
-                batched_tokens_per_second: tokens as f64 / tb,
-                sequential_tokens_per_second: tokens as f64 / ts,
-                scaling: tokens as f64 / tb / single,
-                identical: ob == os,
-            });
-        }
-    }
-    Ok(rows)
-}
-
-pub fn format_batch_table(rows: &[BatchRow]) -> String {
-    let mut s = String::from(
-        "mode                sessions  batched tok/s  one-at-a-time tok/s  batched/one-at-a-time  vs 1 full  identical\n",
-    );
-    for r in rows {
-        s += &format!(
-            "{:<19} {:>8} {:>14.1} {:>20.1} {:>22.2}x {:>9.2}x  {}\n",
-            r.mode,
-            r.sessions,
-            r.batched_tokens_per_second,
-            r.sequential_tokens_per_second,
-            r.batched_tokens_per_second / r.sequential_tokens_per_second,
-            r.scaling,
-            if r.identical { "yes" } else { "NO" }
+pub(crate) fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
+    let model = a.model.load()?;
+    let mut texts = a.prompt.clone();
+    if let Some(f) = &a.prompt_file {
+        let body = std::fs::read_to_string(f).map_err(|e| layerskip::Error::io(f, e))?;
+        texts.extend(
+            body.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.replace("\\n", "\n")),
         );
     }
-    s
-}
-
-/// Teacher-forced quality of a model on a token stream: windows of `seq`
-/// positions, each predicting the next token at full depth.
-#[derive(Debug, Clone, Serialize)]
-pub struct Eval {
-    pub positions: usize,
-    /// Mean negative log-likelihood (nats).
-    pub loss: f64,
-    pub perplexity: f64,
-    /// Share of positions whose top-1 token is the next token.
-    pub top1_accuracy: f64,
-    /// Top-1 token at every position (for agreement between two models).
-    #[serde(skip)]
-    pub argmax: Vec<u32>,
-}
-
-pub fn evaluate<E: Engine>(
-    model: &Arc<Model<E>>,
-    tokens: &[u32],
-    seq: usize,
-    windows: usize,
-) -> Result<Eval> {
-    let vocab = model.config.vocab_size;
-    let l = model.num_layers();
-    let (mut nll, mut correct, mut argmax) = (0f64, 0usize, Vec::new());
-    for chunk in tokens.chunks_exact(seq + 1).take(windows) {
-        let mut s = Session::new(model.clone(), seq)?;
-        s.forward(&chunk[..seq], l, crate::session::Logits::All)?;
-        for (row, &next) in s.logits().chunks_exact(vocab).zip(&chunk[1..]) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = max as f64
-                + row
-                    .iter()
-                    .map(|&v| ((v - max) as f64).exp())
-                    .sum::<f64>()
-                    .ln();
-            nll += lse - row[next as usize] as f64;
-            let top = crate::sampling::argmax(row);
-            correct += usize::from(top == next);
-            argmax.push(top);
-        }
+    if texts.is_empty() {
+        texts.push("def fibonacci(n):".to_string());
     }
-    let n = argmax.len().max(1);
-    Ok(Eval {
-        positions: argmax.len(),
-        loss: nll / n as f64,
-        perplexity: (nll / n as f64).exp(),
-        top1_accuracy: correct as f64 / n as f64,
-        argmax,
-    })
+    let prompts = texts
+        .iter()
+        .map(|t| model.encode_prompt(t))
+        .collect::<layerskip::Result<Vec<_>>>()?;
+    let l = model.num_layers();
+    if !a.sessions.is_empty() {
+        let exit = a
+            .exit_layers
+            .first()
+            .copied()
+            .unwrap_or(Mode::default_exit(l));
+        let draft_len = if a.draft_lens == [2, 4, 6, 8] {
+            4
+        } else {
+            a.draft_lens[0]
+        };
+        let modes = [Mode::Full, Mode::SelfSpeculative { exit, draft_len }];
+        let rows =
+            crate::batch::run_batched(&model, &prompts, a.max_new_tokens, &a.sessions, &modes)?;
+        print_rows(&rows, a.json, || crate::batch::format_batch_table(&rows));
+        return Ok(());
+    }
+    let exit_layers = if a.exit_layers.is_empty() {
+        (1..l).collect()
+    } else {
+        a.exit_layers
+    };
+    let cfg = BenchConfig {
+        prompts,
+        max_new_tokens: a.max_new_tokens,
+        exit_layers,
+        draft_lens: a.draft_lens,
+        repeat: a.repeat.max(1),
+        auto: !a.no_auto,
+        confirm: a.confirm,
+    };
+    let rows = run(&model, &cfg, |done, total| {
+        let width = 30;
+        let filled = done * width / total;
+        eprint!(
+            "\r[{}{}] {done}/{total} runs",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+        if done == total {
+            eprintln!();
+        }
+    })?;
+    let full = rows
+        .iter()
+        .find(|r| r.mode == "full" && r.phase == "sweep")
+        .map_or(0.0, |r| r.tokens_per_second);
+    let roofline = Roofline::new(&model, full);
+    let json = serde_json::json!({ "rows": rows, "roofline": roofline });
+    print_rows(&json, a.json, || {
+        format_table(&rows) + &format_summary(&rows) + &roofline.format()
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,221 @@
+//! AVX2 + FMA + F16C tiles of R input rows by P panels (16 P outputs).
+use super::{groups, Bf16Pair, Job, Weight, PANEL};
+use half::f16;
+use std::arch::x86_64::*;
+
+pub trait Load16: Weight {
+    /// Outputs 0..8 and 8..16 of a panel at step `s` of its elements, as
+    /// f32 lanes.
+    unsafe fn load16(p: *const Self, s: usize) -> (__m256, __m256);
+}
+impl Load16 for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const Self, _: usize) -> (__m256, __m256) {
+        (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+    }
+}
+/// Step `s` of eight [`Bf16Pair`]s (see [`Bf16Pair::at`]) as f32 lanes.
+#[inline(always)]
+unsafe fn widen(v: __m256i, s: usize) -> __m256 {
+    _mm256_castsi256_ps(if s == 0 {
+        _mm256_slli_epi32(v, 16)
+    } else {
+        _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF_0000u32 as i32))
+    })
+}
+impl Load16 for Bf16Pair {
+    #[inline(always)]
+    unsafe fn load16(p: *const Self, s: usize) -> (__m256, __m256) {
+        let p = p as *const __m256i;
+        (
+            widen(_mm256_loadu_si256(p), s),
+            widen(_mm256_loadu_si256(p.add(1)), s),
+        )
+    }
+}
+impl Load16 for f16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const Self, _: usize) -> (__m256, __m256) {
+        let lo = _mm_loadu_si128(p as *const __m128i);
+        let hi = _mm_loadu_si128(p.add(8) as *const __m128i);
+        (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi))
+    }
+}
+impl Load16 for i8 {
+    #[inline(always)]
+    unsafe fn load16(p: *const Self, _: usize) -> (__m256, __m256) {
+        let v = _mm_loadu_si128(p as *const __m128i);
+        let lo = _mm256_cvtepi8_epi32(v);
+        let hi = _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v));
+        (_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi))
+    }
+}
+
+/// Writes a tile's sums (outputs 0..8 and 8..16 of each panel).
+#[inline(always)]
+unsafe fn store<W, X, const R: usize, const P: usize>(
+    j: &Job<W, X>,
+    r0: usize,
+    p0: usize,
+    acc: &[[[__m256; 2]; P]; R],
+) {
+    for (r, row) in acc.iter().enumerate() {
+        for (p, a) in row.iter().enumerate() {
+            let mut tmp = [0f32; PANEL];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
+            j.store(r0 + r, p0 + p, &tmp);
+        }
+    }
+}
+
+/// Rows `r0..r0+R` against panels `p0..p0+P`.
+#[inline(always)]
+unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize, p0: usize) {
+    let cols = j.cols;
+    let elems = cols.div_ceil(W::STEPS);
+    let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
+    let w = j.w.as_ptr().add(p0 * PANEL * elems);
+    let x = j.x.as_ptr().add(r0 * cols);
+    // Step `s` of element `e` (column k = e * STEPS + s); a macro because
+    // closures do not inherit the caller's target features.
+    macro_rules! step {
+        ($e:expr, $s:expr) => {
+            let k = $e * W::STEPS + $s;
+            let mut xb = [_mm256_setzero_ps(); R];
+            for (r, b) in xb.iter_mut().enumerate() {
+                *b = _mm256_broadcast_ss(&*x.add(k * R + r));
+            }
+            for p in 0..P {
+                let (lo, hi) = W::load16(w.add((p * elems + $e) * PANEL), $s);
+                for (row, b) in acc.iter_mut().zip(&xb) {
+                    row[p][0] = _mm256_fmadd_ps(lo, *b, row[p][0]);
+                    row[p][1] = _mm256_fmadd_ps(hi, *b, row[p][1]);
+                }
+            }
+        };
+    }
+    let full = cols / W::STEPS;
+    for e in 0..full {
+        for s in 0..W::STEPS {
+            step!(e, s);
+        }
+    }
+    for s in 0..cols - full * W::STEPS {
+        step!(full, s);
+    }
+    store(j, r0, p0, &acc);
+}
+
+/// bf16 pairs without AVX512_BF16, rows `r0..r0+R` against panels
+/// `p0..p0+P`: each pair's two products by two FMAs, high then low
+/// (bit-identical to `VDPBF16PS`).
+#[inline(always)]
+unsafe fn tile_pairs<const R: usize, const P: usize>(j: &Job<u32, u32>, r0: usize, p0: usize) {
+    let kps = j.cols;
+    let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
+    let w = j.w.as_ptr().add(p0 * PANEL * kps);
+    let x = j.x.as_ptr().add(r0 * kps);
+    for kp in 0..kps {
+        let mut xh = [_mm256_setzero_ps(); R];
+        let mut xl = [_mm256_setzero_ps(); R];
+        for r in 0..R {
+            let v = Bf16Pair(*x.add(kp * R + r));
+            xh[r] = _mm256_set1_ps(v.at(1));
+            xl[r] = _mm256_set1_ps(v.at(0));
+        }
+        for p in 0..P {
+            let base = w.add((p * kps + kp) * PANEL) as *const __m256i;
+            for half in 0..2 {
+                let v = _mm256_loadu_si256(base.add(half));
+                let (wh, wl) = (widen(v, 1), widen(v, 0));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    row[p][half] = _mm256_fmadd_ps(wh, xh[r], row[p][half]);
+                    row[p][half] = _mm256_fmadd_ps(wl, xl[r], row[p][half]);
+                }
+            }
+        }
+    }
+    store(j, r0, p0, &acc);
+}
+
+/// Panels `ps` of a bf16-pair product for every input row, in groups of
+/// at most [`super::EMULATED_PAIR_GROUP_AVX2`] rows (two broadcasts per
+/// row and two accumulators per panel in 16 registers).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
+    for (r0, rr) in groups(j.rows, j.group) {
+        let mut p = ps.start;
+        while p < ps.end {
+            let left = ps.end - p;
+            p += match rr {
+                1 if left >= 4 => {
+                    tile_pairs::<1, 4>(j, r0, p);
+                    4
+                }
+                2 if left >= 2 => {
+                    tile_pairs::<2, 2>(j, r0, p);
+                    2
+                }
+                1 => {
+                    tile_pairs::<1, 1>(j, r0, p);
+                    1
+                }
+                2 => {
+                    tile_pairs::<2, 1>(j, r0, p);
+                    1
+                }
+                _ => {
+                    tile_pairs::<3, 1>(j, r0, p);
+                    1
+                }
+            };
+        }
+    }
+}
+
+/// Panels `ps` of the product for every input row (groups of at most 6
+/// rows; at most 12 accumulators in 16 registers).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
+    for (r0, rr) in groups(j.rows, j.group) {
+        let mut p = ps.start;
+        while p < ps.end {
+            let left = ps.end - p;
+            p += match rr {
+                1 if left >= 4 => {
+                    tile::<W, 1, 4>(j, r0, p);
+                    4
+                }
+                2 if left >= 3 => {
+                    tile::<W, 2, 3>(j, r0, p);
+                    3
+                }
+                1 => {
+                    tile::<W, 1, 1>(j, r0, p);
+                    1
+                }
+                2 => {
+                    tile::<W, 2, 1>(j, r0, p);
+                    1
+                }
+                3 => {
+                    tile::<W, 3, 1>(j, r0, p);
+                    1
+                }
+                4 => {
+                    tile::<W, 4, 1>(j, r0, p);
+                    1
+                }
+                5 => {
+                    tile::<W, 5, 1>(j, r0, p);
+                    1
+                }
+                _ => {
+                    tile::<W, 6, 1>(j, r0, p);
+                    1
+                }
+            };
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Which kernels this CPU runs, chosen once per process, and the rows per
+//! tile group each takes.
+
+use super::*;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// AVX-512 with AVX512_BF16: bf16 pairs run on `VDPBF16PS`, everything
+    /// else as [`Isa::Avx512`].
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
+}
+
+/// Kernels this CPU runs, best last.
+pub(super) fn supported() -> Vec<Isa> {
+    #[allow(unused_mut)]
+    let mut v = vec![Isa::Portable];
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        v.push(Isa::Avx2);
+        if is_x86_feature_detected!("avx512f") {
+            v.push(Isa::Avx512);
+            if is_x86_feature_detected!("avx512bf16") {
+                v.push(Isa::Avx512Bf16);
+            }
+        }
+    }
+    v
+}
+
+/// The best kernel this CPU runs; `LAYERSKIP_KERNEL=portable|avx2|avx512` caps it
+/// (results are identical either way, only speed differs).
+pub(super) fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        let all = supported();
+        let cap = std::env::var("LAYERSKIP_KERNEL").unwrap_or_default();
+        let capped = all.iter().rev().find(|i| kernel_name_of(**i) == cap);
+        *capped.unwrap_or(all.last().expect("portable is always supported"))
+    })
+}
+
+/// Name of the kernel in use (for bench reports).
+pub fn kernel_name() -> &'static str {
+    kernel_name_of(isa())
+}
+
+pub(super) fn kernel_name_of(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Portable => "portable",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "avx512",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => "avx512bf16",
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) trait Kernel: avx2::Load16 + avx512::Load16 {}
+#[cfg(target_arch = "x86_64")]
+impl<T: avx2::Load16 + avx512::Load16> Kernel for T {}
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) trait Kernel: Weight {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T: Weight> Kernel for T {}
+
+/// Rows per group of the bf16-pair kernel on AVX512_BF16, and of its
+/// emulations with AVX-512F and with AVX2.
+pub(super) const PAIR_GROUP: usize = 16;
+pub(super) const EMULATED_PAIR_GROUP_512: usize = 6;
+pub(super) const EMULATED_PAIR_GROUP_AVX2: usize = 3;
+
+/// Rows per tile group: as many accumulators as the registers hold (the
+/// layout of packed inputs; results do not depend on it).
+pub(super) fn group_rows(isa: Isa, pairs: bool) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 if pairs => PAIR_GROUP,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if pairs => EMULATED_PAIR_GROUP_512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if pairs => EMULATED_PAIR_GROUP_AVX2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => 6,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => 16,
+        Isa::Portable => 8,
+    }
+}
+
+pub(super) fn run_typed<W: Kernel>(j: &Job<W>, ps: std::ops::Range<usize>, isa: Isa) {
+    // SAFETY: `isa()` checked that the CPU has the features of each kernel.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::block(j, ps) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::block(j, ps) },
+        Isa::Portable => block_portable(j, ps),
+    }
+}
+
+pub(super) fn run_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>, isa: Isa) {
+    // SAFETY: `isa()` checked that the CPU has the features of each kernel.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unsafe { avx512::block_pairs(j, ps) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::block_pairs_emulated(j, ps) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::block_pairs(j, ps) },
+        Isa::Portable => block_portable_pairs(j, ps),
+    }
+}

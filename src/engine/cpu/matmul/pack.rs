@@ -1,0 +1,235 @@
+//! Weights packed into panels at load, and input rows packed per call,
+//! in the layouts the kernels read.
+
+use super::*;
+
+/// Weight element types the kernels read. An element holds `STEPS`
+/// consecutive k of one output (in its low bits first).
+pub(crate) trait Weight: Plain + Default {
+    const STEPS: usize = 1;
+    /// The weight of step `s` (0..STEPS).
+    fn at(self, s: usize) -> f32;
+}
+impl Weight for f32 {
+    #[inline(always)]
+    fn at(self, _: usize) -> f32 {
+        self
+    }
+}
+/// Two bf16 weights of one output, `W[o][2e]` in the low half and
+/// `W[o][2e + 1]` in the high half: one 512-bit load then holds sixteen
+/// outputs at two k, and a shift and a mask turn them into f32 lanes without
+/// a shuffle (widening each k on its own took a shuffle and a shift per
+/// sixteen weights, which competed with the FMAs: 1-4 row products in cache
+/// ran 1.1-1.4x slower).
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+pub(crate) struct Bf16Pair(pub(super) u32);
+// SAFETY: a plain u32.
+unsafe impl Plain for Bf16Pair {}
+impl Weight for Bf16Pair {
+    const STEPS: usize = 2;
+    #[inline(always)]
+    fn at(self, s: usize) -> f32 {
+        f32::from_bits(if s == 0 {
+            self.0 << 16
+        } else {
+            self.0 & 0xFFFF_0000
+        })
+    }
+}
+impl Weight for f16 {
+    #[inline(always)]
+    fn at(self, _: usize) -> f32 {
+        self.to_f32()
+    }
+}
+impl Weight for i8 {
+    #[inline(always)]
+    fn at(self, _: usize) -> f32 {
+        self as f32
+    }
+}
+
+/// Panels of one matrix: `panels * cols * PANEL` elements, zero-padded past
+/// the last output row.
+/// Panels live in [`HugeBuf`]s: decoding streams them once per token.
+pub(super) enum Packed {
+    F32(HugeBuf<f32>),
+    BF16(HugeBuf<Bf16Pair>),
+    F16(HugeBuf<f16>),
+    /// Weight-only int8: `W[j][k] ≈ q[j][k] * scale[j]`.
+    I8 {
+        q: HugeBuf<i8>,
+        scale: Vec<f32>,
+    },
+    /// bf16 weights for bf16 dot products (inputs rounded to bf16 too):
+    /// `panel[kp][o]` holds `W[o][2kp]` in its low half and `W[o][2kp+1]` in
+    /// its high half, the operand layout of AVX512_BF16's `VDPBF16PS`.
+    Bf16Pairs(HugeBuf<u32>),
+}
+
+/// A `rows x cols` weight matrix (`rows` outputs), packed for the kernels.
+pub struct Mat {
+    pub(super) packed: Packed,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Panels of a `rows`-output matrix whose output `j` is `elems` elements
+/// `elem(j, e)`: `panel[e * PANEL + o]`.
+pub(super) fn pack_panels<W: Plain + Default>(
+    rows: usize,
+    elems: usize,
+    elem: impl Fn(usize, usize) -> W + Sync,
+) -> HugeBuf<W> {
+    let mut out = HugeBuf::zeroed(rows.div_ceil(PANEL) * PANEL * elems);
+    out.par_chunks_mut(PANEL * elems)
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for o in 0..PANEL.min(rows - p * PANEL) {
+                for e in 0..elems {
+                    panel[e * PANEL + o] = elem(p * PANEL + o, e);
+                }
+            }
+        });
+    out
+}
+
+pub(super) fn pack<W: Weight>(w: &[W], rows: usize, cols: usize) -> HugeBuf<W> {
+    pack_panels(rows, cols, |j, k| w[j * cols + k])
+}
+
+/// bf16 weights as [`Bf16Pair`]s (an odd last column pairs with zero).
+pub(super) fn pack_bf16(w: &[bf16], rows: usize, cols: usize) -> HugeBuf<Bf16Pair> {
+    pack_panels(rows, cols.div_ceil(2), |j, e| {
+        let half = |k: usize| {
+            if k < cols {
+                w[j * cols + k].to_bits() as u32
+            } else {
+                0
+            }
+        };
+        Bf16Pair(half(2 * e) | half(2 * e + 1) << 16)
+    })
+}
+
+/// Two values rounded to bf16 (round to nearest even) in one word: the first
+/// in the low half. A missing second value (odd `cols`) is zero.
+#[inline(always)]
+pub(super) fn bf16_pair(v: &[f32]) -> u32 {
+    let half = |x: f32| bf16::from_f32(x).to_bits() as u32;
+    half(v.get(1).copied().unwrap_or(0.0)) << 16 | half(v[0])
+}
+
+/// [`Packed::Bf16Pairs`] panels of a row-major f32 matrix.
+pub(super) fn pack_pairs(w: &[f32], rows: usize, cols: usize) -> HugeBuf<u32> {
+    pack_panels(rows, cols.div_ceil(2), |j, kp| {
+        bf16_pair(&w[j * cols..(j + 1) * cols][2 * kp..(2 * kp + 2).min(cols)])
+    })
+}
+
+/// Symmetric int8 per output row: `scale = max|w| / 127`, `q = round(w / scale)`.
+pub(super) fn quantize_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; rows * cols];
+    let mut scale = vec![0f32; rows.div_ceil(PANEL) * PANEL];
+    q.par_chunks_mut(cols)
+        .zip(scale.par_iter_mut())
+        .zip(w.par_chunks(cols))
+        .for_each(|((q, s), w)| {
+            let max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            *s = max / 127.0;
+            let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+            for (q, &v) in q.iter_mut().zip(w) {
+                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+        });
+    (q, scale)
+}
+
+impl Mat {
+    /// The matrix quantized to int8 per output row (weight-only: activations
+    /// stay f32).
+    pub fn new_int8(tensor: &Tensor) -> Self {
+        let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+        let (q, scale) = quantize_rows(&tensor.to_f32(), rows, cols);
+        Mat {
+            packed: Packed::I8 {
+                q: pack(&q, rows, cols),
+                scale,
+            },
+            rows,
+            cols,
+        }
+    }
+
+    /// The matrix in bf16 (f32 and f16 weights are rounded) for bf16 dot
+    /// products: each input row is rounded to bf16 too, products of two bf16
+    /// are exact in f32, and they are summed in f32 pair by pair (the high
+    /// element of a pair first, as `VDPBF16PS` does). llama.cpp computes bf16
+    /// weights this way; it halves the instructions of multi-row products on
+    /// CPUs with AVX512_BF16.
+    pub fn new_bf16(tensor: &Tensor) -> Self {
+        let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+        Mat {
+            packed: Packed::Bf16Pairs(pack_pairs(&tensor.to_f32(), rows, cols)),
+            rows,
+            cols,
+        }
+    }
+
+    pub fn new(tensor: &Tensor) -> Self {
+        let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+        let packed = match tensor.data() {
+            TensorData::F32(w) => Packed::F32(pack(w, rows, cols)),
+            TensorData::BF16(w) => Packed::BF16(pack_bf16(w, rows, cols)),
+            TensorData::F16(w) => Packed::F16(pack(w, rows, cols)),
+        };
+        Mat { packed, rows, cols }
+    }
+
+    /// Packed as bf16 pairs (inputs must be packed by [`pack_row_pairs`]).
+    pub(super) fn pairs(&self) -> bool {
+        matches!(self.packed, Packed::Bf16Pairs(_))
+    }
+
+    /// Bytes the kernels read for one product (panels, padding included).
+    pub fn bytes(&self) -> usize {
+        match &self.packed {
+            Packed::F32(w) => w.len() * 4,
+            Packed::BF16(w) => w.len() * 4,
+            Packed::F16(w) => w.len() * 2,
+            Packed::I8 { q, scale } => q.len() + scale.len() * 4,
+            Packed::Bf16Pairs(w) => w.len() * 4,
+        }
+    }
+}
+
+/// `x` (`rows x cols`, row-major) in the grouped k-major layout of
+/// [`Job::x`], into `out` (as long as `x`).
+pub(super) fn pack_rows(x: &[f32], rows: usize, cols: usize, group: usize, out: &mut [f32]) {
+    for (r0, rr) in groups(rows, group) {
+        let dst = &mut out[r0 * cols..(r0 + rr) * cols];
+        for r in 0..rr {
+            for (k, &v) in x[(r0 + r) * cols..][..cols].iter().enumerate() {
+                dst[k * rr + r] = v;
+            }
+        }
+    }
+}
+
+/// `x` as bf16 pairs ([`bf16_pair`]) in the grouped k-major layout of
+/// [`Job::x`], one word per pair of columns.
+pub(super) fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, group: usize) -> Vec<u32> {
+    let kps = cols.div_ceil(2);
+    let mut out = vec![0u32; rows * kps];
+    for (r0, rr) in groups(rows, group) {
+        let dst = &mut out[r0 * kps..(r0 + rr) * kps];
+        for r in 0..rr {
+            for (kp, pair) in x[(r0 + r) * cols..][..cols].chunks(2).enumerate() {
+                dst[kp * rr + r] = bf16_pair(pair);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,139 @@
+use super::*;
+use crate::weights::DType;
+
+fn tensor(dtype: DType, rows: usize, cols: usize) -> Tensor {
+    let vals = (0..rows * cols).map(|i| {
+        let h = (i as u32).wrapping_mul(2654435761).rotate_left(13);
+        (h >> 8) as f32 / (1 << 24) as f32 - 0.5
+    });
+    let bytes: Vec<u8> = match dtype {
+        DType::F32 => vals.flat_map(f32::to_le_bytes).collect(),
+        DType::BF16 => vals.flat_map(|v| bf16::from_f32(v).to_le_bytes()).collect(),
+        DType::F16 => vals.flat_map(|v| f16::from_f32(v).to_le_bytes()).collect(),
+    };
+    Tensor::from_bytes(dtype, vec![rows, cols], &bytes)
+}
+
+/// The product by the definition: one `mul_add` chain per output.
+fn reference(m: &Tensor, x: &[f32], rows: usize) -> Vec<f32> {
+    let w = m.to_f32();
+    let (n, cols) = (m.shape[0], m.shape[1]);
+    let mut out = vec![0f32; rows * n];
+    for r in 0..rows {
+        for j in 0..n {
+            out[r * n + j] =
+                (0..cols).fold(0f32, |a, k| w[j * cols + k].mul_add(x[r * cols + k], a));
+        }
+    }
+    out
+}
+
+/// Deterministic inputs: `rows x cols`, mixed signs.
+fn input(rows: usize, cols: usize) -> Vec<f32> {
+    (0..rows * cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+        .collect()
+}
+
+/// `m`'s whole product over `x` with one kernel.
+fn product(m: &Mat, x: &[f32], rows: usize, isa: Isa) -> Vec<f32> {
+    let mut out = vec![f32::NAN; rows * m.rows];
+    let ptr = OutPtr(out.as_mut_ptr());
+    Inputs::with(m, x, rows, isa, |x| {
+        run_block(m, x, rows, 0..m.rows.div_ceil(PANEL), ptr, isa)
+    });
+    out
+}
+
+#[test]
+fn every_kernel_row_count_and_dtype_matches_the_definition_bit_for_bit() {
+    // 37 outputs: two full panels and a padded one; 45 columns: no multiple of 8.
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let (n, cols) = (37, 45);
+        let t = tensor(dtype, n, cols);
+        let m = Mat::new(&t);
+        for rows in 1..=17 {
+            let x = input(rows, cols);
+            let want = reference(&t, &x, rows);
+            for isa in supported() {
+                let out = product(&m, &x, rows, isa);
+                assert!(
+                    out.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{dtype:?} rows {rows} {isa:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_pairs_match_vdpbf16ps_arithmetic_on_every_kernel_and_stay_close() {
+    // Odd column count: the last pair is padded with zero.
+    let (n, cols) = (37, 45);
+    let t = tensor(DType::F32, n, cols);
+    let m = Mat::new_bf16(&t);
+    let w = t.to_f32();
+    let round = |v: f32| bf16::from_f32(v).to_f32();
+    for rows in 1..=17 {
+        let x = input(rows, cols);
+        let exact = reference(&t, &x, rows);
+        for isa in supported() {
+            let out = product(&m, &x, rows, isa);
+            for r in 0..rows {
+                for j in 0..n {
+                    // Per pair: sum + hi product, then + lo product, each
+                    // rounded once (the products are exact in f32).
+                    let (wr, xr) = (&w[j * cols..][..cols], &x[r * cols..][..cols]);
+                    let sum = (0..cols.div_ceil(2)).fold(0f32, |a, kp| {
+                        let p = |k: usize| match (wr.get(k), xr.get(k)) {
+                            (Some(&a), Some(&b)) => round(a) * round(b),
+                            _ => 0.0,
+                        };
+                        (a + p(2 * kp + 1)) + p(2 * kp)
+                    });
+                    let got = out[r * n + j];
+                    assert_eq!(got.to_bits(), sum.to_bits(), "{isa:?} rows {rows}");
+                    // Two bf16 roundings (2^-8 relative each) per product.
+                    let bound =
+                        2.0 / 256.0 * wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum::<f32>();
+                    assert!((got - exact[r * n + j]).abs() <= bound + 1e-6);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_is_one_chain_then_the_row_scale_on_every_kernel_and_close_to_the_weights() {
+    let (n, cols) = (37, 45);
+    let t = tensor(DType::F32, n, cols);
+    let m = Mat::new_int8(&t);
+    let w = t.to_f32();
+    let (q, scale) = quantize_rows(&w, n, cols);
+    for rows in [1, 2, 5, 9, 17] {
+        let x = input(rows, cols);
+        let exact = reference(&t, &x, rows);
+        for isa in supported() {
+            let out = product(&m, &x, rows, isa);
+            for r in 0..rows {
+                for j in 0..n {
+                    let sum = (0..cols).fold(0f32, |a, k| {
+                        (q[j * cols + k] as f32).mul_add(x[r * cols + k], a)
+                    });
+                    let got = out[r * n + j];
+                    assert_eq!(
+                        got.to_bits(),
+                        (sum * scale[j]).to_bits(),
+                        "{isa:?} rows {rows}"
+                    );
+                    // Rounding error of at most half a step per weight.
+                    let bound =
+                        0.5 * scale[j] * x[r * cols..][..cols].iter().map(|v| v.abs()).sum::<f32>();
+                    assert!((got - exact[r * n + j]).abs() <= bound * 1.001 + 1e-6);
+                }
+            }
+        }
+    }
+}

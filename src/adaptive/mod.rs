@@ -57,3 +57,30 @@ pub struct AutoSpec {
     /// to be accepted).
     pub draft_len: Option<usize>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_forgets_what_the_sessions_taught() {
+        let state = PolicyState::default();
+        let c = Choice {
+            exit: 2,
+            draft_len: 3,
+        };
+        for _ in 0..8 {
+            state.corrections.observe(c, 2.0, 1.0, 3.0, 1.0);
+        }
+        let mut session = AcceptanceTracker::with_shared(4, state.acceptance.clone());
+        for _ in 0..20 {
+            session.observe(2, true);
+        }
+        assert!(state.acceptance.rate(2).is_some());
+        assert!(state.corrections.snapshot().measured(c));
+        state.reset();
+        assert_eq!(state.acceptance.rate(2), None);
+        assert!(!state.corrections.snapshot().measured(c));
+        assert_eq!(state.corrections.factor(c), 1.0);
+    }
+}

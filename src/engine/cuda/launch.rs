@@ -1,0 +1,281 @@
+//! The kernels' launches: products (matvec or cuBLAS), norms, attention,
+//! the exit head's logits, residual adds.
+
+use super::*;
+
+pub(super) fn grid(n: usize, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(block).max(1), 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+pub(super) fn rows_cfg(rows: usize, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaEngine {
+    /// `y (rows x m.rows) = x (rows x m.cols) · mᵀ`; `y` may be longer.
+    pub(super) fn matmul(
+        &self,
+        x: &CudaView<'_, f32>,
+        rows: usize,
+        m: &Matrix,
+        y: &mut CudaSlice<f32>,
+    ) {
+        if rows <= self.matvec_max_rows {
+            self.matvec(x, rows, m, y);
+        } else {
+            self.gemm(x, rows, m, y);
+        }
+    }
+
+    /// Batch-invariant products, [`MATVEC_ROWS`] rows a launch.
+    pub(super) fn matvec(
+        &self,
+        x: &CudaView<'_, f32>,
+        rows: usize,
+        m: &Matrix,
+        y: &mut CudaSlice<f32>,
+    ) {
+        let f = match m.w {
+            DevMat::F32(_) => &self.k.matvec_f32,
+            DevMat::F16(_) => &self.k.matvec_f16,
+            DevMat::Bf16(_) => &self.k.matvec_bf16,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: ((m.rows as u32).div_ceil(MATVEC_WARPS), 1, 1),
+            block_dim: (32 * MATVEC_WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n_out, k) = (m.rows as i32, m.cols as i32);
+        for r0 in (0..rows).step_by(MATVEC_ROWS) {
+            let rr = (rows - r0).min(MATVEC_ROWS);
+            let xs = x.slice(r0 * m.cols..(r0 + rr) * m.cols);
+            let mut ys = y.slice_mut(r0 * m.rows..(r0 + rr) * m.rows);
+            let n = rr as i32;
+            let mut b = self.stream.launch_builder(f);
+            match &m.w {
+                DevMat::F32(w) => b.arg(w),
+                DevMat::F16(w) => b.arg(w),
+                DevMat::Bf16(w) => b.arg(w),
+            };
+            b.arg(&xs).arg(&mut ys).arg(&n_out).arg(&k).arg(&n);
+            // SAFETY: the kernel's signature matches these arguments; the
+            // buffers hold rr rows of m.cols inputs and m.rows outputs.
+            ok(unsafe { b.launch(cfg) }.map(|_| ()));
+        }
+    }
+
+    /// cuBLAS product for many rows. Row-major `y = x · wᵀ` is column-major
+    /// `yᵀ = w · xᵀ` with `w` read transposed: m = n_out, n = rows, k = cols.
+    /// f16/bf16 weights take inputs rounded to their dtype (cuBLAS wants one
+    /// input dtype); sums are f32.
+    pub(super) fn gemm(
+        &self,
+        x: &CudaView<'_, f32>,
+        rows: usize,
+        m: &Matrix,
+        y: &mut CudaSlice<f32>,
+    ) {
+        use blas_sys::cudaDataType_t as T;
+        let n = rows * m.cols;
+        let half_x = |f: &CudaFunction| -> CudaSlice<u16> {
+            let mut out = scratch::<u16>(&self.stream, n);
+            let len = n as i32;
+            let mut b = self.stream.launch_builder(f);
+            b.arg(x).arg(&mut out).arg(&len);
+            // SAFETY: f32_to_{f16,bf16}(const float*, half*, int) over n elements.
+            ok(unsafe { b.launch(grid(n, 256)) }.map(|_| ()));
+            out
+        };
+        let blas = self.blas.lock();
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (mm, nn, kk) = (m.rows as i32, rows as i32, m.cols as i32);
+        let mut run = |w: u64, wt: T, xp: u64, xt: T| {
+            let (yp, _sync) = y.device_ptr_mut(&self.stream);
+            // SAFETY: pointers are live device buffers of the stated dtypes and sizes.
+            unsafe {
+                blas::gemm_ex(
+                    *blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    mm,
+                    nn,
+                    kk,
+                    &alpha as *const f32 as *const _,
+                    w as *const _,
+                    wt,
+                    kk,
+                    xp as *const _,
+                    xt,
+                    kk,
+                    &beta as *const f32 as *const _,
+                    yp as *mut _,
+                    T::CUDA_R_32F,
+                    mm,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .unwrap_or_else(|e| panic!("CUDA engine: cuBLAS GemmEx: {e}"));
+        };
+        match &m.w {
+            DevMat::F32(w) => {
+                let (wp, _a) = w.device_ptr(&self.stream);
+                let (xp, _b) = x.device_ptr(&self.stream);
+                run(wp, T::CUDA_R_32F, xp, T::CUDA_R_32F);
+            }
+            DevMat::F16(w) => {
+                let xh = half_x(&self.k.f32_to_f16);
+                let (wp, _a) = w.device_ptr(&self.stream);
+                let (xp, _b) = xh.device_ptr(&self.stream);
+                run(wp, T::CUDA_R_16F, xp, T::CUDA_R_16F);
+            }
+            DevMat::Bf16(w) => {
+                let xh = half_x(&self.k.f32_to_bf16);
+                let (wp, _a) = w.device_ptr(&self.stream);
+                let (xp, _b) = xh.device_ptr(&self.stream);
+                run(wp, T::CUDA_R_16BF, xp, T::CUDA_R_16BF);
+            }
+        }
+    }
+
+    /// RMSNorm of `rows` rows of `x` into `out`.
+    pub(super) fn rms_norm(
+        &self,
+        x: &CudaView<'_, f32>,
+        rows: usize,
+        w: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) {
+        let h = self.cfg.hidden_size;
+        let (hi, eps) = (h as i32, self.cfg.rms_norm_eps);
+        let mut b = self.stream.launch_builder(&self.k.rms_norm);
+        b.arg(x).arg(w).arg(out).arg(&hi).arg(&eps);
+        // SAFETY: rms_norm(const float* x, const float* w, float* out, int, float), rows blocks.
+        ok(unsafe { b.launch(rows_cfg(rows, 256)) }.map(|_| ()));
+    }
+
+    /// The head's logits of rows `from..` of `x`, on the device, handed to
+    /// `read` (with the row count) to copy out what the caller needs.
+    pub(super) fn device_logits(
+        &self,
+        x: &DeviceActs,
+        from: usize,
+        read: impl FnOnce(&CudaSlice<f32>, usize),
+    ) {
+        let (h, vocab) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let rows = x.rows - from;
+        if rows == 0 {
+            return;
+        }
+        let mut ws = self.ws.lock();
+        let mut xn = ws.take(&self.stream, Buf::Norm, rows * h);
+        let mut logits = ws.take(&self.stream, Buf::Logits, rows * vocab);
+        let xs = x.buf.slice(from * h..x.rows * h);
+        self.rms_norm(&xs, rows, &self.norm, &mut xn);
+        self.matmul(&xn.slice(..rows * h), rows, self.head_matrix(), &mut logits);
+        read(&logits, rows);
+        ok(self.stream.synchronize());
+        ws.put(Buf::Norm, xn);
+        ws.put(Buf::Logits, logits);
+    }
+
+    /// Causal attention of a segment's `n` rows (their Q in `q`, K/V
+    /// already stored) into `out`, split over the context: `attention_chunk`
+    /// then, for rows of more than one chunk, `attention_combine`. Rows go in
+    /// slices whose partial results fit `ATTN_PARTIALS_BYTES`.
+    pub(super) fn attention(
+        &self,
+        ws: &mut Workspace,
+        layer: usize,
+        seg: &mut Segment<'_, CudaKv>,
+        q: &CudaView<'_, f32>,
+        out: &mut CudaViewMut<'_, f32>,
+        n: usize,
+    ) {
+        let cfg = &self.cfg;
+        let (nh, hd) = (cfg.num_heads, cfg.head_dim);
+        let (qd, stride) = (cfg.q_dim(), cfg.q_dim() + 2 * cfg.kv_dim());
+        let chunk = self.attn_chunk;
+        let max_chunks = (seg.pos0 + n).div_ceil(chunk);
+        let per_row = nh * max_chunks * (hd + 2);
+        // Rows a launch (the grid's y dimension is at most 65535), and
+        // partials only when rows span several chunks.
+        let slice = if max_chunks == 1 {
+            n
+        } else {
+            (ATTN_PARTIALS_BYTES / 4 / per_row).clamp(1, n)
+        }
+        .min(65535);
+        let part_len = if max_chunks == 1 { 1 } else { slice * per_row };
+        let mut part = ws.take(&self.stream, Buf::Partials, part_len);
+        let (ih, ikv, ihd) = (nh as i32, cfg.num_kv_heads as i32, hd as i32);
+        let (istride, ichunk, ichunks) = (stride as i32, chunk as i32, max_chunks as i32);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for r0 in (0..n).step_by(slice) {
+            let rows = slice.min(n - r0);
+            let ip = (seg.pos0 + r0) as i32;
+            let qs = q.slice(r0 * stride..(r0 + rows) * stride);
+            let mut os = out.slice_mut(r0 * qd..(r0 + rows) * qd);
+            let mut b = self.stream.launch_builder(&self.k.attention_chunk);
+            b.arg(&qs)
+                .arg(&seg.kv.k[layer])
+                .arg(&seg.kv.v[layer])
+                .arg(&mut os)
+                .arg(&mut part)
+                .arg(&ih)
+                .arg(&ikv)
+                .arg(&ihd)
+                .arg(&ip)
+                .arg(&scale)
+                .arg(&istride)
+                .arg(&ichunk)
+                .arg(&ichunks);
+            let cfg_chunk = LaunchConfig {
+                grid_dim: (nh as u32, rows as u32, max_chunks as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: attention_chunk(q, k cache, v cache, out, part, heads,
+            // kv_heads, head_dim, pos0, scale, q_stride, chunk, max_chunks); the
+            // caches hold pos0 + rows positions, part holds rows x heads x
+            // max_chunks x (head_dim + 2) floats.
+            ok(unsafe { b.launch(cfg_chunk) }.map(|_| ()));
+            if max_chunks > 1 {
+                let mut b = self.stream.launch_builder(&self.k.attention_combine);
+                b.arg(&part)
+                    .arg(&mut os)
+                    .arg(&ih)
+                    .arg(&ihd)
+                    .arg(&ip)
+                    .arg(&ichunk)
+                    .arg(&ichunks);
+                let cfg_combine = LaunchConfig {
+                    grid_dim: (nh as u32, rows as u32, 1),
+                    block_dim: (hd.next_multiple_of(32).min(1024) as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: attention_combine(part, out, heads, head_dim, pos0,
+                // chunk, max_chunks) over the partials the launch above wrote.
+                ok(unsafe { b.launch(cfg_combine) }.map(|_| ()));
+            }
+        }
+        ws.put(Buf::Partials, part);
+    }
+
+    /// `a += b` over `n` elements.
+    pub(super) fn add(&self, a: &mut CudaSlice<f32>, b_in: &CudaSlice<f32>, n: usize) {
+        let len = n as i32;
+        let mut b = self.stream.launch_builder(&self.k.add);
+        b.arg(a).arg(b_in).arg(&len);
+        // SAFETY: (float*, const float*, int) over n elements of both.
+        ok(unsafe { b.launch(grid(n, 256)) }.map(|_| ()));
+    }
+}

@@ -29,6 +29,24 @@ static lsk_result error_code_of(F&& f) {
     return LSK_OK;
 }
 
+// The message of the layerskip::Error that `f` throws ("" if none): the
+// library's own text, never just the code's name.
+template <class F>
+static std::string message_of(F&& f) {
+    try {
+        f();
+    } catch (const layerskip::Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+static bool has(const std::string& text, const char* part) {
+    bool ok = text.find(part) != std::string::npos;
+    if (!ok) std::fprintf(stderr, "message \"%s\" lacks \"%s\"\n", text.c_str(), part);
+    return ok;
+}
+
 static std::vector<int32_t> parse(const char* s) {
     std::vector<int32_t> v;
     std::stringstream ss(s);
@@ -162,6 +180,48 @@ int main(int argc, char** argv) {
     CHECK(s4.step(full[0]) == full[1]);
     layerskip::Session s5 = std::move(s4);
     CHECK(s5.stats().shallow_len == prompt.size() + 1);
+
+    // Every wrapper call with a bad argument throws the library's message.
+    {
+        lsk_model_options bad;
+        lsk_model_options_default(&bad);
+        bad.quantize = 7;
+        CHECK(has(message_of([&] { layerskip::Model m(argv[1], bad); }), "unknown quantize value 7"));
+        CHECK(has(message_of([] { layerskip::Model m("/no/such/model"); }), "/no/such/model"));
+        layerskip::SessionOptions so;
+        so.context_length = 1u << 30;
+        CHECK(has(message_of([&] { layerskip::Session s(moved, so); }), "context length"));
+        layerskip::Session s6(moved);
+        CHECK(has(message_of([&] { s6.step(-5); }), "token id -5 is out of range"));
+        CHECK(has(message_of([&] { s6.prefill({-2}); }), "token id -2 is out of range"));
+        CHECK(has(message_of([&] { s6.draft(-3, 1, 4); }), "token id -3 is out of range"));
+        CHECK(has(message_of([&] { s6.draft(full[0], 1, 0); }), "max_drafts must be at least 1"));
+        CHECK(has(message_of([&] { s6.verify(full[0], {-4}); }), "token id -4 is out of range"));
+        CHECK(has(message_of([&] { s6.rewind(1000000); }), "1000000"));
+        CHECK(has(message_of([&] { s6.step(full[0], 999); }), "999"));
+        CHECK(has(message_of([&] { moved.detokenize({-6}); }), "-6"));
+        layerskip::GenerateOptions go;
+        go.mode = 9;
+        CHECK(has(message_of([&] { s6.generate(prompt, go); }), "unknown mode 9"));
+        layerskip::Batch batch(moved);
+        CHECK(has(message_of([&] { batch.add(s6, {-7}, opts); }), "token id -7 is out of range"));
+        CHECK(has(message_of([&] { batch.cancel(42); }), "no running generation 42"));
+        CHECK(has(message_of([&] { batch.result(43); }), "no finished generation 43"));
+        // A callback's exception in a batch stops that generation and comes
+        // back from result().
+        uint64_t id = batch.add(s6, prompt, opts, [](int32_t, std::string_view) -> bool {
+            throw std::runtime_error("batch boom");
+        });
+        while (batch.step() > 0) {
+        }
+        bool rethrown = false;
+        try {
+            batch.result(id);
+        } catch (const std::runtime_error& e) {
+            rethrown = std::string(e.what()) == "batch boom";
+        }
+        CHECK(rethrown);
+    }
 
     std::printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;

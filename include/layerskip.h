@@ -83,6 +83,10 @@ enum lsk_result
   // A limit set in `lsk_model_options` (context per session, KV-cache
   // memory) would be exceeded.
   LSK_ERR_RESOURCE_LIMIT = 14,
+  // A device (GPU) call failed: a lost device, a failed launch.
+  LSK_ERR_DEVICE = 15,
+  // The device ran out of memory.
+  LSK_ERR_OUT_OF_MEMORY = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -399,13 +403,14 @@ lsk_result lsk_batch_new(const struct lsk_model *model,
                          struct lsk_batch **out,
                          struct lsk_error **err);
 
-// Free a batch: running generations stop and their sessions return to
-// their handles. NULL is ignored. The batch must not be in use.
+// Release the caller's reference to a batch. NULL is ignored. When the last
+// reference goes (at once, or when a call still running on it returns),
+// running generations stop and their sessions return to their handles.
 void lsk_batch_free(struct lsk_batch *batch);
 
 // Add a generation: `session` (of the batch's model) is lent to the batch
 // until the generation finishes (its other calls fail with `LSK_ERR_BUSY`
-// meanwhile; do not free it before), then it continues from the generated
+// meanwhile; the batch holds a reference, so freeing it is safe), then it continues from the generated
 // text as after `lsk_session_generate`. `prompt`, `options` and `callback`
 // are as for `lsk_session_generate`; the callback runs inside
 // `lsk_batch_step`. `*id` receives the generation's id.
@@ -516,7 +521,9 @@ lsk_result lsk_session_new(const struct lsk_model *model,
                            struct lsk_session **out,
                            struct lsk_error **err);
 
-// Free a session. NULL is ignored. The session must not be in use.
+// Release the caller's reference to a session. NULL is ignored. A call
+// still running on it, or a batch it is lent to, keeps it alive until done;
+// its cache is freed then.
 void lsk_session_free(struct lsk_session *session);
 
 // Feed `n` prompt tokens at full depth. When `next_token` is not NULL it

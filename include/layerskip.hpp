@@ -40,11 +40,14 @@ private:
 };
 
 namespace detail {
-// Throw if `r` is an error, taking ownership of `err`.
-inline void check(lsk_result r, lsk_error* err) {
+// Throw if `r` is an error, taking ownership of `err`. `err` is taken by
+// reference: in `check(lsk_call(..., &err), err)` C++ may evaluate the
+// arguments in any order, so a copy could be read before the call writes it.
+inline void check(lsk_result r, lsk_error*& err) {
     std::unique_ptr<lsk_error, decltype(&lsk_error_free)> guard(err, &lsk_error_free);
+    err = nullptr;
     if (r != LSK_OK) {
-        throw Error(r, err ? lsk_error_message(err) : lsk_result_name(r));
+        throw Error(r, guard ? lsk_error_message(guard.get()) : lsk_result_name(r));
     }
 }
 struct ModelDeleter {
@@ -250,21 +253,24 @@ public:
     }
 
     // Start a generation on `session`; `on_token` runs inside step() and
-    // returns false to stop. Returns its id.
+    // returns false to stop. An exception it throws stops that generation
+    // only, and result() rethrows it. Returns the generation's id.
     uint64_t add(Session& session, const std::vector<int32_t>& prompt, const GenerateOptions& opts,
                  OnToken on_token = nullptr) {
-        auto cb = std::make_unique<OnToken>(std::move(on_token));
+        auto cb = std::make_unique<Callback>();
+        cb->f = std::move(on_token);
         auto trampoline = [](void* user, int32_t token, const char* text, size_t len) -> int32_t {
-            auto* f = static_cast<OnToken*>(user);
+            auto* c = static_cast<Callback*>(user);
             try {
-                return (*f)(token, std::string_view(text, len)) ? 0 : 1;
+                return c->f(token, std::string_view(text, len)) ? 0 : 1;
             } catch (...) {
-                return 1;  // an exception stops that generation only
+                c->error = std::current_exception();
+                return 1;
             }
         };
         uint64_t id = 0;
         lsk_error* err = nullptr;
-        bool has = static_cast<bool>(*cb);
+        bool has = static_cast<bool>(cb->f);
         detail::check(lsk_batch_add(handle_.get(), session.get(), prompt.data(), prompt.size(), &opts,
                                     has ? +trampoline : nullptr, cb.get(), &id, &err),
                       err);
@@ -296,13 +302,20 @@ public:
         return ids;
     }
 
-    // The result of a finished generation (throws its error if it failed).
+    // The result of a finished generation: rethrows what its callback threw,
+    // throws its error if it failed.
     lsk_generate_result result(uint64_t id) {
         lsk_generate_result res;
         lsk_generate_result_init(&res);
         lsk_error* err = nullptr;
         lsk_result r = lsk_batch_result(handle_.get(), id, &res, &err);
-        if (r != LSK_ERR_BUSY) forget(id);
+        if (r != LSK_ERR_BUSY) {
+            std::exception_ptr thrown = forget(id);
+            if (thrown) {
+                lsk_error_free(err);
+                std::rethrow_exception(thrown);
+            }
+        }
         detail::check(r, err);
         return res;
     }
@@ -311,16 +324,23 @@ private:
     struct Deleter {
         void operator()(lsk_batch* b) const noexcept { lsk_batch_free(b); }
     };
-    void forget(uint64_t id) {
+    struct Callback {
+        OnToken f;
+        std::exception_ptr error;
+    };
+    // Drops generation `id`'s callback; returns what it threw, if anything.
+    std::exception_ptr forget(uint64_t id) {
         for (auto it = callbacks_.begin(); it != callbacks_.end(); ++it) {
             if (it->first == id) {
+                std::exception_ptr e = it->second->error;
                 callbacks_.erase(it);
-                return;
+                return e;
             }
         }
+        return nullptr;
     }
     // Declared first so it is destroyed last: lsk_batch_free may still call back.
-    std::vector<std::pair<uint64_t, std::unique_ptr<OnToken>>> callbacks_;
+    std::vector<std::pair<uint64_t, std::unique_ptr<Callback>>> callbacks_;
     std::unique_ptr<lsk_batch, Deleter> handle_;
 };
 

@@ -187,17 +187,23 @@ impl ModelConfig {
     pub fn from_json(text: &str, file: &str) -> Result<Self> {
         let raw: RawConfig = serde_json::from_str(text)
             .map_err(|e| Error::config(format!("{file}: invalid JSON: {e}")))?;
-        let is_llama = raw.model_type.as_deref() == Some("llama")
-            || raw
+        // Each of the two fields that is present must say Llama, and one must be.
+        let type_ok = raw.model_type.as_deref().is_none_or(|t| t == "llama");
+        let arch_ok = raw
+            .architectures
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|s| s == "LlamaForCausalLM"));
+        if !(type_ok && arch_ok) || (raw.model_type.is_none() && raw.architectures.is_none()) {
+            let model_type = raw.model_type.as_deref().unwrap_or("(none)");
+            let architectures = raw
                 .architectures
                 .as_ref()
-                .is_some_and(|a| a.iter().any(|s| s == "LlamaForCausalLM"));
-        if !is_llama {
+                .map_or("(none)".to_string(), |a| a.join(", "));
             return Err(Error::new(
                 crate::ErrorKind::Unsupported,
                 format!(
-                    "{file}: model_type {:?} / architectures {:?} is not a Llama model (LlamaForCausalLM)",
-                    raw.model_type, raw.architectures
+                    "{file}: model_type {model_type}, architectures {architectures}: \
+                     not a Llama model (model_type \"llama\", LlamaForCausalLM)"
                 ),
             ));
         }

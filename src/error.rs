@@ -24,6 +24,10 @@ pub enum ErrorKind {
     /// A configured resource limit (context per session, KV-cache memory per
     /// model) would be exceeded.
     ResourceLimit,
+    /// A device (GPU) call failed: a lost device, a failed launch.
+    Device,
+    /// The device ran out of memory.
+    OutOfMemory,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,11 @@
 //! LayerSkip early-exit inference and self-speculative decoding for Hugging
 //! Face Llama checkpoints.
 //!
-//! Data flows one way: files → [`Model`] → [`engine`] → [`Session`] →
-//! [`generate`]. The decode logic is written once against [`engine::Engine`].
+//! Modules depend on each other one way (`docs/design.md` draws the map):
+//! files are loaded onto an [`engine`] by [`Model`]; a [`Session`] runs
+//! passes over its cache; [`speculative`] drafts and verifies on a session;
+//! [`generate`] schedules generations. The decode logic is written once
+//! against [`engine::Engine`].
 
 pub mod adaptive;
 pub mod cache;

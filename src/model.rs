@@ -68,9 +68,14 @@ impl Model<Backend> {
     pub fn load_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Arc<Self>> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
+            let what = if dir.exists() {
+                "is not a directory (give the checkpoint's directory)"
+            } else {
+                "model directory not found"
+            };
             return Err(Error::new(
                 ErrorKind::Io,
-                format!("{}: model directory not found", dir.display()),
+                format!("{}: {what}", dir.display()),
             ));
         }
         let config = ModelConfig::from_dir(dir)?;

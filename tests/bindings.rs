@@ -53,10 +53,13 @@ fn go_vet_and_go_test_pass() {
         return;
     }
     output(go().args(["vet", "./..."]));
-    let out = output(go().args(["test", "-count=1", "-v", "./..."]));
+    // -race: the binding's handles are shared by goroutines (Close during Generate).
+    let out = output(go().args(["test", "-race", "-count=1", "-v", "./..."]));
     println!("{out}");
     assert!(
-        out.contains("--- PASS: TestGenerateModesAgree") && !out.contains("FAIL"),
+        out.contains("--- PASS: TestGenerateModesAgree")
+            && out.contains("--- PASS: TestCloseDuringGenerate")
+            && !out.contains("FAIL"),
         "{out}"
     );
 }

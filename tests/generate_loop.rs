@@ -172,3 +172,59 @@ fn streaming_never_emits_half_a_character() {
     out.push_str(&stream.finish(&model.tokenizer).unwrap());
     assert_eq!(out, text);
 }
+
+/// However a generation stops, generating again on the same session with
+/// the last token it delivered continues the stream token for token, in
+/// every mode (a speculative round may have cached accepted tokens that the
+/// callback never saw: they must not stay in the context).
+#[test]
+fn generating_again_after_a_stop_continues_the_stream_in_every_mode() {
+    let model = load(NAME);
+    let l = model.num_layers();
+    let prompt = &prompts(NAME)[1];
+    let n = 20;
+    for mode in [
+        Mode::Full,
+        Mode::EarlyExit { exit: 2 },
+        Mode::SelfSpeculative {
+            exit: 1,
+            draft_len: 8,
+        },
+        Mode::SelfSpeculative {
+            exit: l - 1,
+            draft_len: 3,
+        },
+        Mode::Auto(layerskip::AutoSpec {
+            exit: None,
+            draft_len: None,
+        }),
+    ] {
+        let opts = |max_new_tokens| GenerateOptions {
+            max_new_tokens,
+            mode,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut s = Session::new(model.clone(), 0).unwrap();
+        let whole = generate(&mut s, prompt, &opts(n), |_, _| true)
+            .unwrap()
+            .tokens;
+        for k in 1..=12 {
+            let mut s = Session::new(model.clone(), 0).unwrap();
+            let mut seen = Vec::new();
+            let first = generate(&mut s, prompt, &opts(n), |t, _| {
+                seen.push(t);
+                seen.len() < k
+            })
+            .unwrap();
+            assert_eq!(first.stop_reason, StopReason::Callback, "{mode:?} k={k}");
+            assert_eq!(seen, first.tokens, "{mode:?} k={k}");
+            assert_eq!(s.shallow_len(), prompt.len() + k - 1, "{mode:?} k={k}");
+            let rest = generate(&mut s, &seen[k - 1..], &opts(n - k), |_, _| true)
+                .unwrap()
+                .tokens;
+            let joined = [seen, rest].concat();
+            assert_eq!(joined, whole, "{mode:?}: stopped after {k} tokens");
+        }
+    }
+}

@@ -3,10 +3,12 @@
 //! whole generations (every mode) as a continuous batch that requests join
 //! and leave between steps.
 
+use super::cast::{into_handle, release, share, ArcHandle};
 use super::error::{boundary, lsk_error, lsk_result, FfiError, FfiResult};
 use super::model::{lsk_model, model_ref};
 use super::session::{
     exit_or_full, generate_options, generate_result, handle, lsk_session, with_live, Callback,
+    Handle,
 };
 use super::types::*;
 use super::{need, need_list, put, put_list, slice, token_ids};
@@ -66,12 +68,14 @@ pub extern "C" fn lsk_sessions_step(
         next_out.fill(-1);
         res_out.fill(lsk_result::LSK_OK);
 
-        // Lock every session for the call; a busy, lent or repeated one fails alone.
+        // A reference to every session for the call, then a lock on each; a
+        // busy, lent or repeated one fails alone.
+        let owners: Vec<FfiResult<Arc<Handle>>> = handles.iter().map(|&h| handle(h)).collect();
         let mut guards = Vec::with_capacity(n);
         let mut ids: Vec<Vec<u32>> = Vec::with_capacity(n);
         let mut index = Vec::with_capacity(n); // batch position -> caller position
-        for (i, &h) in handles.iter().enumerate() {
-            let locked = handle(h).and_then(|h| {
+        for (i, owner) in owners.iter().enumerate() {
+            let locked = owner.as_ref().map_err(|e| e.clone()).and_then(|h| {
                 h.state
                     .try_lock()
                     .ok_or_else(|| FfiError::new(lsk_result::LSK_ERR_BUSY, "session busy"))
@@ -142,7 +146,9 @@ pub struct lsk_batch {
 /// A generation in a batch, running on a session lent by its handle.
 struct Running {
     id: u64,
-    owner: *mut lsk_session,
+    /// The session's handle: a reference, so the handle outlives the loan
+    /// even when its caller frees it meanwhile.
+    owner: Arc<Handle>,
     gen: Generation<'static, crate::engine::backend::Backend, Session>,
 }
 
@@ -165,9 +171,8 @@ impl Batch {
     fn retire(&mut self, k: usize) {
         let r = self.running.swap_remove(k);
         let (session, out) = r.gen.finish_with_session();
-        // SAFETY: the handle outlives its lent session (documented on lsk_batch_add).
-        if let Ok(h) = handle(r.owner) {
-            let mut st = h.state.lock();
+        {
+            let mut st = r.owner.state.lock();
             st.choices = out
                 .as_ref()
                 .map(|o| o.stats.choices.clone())
@@ -195,13 +200,34 @@ impl Batch {
     }
 }
 
-struct BatchHandle {
+impl Drop for Batch {
+    /// The last reference is gone: running generations stop and their
+    /// sessions return to their handles.
+    fn drop(&mut self) {
+        while !self.running.is_empty() {
+            self.running[0].gen.cancel();
+            self.retire(0);
+        }
+    }
+}
+
+pub(crate) struct BatchHandle {
     state: Mutex<Batch>,
 }
 
+// SAFETY: a batch's only non-Send parts are its generations' C callbacks and
+// `user_data`, which the API documents as called from whichever thread calls
+// `lsk_batch_step` (and `lsk_batch_free`, which may end generations); the
+// mutex makes those calls one at a time. Everything else is Send.
+unsafe impl Send for Batch {}
+
+impl ArcHandle for lsk_batch {
+    type Rust = BatchHandle;
+}
+
 fn with_batch<T>(b: *mut lsk_batch, f: impl FnOnce(&mut Batch) -> FfiResult<T>) -> FfiResult<T> {
-    // SAFETY: made by lsk_batch_new and not yet freed (documented).
-    let h = unsafe { (b as *const BatchHandle).as_ref() }.ok_or_else(|| FfiError::null("batch"))?;
+    // SAFETY: a live handle from lsk_batch_new (documented).
+    let h = unsafe { share(b, "batch") }?;
     let mut guard = h.state.try_lock().ok_or_else(|| {
         FfiError::new(
             lsk_result::LSK_ERR_BUSY,
@@ -220,9 +246,9 @@ pub extern "C" fn lsk_batch_new(
     err: *mut *mut lsk_error,
 ) -> lsk_result {
     boundary(err, || {
-        let m = unsafe { model_ref(model) }?.clone();
+        let m = model_ref(model)?;
         need(out, "out")?;
-        let b = Box::new(BatchHandle {
+        let b = Arc::new(BatchHandle {
             state: Mutex::new(Batch {
                 model: m,
                 running: Vec::new(),
@@ -230,29 +256,25 @@ pub extern "C" fn lsk_batch_new(
                 next_id: 1,
             }),
         });
-        unsafe { put(out, Box::into_raw(b) as *mut lsk_batch, "out") }
+        unsafe { put(out, into_handle(b), "out") }
     })
 }
 
-/// Free a batch: running generations stop and their sessions return to
-/// their handles. NULL is ignored. The batch must not be in use.
+/// Release the caller's reference to a batch. NULL is ignored. When the last
+/// reference goes (at once, or when a call still running on it returns),
+/// running generations stop and their sessions return to their handles.
 #[no_mangle]
 pub extern "C" fn lsk_batch_free(batch: *mut lsk_batch) {
-    if batch.is_null() {
-        return;
-    }
-    // SAFETY: made by lsk_batch_new, freed once (documented).
-    let h = unsafe { Box::from_raw(batch as *mut BatchHandle) };
-    let mut b = h.state.into_inner();
-    while !b.running.is_empty() {
-        b.running[0].gen.cancel();
-        b.retire(0);
-    }
+    // SAFETY: the caller's reference, freed once (documented).
+    boundary(std::ptr::null_mut(), || {
+        unsafe { release(batch) };
+        Ok(())
+    });
 }
 
 /// Add a generation: `session` (of the batch's model) is lent to the batch
 /// until the generation finishes (its other calls fail with `LSK_ERR_BUSY`
-/// meanwhile; do not free it before), then it continues from the generated
+/// meanwhile; the batch holds a reference, so freeing it is safe), then it continues from the generated
 /// text as after `lsk_session_generate`. `prompt`, `options` and `callback`
 /// are as for `lsk_session_generate`; the callback runs inside
 /// `lsk_batch_step`. `*id` receives the generation's id.
@@ -271,8 +293,8 @@ pub extern "C" fn lsk_batch_add(
     boundary(err, || {
         need(id, "id")?;
         with_batch(batch, |b| {
-            let h = handle(session)?;
-            let mut st = h.state.try_lock().ok_or_else(|| {
+            let owner = handle(session)?;
+            let mut st = owner.state.try_lock().ok_or_else(|| {
                 FfiError::new(
                     lsk_result::LSK_ERR_BUSY,
                     "the session is in use by another call",
@@ -299,9 +321,10 @@ pub extern "C" fn lsk_batch_add(
             let gen = Generation::build(s, &ids, opts, Box::new(move |t, piece| cb.call(t, piece)));
             let gid = b.next_id;
             b.next_id += 1;
+            drop(st);
             b.running.push(Running {
                 id: gid,
-                owner: session,
+                owner,
                 gen,
             });
             unsafe { put(id, gid, "id") }

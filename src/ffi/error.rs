@@ -1,5 +1,6 @@
 //! Result codes, the error object, and the panic boundary every export runs in.
 
+use crate::engine::cuda::DeviceFailure;
 use crate::error::{Error, ErrorKind};
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -41,6 +42,10 @@ pub enum lsk_result {
     /// A limit set in `lsk_model_options` (context per session, KV-cache
     /// memory) would be exceeded.
     LSK_ERR_RESOURCE_LIMIT = 14,
+    /// A device (GPU) call failed: a lost device, a failed launch.
+    LSK_ERR_DEVICE = 15,
+    /// The device ran out of memory.
+    LSK_ERR_OUT_OF_MEMORY = 16,
 }
 
 use lsk_result::*;
@@ -52,6 +57,7 @@ pub struct lsk_error {
 }
 
 /// What an export returns on failure, before it crosses the boundary.
+#[derive(Debug, Clone)]
 pub struct FfiError {
     pub code: lsk_result,
     pub message: String,
@@ -83,6 +89,8 @@ impl From<Error> for FfiError {
             ErrorKind::ContextOverflow => LSK_ERR_CONTEXT_OVERFLOW,
             ErrorKind::Unsupported => LSK_ERR_UNSUPPORTED,
             ErrorKind::ResourceLimit => LSK_ERR_RESOURCE_LIMIT,
+            ErrorKind::Device => LSK_ERR_DEVICE,
+            ErrorKind::OutOfMemory => LSK_ERR_OUT_OF_MEMORY,
         };
         FfiError::new(code, e.message())
     }
@@ -103,10 +111,14 @@ pub fn boundary(err: *mut *mut lsk_error, f: impl FnOnce() -> FfiResult) -> lsk_
     let e = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => return LSK_OK,
         Ok(Err(e)) => e,
-        Err(p) => FfiError::new(
-            LSK_ERR_PANIC,
-            format!("internal panic: {}", panic_message(&*p)),
-        ),
+        Err(p) => match p.downcast::<DeviceFailure>() {
+            // A device failure inside a pass is an error of its own kind.
+            Ok(failure) => FfiError::from(failure.0),
+            Err(p) => FfiError::new(
+                LSK_ERR_PANIC,
+                format!("internal panic: {}", panic_message(&*p)),
+            ),
+        },
     };
     if !err.is_null() {
         let message = CString::new(e.message.replace('\0', "\\0")).unwrap_or_default();
@@ -143,10 +155,13 @@ pub extern "C" fn lsk_error_message(err: *const lsk_error) -> *const c_char {
 /// Free an error. NULL is ignored.
 #[no_mangle]
 pub extern "C" fn lsk_error_free(err: *mut lsk_error) {
-    if !err.is_null() {
-        // SAFETY: `err` came from Box::into_raw in `boundary` and is freed once (documented).
-        drop(unsafe { Box::from_raw(err) });
-    }
+    boundary(std::ptr::null_mut(), || {
+        if !err.is_null() {
+            // SAFETY: `err` came from Box::into_raw in `boundary` and is freed once (documented).
+            drop(unsafe { Box::from_raw(err) });
+        }
+        Ok(())
+    });
 }
 
 /// A short, static description of a result code ("ok", "null pointer", ...).
@@ -168,7 +183,37 @@ pub extern "C" fn lsk_result_name(code: u32) -> *const c_char {
         12 => c"struct size mismatch",
         13 => c"invalid utf-8",
         14 => c"resource limit",
+        15 => c"device failure",
+        16 => c"out of device memory",
         _ => c"unknown result code",
     };
     s.as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_failure_inside_a_pass_is_its_own_code_not_a_panic() {
+        for (kind, code) in [
+            (ErrorKind::Device, LSK_ERR_DEVICE),
+            (ErrorKind::OutOfMemory, LSK_ERR_OUT_OF_MEMORY),
+        ] {
+            let mut err: *mut lsk_error = std::ptr::null_mut();
+            let r = boundary(&mut err, || {
+                std::panic::panic_any(DeviceFailure(Error::new(kind, "CUDA: a pass: X")))
+            });
+            assert_eq!(r, code);
+            assert_eq!(lsk_error_code(err), code);
+            // SAFETY: the message of the error just made.
+            let msg = unsafe { std::ffi::CStr::from_ptr(lsk_error_message(err)) };
+            assert_eq!(msg.to_str().unwrap(), "CUDA: a pass: X");
+            lsk_error_free(err);
+        }
+        assert_eq!(
+            boundary(std::ptr::null_mut(), || panic!("x")),
+            LSK_ERR_PANIC
+        );
+    }
 }

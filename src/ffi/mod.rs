@@ -9,12 +9,15 @@
 //! - `lsk_model` may be used from any number of threads at once. An
 //!   `lsk_session` is used by one call at a time; a concurrent call fails with
 //!   `LSK_ERR_BUSY` (never blocks, never races).
+//! - Handles are reference-counted ([`cast`]): `*_free` drops the caller's
+//!   reference, and a call in progress or a batch keeps the object alive.
 
 #![allow(non_camel_case_types)]
 // Every pointer argument is checked or documented; callers are C programs.
 #![allow(clippy::missing_safety_doc, clippy::not_unsafe_ptr_arg_deref)]
 
 mod batch;
+mod cast;
 pub mod error;
 mod model;
 mod session;

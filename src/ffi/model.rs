@@ -1,5 +1,6 @@
 //! Models: load, free, info, tokenize, detokenize.
 
+use super::cast::{into_handle, release, share, ArcHandle};
 use super::error::{boundary, lsk_error, lsk_result, FfiError, FfiResult};
 use super::types::*;
 use super::{c_str, need, put, slice, token_ids};
@@ -14,13 +15,14 @@ pub struct lsk_model {
     _private: [u8; 0],
 }
 
-/// The `Arc<Model>` behind a handle, borrowed.
-pub(crate) unsafe fn model_ref<'a>(m: *const lsk_model) -> FfiResult<&'a Arc<Model>> {
-    if m.is_null() {
-        return Err(FfiError::null("model"));
-    }
-    // SAFETY: handles are `Box<Arc<Model>>` made by lsk_model_load and not yet freed (documented).
-    Ok(unsafe { &*(m as *const Arc<Model>) })
+impl ArcHandle for lsk_model {
+    type Rust = Model;
+}
+
+/// A reference to the model behind a handle, held for the call.
+pub(crate) fn model_ref(m: *const lsk_model) -> FfiResult<Arc<Model>> {
+    // SAFETY: a live handle from lsk_model_load (documented).
+    unsafe { share(m, "model") }
 }
 
 /// Load a Hugging Face Llama checkpoint directory (`config.json`, safetensors,
@@ -62,18 +64,18 @@ pub extern "C" fn lsk_model_load(
             kv_dtype,
         };
         let model = Model::load_with(path, &limits)?;
-        let handle = Box::into_raw(Box::new(model)) as *mut lsk_model;
-        unsafe { put(out, handle, "out") }
+        unsafe { put(out, into_handle(model), "out") }
     })
 }
 
 /// Release the caller's reference. Sessions made from it stay valid. NULL is ignored.
 #[no_mangle]
 pub extern "C" fn lsk_model_free(model: *mut lsk_model) {
-    if !model.is_null() {
-        // SAFETY: made by lsk_model_load, freed once (documented).
-        drop(unsafe { Box::from_raw(model as *mut Arc<Model>) });
-    }
+    // SAFETY: the caller's reference, freed once (documented).
+    boundary(std::ptr::null_mut(), || {
+        unsafe { release(model) };
+        Ok(())
+    });
 }
 
 /// Describe the model. Set `out->struct_size` first (`lsk_model_summary_init`).
@@ -84,7 +86,7 @@ pub extern "C" fn lsk_model_info(
     err: *mut *mut lsk_error,
 ) -> lsk_result {
     boundary(err, || {
-        let m = unsafe { model_ref(model) }?;
+        let m = model_ref(model)?;
         let c = &m.config;
         let mut eos = [0i32; LSK_MAX_EOS_IDS];
         for (d, s) in eos.iter_mut().zip(&c.eos_token_ids) {
@@ -128,7 +130,7 @@ pub extern "C" fn lsk_tokenize(
     err: *mut *mut lsk_error,
 ) -> lsk_result {
     boundary(err, || {
-        let m = unsafe { model_ref(model) }?;
+        let m = model_ref(model)?;
         let bytes = unsafe { slice(text as *const u8, text_len, "text") }?;
         let text = std::str::from_utf8(bytes)
             .map_err(|_| FfiError::new(lsk_result::LSK_ERR_UTF8, "`text` is not valid UTF-8"))?;
@@ -170,7 +172,7 @@ pub extern "C" fn lsk_detokenize(
     err: *mut *mut lsk_error,
 ) -> lsk_result {
     boundary(err, || {
-        let m = unsafe { model_ref(model) }?;
+        let m = model_ref(model)?;
         let ids = token_ids(unsafe { slice(ids, n, "ids") }?, m.config.vocab_size)?;
         need(len, "len")?;
         if capacity > 0 {

@@ -1,5 +1,6 @@
 //! Sessions: prefill, step, logits, draft, verify, rewind, generate, stats.
 
+use super::cast::{into_handle, release, share, ArcHandle};
 use super::error::{boundary, lsk_error, lsk_result, FfiError, FfiResult};
 use super::model::{lsk_model, model_ref};
 use super::types::*;
@@ -10,6 +11,7 @@ use crate::session::{Logits, Session};
 use crate::speculative::{DraftLimits, Drafts};
 use parking_lot::Mutex;
 use std::ffi::c_void;
+use std::sync::Arc;
 
 /// A decoding session (opaque): one KV cache over a shared model. One call at
 /// a time: a concurrent call fails with `LSK_ERR_BUSY`.
@@ -40,6 +42,10 @@ pub(crate) struct Handle {
     pub(crate) state: Mutex<State>,
 }
 
+impl ArcHandle for lsk_session {
+    type Rust = Handle;
+}
+
 fn busy(why: &str) -> FfiError {
     FfiError::new(
         lsk_result::LSK_ERR_BUSY,
@@ -47,10 +53,10 @@ fn busy(why: &str) -> FfiError {
     )
 }
 
-/// The handle behind a session pointer.
-pub(crate) fn handle<'a>(s: *mut lsk_session) -> FfiResult<&'a Handle> {
-    // SAFETY: handles are `Box<Handle>` made by lsk_session_new and not yet freed (documented).
-    unsafe { (s as *const Handle).as_ref() }.ok_or_else(|| FfiError::null("session"))
+/// A reference to the handle behind a session pointer, held for the call.
+pub(crate) fn handle(s: *mut lsk_session) -> FfiResult<Arc<Handle>> {
+    // SAFETY: a live handle from lsk_session_new (documented).
+    unsafe { share(s, "session") }
 }
 
 /// Run `f` on a locked, present session, or fail with `LSK_ERR_BUSY`.
@@ -72,10 +78,8 @@ pub(crate) fn with_live<T>(
 
 /// Lock the session for one call, or fail with `LSK_ERR_BUSY`.
 fn with_session<T>(s: *mut lsk_session, f: impl FnOnce(&mut Live) -> FfiResult<T>) -> FfiResult<T> {
-    let mut guard = handle(s)?
-        .state
-        .try_lock()
-        .ok_or_else(|| busy("another call"))?;
+    let h = handle(s)?;
+    let mut guard = h.state.try_lock().ok_or_else(|| busy("another call"))?;
     with_live(&mut guard, f)
 }
 
@@ -101,30 +105,33 @@ pub extern "C" fn lsk_session_new(
     err: *mut *mut lsk_error,
 ) -> lsk_result {
     boundary(err, || {
-        let m = unsafe { model_ref(model) }?;
+        let m = model_ref(model)?;
         let o = unsafe { read_options(options, "options") }?;
         need(out, "out")?;
-        let session = Session::new(m.clone(), o.context_length as usize)?;
+        let session = Session::new(m, o.context_length as usize)?;
         let state = State {
             session: Some(session),
             rng: Rng64::new(o.seed),
             drafts: Drafts::default(),
             choices: Vec::new(),
         };
-        let h = Box::into_raw(Box::new(Handle {
+        let h = into_handle(Arc::new(Handle {
             state: Mutex::new(state),
-        })) as *mut lsk_session;
+        }));
         unsafe { put(out, h, "out") }
     })
 }
 
-/// Free a session. NULL is ignored. The session must not be in use.
+/// Release the caller's reference to a session. NULL is ignored. A call
+/// still running on it, or a batch it is lent to, keeps it alive until done;
+/// its cache is freed then.
 #[no_mangle]
 pub extern "C" fn lsk_session_free(session: *mut lsk_session) {
-    if !session.is_null() {
-        // SAFETY: made by lsk_session_new, freed once (documented).
-        drop(unsafe { Box::from_raw(session as *mut Handle) });
-    }
+    // SAFETY: the caller's reference, freed once (documented).
+    boundary(std::ptr::null_mut(), || {
+        unsafe { release(session) };
+        Ok(())
+    });
 }
 
 /// Feed `ids` through layers `0..exit`, then (when `next_token` is not NULL)

@@ -14,6 +14,8 @@ pub struct Generation<'cb, E: Engine, S: BorrowMut<Session<E>> = Session<E>> {
     /// The prompt, until its pass has run.
     pub(super) prompt: Option<Vec<u32>>,
     pub(super) prompt_len: usize,
+    /// Positions the session held before the prompt.
+    pub(super) start_len: usize,
     /// The newest token, emitted but not yet fed.
     pub(super) next: u32,
     /// How the token after the pass in flight (a prompt or a step) is chosen.
@@ -46,7 +48,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
     /// What [`Generation::new`] checks, without taking the session.
     pub fn validate(session: &Session<E>, prompt: &[u32], opts: &GenerateOptions) -> Result<()> {
         opts.sampling.validate()?;
-        check_mode(opts.mode, session.model().config.num_layers)?;
+        check_options(opts, session.model().config.num_layers)?;
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
         }
@@ -97,6 +99,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             reason: budget_reason,
         };
         let spec0 = s.spec_stats();
+        let start_len = s.shallow_len();
         Generation {
             rng: Rng64::new(opts.sampling.seed),
             session,
@@ -104,6 +107,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             auto,
             prompt: Some(prompt.to_vec()),
             prompt_len: prompt.len(),
+            start_len,
             next: 0,
             rule: PickRule::Greedy,
             choices: Vec::new(),
@@ -112,6 +116,24 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             error: None,
             opts,
             _engine: PhantomData,
+        }
+    }
+
+    /// However generation ended, the session holds the prompt and every
+    /// generated token but the last, which is not fed: generating again
+    /// with the last token as the prompt continues the stream exactly as if
+    /// it had not stopped, in every mode. (A speculative round may have
+    /// cached accepted tokens that were never delivered; they go.)
+    fn settle_context(&mut self) {
+        let n = self.sink.tokens.len();
+        if n == 0 || self.prompt.is_some() {
+            return;
+        }
+        let keep = self.start_len + self.prompt_len + n - 1;
+        let s: &mut Session<E> = self.session.borrow_mut();
+        if s.shallow_len() > keep && s.rewind(keep).is_err() {
+            // Cannot happen: `keep` is inside the session.
+            self.fail(Error::invalid("the context could not be settled"));
         }
     }
 
@@ -183,7 +205,8 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
     }
 
     /// [`Generation::finish`], also handing back the session.
-    pub fn finish_with_session(self) -> (S, Result<GenerateOutput>) {
+    pub fn finish_with_session(mut self) -> (S, Result<GenerateOutput>) {
+        self.settle_context();
         if let Some(e) = self.error {
             return (self.session, Err(e));
         }

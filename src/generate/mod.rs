@@ -20,7 +20,7 @@ mod sink;
 
 pub use generation::Generation;
 use generation::Plan;
-use options::check_mode;
+use options::check_options;
 pub use options::{
     ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Mode, ModeKind, Setting, StopReason,
 };

@@ -191,15 +191,29 @@ pub struct GenerateOutput {
     pub stop_reason: StopReason,
 }
 
-pub(super) fn check_mode(mode: Mode, n_layers: usize) -> Result<()> {
-    let (exit, draft_len, draft_exit) = match mode {
+/// The options' own rules: an exit inside the model (below its last layer
+/// when it drafts), drafts of at least one token, no empty stop string.
+pub(super) fn check_options(opts: &GenerateOptions, n_layers: usize) -> Result<()> {
+    if opts.stop_strings.iter().any(String::is_empty) {
+        return Err(Error::invalid("a stop string is empty"));
+    }
+    check_mode(opts.mode, n_layers)
+}
+
+fn check_mode(mode: Mode, n_layers: usize) -> Result<()> {
+    let (exit, draft_len, drafts) = match mode {
         Mode::Full => return Ok(()),
         Mode::EarlyExit { exit } => (Some(exit), None, false),
-        Mode::SelfSpeculative { exit, draft_len } => (Some(exit), Some(draft_len), false),
+        Mode::SelfSpeculative { exit, draft_len } => (Some(exit), Some(draft_len), true),
         Mode::Auto(spec) => (spec.exit, spec.draft_len, true),
     };
-    // A fixed automatic exit must leave layers to verify with.
-    let top = if draft_exit { n_layers - 1 } else { n_layers };
+    // A drafting exit must leave layers to verify with.
+    let top = if drafts { n_layers - 1 } else { n_layers };
+    if top == 0 {
+        return Err(Error::invalid(format!(
+            "a {n_layers}-layer model has no exit layer to draft with"
+        )));
+    }
     if let Some(exit) = exit {
         if exit == 0 || exit > top {
             return Err(Error::invalid(format!(

@@ -46,7 +46,60 @@ const (
 	ErrBufferTooSmall  = 9
 	ErrBusy            = 10
 	ErrPanic           = 11
+	ErrStructSize      = 12
+	ErrUTF8            = 13
+	ErrResourceLimit   = 14
+	ErrDevice          = 15
+	ErrOutOfMemory     = 16
+	// ErrClosed is the binding's own: the Model or Session was closed.
+	ErrClosed = -1
 )
+
+// ref is a C handle shared by concurrent calls: Close marks it closed and
+// frees it when the last call in flight has returned, so no call ever passes
+// a freed handle to C (the library also keeps an object alive while a call
+// runs on it).
+type ref struct {
+	mu       sync.Mutex
+	h        unsafe.Pointer
+	inflight int
+	closed   bool
+	free     func(unsafe.Pointer)
+	what     string
+}
+
+// acquire returns the handle for one call; release must follow.
+func (r *ref) acquire() (unsafe.Pointer, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed || r.h == nil {
+		return nil, &Error{Code: ErrClosed, Message: r.what + " is closed"}
+	}
+	r.inflight++
+	return r.h, nil
+}
+
+func (r *ref) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inflight--
+	r.freeIfDone()
+}
+
+// close is idempotent.
+func (r *ref) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	r.freeIfDone()
+}
+
+func (r *ref) freeIfDone() {
+	if r.closed && r.inflight == 0 && r.h != nil {
+		r.free(r.h)
+		r.h = nil
+	}
+}
 
 // Decoding modes.
 const (
@@ -89,8 +142,7 @@ func Version() string { return C.GoString(C.lsk_version_string()) }
 
 // Model is a loaded checkpoint. Safe for concurrent use.
 type Model struct {
-	mu sync.Mutex
-	h  *C.lsk_model
+	ref ref
 }
 
 // Weight quantization at load (lsk_quantize).
@@ -136,29 +188,16 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	if err := check(C.lsk_model_load(cpath, &o, &h, &cerr), cerr); err != nil {
 		return nil, err
 	}
-	m := &Model{h: h}
+	m := &Model{ref: ref{h: unsafe.Pointer(h), free: func(h unsafe.Pointer) { C.lsk_model_free((*C.lsk_model)(h)) }, what: "model"}}
 	runtime.SetFinalizer(m, (*Model).Close)
 	return m, nil
 }
 
-// Close releases the model. Idempotent; sessions keep the model alive.
+// Close releases the model once calls in flight on it return. Idempotent;
+// sessions keep the model alive. Later calls return ErrClosed.
 func (m *Model) Close() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.h != nil {
-		C.lsk_model_free(m.h)
-		m.h = nil
-	}
+	m.ref.close()
 	return nil
-}
-
-func (m *Model) handle() (*C.lsk_model, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.h == nil {
-		return nil, &Error{Code: ErrNullPointer, Message: "model is closed"}
-	}
-	return m.h, nil
 }
 
 // Info describes a model.
@@ -169,10 +208,12 @@ type Info struct {
 
 // Info returns the model's shape and special tokens.
 func (m *Model) Info() (Info, error) {
-	h, err := m.handle()
+	p, err := m.ref.acquire()
+	h := (*C.lsk_model)(p)
 	if err != nil {
 		return Info{}, err
 	}
+	defer m.ref.release()
 	var s C.lsk_model_summary
 	C.lsk_model_summary_init(&s)
 	var cerr *C.lsk_error
@@ -189,10 +230,12 @@ func (m *Model) Info() (Info, error) {
 
 // Tokenize encodes text; addSpecial applies the tokenizer's special-token rules (e.g. BOS).
 func (m *Model) Tokenize(text string, addSpecial bool) ([]int32, error) {
-	h, err := m.handle()
+	p, err := m.ref.acquire()
+	h := (*C.lsk_model)(p)
 	if err != nil {
 		return nil, err
 	}
+	defer m.ref.release()
 	ctext := C.CString(text)
 	defer C.free(unsafe.Pointer(ctext))
 	special := C.uint8_t(0)
@@ -221,10 +264,12 @@ func (m *Model) Tokenize(text string, addSpecial bool) ([]int32, error) {
 
 // Detokenize decodes ids, dropping special tokens.
 func (m *Model) Detokenize(ids []int32) (string, error) {
-	h, err := m.handle()
+	p, err := m.ref.acquire()
+	h := (*C.lsk_model)(p)
 	if err != nil {
 		return "", err
 	}
+	defer m.ref.release()
 	var need C.size_t
 	var cerr *C.lsk_error
 	r := C.lsk_detokenize(h, idsPtr(ids), C.size_t(len(ids)), 1, nil, 0, &need, &cerr)
@@ -257,16 +302,17 @@ func idsPtr(ids []int32) *C.int32_t {
 // Session is one decoding context. One call at a time: a concurrent call
 // returns an error with code ErrBusy.
 type Session struct {
-	mu sync.Mutex
-	h  *C.lsk_session
+	ref ref
 }
 
 // NewSession opens a session on m (contextLength 0 = the model's).
 func (m *Model) NewSession(contextLength int, seed uint64) (*Session, error) {
-	h, err := m.handle()
+	p, err := m.ref.acquire()
+	h := (*C.lsk_model)(p)
 	if err != nil {
 		return nil, err
 	}
+	defer m.ref.release()
 	var o C.lsk_session_options
 	C.lsk_session_options_default(&o)
 	o.context_length = C.uint32_t(contextLength)
@@ -278,35 +324,23 @@ func (m *Model) NewSession(contextLength int, seed uint64) (*Session, error) {
 	if err := check(r, cerr); err != nil {
 		return nil, err
 	}
-	sess := &Session{h: s}
+	sess := &Session{ref: ref{h: unsafe.Pointer(s), free: func(h unsafe.Pointer) { C.lsk_session_free((*C.lsk_session)(h)) }, what: "session"}}
 	runtime.SetFinalizer(sess, (*Session).Close)
 	return sess, nil
 }
 
-// Close frees the session. Idempotent.
+// Close frees the session once a call in flight on it returns (a running
+// Generate finishes first). Idempotent. Later calls return ErrClosed.
 func (s *Session) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.h != nil {
-		C.lsk_session_free(s.h)
-		s.h = nil
-	}
+	s.ref.close()
 	return nil
-}
-
-func (s *Session) handle() (*C.lsk_session, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.h == nil {
-		return nil, &Error{Code: ErrNullPointer, Message: "session is closed"}
-	}
-	return s.h, nil
 }
 
 // Auto as ExitLayer or DraftLen (with ModeSelfSpeculative) chooses it every round.
 const Auto = -1
 
-// Options for Generate. Zero values mean: full depth, greedy, E = L/2, d = 4.
+// Options for Generate. MaxNewTokens must be set; other zero values mean:
+// full depth, greedy, E = L/2, d = 4, top-p off.
 type Options struct {
 	MaxNewTokens int
 	Mode         int
@@ -350,15 +384,18 @@ func goTokenTrampoline(user unsafe.Pointer, token C.int32_t, text *C.char, n C.s
 // Generate feeds prompt and generates; onToken (may be nil) sees every token
 // and the text that became final with it, and returns false to stop.
 func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32, text string) bool) (Result, error) {
-	h, err := s.handle()
+	p, err := s.ref.acquire()
+	h := (*C.lsk_session)(p)
 	if err != nil {
 		return Result{}, err
 	}
+	defer s.ref.release()
 	var o C.lsk_generate_options
 	C.lsk_generate_options_default(&o)
-	if opt.MaxNewTokens > 0 {
-		o.max_new_tokens = C.uint32_t(opt.MaxNewTokens)
+	if opt.MaxNewTokens < 1 {
+		return Result{}, &Error{Code: ErrInvalidArgument, Message: "MaxNewTokens must be at least 1"}
 	}
+	o.max_new_tokens = C.uint32_t(opt.MaxNewTokens)
 	o.mode = C.uint32_t(opt.Mode)
 	o.exit_layer = C.uint32_t(opt.ExitLayer)
 	if opt.ExitLayer == Auto {
@@ -410,10 +447,12 @@ func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32
 // Step feeds one token through layers 0..exitLayer (0 = full depth) and
 // returns the greedy next token.
 func (s *Session) Step(token int32, exitLayer int) (int32, error) {
-	h, err := s.handle()
+	p, err := s.ref.acquire()
+	h := (*C.lsk_session)(p)
 	if err != nil {
 		return 0, err
 	}
+	defer s.ref.release()
 	var next C.int32_t
 	var cerr *C.lsk_error
 	r := C.lsk_session_step(h, C.int32_t(token), C.uint32_t(exitLayer), nil, &next, &cerr)

@@ -139,8 +139,64 @@ func TestCallbackStopAndErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	if _, err := s.Step(1, 0); !IsCode(err, ErrNullPointer) {
+	if _, err := s.Step(1, 0); !IsCode(err, ErrClosed) {
 		t.Fatalf("closed session: %v", err)
+	}
+	if _, err := s.Generate([]int32{1}, Options{}, nil); !IsCode(err, ErrClosed) {
+		t.Fatalf("closed session: %v", err)
+	}
+}
+
+func TestMaxNewTokensIsRequired(t *testing.T) {
+	m := load(t)
+	s, err := m.NewSession(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Generate([]int32{1, 2}, Options{}, nil); !IsCode(err, ErrInvalidArgument) {
+		t.Fatalf("want ErrInvalidArgument, got %v", err)
+	}
+}
+
+// Close while Generate runs on another goroutine, many times: no crash, and
+// every call returns a result, ErrBusy or ErrClosed. Run with -race.
+func TestCloseDuringGenerate(t *testing.T) {
+	m := load(t)
+	prompt, _ := m.Tokenize("def g(y):", true)
+	reps := 1000
+	if testing.Short() {
+		reps = 50
+	}
+	for i := 0; i < reps; i++ {
+		s, err := m.NewSession(0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		started := make(chan struct{})
+		done := make(chan error, 2)
+		for g := 0; g < 2; g++ {
+			go func(g int) {
+				if g == 0 {
+					close(started)
+				}
+				res, err := s.Generate(prompt, Options{MaxNewTokens: 8, Mode: ModeSelfSpeculative, ExitLayer: 1, IgnoreEOS: true}, nil)
+				if err == nil && len(res.Tokens) != 8 {
+					err = &Error{Code: -100, Message: "short result"}
+				}
+				done <- err
+			}(g)
+		}
+		<-started
+		if i%2 == 0 {
+			runtime.Gosched()
+		}
+		s.Close()
+		for g := 0; g < 2; g++ {
+			if err := <-done; err != nil && !IsCode(err, ErrBusy) && !IsCode(err, ErrClosed) {
+				t.Fatalf("rep %d: %v", i, err)
+			}
+		}
 	}
 }
 

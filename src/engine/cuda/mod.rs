@@ -4,7 +4,8 @@
 //!
 //! The engine's trait methods cannot return errors, so a CUDA failure in the
 //! middle of a pass (a lost device, an out-of-memory allocation) panics with
-//! a message naming the call; the C API turns panics into error codes. What
+//! a [`DeviceFailure`] naming the call, which the C API turns back into
+//! `LSK_ERR_DEVICE` or `LSK_ERR_OUT_OF_MEMORY`. What
 //! can be checked up front (the driver, NVRTC, the headers, the shapes) is
 //! checked when the model loads, with clear errors.
 
@@ -65,14 +66,56 @@ pub fn driver_present() -> bool {
     unsafe { drv::is_culib_present() }
 }
 
-pub(crate) fn cuda_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Unsupported, format!("CUDA: {what}: {e}"))
+/// A failure of a CUDA library, as this crate's error kinds see it.
+pub(crate) trait CudaFailure {
+    /// Whether the device ran out of memory.
+    fn out_of_memory(&self) -> bool;
+    /// The failure's name, without calling into the driver (which may be
+    /// what failed).
+    fn name(&self) -> String;
 }
+
+impl CudaFailure for DriverError {
+    fn out_of_memory(&self) -> bool {
+        self.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY
+    }
+    fn name(&self) -> String {
+        format!("{:?}", self.0)
+    }
+}
+
+impl CudaFailure for cudarc::cublas::result::CublasError {
+    fn out_of_memory(&self) -> bool {
+        self.0 == blas_sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED
+    }
+    fn name(&self) -> String {
+        format!("{:?}", self.0)
+    }
+}
+
+/// A CUDA failure while `what` as an error: `OutOfMemory` or `Device`.
+pub(crate) fn cuda_err(what: &str, e: impl CudaFailure) -> Error {
+    let kind = if e.out_of_memory() {
+        ErrorKind::OutOfMemory
+    } else {
+        ErrorKind::Device
+    };
+    Error::new(kind, format!("CUDA: {what}: {}", e.name()))
+}
+
+/// What a CUDA failure inside a pass panics with (the engine's passes cannot
+/// return errors): the C API's panic boundary turns it back into its error
+/// (`LSK_ERR_DEVICE`, `LSK_ERR_OUT_OF_MEMORY`), not `LSK_ERR_PANIC`.
+#[derive(Debug)]
+pub struct DeviceFailure(pub Error);
 
 /// Unwraps a CUDA call made inside a pass (see the module comment).
 #[track_caller]
 pub(crate) fn ok<T>(r: std::result::Result<T, DriverError>) -> T {
-    r.unwrap_or_else(|e| panic!("CUDA engine: {e}"))
+    r.unwrap_or_else(|e| {
+        let at = std::panic::Location::caller();
+        std::panic::panic_any(DeviceFailure(cuda_err(&format!("a pass ({at})"), e)))
+    })
 }
 
 pub struct CudaEngine {
@@ -439,5 +482,32 @@ impl Engine for CudaEngine {
             })
             .sum();
         layers + self.head_matrix().bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudarc::driver::sys::CUresult;
+
+    #[test]
+    fn cuda_failures_are_device_or_out_of_memory_errors() {
+        let oom = cuda_err("alloc", DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY));
+        assert_eq!(oom.kind(), ErrorKind::OutOfMemory);
+        assert!(oom.message().contains("CUDA_ERROR_OUT_OF_MEMORY"), "{oom}");
+        let lost = cuda_err("launch", DriverError(CUresult::CUDA_ERROR_LAUNCH_FAILED));
+        assert_eq!(lost.kind(), ErrorKind::Device);
+        let blas = cuda_err(
+            "cuBLAS",
+            cudarc::cublas::result::CublasError(
+                blas_sys::cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED,
+            ),
+        );
+        assert_eq!(blas.kind(), ErrorKind::OutOfMemory);
+        let r = std::panic::catch_unwind(|| {
+            ok::<()>(Err(DriverError(CUresult::CUDA_ERROR_LAUNCH_FAILED)))
+        });
+        let failure = r.unwrap_err().downcast::<DeviceFailure>().unwrap();
+        assert_eq!(failure.0.kind(), ErrorKind::Device);
     }
 }

@@ -117,7 +117,7 @@ static void run_jobs(job *j) {
         lsk_generate_options o;
         collect c;
         memset(&c, 0, sizeof c);
-        lsk_generate_options_default(&o);
+        lsk_generate_options_init(&o, sizeof o);
         o.max_new_tokens = 24;
         o.ignore_eos = 1;
         o.mode = (uint32_t)((j->id + k) % 3);
@@ -203,8 +203,8 @@ int main(int argc, char **argv) {
     lsk_error_free(NULL);
     lsk_model_free(NULL);
     lsk_session_free(NULL);
-    CHECK(lsk_sampling_default(NULL) == LSK_ERR_NULL_POINTER);
-    CHECK(lsk_generate_options_default(NULL) == LSK_ERR_NULL_POINTER);
+    CHECK(lsk_sampling_init(NULL, 0) == LSK_ERR_NULL_POINTER);
+    CHECK(lsk_generate_options_init(NULL, 0) == LSK_ERR_NULL_POINTER);
 
     /* Loading: NULLs, bad paths, corrupt files, unknown devices, struct sizes. */
     EXPECT(LSK_ERR_NULL_POINTER, lsk_model_load(NULL, NULL, &model, &err_));
@@ -214,7 +214,7 @@ int main(int argc, char **argv) {
     CHECK(none == NULL);
     {
         lsk_model_options mo;
-        lsk_model_options_default(&mo);
+        lsk_model_options_init(&mo, sizeof mo);
         mo.device = 7;
         EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_model_load(argv[1], &mo, &none, &err_));
         /* A GPU that no machine here has: an error (no driver, or no such
@@ -231,7 +231,7 @@ int main(int argc, char **argv) {
         mo.device_index = 0;
         mo.struct_size = 4;
         EXPECT(LSK_ERR_STRUCT_SIZE, lsk_model_load(argv[1], &mo, &none, &err_));
-        lsk_model_options_default(&mo);
+        lsk_model_options_init(&mo, sizeof mo);
         EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &model, &err_));
 
         /* Resource limits: a context cap and a KV-cache budget, enforced at session creation. */
@@ -239,8 +239,8 @@ int main(int argc, char **argv) {
             lsk_model *limited = NULL;
             lsk_session *a = NULL, *b = NULL;
             lsk_session_options so;
-            lsk_session_options_default(&so);
-            lsk_model_options_default(&mo);
+            lsk_session_options_init(&so, sizeof so);
+            lsk_model_options_init(&mo, sizeof mo);
             mo.max_context = 32;
             EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
             so.context_length = 33;
@@ -250,7 +250,7 @@ int main(int argc, char **argv) {
             lsk_session_free(a);
             lsk_model_free(limited);
             /* A budget no session fits in; the Rust tests check the exact accounting. */
-            lsk_model_options_default(&mo);
+            lsk_model_options_init(&mo, sizeof mo);
             mo.kv_budget_bytes = 1;
             EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
             so.context_length = 1;
@@ -261,7 +261,7 @@ int main(int argc, char **argv) {
                 lsk_error_free(e);
             }
             lsk_model_free(limited);
-            lsk_model_options_default(&mo);
+            lsk_model_options_init(&mo, sizeof mo);
             mo.kv_budget_bytes = (uint64_t)1 << 40;
             EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
             EXPECT(LSK_OK, lsk_session_new(limited, &so, &a, &err_));
@@ -269,21 +269,18 @@ int main(int argc, char **argv) {
             lsk_session_free(a);
             lsk_session_free(b);
             lsk_model_free(limited);
-            /* A caller built against the first header version (16-byte options) still works. */
-            lsk_model_options_default(&mo);
+            /* A struct smaller than its 1.0 size is refused (older callers are
+             * tested against the frozen 1.0 header in ffi_tests/abi/). */
+            lsk_model_options_init(&mo, sizeof mo);
             mo.struct_size = 16;
-            mo.max_context = 5; /* beyond its struct: must be ignored */
-            EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
-            so.context_length = 32;
-            EXPECT(LSK_OK, lsk_session_new(limited, &so, &a, &err_));
-            lsk_session_free(a);
-            lsk_model_free(limited);
+            EXPECT(LSK_ERR_STRUCT_SIZE, lsk_model_load(argv[1], &mo, &limited, &err_));
+            CHECK(lsk_model_options_init(&mo, 16) == LSK_ERR_STRUCT_SIZE);
             /* Weight-only int8, bf16 products and a bf16 K/V cache: load and decode;
              * unknown values are refused. */
-            lsk_model_options_default(&mo);
+            lsk_model_options_init(&mo, sizeof mo);
             mo.quantize = 9;
             EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_model_load(argv[1], &mo, &none, &err_));
-            lsk_model_options_default(&mo);
+            lsk_model_options_init(&mo, sizeof mo);
             mo.kv_dtype = 7;
             EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_model_load(argv[1], &mo, &none, &err_));
             {
@@ -293,12 +290,12 @@ int main(int argc, char **argv) {
                 for (m = 0; m < 3; m++) {
                     int32_t p[3] = {2, 3, 4};
                     lsk_generate_result gr;
-                    lsk_model_options_default(&mo);
+                    lsk_model_options_init(&mo, sizeof mo);
                     mo.quantize = quantize[m];
                     mo.kv_dtype = kv[m];
                     EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
                     EXPECT(LSK_OK, lsk_session_new(limited, NULL, &a, &err_));
-                    lsk_generate_result_init(&gr);
+                    lsk_generate_result_init(&gr, sizeof gr);
                     EXPECT(LSK_OK, lsk_session_generate(a, p, 3, NULL, NULL, NULL, &gr, &err_));
                     CHECK(gr.n_tokens >= 1);
                     lsk_session_free(a);
@@ -313,7 +310,7 @@ int main(int argc, char **argv) {
     /* Info. */
     memset(&info, 0, sizeof info);
     EXPECT(LSK_ERR_STRUCT_SIZE, lsk_model_info(model, &info, &err_));
-    lsk_model_summary_init(&info);
+    lsk_model_summary_init(&info, sizeof info);
     EXPECT(LSK_ERR_NULL_POINTER, lsk_model_info(NULL, &info, &err_));
     EXPECT(LSK_OK, lsk_model_info(model, &info, &err_));
     L = info.n_layers;
@@ -353,7 +350,7 @@ int main(int argc, char **argv) {
     EXPECT(LSK_ERR_NULL_POINTER, lsk_session_new(NULL, NULL, &s, &err_));
     {
         lsk_session_options so;
-        lsk_session_options_default(&so);
+        lsk_session_options_init(&so, sizeof so);
         so.context_length = 4000000000u;
         EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_new(model, &so, &none_s, &err_));
     }
@@ -370,12 +367,12 @@ int main(int argc, char **argv) {
         size_t nv = 0;
         EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_logits(s, &lg, &nv, &err_));
     }
-    lsk_stats_init(&st);
+    lsk_stats_init(&st, sizeof st);
     EXPECT(LSK_OK, lsk_session_stats(s, &st, &err_));
     CHECK(st.shallow_len == 0);
     {
         lsk_sampling bad;
-        lsk_sampling_default(&bad);
+        lsk_sampling_init(&bad, sizeof bad);
         bad.top_p = 0.0f;
         EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_prefill(s, prompt, np, &bad, NULL, &err_));
     }
@@ -395,18 +392,18 @@ int main(int argc, char **argv) {
         CHECK(memcmp(toks, full, nfull * sizeof(int32_t)) == 0);
         EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_step(s, 1, L + 1, NULL, &next, &err_));
         EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_step(s, -3, 0, NULL, &next, &err_));
-        lsk_stats_init(&st);
+        lsk_stats_init(&st, sizeof st);
         EXPECT(LSK_OK, lsk_session_stats(s, &st, &err_));
         CHECK(st.shallow_len == np + nfull - 1 && st.deep_len == st.shallow_len);
         /* Early exit leaves the deep layers behind. */
         EXPECT(LSK_OK, lsk_session_step(s, toks[nfull - 1], 1, NULL, &next, &err_));
-        lsk_stats_init(&st);
+        lsk_stats_init(&st, sizeof st);
         EXPECT(LSK_OK, lsk_session_stats(s, &st, &err_));
         CHECK(st.shallow_len == np + nfull && st.deep_len == np + nfull - 1);
         /* Rewind. */
         EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_rewind(s, 100000, &err_));
         EXPECT(LSK_OK, lsk_session_rewind(s, np, &err_));
-        lsk_stats_init(&st);
+        lsk_stats_init(&st, sizeof st);
         EXPECT(LSK_OK, lsk_session_stats(s, &st, &err_));
         CHECK(st.shallow_len == np && st.deep_len == np);
     }
@@ -445,7 +442,7 @@ int main(int argc, char **argv) {
                 EXPECT(LSK_OK, lsk_session_new(model, NULL, &d, &err_));
                 n = speculate(d, prompt, np, E, D, toks, nfull);
                 CHECK(n == nfull && memcmp(toks, full, nfull * sizeof(int32_t)) == 0);
-                lsk_stats_init(&st);
+                lsk_stats_init(&st, sizeof st);
                 EXPECT(LSK_OK, lsk_session_stats(d, &st, &err_));
                 CHECK(st.drafted > 0 && st.accepted <= st.drafted && st.rounds > 0);
                 lsk_session_free(d);
@@ -470,12 +467,12 @@ int main(int argc, char **argv) {
         lsk_session *c = NULL;
         lsk_session_options so;
         int32_t next;
-        lsk_session_options_default(&so);
+        lsk_session_options_init(&so, sizeof so);
         so.context_length = (uint32_t)np + 2;
         EXPECT(LSK_OK, lsk_session_new(model, &so, &c, &err_));
         EXPECT(LSK_OK, lsk_session_prefill(c, prompt, np, NULL, &next, &err_));
         EXPECT(LSK_ERR_CONTEXT_OVERFLOW, lsk_session_prefill(c, prompt, 3, NULL, NULL, &err_));
-        lsk_stats_init(&st);
+        lsk_stats_init(&st, sizeof st);
         EXPECT(LSK_OK, lsk_session_stats(c, &st, &err_));
         CHECK(st.shallow_len == np);
         EXPECT(LSK_OK, lsk_session_step(c, next, 0, NULL, &next, &err_));
@@ -491,11 +488,11 @@ int main(int argc, char **argv) {
         collect c;
         const char *stops[1];
         EXPECT(LSK_OK, lsk_session_new(model, NULL, &g, &err_));
-        lsk_generate_options_default(&o);
+        lsk_generate_options_init(&o, sizeof o);
         o.max_new_tokens = (uint32_t)nfull;
         o.ignore_eos = 1;
         memset(&c, 0, sizeof c);
-        lsk_generate_result_init(&res);
+        lsk_generate_result_init(&res, sizeof res);
         EXPECT(LSK_OK, lsk_session_generate(g, prompt, np, &o, on_token, &c, &res, &err_));
         CHECK(c.n == nfull && memcmp(c.tokens, full, nfull * sizeof(int32_t)) == 0);
         CHECK(res.n_tokens == nfull && res.stop_reason == LSK_STOP_MAX_TOKENS && res.prompt_tokens == np);
@@ -507,7 +504,7 @@ int main(int argc, char **argv) {
         o.draft_len = 3;
         memset(&c, 0, sizeof c);
         c.stop_after = 5;
-        lsk_generate_result_init(&res);
+        lsk_generate_result_init(&res, sizeof res);
         EXPECT(LSK_OK, lsk_session_generate(g, prompt, np, &o, on_token, &c, &res, &err_));
         CHECK(c.n == 5 && res.stop_reason == LSK_STOP_CALLBACK && memcmp(c.tokens, full, 5 * sizeof(int32_t)) == 0);
         /* The session still works after the callback stopped it. */
@@ -522,7 +519,7 @@ int main(int argc, char **argv) {
         o.exit_layer = LSK_AUTO;
         o.draft_len = LSK_AUTO;
         memset(&c, 0, sizeof c);
-        lsk_generate_result_init(&res);
+        lsk_generate_result_init(&res, sizeof res);
         EXPECT(LSK_OK, lsk_session_generate(g, prompt, np, &o, on_token, &c, &res, &err_));
         CHECK(c.n == nfull && memcmp(c.tokens, full, nfull * sizeof(int32_t)) == 0);
         {
@@ -580,7 +577,7 @@ int main(int argc, char **argv) {
                     o.stop_strings = stops;
                     o.n_stop_strings = 1;
                     memset(&c, 0, sizeof c);
-                    lsk_generate_result_init(&res);
+                    lsk_generate_result_init(&res, sizeof res);
                     EXPECT(LSK_OK, lsk_session_new(model, NULL, &g2, &err_));
                     EXPECT(LSK_OK, lsk_session_generate(g2, prompt, np, &o, on_token, &c, &res, &err_));
                     CHECK(res.stop_reason == LSK_STOP_STRING);
@@ -599,6 +596,21 @@ int main(int argc, char **argv) {
         o.draft_len = 2;
         o.n_stop_strings = 2;
         EXPECT(LSK_ERR_NULL_POINTER, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
+        {
+            /* An empty stop string, and drafting at the last layer (nothing
+             * left to verify with), are errors. */
+            const char *empty[1] = {""};
+            lsk_model_summary si;
+            lsk_model_summary_init(&si, sizeof si);
+            EXPECT(LSK_OK, lsk_model_info(model, &si, &err_));
+            o.stop_strings = empty;
+            o.n_stop_strings = 1;
+            EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
+            o.stop_strings = NULL;
+            o.exit_layer = si.n_layers;
+            EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
+            o.exit_layer = 1;
+        }
         o.n_stop_strings = 0;
         o.struct_size = 8;
         EXPECT(LSK_ERR_STRUCT_SIZE, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
@@ -641,7 +653,7 @@ int main(int argc, char **argv) {
         CHECK(memcmp(got[0], full, step * sizeof(int32_t)) == 0);
         CHECK(memcmp(got[1], exit1, step * sizeof(int32_t)) == 0);
         CHECK(memcmp(got[3], exit1, step * sizeof(int32_t)) == 0);
-        lsk_stats_init(&st);
+        lsk_stats_init(&st, sizeof st);
         EXPECT(LSK_OK, lsk_session_stats(bs[2], &st, &err_));
         CHECK(st.shallow_len == 0); /* the failed session is untouched and usable */
         EXPECT(LSK_OK, lsk_session_prefill(bs[2], prompt, np, NULL, NULL, &err_));
@@ -665,7 +677,7 @@ int main(int argc, char **argv) {
         EXPECT(LSK_OK, lsk_batch_new(model, &b, &err_));
         for (k = 0; k < 5; k++) {
             EXPECT(LSK_OK, lsk_session_new(model, NULL, &gs[k], &err_));
-            lsk_generate_options_default(&go[k]);
+            lsk_generate_options_init(&go[k], sizeof go[k]);
             go[k].max_new_tokens = (uint32_t)nfull;
             go[k].ignore_eos = 1;
             memset(&cs[k], 0, sizeof cs[k]);
@@ -696,12 +708,12 @@ int main(int argc, char **argv) {
         CHECK(cs[2].n == nfull && memcmp(cs[2].tokens, full, nfull * sizeof(int32_t)) == 0);
         CHECK(cs[3].n >= nexit1 && memcmp(cs[3].tokens, exit1, nexit1 * sizeof(int32_t)) == 0);
         for (k = 0; k < 4; k++) {
-            lsk_generate_result_init(&res);
+            lsk_generate_result_init(&res, sizeof res);
             EXPECT(LSK_OK, lsk_batch_result(b, ids[k], &res, &err_));
             CHECK(res.n_tokens == nfull && res.stop_reason == LSK_STOP_MAX_TOKENS && res.prompt_tokens == np);
             EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_batch_result(b, ids[k], &res, &err_)); /* collected once */
             /* The session is back and continues from its generation. */
-            lsk_stats_init(&st);
+            lsk_stats_init(&st, sizeof st);
             EXPECT(LSK_OK, lsk_session_stats(gs[k], &st, &err_));
             CHECK(st.shallow_len == np + nfull - 1);
         }
@@ -714,7 +726,7 @@ int main(int argc, char **argv) {
         CHECK(running == 1);
         EXPECT(LSK_OK, lsk_batch_cancel(b, ids[0], &err_));
         EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_batch_cancel(b, ids[0], &err_));
-        lsk_generate_result_init(&res);
+        lsk_generate_result_init(&res, sizeof res);
         EXPECT(LSK_OK, lsk_batch_result(b, ids[0], &res, &err_));
         CHECK(res.stop_reason == LSK_STOP_CALLBACK && res.n_tokens == cs[0].n && cs[0].n >= 1);
         EXPECT(LSK_OK, lsk_session_step(gs[0], full[0], 0, NULL, NULL, &err_));
@@ -738,7 +750,7 @@ int main(int argc, char **argv) {
         pthread_mutex_init(&b.mu, NULL);
         pthread_cond_init(&b.cv, NULL);
         EXPECT(LSK_OK, lsk_session_new(model, NULL, &b.s, &err_));
-        lsk_generate_options_default(&o);
+        lsk_generate_options_init(&o, sizeof o);
         o.max_new_tokens = 3;
         pthread_create(&t, NULL, busy_other, &b);
         EXPECT(LSK_OK, lsk_session_generate(b.s, prompt, np, &o, busy_cb, &b, NULL, &err_));

@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
     {
         // Options: weight-only int8 loads and decodes; a bad value throws.
         lsk_model_options mo;
-        lsk_model_options_default(&mo);
+        lsk_model_options_init(&mo, sizeof mo);
         mo.quantize = 5;
         CHECK(error_code_of([&] { layerskip::Model m(argv[1], mo); }) == LSK_ERR_INVALID_ARGUMENT);
         mo.quantize = LSK_QUANTIZE_INT8;
@@ -184,7 +184,7 @@ int main(int argc, char** argv) {
     // Every wrapper call with a bad argument throws the library's message.
     {
         lsk_model_options bad;
-        lsk_model_options_default(&bad);
+        lsk_model_options_init(&bad, sizeof bad);
         bad.quantize = 7;
         CHECK(has(message_of([&] { layerskip::Model m(argv[1], bad); }), "unknown quantize value 7"));
         CHECK(has(message_of([] { layerskip::Model m("/no/such/model"); }), "/no/such/model"));

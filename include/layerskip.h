@@ -7,16 +7,31 @@
  *   object there (read it with lsk_error_code / lsk_error_message, free it
  *   with lsk_error_free). The error comes back from the same call, so it is
  *   safe with goroutines and thread pools. Outputs are written only on success.
- * - Options structs start with `struct_size` and are passed by pointer; NULL
- *   means defaults. Initialise them with the lsk_*_default functions. Output
- *   structs need `struct_size` set (lsk_*_init). Fields are only ever appended.
+ * - Handles (lsk_model, lsk_session, lsk_batch) are reference-counted: a
+ *   call in progress holds a reference, a batch holds one to each session it
+ *   runs, and *_free drops the caller's. Freeing a handle while another
+ *   thread's call runs on it is safe; using it after freeing it is not.
  * - A NULL pointer with a length of 0 is an empty array.
  * - Token ids are int32_t; ids outside [0, vocab_size) are rejected.
  * - Threads: an lsk_model may be used by any number of threads at once, and
  *   it may be freed while sessions still use it (they keep it alive). An
  *   lsk_session serves one call at a time: a concurrent call fails with
  *   LSK_ERR_BUSY instead of blocking or racing.
- * - No call aborts the process: internal panics become LSK_ERR_PANIC.
+ * - No call aborts the process: internal panics become LSK_ERR_PANIC, device
+ *   failures LSK_ERR_DEVICE or LSK_ERR_OUT_OF_MEMORY.
+ *
+ * ABI rules (frozen at 1.0; LSK_ABI_VERSION changes only if one is broken)
+ * - Every options and result struct starts with `size_t struct_size`. Fill
+ *   it with its lsk_*_init(&s, sizeof s), which writes the defaults and the
+ *   size. Options may also be passed as NULL (all defaults).
+ * - Struct fields are only ever appended. The library reads and writes the
+ *   first min(struct_size, its own size) bytes: a program built against an
+ *   older header keeps working (fields its struct lacks take their
+ *   defaults), and a newer field is simply not written to it. A program
+ *   built against a newer header needs a library at least that new.
+ * - Functions, enum values, result codes and the meaning of existing fields
+ *   never change; new ones are appended. Nested structs are passed by
+ *   pointer (lsk_generate_options.sampling), so each grows on its own.
  */
 
 #ifndef LAYERSKIP_H
@@ -27,14 +42,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LSK_VERSION_MAJOR 0
-#define LSK_VERSION_MINOR 1
+#define LSK_VERSION_MAJOR 1
+#define LSK_VERSION_MINOR 0
 #define LSK_VERSION_PATCH 0
-#define LSK_VERSION_STRING "0.1.0"
+#define LSK_VERSION_STRING "1.0.0"
 
 
-// ABI version: bumped only on an incompatible change to this API.
-#define LSK_ABI_VERSION 1
+// ABI version: changes only on an incompatible change to this API (the
+// rules are in the header's preamble). 2 is the ABI frozen at 1.0; 1 was
+// the API before it.
+#define LSK_ABI_VERSION 2
 
 // `lsk_generate_options.exit_layer` / `.draft_len` value (with
 // `LSK_MODE_SELF_SPECULATIVE`): choose it every round from measured layer
@@ -251,7 +268,9 @@ typedef struct lsk_generate_options {
   // Draft length d for self-speculative mode (default 4); `LSK_AUTO` =
   // chosen every round.
   uint32_t draft_len;
-  struct lsk_sampling sampling;
+  // How tokens are chosen; NULL (default) is greedy. A pointer, so that
+  // `lsk_sampling` can grow on its own.
+  const struct lsk_sampling *sampling;
   // Non-zero: keep generating past EOS ids.
   uint8_t ignore_eos;
   // `n_stop_strings` NUL-terminated UTF-8 strings; generation stops when the
@@ -616,26 +635,26 @@ lsk_result lsk_session_stats(struct lsk_session *session,
                              struct lsk_stats *out,
                              struct lsk_error **err);
 
-// Fill `*out` with defaults (CPU, device 0) and `struct_size`.
-lsk_result lsk_model_options_default(struct lsk_model_options *out);
+// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
+lsk_result lsk_model_options_init(struct lsk_model_options *out, size_t struct_size);
 
-// Fill `*out` with defaults (greedy) and `struct_size`.
-lsk_result lsk_sampling_default(struct lsk_sampling *out);
+// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
+lsk_result lsk_sampling_init(struct lsk_sampling *out, size_t struct_size);
 
-// Fill `*out` with defaults (model context length, seed 0) and `struct_size`.
-lsk_result lsk_session_options_default(struct lsk_session_options *out);
+// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
+lsk_result lsk_session_options_init(struct lsk_session_options *out, size_t struct_size);
 
-// Fill `*out` with defaults (full depth, greedy, 64 tokens, E = L/2, d = 4) and `struct_size`.
-lsk_result lsk_generate_options_default(struct lsk_generate_options *out);
+// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
+lsk_result lsk_generate_options_init(struct lsk_generate_options *out, size_t struct_size);
 
-// Prepare `*out` for `lsk_model_info` (zeroes it and sets `struct_size`).
-lsk_result lsk_model_summary_init(struct lsk_model_summary *out);
+// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
+lsk_result lsk_model_summary_init(struct lsk_model_summary *out, size_t struct_size);
 
-// Prepare `*out` for `lsk_session_generate` (zeroes it and sets `struct_size`).
-lsk_result lsk_generate_result_init(struct lsk_generate_result *out);
+// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
+lsk_result lsk_generate_result_init(struct lsk_generate_result *out, size_t struct_size);
 
-// Prepare `*out` for `lsk_session_stats` (zeroes it and sets `struct_size`).
-lsk_result lsk_stats_init(struct lsk_stats *out);
+// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
+lsk_result lsk_stats_init(struct lsk_stats *out, size_t struct_size);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -60,13 +60,26 @@ struct SessionDeleter {
 
 // Options structs with their defaults filled in.
 struct Sampling : lsk_sampling {
-    Sampling() { lsk_sampling_default(this); }
+    Sampling() { lsk_sampling_init(this, sizeof(lsk_sampling)); }
 };
+// Generation options; `sample` is what the C struct's `sampling` points to
+// (kept pointing there through copies).
 struct GenerateOptions : lsk_generate_options {
-    GenerateOptions() { lsk_generate_options_default(this); }
+    Sampling sample;
+    GenerateOptions() {
+        lsk_generate_options_init(this, sizeof(lsk_generate_options));
+        sampling = &sample;
+    }
+    GenerateOptions(const GenerateOptions& o) : lsk_generate_options(o), sample(o.sample) { sampling = &sample; }
+    GenerateOptions& operator=(const GenerateOptions& o) {
+        lsk_generate_options::operator=(o);
+        sample = o.sample;
+        sampling = &sample;
+        return *this;
+    }
 };
 struct SessionOptions : lsk_session_options {
-    SessionOptions() { lsk_session_options_default(this); }
+    SessionOptions() { lsk_session_options_init(this, sizeof(lsk_session_options)); }
 };
 
 struct Verdict {
@@ -85,7 +98,7 @@ public:
 
     lsk_model_summary info() const {
         lsk_model_summary s;
-        lsk_model_summary_init(&s);
+        lsk_model_summary_init(&s, sizeof s);
         lsk_error* err = nullptr;
         detail::check(lsk_model_info(get(), &s, &err), err);
         return s;
@@ -187,7 +200,7 @@ public:
 
     lsk_stats stats() const {
         lsk_stats st;
-        lsk_stats_init(&st);
+        lsk_stats_init(&st, sizeof st);
         lsk_error* err = nullptr;
         detail::check(lsk_session_stats(get(), &st, &err), err);
         return st;
@@ -222,7 +235,7 @@ public:
             }
         };
         lsk_generate_result res;
-        lsk_generate_result_init(&res);
+        lsk_generate_result_init(&res, sizeof res);
         lsk_error* err = nullptr;
         lsk_result r = lsk_session_generate(get(), prompt.data(), prompt.size(), &opts,
                                             on_token ? +trampoline : nullptr, &ctx, &res, &err);
@@ -306,7 +319,7 @@ public:
     // throws its error if it failed.
     lsk_generate_result result(uint64_t id) {
         lsk_generate_result res;
-        lsk_generate_result_init(&res);
+        lsk_generate_result_init(&res, sizeof res);
         lsk_error* err = nullptr;
         lsk_result r = lsk_batch_result(handle_.get(), id, &res, &err);
         if (r != LSK_ERR_BUSY) {

@@ -36,7 +36,7 @@ int main(int argc, char **argv) {
     for (i = 0; prompt[i]; i++) {}
     if (lsk_tokenize(model, prompt, i, 1, ids, 4096, &n_ids, &err) != LSK_OK) return fail(err);
     if (lsk_session_new(model, NULL, &session, &err) != LSK_OK) return fail(err);
-    lsk_generate_options_default(&opts);
+    lsk_generate_options_init(&opts, sizeof opts);
     opts.max_new_tokens = n_new;
     fputs(prompt, stdout);
     if (lsk_session_generate(session, ids, n_ids, &opts, print_piece, NULL, NULL, &err) != LSK_OK) return fail(err);

@@ -204,9 +204,9 @@ std::optional<std::string> parse(const json& body, layerskip::Model& model, cons
     if (!draft_len) return "`draft_len` must be in 1..64";
     stream = body.value("stream", false);
     r.opts.max_new_tokens = static_cast<uint32_t>(*max_tokens);
-    r.opts.sampling.temperature = static_cast<float>(*temperature);
-    r.opts.sampling.top_p = static_cast<float>(*top_p);
-    r.opts.sampling.seed = static_cast<uint64_t>(*seed);
+    r.opts.sample.temperature = static_cast<float>(*temperature);
+    r.opts.sample.top_p = static_cast<float>(*top_p);
+    r.opts.sample.seed = static_cast<uint64_t>(*seed);
     r.opts.exit_layer = static_cast<uint32_t>(*exit_layer);
     r.opts.draft_len = static_cast<uint32_t>(*draft_len);
     std::string mode = body.value("mode", std::string("full"));
@@ -245,7 +245,7 @@ int main(int argc, char** argv) {
     std::string model_dir = "assets/layerskip-pycode-8l", host = "127.0.0.1";
     int port = 8080;
     lsk_model_options options;
-    lsk_model_options_default(&options);
+    lsk_model_options_init(&options, sizeof options);
     for (int i = 1; i + 1 < argc; i += 2) {
         std::string a = argv[i], v = argv[i + 1];
         if (a == "--model") model_dir = v;

@@ -112,23 +112,19 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             1 if !sessions.is_empty() => {
-                // Never free a session lent to the batch (documented as forbidden).
-                let i = pick % sessions.len();
-                let mut st: lsk_stats = unsafe { std::mem::zeroed() };
-                lsk_stats_init(&mut st);
-                if lsk_session_stats(sessions[i], &mut st, null_mut()) != lsk_result::LSK_ERR_BUSY {
-                    lsk_session_free(sessions.swap_remove(i));
-                }
+                // Freeing a session lent to the batch is safe: the batch holds
+                // a reference until its generation ends.
+                lsk_session_free(sessions.swap_remove(pick % sessions.len()));
             }
             12 => {
                 let t = input.tokens();
                 let mut o: lsk_generate_options = unsafe { std::mem::zeroed() };
-                lsk_generate_options_default(&mut o);
+                lsk_generate_options_init(&mut o, std::mem::size_of::<lsk_generate_options>());
                 o.max_new_tokens = input.byte() as u32 % 12;
                 o.mode = input.byte() as u32 % 3;
                 o.exit_layer = input.exit();
                 o.draft_len = [1, 3, LSK_AUTO][input.byte() as usize % 3];
-                o.sampling = sampling;
+                o.sampling = &sampling;
                 let mut id = 0;
                 if ok(
                     lsk_batch_add(
@@ -164,7 +160,7 @@ fuzz_target!(|data: &[u8]| {
                     .copied()
                     .unwrap_or(pick as u64);
                 let mut r: lsk_generate_result = unsafe { std::mem::zeroed() };
-                lsk_generate_result_init(&mut r);
+                lsk_generate_result_init(&mut r, std::mem::size_of::<lsk_generate_result>());
                 ok(lsk_batch_result(batch, id, &mut r, &mut err), &mut err);
                 let mut ids = [0u64; 4];
                 let mut n = 0;
@@ -242,7 +238,7 @@ fuzz_target!(|data: &[u8]| {
                     mode: input.byte() as u32 % 4,
                     exit_layer: input.exit(),
                     draft_len: [0, 1, 3, 8, LSK_AUTO][input.byte() as usize % 5],
-                    sampling,
+                    sampling: &sampling,
                     ignore_eos: input.byte() % 2,
                     stop_strings: null(),
                     n_stop_strings: 0,
@@ -274,7 +270,7 @@ fuzz_target!(|data: &[u8]| {
             }
             9 => {
                 let mut st: lsk_stats = unsafe { std::mem::zeroed() };
-                lsk_stats_init(&mut st);
+                lsk_stats_init(&mut st, std::mem::size_of::<lsk_stats>());
                 ok(lsk_session_stats(s, &mut st, &mut err), &mut err);
                 let mut spans = [lsk_choice_span {
                     first_token: 0,

@@ -3,8 +3,9 @@
 //! - Every fallible call returns `lsk_result` and takes an optional
 //!   `lsk_error **err` that receives details on failure (free with
 //!   `lsk_error_free`); outputs are written only on success.
-//! - Options structs start with `struct_size` and are passed by pointer; NULL
-//!   means defaults. Fill them with the `lsk_*_default` initialisers.
+//! - Options and result structs start with `struct_size`, are filled by
+//!   their `lsk_*_init(&s, sizeof s)` and are read and written by prefix
+//!   ([`types`]); NULL options mean defaults.
 //! - A NULL pointer with length 0 is an empty array.
 //! - `lsk_model` may be used from any number of threads at once. An
 //!   `lsk_session` is used by one call at a time; a concurrent call fails with
@@ -32,8 +33,10 @@ pub use types::*;
 use error::{FfiError, FfiResult};
 use std::ffi::c_char;
 
-/// ABI version: bumped only on an incompatible change to this API.
-pub const LSK_ABI_VERSION: u32 = 1;
+/// ABI version: changes only on an incompatible change to this API (the
+/// rules are in the header's preamble). 2 is the ABI frozen at 1.0; 1 was
+/// the API before it.
+pub const LSK_ABI_VERSION: u32 = 2;
 
 /// The ABI version of the loaded library (compare with `LSK_ABI_VERSION`).
 #[no_mangle]

@@ -397,7 +397,7 @@ pub(crate) unsafe fn generate_options(
 ) -> FfiResult<GenerateOptions> {
     let o = unsafe { read_options(options, "options") }?;
     let sampling = o.sampling;
-    let sampling = unsafe { read_options(&sampling, "options.sampling") }?.params()?;
+    let sampling = unsafe { read_options(sampling, "options.sampling") }?.params()?;
     let kind = match o.mode {
         0 => ModeKind::Full,
         1 => ModeKind::EarlyExit,

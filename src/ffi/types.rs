@@ -5,34 +5,41 @@ use super::error::{lsk_result, FfiError, FfiResult};
 use crate::sampling::SamplingParams;
 use std::ffi::c_char;
 
-/// Structs versioned by their leading `struct_size`.
+/// Structs versioned by their leading `struct_size` (the ABI rules are in
+/// the header's preamble): fields are only ever appended; the library reads
+/// and writes the first `min(struct_size, its own size)` bytes, so a caller
+/// built against an older header keeps working, and fields its struct
+/// lacks take their defaults.
 pub(crate) trait Versioned: Copy {
-    /// The size of the struct's first published version.
+    /// The struct's size in ABI 1.0, the smallest `struct_size` accepted.
     const MIN_SIZE: usize;
     fn defaults() -> Self;
-    fn struct_size(&self) -> usize;
 }
 
-/// Read an options struct: NULL gives the defaults. Fields are only ever
-/// appended, so a caller built against an older header passes a smaller
-/// `struct_size`: the fields it has are read and the newer ones keep their
-/// defaults. A size below the first version's is an error.
-pub(crate) unsafe fn read_options<T: Versioned>(ptr: *const T, what: &str) -> FfiResult<T> {
-    if ptr.is_null() {
-        return Ok(T::defaults());
-    }
-    // SAFETY: a non-NULL options pointer points to a readable struct that
-    // starts with `struct_size` (documented); read that field alone first.
+/// The caller's `struct_size` at `ptr`, checked against the 1.0 size.
+unsafe fn caller_size<T: Versioned>(ptr: *const T, what: &str) -> FfiResult<usize> {
+    // SAFETY: a non-NULL struct pointer points to a struct that starts with
+    // `struct_size` (documented); read that field alone first.
     let size = unsafe { (ptr as *const usize).read_unaligned() };
     if size < T::MIN_SIZE {
         return Err(FfiError::new(
             lsk_result::LSK_ERR_STRUCT_SIZE,
             format!(
-                "{what}.struct_size is {size}, expected at least {}",
+                "{what}.struct_size is {size}, expected at least {} (set it with its lsk_*_init)",
                 T::MIN_SIZE
             ),
         ));
     }
+    Ok(size)
+}
+
+/// Read an options struct: NULL gives the defaults; otherwise the caller's
+/// `min(struct_size, ours)` bytes over the defaults.
+pub(crate) unsafe fn read_options<T: Versioned>(ptr: *const T, what: &str) -> FfiResult<T> {
+    if ptr.is_null() {
+        return Ok(T::defaults());
+    }
+    let size = unsafe { caller_size(ptr, what) }?;
     let mut v = T::defaults();
     let n = size.min(std::mem::size_of::<T>());
     // SAFETY: the caller's struct holds `size >= n` readable bytes, ours `n`.
@@ -41,24 +48,17 @@ pub(crate) unsafe fn read_options<T: Versioned>(ptr: *const T, what: &str) -> Ff
     Ok(v)
 }
 
-/// Write an output struct whose caller-set `struct_size` must cover ours.
+/// Write an output struct: the first `min(struct_size, ours)` bytes of `v`,
+/// keeping the caller's `struct_size`.
 pub(crate) unsafe fn write_output<T: Versioned>(ptr: *mut T, mut v: T, what: &str) -> FfiResult {
-    // SAFETY: as in read_options.
-    let Some(dst) = (unsafe { ptr.as_mut() }) else {
+    if ptr.is_null() {
         return Err(FfiError::null(what));
-    };
-    let size = dst.struct_size();
-    if size < std::mem::size_of::<T>() {
-        return Err(FfiError::new(
-            lsk_result::LSK_ERR_STRUCT_SIZE,
-            format!(
-                "{what}.struct_size is {size}, expected at least {}",
-                std::mem::size_of::<T>()
-            ),
-        ));
     }
+    let size = unsafe { caller_size(ptr, what) }?;
     set_size(&mut v, size);
-    *dst = v;
+    let n = size.min(std::mem::size_of::<T>());
+    // SAFETY: the caller's struct holds `size >= n` writable bytes (documented).
+    unsafe { std::ptr::copy_nonoverlapping(&v as *const T as *const u8, ptr as *mut u8, n) };
     Ok(())
 }
 
@@ -67,18 +67,14 @@ fn set_size<T: Versioned>(v: &mut T, size: usize) {
     unsafe { *(v as *mut T as *mut usize) = size };
 }
 
+/// `versioned!(type, defaults, size in ABI 1.0)`. The 1.0 size never
+/// changes; `tests/abi.rs` checks it against the frozen 1.0 header.
 macro_rules! versioned {
-    ($t:ty, $defaults:expr) => {
-        versioned!($t, $defaults, std::mem::size_of::<$t>());
-    };
     ($t:ty, $defaults:expr, $min:expr) => {
         impl Versioned for $t {
             const MIN_SIZE: usize = $min;
             fn defaults() -> Self {
                 $defaults
-            }
-            fn struct_size(&self) -> usize {
-                self.struct_size
             }
         }
     };
@@ -127,8 +123,7 @@ versioned!(
         quantize: 0,
         kv_dtype: 0,
     },
-    // struct_size + device + device_index: the first version.
-    16
+    std::mem::size_of::<lsk_model_options>()
 );
 
 /// How tokens are chosen. `temperature == 0` is greedy.
@@ -154,7 +149,8 @@ versioned!(
         top_k: 0,
         top_p: 1.0,
         seed: 0
-    }
+    },
+    std::mem::size_of::<lsk_sampling>()
 );
 
 impl lsk_sampling {
@@ -186,7 +182,8 @@ versioned!(
         struct_size: std::mem::size_of::<Self>(),
         context_length: 0,
         seed: 0
-    }
+    },
+    std::mem::size_of::<lsk_session_options>()
 );
 
 /// Decoding modes of `lsk_generate_options.mode`.
@@ -234,7 +231,9 @@ pub struct lsk_generate_options {
     /// Draft length d for self-speculative mode (default 4); `LSK_AUTO` =
     /// chosen every round.
     pub draft_len: u32,
-    pub sampling: lsk_sampling,
+    /// How tokens are chosen; NULL (default) is greedy. A pointer, so that
+    /// `lsk_sampling` can grow on its own.
+    pub sampling: *const lsk_sampling,
     /// Non-zero: keep generating past EOS ids.
     pub ignore_eos: u8,
     /// `n_stop_strings` NUL-terminated UTF-8 strings; generation stops when the
@@ -253,12 +252,13 @@ versioned!(
         mode: 0,
         exit_layer: 0,
         draft_len: crate::generate::Mode::DEFAULT_DRAFT_LEN as u32,
-        sampling: lsk_sampling::defaults(),
+        sampling: std::ptr::null(),
         ignore_eos: 0,
         stop_strings: std::ptr::null(),
         n_stop_strings: 0,
         confidence_threshold: 0.0,
-    }
+    },
+    std::mem::size_of::<lsk_generate_options>()
 );
 
 /// `lsk_model_options.quantize` values.
@@ -328,7 +328,8 @@ versioned!(
         n_eos_token_ids: 0,
         eos_token_ids: [0; LSK_MAX_EOS_IDS],
         dtype: 0,
-    }
+    },
+    std::mem::size_of::<lsk_model_summary>()
 );
 
 /// Why `lsk_session_generate` stopped.
@@ -369,7 +370,8 @@ versioned!(
         drafted: 0,
         accepted: 0,
         rounds: 0,
-    }
+    },
+    std::mem::size_of::<lsk_generate_result>()
 );
 
 /// Session counters for `lsk_session_stats`. Set `struct_size` before the call.
@@ -400,7 +402,8 @@ versioned!(
         shallow_len: 0,
         deep_len: 0,
         context_length: 0,
-    }
+    },
+    std::mem::size_of::<lsk_stats>()
 );
 
 /// Called for every generated token with the text that became final with it
@@ -418,55 +421,80 @@ pub type lsk_token_callback = Option<
 >;
 
 /// Write `T::defaults()` to a caller's struct.
-fn init<T: Versioned>(out: *mut T) -> lsk_result {
+/// Fill the caller's struct (of `struct_size` bytes, its `sizeof`) with the
+/// defaults: `min(struct_size, ours)` bytes, `struct_size` recorded.
+fn init<T: Versioned>(out: *mut T, struct_size: usize) -> lsk_result {
     if out.is_null() {
         return lsk_result::LSK_ERR_NULL_POINTER;
     }
-    // SAFETY: non-NULL and writable (documented).
-    unsafe { out.write(T::defaults()) };
+    if struct_size < T::MIN_SIZE {
+        return lsk_result::LSK_ERR_STRUCT_SIZE;
+    }
+    let mut v = T::defaults();
+    set_size(&mut v, struct_size);
+    let n = struct_size.min(std::mem::size_of::<T>());
+    // SAFETY: the caller's struct holds `struct_size >= n` writable bytes (documented).
+    unsafe { std::ptr::copy_nonoverlapping(&v as *const T as *const u8, out as *mut u8, n) };
     lsk_result::LSK_OK
 }
 
 // cbindgen reads these signatures, so they are written out, not macro-made.
+// Each fills a struct with its defaults; pass `sizeof` of your struct:
+// `lsk_generate_options o; lsk_generate_options_init(&o, sizeof o);`.
 
-/// Fill `*out` with defaults (CPU, device 0) and `struct_size`.
+/// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
 #[no_mangle]
-pub extern "C" fn lsk_model_options_default(out: *mut lsk_model_options) -> lsk_result {
-    init(out)
+pub extern "C" fn lsk_model_options_init(
+    out: *mut lsk_model_options,
+    struct_size: usize,
+) -> lsk_result {
+    init(out, struct_size)
 }
 
-/// Fill `*out` with defaults (greedy) and `struct_size`.
+/// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
 #[no_mangle]
-pub extern "C" fn lsk_sampling_default(out: *mut lsk_sampling) -> lsk_result {
-    init(out)
+pub extern "C" fn lsk_sampling_init(out: *mut lsk_sampling, struct_size: usize) -> lsk_result {
+    init(out, struct_size)
 }
 
-/// Fill `*out` with defaults (model context length, seed 0) and `struct_size`.
+/// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
 #[no_mangle]
-pub extern "C" fn lsk_session_options_default(out: *mut lsk_session_options) -> lsk_result {
-    init(out)
+pub extern "C" fn lsk_session_options_init(
+    out: *mut lsk_session_options,
+    struct_size: usize,
+) -> lsk_result {
+    init(out, struct_size)
 }
 
-/// Fill `*out` with defaults (full depth, greedy, 64 tokens, E = L/2, d = 4) and `struct_size`.
+/// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
 #[no_mangle]
-pub extern "C" fn lsk_generate_options_default(out: *mut lsk_generate_options) -> lsk_result {
-    init(out)
+pub extern "C" fn lsk_generate_options_init(
+    out: *mut lsk_generate_options,
+    struct_size: usize,
+) -> lsk_result {
+    init(out, struct_size)
 }
 
-/// Prepare `*out` for `lsk_model_info` (zeroes it and sets `struct_size`).
+/// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
 #[no_mangle]
-pub extern "C" fn lsk_model_summary_init(out: *mut lsk_model_summary) -> lsk_result {
-    init(out)
+pub extern "C" fn lsk_model_summary_init(
+    out: *mut lsk_model_summary,
+    struct_size: usize,
+) -> lsk_result {
+    init(out, struct_size)
 }
 
-/// Prepare `*out` for `lsk_session_generate` (zeroes it and sets `struct_size`).
+/// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
 #[no_mangle]
-pub extern "C" fn lsk_generate_result_init(out: *mut lsk_generate_result) -> lsk_result {
-    init(out)
+pub extern "C" fn lsk_generate_result_init(
+    out: *mut lsk_generate_result,
+    struct_size: usize,
+) -> lsk_result {
+    init(out, struct_size)
 }
 
-/// Prepare `*out` for `lsk_session_stats` (zeroes it and sets `struct_size`).
+/// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
 #[no_mangle]
-pub extern "C" fn lsk_stats_init(out: *mut lsk_stats) -> lsk_result {
-    init(out)
+pub extern "C" fn lsk_stats_init(out: *mut lsk_stats, struct_size: usize) -> lsk_result {
+    init(out, struct_size)
 }

@@ -172,7 +172,7 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var o C.lsk_model_options
-	C.lsk_model_options_default(&o)
+	C.lsk_model_options_init(&o, C.size_t(unsafe.Sizeof(o)))
 	o.max_context = C.uint32_t(opt.MaxContext)
 	o.kv_budget_bytes = C.uint64_t(opt.KVBudgetBytes)
 	o.quantize = C.uint32_t(opt.Quantize)
@@ -215,7 +215,7 @@ func (m *Model) Info() (Info, error) {
 	}
 	defer m.ref.release()
 	var s C.lsk_model_summary
-	C.lsk_model_summary_init(&s)
+	C.lsk_model_summary_init(&s, C.size_t(unsafe.Sizeof(s)))
 	var cerr *C.lsk_error
 	if err := check(C.lsk_model_info(h, &s, &cerr), cerr); err != nil {
 		return Info{}, err
@@ -314,7 +314,7 @@ func (m *Model) NewSession(contextLength int, seed uint64) (*Session, error) {
 	}
 	defer m.ref.release()
 	var o C.lsk_session_options
-	C.lsk_session_options_default(&o)
+	C.lsk_session_options_init(&o, C.size_t(unsafe.Sizeof(o)))
 	o.context_length = C.uint32_t(contextLength)
 	o.seed = C.uint64_t(seed)
 	var s *C.lsk_session
@@ -391,7 +391,7 @@ func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32
 	}
 	defer s.ref.release()
 	var o C.lsk_generate_options
-	C.lsk_generate_options_default(&o)
+	C.lsk_generate_options_init(&o, C.size_t(unsafe.Sizeof(o)))
 	if opt.MaxNewTokens < 1 {
 		return Result{}, &Error{Code: ErrInvalidArgument, Message: "MaxNewTokens must be at least 1"}
 	}
@@ -406,12 +406,18 @@ func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32
 	} else if opt.DraftLen == Auto {
 		o.draft_len = C.LSK_AUTO
 	}
-	o.sampling.temperature = C.float(opt.Temperature)
-	o.sampling.top_k = C.uint32_t(opt.TopK)
+	// Sampling lives in C memory for the call: cgo forbids Go memory that
+	// points to Go memory.
+	smp := (*C.lsk_sampling)(C.malloc(C.size_t(unsafe.Sizeof(C.lsk_sampling{}))))
+	defer C.free(unsafe.Pointer(smp))
+	C.lsk_sampling_init(smp, C.size_t(unsafe.Sizeof(*smp)))
+	smp.temperature = C.float(opt.Temperature)
+	smp.top_k = C.uint32_t(opt.TopK)
 	if opt.TopP > 0 {
-		o.sampling.top_p = C.float(opt.TopP)
+		smp.top_p = C.float(opt.TopP)
 	}
-	o.sampling.seed = C.uint64_t(opt.Seed)
+	smp.seed = C.uint64_t(opt.Seed)
+	o.sampling = smp
 	if opt.IgnoreEOS {
 		o.ignore_eos = 1
 	}
@@ -432,7 +438,7 @@ func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32
 	handle := cgo.NewHandle(st)
 	defer handle.Delete()
 	var res C.lsk_generate_result
-	C.lsk_generate_result_init(&res)
+	C.lsk_generate_result_init(&res, C.size_t(unsafe.Sizeof(res)))
 	var cerr *C.lsk_error
 	r := C.generate_with_callback(h, idsPtr(prompt), C.size_t(len(prompt)), &o, C.uintptr_t(handle), &res, &cerr)
 	runtime.KeepAlive(s)

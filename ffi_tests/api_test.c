@@ -496,6 +496,8 @@ int main(int argc, char **argv) {
         EXPECT(LSK_OK, lsk_session_generate(g, prompt, np, &o, on_token, &c, &res, &err_));
         CHECK(c.n == nfull && memcmp(c.tokens, full, nfull * sizeof(int32_t)) == 0);
         CHECK(res.n_tokens == nfull && res.stop_reason == LSK_STOP_MAX_TOKENS && res.prompt_tokens == np);
+        CHECK(res.prompt_seconds > 0 && res.prompt_seconds <= res.seconds && res.prompt_tokens_per_second > 0);
+        CHECK(nfull < 2 || res.decode_tokens_per_second > 0);
         lsk_session_free(g);
 
         EXPECT(LSK_OK, lsk_session_new(model, NULL, &g, &err_));

@@ -43,9 +43,9 @@
 #include <stdint.h>
 
 #define LSK_VERSION_MAJOR 1
-#define LSK_VERSION_MINOR 0
+#define LSK_VERSION_MINOR 1
 #define LSK_VERSION_PATCH 0
-#define LSK_VERSION_STRING "1.0.0"
+#define LSK_VERSION_STRING "1.1.0"
 
 
 // ABI version: changes only on an incompatible change to this API (the
@@ -304,6 +304,14 @@ typedef struct lsk_generate_result {
   uint64_t drafted;
   uint64_t accepted;
   uint64_t rounds;
+  // Seconds of the prompt's pass, which also yields the first token.
+  // Added in 1.1.
+  double prompt_seconds;
+  // Prompt tokens per second of that pass (prefill speed). Added in 1.1.
+  double prompt_tokens_per_second;
+  // Tokens after the first per second after the prompt (decode speed
+  // alone; 0 with fewer than two tokens). Added in 1.1.
+  double decode_tokens_per_second;
 } lsk_generate_result;
 
 // Options for `lsk_model_load`.

@@ -65,12 +65,19 @@ fn generate_json_matches_reference_in_every_mode() {
         for k in [
             "seconds",
             "tokens_per_second",
+            "prompt_seconds",
+            "prompt_tokens_per_second",
+            "decode_tokens_per_second",
             "drafted",
             "accepted",
             "acceptance_rate",
         ] {
             assert!(stats[k].is_number(), "{k} missing");
         }
+        // Prefill and decoding are timed apart, and add up to the whole.
+        let secs = |k: &str| stats[k].as_f64().unwrap();
+        assert!(secs("prompt_seconds") > 0.0 && secs("prompt_seconds") < secs("seconds"));
+        assert!(secs("decode_tokens_per_second") > 0.0);
         let ee = json_of(&cli(&[
             &base[..],
             &["--mode", "early-exit", "--exit-layer", "2"],

@@ -106,6 +106,38 @@ fn start(exe: &Path) -> Server {
     panic!("the server did not come up");
 }
 
+/// One request's raw response. A connection reset before any byte of the
+/// response is retried (twice at most): the server's HTTP library listens
+/// with a backlog of 5, so under 16 concurrent new connections the kernel
+/// can drop one before the server ever sees it. A reset after the response
+/// began is an error.
+fn exchange(port: u16, request: &str) -> std::io::Result<Vec<u8>> {
+    let mut tries = 0;
+    loop {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let mut raw = Vec::new();
+        let r = s
+            .write_all(request.as_bytes())
+            .and_then(|_| s.read_to_end(&mut raw));
+        match r {
+            Err(e)
+                if raw.is_empty()
+                    && tries < 2
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                tries += 1;
+                eprintln!("connection reset before a response: retrying ({e})");
+            }
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(raw),
+        }
+    }
+}
+
 /// A minimal HTTP/1.1 client: (status, body), chunked bodies decoded.
 fn request(
     port: u16,
@@ -113,16 +145,14 @@ fn request(
     path: &str,
     body: Option<&Value>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let raw = exchange(
+        port,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
     )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head

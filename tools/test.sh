@@ -53,4 +53,7 @@ export LAYERSKIP_REQUIRE_NVRTC=1
 export LAYERSKIP_REQUIRE_TOOLS=1
 
 echo "toolchains: $(cargo --version); $(cc --version | head -1); $(go version); $(valgrind --version)"
+# The C, C++ and Go tests link the cdylib in target/release/deps, which a
+# plain `cargo test` does not always relink after a change: build it first.
+cargo build --release
 cargo test --release "$@"

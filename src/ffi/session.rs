@@ -449,6 +449,9 @@ pub(crate) fn generate_result(out: &crate::generate::GenerateOutput) -> lsk_gene
         drafted: s.drafted,
         accepted: s.accepted,
         rounds: s.rounds,
+        prompt_seconds: s.prompt_seconds,
+        prompt_tokens_per_second: s.prompt_tokens_per_second,
+        decode_tokens_per_second: s.decode_tokens_per_second,
     }
 }
 

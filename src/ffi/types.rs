@@ -357,6 +357,14 @@ pub struct lsk_generate_result {
     pub drafted: u64,
     pub accepted: u64,
     pub rounds: u64,
+    /// Seconds of the prompt's pass, which also yields the first token.
+    /// Added in 1.1.
+    pub prompt_seconds: f64,
+    /// Prompt tokens per second of that pass (prefill speed). Added in 1.1.
+    pub prompt_tokens_per_second: f64,
+    /// Tokens after the first per second after the prompt (decode speed
+    /// alone; 0 with fewer than two tokens). Added in 1.1.
+    pub decode_tokens_per_second: f64,
 }
 versioned!(
     lsk_generate_result,
@@ -370,8 +378,12 @@ versioned!(
         drafted: 0,
         accepted: 0,
         rounds: 0,
+        prompt_seconds: 0.0,
+        prompt_tokens_per_second: 0.0,
+        decode_tokens_per_second: 0.0,
     },
-    std::mem::size_of::<lsk_generate_result>()
+    // 1.0 ended before the fields added in 1.1.
+    std::mem::offset_of!(lsk_generate_result, prompt_seconds)
 );
 
 /// Session counters for `lsk_session_stats`. Set `struct_size` before the call.

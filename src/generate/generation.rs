@@ -22,6 +22,8 @@ pub struct Generation<'cb, E: Engine, S: BorrowMut<Session<E>> = Session<E>> {
     pub(super) rule: PickRule,
     pub(super) choices: Vec<ChoiceSpan>,
     pub(super) start: Instant,
+    /// When the prompt's pass ended (the first token), from `start`.
+    pub(super) prompt_seconds: f64,
     pub(super) spec0: SpecStats,
     pub(super) error: Option<Error>,
     pub(super) _engine: PhantomData<E>,
@@ -112,6 +114,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             rule: PickRule::Greedy,
             choices: Vec::new(),
             start: Instant::now(),
+            prompt_seconds: 0.0,
             spec0,
             error: None,
             opts,
@@ -226,11 +229,20 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
         let spec0 = self.spec0;
         let (drafted, accepted) = (spec.drafted - spec0.drafted, spec.accepted - spec0.accepted);
         let n = self.sink.tokens.len();
+        let prompt_seconds = self.prompt_seconds;
+        let decode_seconds = seconds - prompt_seconds;
         let stats = GenerateStats {
             prompt_tokens: self.prompt_len,
             generated_tokens: n,
             seconds,
             tokens_per_second: n as f64 / seconds.max(1e-9),
+            prompt_seconds,
+            prompt_tokens_per_second: self.prompt_len as f64 / prompt_seconds.max(1e-9),
+            decode_tokens_per_second: if n > 1 {
+                (n - 1) as f64 / decode_seconds.max(1e-9)
+            } else {
+                0.0
+            },
             drafted,
             accepted,
             rounds: spec.rounds - spec0.rounds,

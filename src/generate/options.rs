@@ -131,8 +131,17 @@ impl Default for GenerateOptions {
 pub struct GenerateStats {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
+    /// The whole generation: prompt and decoding.
     pub seconds: f64,
+    /// `generated_tokens / seconds`.
     pub tokens_per_second: f64,
+    /// The prompt's pass, which also yields the first token.
+    pub prompt_seconds: f64,
+    /// `prompt_tokens / prompt_seconds` (prefill speed, llama.cpp's "pp").
+    pub prompt_tokens_per_second: f64,
+    /// Tokens after the first over the time after the prompt (decode speed
+    /// alone, llama.cpp's "tg"); 0 with fewer than two tokens.
+    pub decode_tokens_per_second: f64,
     pub drafted: u64,
     pub accepted: u64,
     pub rounds: u64,

@@ -82,6 +82,7 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
             if g.auto.is_some() {
                 score_step_probes(g.session.borrow_mut(), PROMPT_PROBE_WEIGHT);
             }
+            g.prompt_seconds = g.start.elapsed().as_secs_f64();
             match r {
                 Ok(_) => g.sample_next(),
                 Err(e) => g.fail(e),

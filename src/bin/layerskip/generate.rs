@@ -64,6 +64,9 @@ pub(crate) fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
                 "generated_tokens": s.generated_tokens,
                 "seconds": s.seconds,
                 "tokens_per_second": s.tokens_per_second,
+                "prompt_seconds": s.prompt_seconds,
+                "prompt_tokens_per_second": s.prompt_tokens_per_second,
+                "decode_tokens_per_second": s.decode_tokens_per_second,
                 "drafted": s.drafted,
                 "accepted": s.accepted,
                 "acceptance_rate": s.acceptance_rate,
@@ -84,10 +87,12 @@ pub(crate) fn run_generate(a: GenerateArgs) -> layerskip::Result<()> {
         writeln!(out).ok();
         out.flush().ok();
         eprintln!(
-            "[{} tokens in {:.2}s, {:.1} tokens/s{}]",
+            "[{} tokens in {:.2}s: prompt {} tokens at {:.1} tokens/s, decode {:.1} tokens/s{}]",
             s.generated_tokens,
             s.seconds,
-            s.tokens_per_second,
+            s.prompt_tokens,
+            s.prompt_tokens_per_second,
+            s.decode_tokens_per_second,
             if s.drafted > 0 {
                 format!(", acceptance {:.1}%", 100.0 * s.acceptance_rate)
             } else {

@@ -456,6 +456,24 @@ int main(int argc, char **argv) {
         drafts[2] = (full[3] + 1) % (int32_t)info.vocab_size;
         EXPECT(LSK_OK, lsk_session_verify(d, next, drafts, 3, NULL, &acc, &after, &err_));
         CHECK(acc == 2 && after == full[3]);
+        {
+            /* The verify pass's rows: row k scores the token after draft k. */
+            const float *row = NULL, *last = NULL;
+            size_t nv = 0, k, best;
+            int r;
+            for (r = 0; r < 3; r++) {
+                EXPECT(LSK_OK, lsk_session_logits_ith(d, r, &row, &nv, &err_));
+                for (best = 0, k = 1; k < nv; k++)
+                    if (row[k] > row[best]) best = k;
+                CHECK(nv == info.vocab_size && (int32_t)best == full[r + 1]);
+            }
+            EXPECT(LSK_OK, lsk_session_logits_ith(d, 3, &row, &nv, &err_));
+            EXPECT(LSK_OK, lsk_session_logits_ith(d, -1, &last, &nv, &err_));
+            CHECK(row == last);
+            EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_logits_ith(d, 4, &row, &nv, &err_));
+            EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_logits_ith(d, -5, &row, &nv, &err_));
+            EXPECT(LSK_ERR_NULL_POINTER, lsk_session_logits_ith(d, 0, NULL, &nv, &err_));
+        }
         /* Verify with no drafts is a full-depth step. */
         EXPECT(LSK_OK, lsk_session_verify(d, after, NULL, 0, NULL, &acc, &after, &err_));
         CHECK(acc == 0 && after == full[4]);

@@ -174,6 +174,8 @@ int main(int argc, char** argv) {
     auto drafts = s4.draft(next, 1, 4);
     auto v = s4.verify(next, drafts);
     CHECK(v.accepted <= drafts.size());
+    CHECK(s4.logits(-1) == s4.logits(static_cast<int32_t>(drafts.size())));
+    CHECK(has(message_of([&] { s4.logits(100); }), "logits row 100 is out of range"));
     CHECK(error_code_of([&] { s4.step(-1); }) == LSK_ERR_INVALID_ARGUMENT);
     CHECK(error_code_of([&] { s4.draft(next, 0, 4); }) == LSK_ERR_INVALID_ARGUMENT);
     s4.rewind(prompt.size());

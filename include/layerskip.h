@@ -335,6 +335,9 @@ typedef struct lsk_model_options {
   // An `lsk_kv_dtype` value (default `LSK_KV_F32`; CPU only). Appended
   // after `quantize` (older callers get the default).
   uint32_t kv_dtype;
+  // CPU worker threads of this model's own pool; 0 (default) shares the
+  // process's pool (`RAYON_NUM_THREADS`, default one per core). Added in 1.1.
+  uint32_t threads;
 } lsk_model_options;
 
 // What `lsk_model_info` reports. Set `struct_size` before the call.
@@ -572,13 +575,25 @@ lsk_result lsk_session_step(struct lsk_session *session,
                             int32_t *next_token,
                             struct lsk_error **err);
 
-// The logits of the newest position from the last prefill/step: `*logits`
-// points to `*n_vocab` floats owned by the session, valid until the next
-// call on this session. Fails when the last call produced no logits.
+// The logits of the newest position from the last prefill/step (after a
+// verify: its last row, see `lsk_session_logits_ith`): `*logits` points to
+// `*n_vocab` floats owned by the session, valid until the next call on this
+// session. Fails when the last call produced no logits.
 lsk_result lsk_session_logits(struct lsk_session *session,
                               const float **logits,
                               size_t *n_vocab,
                               struct lsk_error **err);
+
+// Row `i` of the logits the last call produced: a verify one row per draft
+// plus one (row k scores the token after draft k), a prefill or step the
+// newest position. Negative `i` counts from the end (-1 is the newest row,
+// as `lsk_session_logits`). `*logits` points to `*n_vocab` floats owned by
+// the session, valid until the next call on it.
+lsk_result lsk_session_logits_ith(struct lsk_session *session,
+                                  int32_t i,
+                                  const float **logits,
+                                  size_t *n_vocab,
+                                  struct lsk_error **err);
 
 // Draft up to `max_drafts` tokens with layers `0..exit_layer` (1 <= E < L),
 // starting from `next_token` (the last accepted token, not yet fed). Drafts

@@ -177,6 +177,16 @@ public:
         return std::vector<float>(p, p + n);
     }
 
+    // Row `i` of the last call's logits (a verify: one row per draft plus
+    // one); negative `i` counts from the end.
+    std::vector<float> logits(int32_t i) const {
+        const float* p = nullptr;
+        size_t n = 0;
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_logits_ith(get(), i, &p, &n, &err), err);
+        return std::vector<float>(p, p + n);
+    }
+
     std::vector<int32_t> draft(int32_t next, uint32_t exit_layer, uint32_t max_drafts, const Sampling& s = Sampling()) {
         std::vector<int32_t> d(max_drafts);
         size_t n = 0;

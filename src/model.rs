@@ -29,6 +29,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// K/V cache element type (CPU engine).
     pub kv_dtype: KvDtype,
+    /// CPU worker threads of the model's own pool; 0 (default) shares the
+    /// process's pool.
+    pub threads: usize,
 }
 
 pub struct Model<E: Engine = Backend> {
@@ -54,6 +57,7 @@ impl LoadOptions {
             device: self.device,
             quantize: self.quantize,
             kv_dtype: self.kv_dtype,
+            threads: self.threads,
         }
     }
 }

@@ -502,6 +502,15 @@ impl<E: Engine> Session<E> {
     }
 
     /// Keep only the first `len` positions of every layer.
+    /// [`Session::rewind`] that keeps the last pass's exit-head output: a
+    /// verify's rows stay readable after the rejected drafts are cut.
+    pub(crate) fn rewind_keeping_head(&mut self, len: usize) -> Result<()> {
+        let head = std::mem::replace(&mut self.head, HeadOutput::new(0));
+        let r = self.rewind(len);
+        self.head = head;
+        r
+    }
+
     pub fn rewind(&mut self, len: usize) -> Result<()> {
         if len > self.shallow_len() {
             return Err(Error::invalid(format!(

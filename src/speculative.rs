@@ -312,7 +312,7 @@ impl<E: Engine> Session<E> {
             }
             break;
         }
-        self.rewind(base + 1 + accepted)?;
+        self.rewind_keeping_head(base + 1 + accepted)?;
         let stats = &mut self.spec_mut().stats;
         stats.drafted += k as u64;
         stats.accepted += accepted as u64;

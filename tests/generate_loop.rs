@@ -228,3 +228,22 @@ fn generating_again_after_a_stop_continues_the_stream_in_every_mode() {
         }
     }
 }
+
+/// A model with its own pool decodes on that many threads, to the same bits.
+#[test]
+fn a_model_with_its_own_threads_decodes_the_same() {
+    use layerskip::engine::Engine;
+    let shared = load(NAME);
+    let options = layerskip::LoadOptions {
+        threads: 1,
+        ..Default::default()
+    };
+    let own = layerskip::Model::load_with(fixture_dir(NAME), &options).unwrap();
+    assert_eq!(own.engine.enter(rayon::current_num_threads), 1);
+    let opts = GenerateOptions {
+        max_new_tokens: 16,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    assert_eq!(run(&own, &opts).0.tokens, run(&shared, &opts).0.tokens);
+}

@@ -43,6 +43,7 @@ impl Backend {
                 store,
                 options.quantize,
                 options.kv_dtype,
+                options.threads,
             )?)),
             Device::Cuda(ordinal) => {
                 if options.quantize != Quantize::None {

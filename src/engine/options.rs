@@ -79,6 +79,9 @@ pub struct EngineOptions {
     pub device: Device,
     pub quantize: Quantize,
     pub kv_dtype: KvDtype,
+    /// CPU worker threads of this model's own pool; 0 shares the process's
+    /// pool (`RAYON_NUM_THREADS`, default one per core).
+    pub threads: usize,
 }
 
 impl KvDtype {

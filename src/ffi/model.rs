@@ -62,6 +62,7 @@ pub extern "C" fn lsk_model_load(
             quantize,
             device,
             kv_dtype,
+            threads: opts.threads as usize,
         };
         let model = Model::load_with(path, &limits)?;
         unsafe { put(out, into_handle(model), "out") }

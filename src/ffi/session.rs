@@ -194,9 +194,10 @@ pub extern "C" fn lsk_session_step(
     })
 }
 
-/// The logits of the newest position from the last prefill/step: `*logits`
-/// points to `*n_vocab` floats owned by the session, valid until the next
-/// call on this session. Fails when the last call produced no logits.
+/// The logits of the newest position from the last prefill/step (after a
+/// verify: its last row, see `lsk_session_logits_ith`): `*logits` points to
+/// `*n_vocab` floats owned by the session, valid until the next call on this
+/// session. Fails when the last call produced no logits.
 #[no_mangle]
 pub extern "C" fn lsk_session_logits(
     session: *mut lsk_session,
@@ -216,6 +217,43 @@ pub extern "C" fn lsk_session_logits(
             }
             unsafe { put(logits, row.as_ptr(), "logits") }?;
             unsafe { put(n_vocab, row.len(), "n_vocab") }
+        })
+    })
+}
+
+/// Row `i` of the logits the last call produced: a verify one row per draft
+/// plus one (row k scores the token after draft k), a prefill or step the
+/// newest position. Negative `i` counts from the end (-1 is the newest row,
+/// as `lsk_session_logits`). `*logits` points to `*n_vocab` floats owned by
+/// the session, valid until the next call on it.
+#[no_mangle]
+pub extern "C" fn lsk_session_logits_ith(
+    session: *mut lsk_session,
+    i: i32,
+    logits: *mut *const f32,
+    n_vocab: *mut usize,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_session(session, |st| {
+            need(logits, "logits")?;
+            need(n_vocab, "n_vocab")?;
+            let vocab = st.session.model().config.vocab_size;
+            let all = st.session.logits();
+            let rows = all.len() / vocab;
+            let row = if i < 0 {
+                rows.checked_sub(i.unsigned_abs() as usize)
+            } else {
+                Some(i as usize).filter(|&r| r < rows)
+            }
+            .ok_or_else(|| {
+                FfiError::invalid(format!(
+                    "logits row {i} is out of range: the last call produced {rows} rows"
+                ))
+            })?;
+            let row = &all[row * vocab..][..vocab];
+            unsafe { put(logits, row.as_ptr(), "logits") }?;
+            unsafe { put(n_vocab, vocab, "n_vocab") }
         })
     })
 }

@@ -111,6 +111,9 @@ pub struct lsk_model_options {
     /// An `lsk_kv_dtype` value (default `LSK_KV_F32`; CPU only). Appended
     /// after `quantize` (older callers get the default).
     pub kv_dtype: u32,
+    /// CPU worker threads of this model's own pool; 0 (default) shares the
+    /// process's pool (`RAYON_NUM_THREADS`, default one per core). Added in 1.1.
+    pub threads: u32,
 }
 versioned!(
     lsk_model_options,
@@ -122,8 +125,10 @@ versioned!(
         kv_budget_bytes: 0,
         quantize: 0,
         kv_dtype: 0,
+        threads: 0,
     },
-    std::mem::size_of::<lsk_model_options>()
+    // 1.0 ended before the fields added in 1.1.
+    std::mem::offset_of!(lsk_model_options, threads)
 );
 
 /// How tokens are chosen. `temperature == 0` is greedy.

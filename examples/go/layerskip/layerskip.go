@@ -160,6 +160,7 @@ type LoadOptions struct {
 	KVBf16        bool   // bf16 K/V cache: half the memory per position (CPU)
 	CUDA          bool   // run on a CUDA GPU (DeviceIndex) instead of the CPU
 	DeviceIndex   uint32 // GPU ordinal when CUDA is set
+	Threads       uint32 // CPU worker threads of the model's own pool; 0 shares the process's
 }
 
 // Load loads a Hugging Face Llama checkpoint directory.
@@ -176,6 +177,7 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	o.max_context = C.uint32_t(opt.MaxContext)
 	o.kv_budget_bytes = C.uint64_t(opt.KVBudgetBytes)
 	o.quantize = C.uint32_t(opt.Quantize)
+	o.threads = C.uint32_t(opt.Threads)
 	if opt.KVBf16 {
 		o.kv_dtype = C.LSK_KV_BF16
 	}

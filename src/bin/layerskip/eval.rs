@@ -87,6 +87,7 @@ pub(crate) fn run_eval(
         quantize: QuantizeArg::None,
         device: args.device,
         kv_dtype: KvDtypeArg::F32,
+        threads: args.threads,
     };
     if plain.holding() != args.holding() {
         let plain = plain.load()?;

@@ -94,6 +94,9 @@ struct ModelArgs {
     /// reads (CPU engine).
     #[arg(long, value_enum, default_value_t = KvDtypeArg::F32)]
     kv_dtype: KvDtypeArg,
+    /// CPU worker threads (0: `RAYON_NUM_THREADS`, default one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -127,6 +130,7 @@ impl ModelArgs {
                 QuantizeArg::Bf16 => layerskip::Quantize::Bf16,
             },
             device: self.device,
+            threads: self.threads,
             kv_dtype: match self.kv_dtype {
                 KvDtypeArg::F32 => layerskip::KvDtype::F32,
                 KvDtypeArg::Bf16 => layerskip::KvDtype::Bf16,

@@ -41,6 +41,8 @@ pub struct CpuEngine {
     layers: Vec<LayerWeights>,
     inv_freq: Vec<f32>,
     kv_dtype: KvDtype,
+    /// The model's own workers, or None for the process's shared pool.
+    own_pool: Option<rayon::ThreadPool>,
 }
 
 /// Host activations: `rows x hidden` f32, row-major.
@@ -79,6 +81,7 @@ impl CpuEngine {
         store: &WeightStore,
         quantize: Quantize,
         kv_dtype: KvDtype,
+        threads: usize,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
         let (qd, kvd, inter) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
@@ -118,6 +121,7 @@ impl CpuEngine {
             layers,
             inv_freq: rope::inv_freq(cfg),
             kv_dtype,
+            own_pool: (threads > 0).then(|| new_pool(threads)).transpose()?,
         })
     }
 
@@ -177,12 +181,22 @@ impl CpuEngine {
 /// workers for the cores; from inside, the caller is one of the workers.
 fn pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("layerskip-{i}"))
-            .build()
-            .expect("the CPU engine needs worker threads")
-    })
+    POOL.get_or_init(|| new_pool(0).expect("the CPU engine needs worker threads"))
+}
+
+/// A pool of `threads` workers (0: rayon's default, `RAYON_NUM_THREADS` or
+/// one per core).
+fn new_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("layerskip-{i}"))
+        .build()
+        .map_err(|e| {
+            crate::Error::new(
+                crate::ErrorKind::ResourceLimit,
+                format!("cannot start {threads} worker threads: {e}"),
+            )
+        })
 }
 
 /// Host memory read bandwidth in GB/s with the engine's worker threads: the
@@ -320,7 +334,7 @@ impl Engine for CpuEngine {
     }
 
     fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        pool().install(f)
+        self.own_pool.as_ref().unwrap_or_else(|| pool()).install(f)
     }
 
     fn memory_bandwidth(&self) -> f64 {

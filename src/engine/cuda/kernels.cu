@@ -445,14 +445,18 @@ extern "C" __global__ void pick_rows(const float* logits, const float* rules, un
         __syncthreads();
         const float target = u * scratch[0], before = best_v[tid];
         if (local > 0.0f && target >= before && target < before + local) {
+            // Summing again in this order may round short of `target`: then
+            // the draw is this run's last kept id, not another run's.
             float acc = before;
+            int pick = last;
             for (int i = begin; i < end; i++) {
                 const float w = pick_weight(row[i], mx, inv);
                 if (w >= tau && w > 0.0f) {
                     acc += w;
-                    if (target < acc) { atomicMin(&found, i); break; }
+                    if (target < acc) { pick = i; break; }
                 }
             }
+            atomicMin(&found, pick);
         }
         __syncthreads();
         token = found != 0x7fffffff ? (unsigned)found : (last_kept >= 0 ? (unsigned)last_kept : am);

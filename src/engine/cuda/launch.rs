@@ -20,28 +20,33 @@ pub(super) fn rows_cfg(rows: usize, block: u32) -> LaunchConfig {
 }
 
 impl CudaEngine {
-    /// `y (rows x m.rows) = x (rows x m.cols) · mᵀ`; `y` may be longer.
+    /// `y (rows x m.rows) = x (rows x m.cols) · mᵀ` for a pass whose rows
+    /// are `segments` (rows per session, in order), each routed by
+    /// [`route`]; `y` may be longer.
     pub(super) fn matmul(
         &self,
         x: &CudaView<'_, f32>,
-        rows: usize,
+        segments: &[usize],
         m: &Matrix,
         y: &mut CudaSlice<f32>,
     ) {
-        if rows <= self.matvec_max_rows {
-            self.matvec(x, rows, m, y);
-        } else {
-            self.gemm(x, rows, m, y);
+        for (r0, rows, gemm) in route(segments, self.matvec_max_rows) {
+            let xs = x.slice(r0 * m.cols..(r0 + rows) * m.cols);
+            let mut ys = y.slice_mut(r0 * m.rows..(r0 + rows) * m.rows);
+            if gemm {
+                self.gemm(&xs, rows, m, &mut ys);
+            } else {
+                self.matvec(&xs, rows, m, &mut ys);
+            }
         }
     }
 
-    /// Batch-invariant products, [`MATVEC_ROWS`] rows a launch.
     pub(super) fn matvec(
         &self,
         x: &CudaView<'_, f32>,
         rows: usize,
         m: &Matrix,
-        y: &mut CudaSlice<f32>,
+        y: &mut CudaViewMut<'_, f32>,
     ) {
         let f = match m.w {
             DevMat::F32(_) => &self.k.matvec_f32,
@@ -81,7 +86,7 @@ impl CudaEngine {
         x: &CudaView<'_, f32>,
         rows: usize,
         m: &Matrix,
-        y: &mut CudaSlice<f32>,
+        y: &mut CudaViewMut<'_, f32>,
     ) {
         use blas_sys::cudaDataType_t as T;
         let n = rows * m.cols;
@@ -123,7 +128,7 @@ impl CudaEngine {
                     blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                 )
             }
-            .unwrap_or_else(|e| panic!("CUDA engine: cuBLAS GemmEx: {e}"));
+            .unwrap_or_else(|e| std::panic::panic_any(DeviceFailure(cuda_err("cuBLAS GemmEx", e))));
         };
         match &m.w {
             DevMat::F32(w) => {
@@ -180,7 +185,14 @@ impl CudaEngine {
         let mut logits = ws.take(&self.stream, Buf::Logits, rows * vocab);
         let xs = x.buf.slice(from * h..x.rows * h);
         self.rms_norm(&xs, rows, &self.norm, &mut xn);
-        self.matmul(&xn.slice(..rows * h), rows, self.head_matrix(), &mut logits);
+        // Always the matvec kernel: a row's logits never depend on how many
+        // rows (sessions) share the head.
+        self.matvec(
+            &xn.slice(..rows * h),
+            rows,
+            self.head_matrix(),
+            &mut logits.slice_mut(..),
+        );
         read(&logits, rows);
         ok(self.stream.synchronize());
         ws.put(Buf::Norm, xn);
@@ -277,5 +289,55 @@ impl CudaEngine {
         b.arg(a).arg(b_in).arg(&len);
         // SAFETY: (float*, const float*, int) over n elements of both.
         ok(unsafe { b.launch(grid(n, 256)) }.map(|_| ()));
+    }
+}
+
+/// How a pass's rows go through a product, segment by segment (a segment is
+/// one session's rows): `(first row, rows, through cuBLAS)`. A segment of
+/// more than `max` rows (a long prompt) goes to cuBLAS on its own; every
+/// other row takes the batch-invariant matvec kernel, consecutive segments
+/// in one launch. So a session's rows take the same arithmetic whatever
+/// else shares the pass.
+pub(super) fn route(segments: &[usize], max: usize) -> Vec<(usize, usize, bool)> {
+    let mut out: Vec<(usize, usize, bool)> = Vec::new();
+    let mut r0 = 0;
+    for &rows in segments.iter().filter(|&&r| r > 0) {
+        let gemm = rows > max;
+        match out.last_mut() {
+            Some((start, n, false)) if !gemm && *start + *n == r0 => *n += rows,
+            _ => out.push((r0, rows, gemm)),
+        }
+        r0 += rows;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    #[test]
+    fn each_session_takes_its_own_path_whatever_shares_the_pass() {
+        // 16 sessions verifying 9 rows each: 144 rows, all matvec.
+        assert_eq!(route(&[9; 16], 128), vec![(0, 144, false)]);
+        // Alone, a 9-row verify is matvec too: the same path.
+        assert_eq!(route(&[9], 128), vec![(0, 9, false)]);
+        // A long prompt beside decode steps: only the prompt goes to cuBLAS.
+        assert_eq!(
+            route(&[1, 200, 1, 1, 300, 0, 5], 128),
+            vec![
+                (0, 1, false),
+                (1, 200, true),
+                (201, 2, false),
+                (203, 300, true),
+                (503, 5, false)
+            ]
+        );
+        // Two long prompts: each its own cuBLAS call.
+        assert_eq!(
+            route(&[129, 129], 128),
+            vec![(0, 129, true), (129, 129, true)]
+        );
+        assert_eq!(route(&[], 128), vec![]);
     }
 }

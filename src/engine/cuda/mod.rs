@@ -1,6 +1,7 @@
 //! The CUDA engine (cudarc): weights on the GPU in their stored dtype, f32
 //! activations, NVRTC kernels ([`compile`]), batch-invariant matrix-vector
-//! products for up to [`MATVEC_MAX_ROWS`] rows and cuBLAS beyond (prefill).
+//! products, and cuBLAS for a session segment of more than
+//! [`MATVEC_MAX_ROWS`] rows (a long prompt).
 //!
 //! The engine's trait methods cannot return errors, so a CUDA failure in the
 //! middle of a pass (a lost device, an out-of-memory allocation) panics with
@@ -34,12 +35,14 @@ use cudarc::driver::{
 use parking_lot::Mutex;
 use std::sync::Arc;
 
-/// Passes of at most this many rows use the batch-invariant matvec kernel
-/// (16 rows a launch); larger ones (prompts) use cuBLAS, whose result for a
-/// row may depend on the row count. Decode steps, verify passes and batched
-/// sessions up to this size are therefore bit-reproducible whatever the batch.
-/// `LAYERSKIP_CUDA_MATVEC_MAX_ROWS`, read when a model loads, moves the
-/// crossover (for tuning, and for the test of the cuBLAS path).
+/// The largest session segment that takes the batch-invariant matvec kernel
+/// (16 rows a launch). A segment of more rows, a long prompt, goes to cuBLAS
+/// on its own (`launch::route`); cuBLAS may round a row differently with the
+/// row count, but the rule depends only on the session's own rows, so a
+/// session gets the same bits whatever else shares the pass. The exit head
+/// always takes the matvec kernel. `LAYERSKIP_CUDA_MATVEC_MAX_ROWS`, read
+/// when a model loads, moves the crossover (for tuning, and for the test of
+/// the cuBLAS path).
 pub const MATVEC_MAX_ROWS: usize = 128;
 
 /// A tuning knob from the environment, or its default.
@@ -64,6 +67,53 @@ const MATVEC_WARPS: u32 = 8;
 pub fn driver_present() -> bool {
     // SAFETY: only tries to dlopen the library.
     unsafe { drv::is_culib_present() }
+}
+
+/// Steps allocate their buffers from the device's stream-ordered pool. Its
+/// default release threshold (0) hands memory back to the driver at every
+/// synchronisation, so each step would map it again: keep it instead.
+fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
+    ctx.bind_to_thread()
+        .map_err(|e| cuda_err("binding the context", e))?;
+    let mut pool: drv::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: plain driver calls on the current context's device, with
+    // pointers to locals that outlive them.
+    unsafe {
+        drv::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(|e| cuda_err("the memory pool", e))?;
+        drv::cuMemPoolSetAttribute(
+            pool,
+            drv::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .map_err(|e| cuda_err("the memory pool's release threshold", e))
+    }
+}
+
+/// Whether cuBLAS can be loaded.
+pub fn cublas_present() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { blas_sys::is_culib_present() }
+}
+
+/// Ok when cuBLAS can be loaded; otherwise an error naming every library
+/// name cudarc tries (its loader panics when none is found).
+pub fn check_cublas() -> Result<()> {
+    if cublas_present() {
+        return Ok(());
+    }
+    let tried = cudarc::get_lib_name_candidates("cublas").join(", ");
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "device cuda: cuBLAS not found (tried {tried}). Install cuBLAS (the CUDA \
+             toolkit or the nvidia-cublas-cu12 wheel) and put its directory on \
+             LD_LIBRARY_PATH; a CUDA 13 cuBLAS must also be linked as libcublas.so"
+        ),
+    ))
 }
 
 /// A failure of a CUDA library, as this crate's error kinds see it.
@@ -185,7 +235,9 @@ impl CudaEngine {
         // allocated yet.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        keep_pool_memory(&ctx)?;
         let (k, arch) = Kernels::load(&ctx)?;
+        check_cublas()?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS", e))?;
 
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
@@ -358,8 +410,10 @@ impl Engine for CudaEngine {
         let mut gate_up = ws.take(s, Buf::GateUp, rows * 2 * inter);
         let mut act = ws.take(s, Buf::Act, rows * inter);
 
+        // Rows per session: products route each session's rows alone.
+        let seg_rows: Vec<usize> = segments.iter().map(|s| s.rows).collect();
         self.rms_norm(&x.view(), rows, &w.attn_norm, &mut xn);
-        self.matmul(&xn.slice(..rows * h), rows, &w.qkv, &mut qkv);
+        self.matmul(&xn.slice(..rows * h), &seg_rows, &w.qkv, &mut qkv);
 
         // Every row belongs to exactly one segment, so attention writes all of attn.
         let (ih, ikv, ihd) = (nh as i32, nkv as i32, hd as i32);
@@ -393,17 +447,17 @@ impl Engine for CudaEngine {
             let mut os = attn.slice_mut(r0 * qd..(r0 + n) * qd);
             self.attention(&mut ws, layer, seg, &qs, &mut os, n);
         }
-        self.matmul(&attn.slice(..rows * qd), rows, &w.o, &mut out);
+        self.matmul(&attn.slice(..rows * qd), &seg_rows, &w.o, &mut out);
         self.add(&mut x.buf, &out, rows * h);
 
         self.rms_norm(&x.view(), rows, &w.mlp_norm, &mut xn);
-        self.matmul(&xn.slice(..rows * h), rows, &w.gate_up, &mut gate_up);
+        self.matmul(&xn.slice(..rows * h), &seg_rows, &w.gate_up, &mut gate_up);
         let (ii, n) = (inter as i32, (rows * inter) as i32);
         let mut b = self.stream.launch_builder(&self.k.swiglu);
         b.arg(&gate_up).arg(&mut act).arg(&ii).arg(&n);
         // SAFETY: swiglu(const float* gate_up, float* out, int inter, int n), n = rows * inter.
         ok(unsafe { b.launch(grid(rows * inter, 256)) }.map(|_| ()));
-        self.matmul(&act.slice(..rows * inter), rows, &w.down, &mut out);
+        self.matmul(&act.slice(..rows * inter), &seg_rows, &w.down, &mut out);
         self.add(&mut x.buf, &out, rows * h);
 
         for (b, buf) in [
@@ -489,6 +543,19 @@ impl Engine for CudaEngine {
 mod tests {
     use super::*;
     use cudarc::driver::sys::CUresult;
+
+    #[test]
+    fn a_missing_cublas_is_an_error_naming_what_was_tried() {
+        match check_cublas() {
+            Ok(()) => assert!(cublas_present()),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Unsupported);
+                for name in ["libcublas.so", "libcublas.so.12"] {
+                    assert!(e.message().contains(name), "{e}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn cuda_failures_are_device_or_out_of_memory_errors() {

@@ -111,9 +111,59 @@ impl Rows for DeviceActs {
     }
 }
 
-/// Per-layer K/V on the device, `capacity x kv_dim` each, position-major. The
-/// session tracks each layer's length, so truncation copies nothing.
+/// Per-layer K/V on the device, position-major, grown on demand up to the
+/// session's `capacity` positions (`kv_grown`): a session asking for a
+/// model's whole context (128k positions for Llama 3) holds only what it
+/// uses. The session tracks each layer's length, so truncation copies
+/// nothing.
 pub struct CudaKv {
     pub(crate) k: Vec<CudaSlice<f32>>,
     pub(crate) v: Vec<CudaSlice<f32>>,
+    /// Positions each layer's buffers hold now.
+    pub(crate) allocated: Vec<usize>,
+    pub(crate) capacity: usize,
+}
+
+/// Positions a layer's K/V buffers grow to when `needed` exceed the
+/// `current` ones: at least double (so appends cost amortised O(1) copies),
+/// at least `KV_MIN_POSITIONS`, at most `capacity`.
+pub(crate) fn kv_grown(current: usize, needed: usize, capacity: usize) -> usize {
+    if needed <= current {
+        return current;
+    }
+    needed
+        .max(current * 2)
+        .max(KV_MIN_POSITIONS)
+        .min(capacity.max(needed))
+}
+
+/// A new session's K/V buffers start with this many positions.
+pub(crate) const KV_MIN_POSITIONS: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_buffers_grow_geometrically_up_to_the_capacity() {
+        // A 128k-position session starts small.
+        assert_eq!(kv_grown(0, 1, 131_072), KV_MIN_POSITIONS);
+        assert_eq!(kv_grown(256, 256, 131_072), 256);
+        assert_eq!(kv_grown(256, 257, 131_072), 512);
+        assert_eq!(kv_grown(512, 2000, 131_072), 2000);
+        assert_eq!(kv_grown(65_536, 65_537, 100_000), 100_000);
+        // Never below what a pass needs, never above the capacity.
+        assert_eq!(kv_grown(0, 40, 40), 40);
+        let mut cur = 0;
+        let mut grows = 0;
+        for pos in 1..=131_072 {
+            let next = kv_grown(cur, pos, 131_072);
+            assert!(next >= pos && next <= 131_072);
+            if next != cur {
+                grows += 1;
+                cur = next;
+            }
+        }
+        assert!(grows <= 10, "{grows} reallocations for 128k positions");
+    }
 }

@@ -17,7 +17,7 @@ mod memory;
 mod weights;
 
 use compile::Kernels;
-use memory::{scratch, Buf, Workspace};
+use memory::{kv_grown, scratch, Buf, Workspace};
 pub use memory::{CudaKv, DeviceActs};
 use weights::{DevMat, LayerWeights, Matrix};
 
@@ -296,6 +296,25 @@ impl CudaEngine {
         })
     }
 
+    /// Makes `layer`'s K/V buffers of `kv` hold at least `positions`,
+    /// copying what they hold into larger ones ([`kv_grown`]).
+    fn grow_kv(&self, kv: &mut CudaKv, layer: usize, positions: usize) {
+        let cur = kv.allocated[layer];
+        let next = kv_grown(cur, positions, kv.capacity);
+        if next == cur {
+            return;
+        }
+        let kvd = self.cfg.kv_dim();
+        for buf in [&mut kv.k[layer], &mut kv.v[layer]] {
+            let mut bigger = ok(self.stream.alloc_zeros::<f32>(next * kvd));
+            ok(self
+                .stream
+                .memcpy_dtod(&buf.slice(..cur * kvd), &mut bigger.slice_mut(..cur * kvd)));
+            *buf = bigger;
+        }
+        kv.allocated[layer] = next;
+    }
+
     fn head_matrix(&self) -> &Matrix {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
@@ -340,11 +359,15 @@ impl Engine for CudaEngine {
     }
 
     fn new_kv(&self, capacity: usize) -> CudaKv {
-        let n = (capacity * self.cfg.kv_dim()).max(1);
+        let first = kv_grown(0, 1, capacity.max(1));
+        let n = first * self.cfg.kv_dim();
         let alloc = || ok(self.stream.alloc_zeros::<f32>(n));
+        let layers = self.cfg.num_layers;
         CudaKv {
-            k: (0..self.cfg.num_layers).map(|_| alloc()).collect(),
-            v: (0..self.cfg.num_layers).map(|_| alloc()).collect(),
+            k: (0..layers).map(|_| alloc()).collect(),
+            v: (0..layers).map(|_| alloc()).collect(),
+            allocated: vec![first; layers],
+            capacity: capacity.max(1),
         }
     }
 
@@ -425,6 +448,7 @@ impl Engine for CudaEngine {
             if n == 0 {
                 continue;
             }
+            self.grow_kv(seg.kv, layer, pos0 + n);
             let (ip, istride) = (pos0 as i32, stride as i32);
             let mut rows_qkv = qkv.slice_mut(r0 * stride..(r0 + n) * stride);
             let mut b = self.stream.launch_builder(&self.k.rope_store);

@@ -148,15 +148,23 @@ extern "C" __global__ void matvec_bf16(const __nv_bfloat16* w, const float* x, f
     matvec(w, x, y, n_out, k, rows);
 }
 
-// f32 activations rounded to the weights' dtype, for cuBLAS products of
-// many rows (prefill), whose operands must share a dtype.
-extern "C" __global__ void f32_to_f16(const float* x, __half* y, int n) {
+// f32 activations in the weights' dtype, for cuBLAS products of a long
+// prompt, whose operands must share a dtype: `low == 0` gives the rounded
+// value (the high part), `low == 1` what that rounding left (the low part),
+// so that W·x = W·high + W·low to about 2^-16 instead of 2^-8.
+extern "C" __global__ void f32_to_f16(const float* x, __half* y, int n, int low) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = __float2half_rn(x[i]);
+    if (i < n) {
+        const __half hi = __float2half_rn(x[i]);
+        y[i] = low ? __float2half_rn(x[i] - __half2float(hi)) : hi;
+    }
 }
-extern "C" __global__ void f32_to_bf16(const float* x, __nv_bfloat16* y, int n) {
+extern "C" __global__ void f32_to_bf16(const float* x, __nv_bfloat16* y, int n, int low) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = __float2bfloat16_rn(x[i]);
+    if (i < n) {
+        const __nv_bfloat16 hi = __float2bfloat16_rn(x[i]);
+        y[i] = low ? __float2bfloat16_rn(x[i] - __bfloat162float(hi)) : hi;
+    }
 }
 
 // out[r, :] = table[tokens[r], :] as f32. One block per row.

@@ -90,19 +90,21 @@ impl CudaEngine {
     ) {
         use blas_sys::cudaDataType_t as T;
         let n = rows * m.cols;
-        let half_x = |f: &CudaFunction| -> CudaSlice<u16> {
+        // The high (`low` 0) or low (1) half-precision part of x.
+        let half_x = |f: &CudaFunction, low: i32| -> CudaSlice<u16> {
             let mut out = scratch::<u16>(&self.stream, n);
             let len = n as i32;
             let mut b = self.stream.launch_builder(f);
-            b.arg(x).arg(&mut out).arg(&len);
-            // SAFETY: f32_to_{f16,bf16}(const float*, half*, int) over n elements.
+            b.arg(x).arg(&mut out).arg(&len).arg(&low);
+            // SAFETY: f32_to_{f16,bf16}(const float*, half*, int, int) over n elements.
             ok(unsafe { b.launch(grid(n, 256)) }.map(|_| ()));
             out
         };
         let blas = self.blas.lock();
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let alpha = 1.0f32;
         let (mm, nn, kk) = (m.rows as i32, rows as i32, m.cols as i32);
-        let mut run = |w: u64, wt: T, xp: u64, xt: T| {
+        // y = W·x (beta 0), or y += W·x (beta 1).
+        let mut run = |w: u64, wt: T, xp: u64, xt: T, beta: f32| {
             let (yp, _sync) = y.device_ptr_mut(&self.stream);
             // SAFETY: pointers are live device buffers of the stated dtypes and sizes.
             unsafe {
@@ -130,24 +132,30 @@ impl CudaEngine {
             }
             .unwrap_or_else(|e| std::panic::panic_any(DeviceFailure(cuda_err("cuBLAS GemmEx", e))));
         };
-        match &m.w {
+        // Half-precision weights: x as a high and a low part, two products
+        // summed in f32 (activations rounded once would err by ~2^-8).
+        let ((wp, _a), dtype, to_half) = match &m.w {
             DevMat::F32(w) => {
                 let (wp, _a) = w.device_ptr(&self.stream);
                 let (xp, _b) = x.device_ptr(&self.stream);
-                run(wp, T::CUDA_R_32F, xp, T::CUDA_R_32F);
+                run(wp, T::CUDA_R_32F, xp, T::CUDA_R_32F, 0.0);
+                return;
             }
-            DevMat::F16(w) => {
-                let xh = half_x(&self.k.f32_to_f16);
-                let (wp, _a) = w.device_ptr(&self.stream);
-                let (xp, _b) = xh.device_ptr(&self.stream);
-                run(wp, T::CUDA_R_16F, xp, T::CUDA_R_16F);
-            }
-            DevMat::Bf16(w) => {
-                let xh = half_x(&self.k.f32_to_bf16);
-                let (wp, _a) = w.device_ptr(&self.stream);
-                let (xp, _b) = xh.device_ptr(&self.stream);
-                run(wp, T::CUDA_R_16BF, xp, T::CUDA_R_16BF);
-            }
+            DevMat::F16(w) => (
+                w.device_ptr(&self.stream),
+                T::CUDA_R_16F,
+                &self.k.f32_to_f16,
+            ),
+            DevMat::Bf16(w) => (
+                w.device_ptr(&self.stream),
+                T::CUDA_R_16BF,
+                &self.k.f32_to_bf16,
+            ),
+        };
+        for (low, beta) in [(0, 0.0), (1, 1.0)] {
+            let part = half_x(to_half, low);
+            let (xp, _b) = part.device_ptr(&self.stream);
+            run(wp, dtype, xp, dtype, beta);
         }
     }
 
@@ -315,6 +323,48 @@ pub(super) fn route(segments: &[usize], max: usize) -> Vec<(usize, usize, bool)>
 #[cfg(test)]
 mod tests {
     use super::route;
+    use half::bf16;
+
+    /// The cuBLAS path's numerics, emulated: bf16 weights times f32
+    /// activations that cuBLAS must take in bf16. Rounding the activations
+    /// once errs by ~2^-9 of a product's size; a high and a low bf16 part
+    /// (two products summed in f32) by ~2^-17, so a long prompt's logits
+    /// stay within the GPU tests' 1e-3 of the CPU engine's exact f32 sums.
+    #[test]
+    fn a_high_and_a_low_part_make_bf16_products_nearly_exact() {
+        let (k, outs) = (2048, 64);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let w: Vec<f32> = (0..outs * k)
+            .map(|_| bf16::from_f32(rand()).to_f32())
+            .collect();
+        let x: Vec<f32> = (0..k).map(|_| rand() * 3.0).collect();
+        let round = |v: f32| bf16::from_f32(v).to_f32();
+        let hi: Vec<f32> = x.iter().map(|&v| round(v)).collect();
+        let lo: Vec<f32> = x.iter().zip(&hi).map(|(&v, &h)| round(v - h)).collect();
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |s, (p, q)| p.mul_add(*q, s));
+        let (mut err_once, mut err_split, mut norm) = (0f64, 0f64, 0f64);
+        for row in w.chunks(k) {
+            let exact = row
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>();
+            let once = dot(row, &hi) as f64;
+            let split = (dot(row, &hi) + dot(row, &lo)) as f64;
+            err_once += (once - exact).powi(2);
+            err_split += (split - exact).powi(2);
+            norm += exact.powi(2);
+        }
+        let (once, split) = ((err_once / norm).sqrt(), (err_split / norm).sqrt());
+        assert!(once > 5e-4, "rounding once: relative error {once:e}");
+        assert!(split < 1e-5, "high and low parts: relative error {split:e}");
+    }
 
     #[test]
     fn each_session_takes_its_own_path_whatever_shares_the_pass() {

@@ -171,11 +171,13 @@ fn gpu_picks_on_the_device_equal_picks_of_the_copied_logits() {
             u,
         };
         let rules: Vec<PickRule> = (0..prompt.len())
-            .map(|i| match i % 5 {
+            .map(|i| match i % 6 {
                 0 | 1 => PickRule::Greedy,
                 2 => sample(1.0, 0, 1.0, (i as f32 * 0.37) % 1.0),
                 3 => sample(0.7, 5, 1.0, (i as f32 * 0.61) % 1.0),
-                _ => sample(1.3, 0, 0.8, (i as f32 * 0.29) % 1.0),
+                4 => sample(1.3, 0, 0.8, (i as f32 * 0.29) % 1.0),
+                // top-k and top-p together.
+                _ => sample(0.9, 8, 0.7, (i as f32 * 0.43) % 1.0),
             })
             .collect();
         let mut out = layerskip::engine::HeadOutput::new(vocab);
@@ -203,5 +205,51 @@ fn gpu_picks_on_the_device_equal_picks_of_the_copied_logits() {
             rules.len()
         );
         assert!(differ * 10 <= rules.len(), "{name}: {differ} draws differ");
+    }
+}
+
+/// Several sessions in one pass (segments, row offsets, several caches):
+/// each session's logits are the bits it gets alone.
+#[test]
+fn gpu_sessions_in_one_pass_get_the_bits_they_get_alone() {
+    use layerskip::{forward_batch, BatchItem};
+    for name in FIXTURES {
+        let Some(model) = gpu_model(name, "GPU sessions in one pass") else {
+            return;
+        };
+        let p = prompts(name);
+        let feeds: Vec<&[u32]> = vec![&p[0][..], &p[1][..3], &p[2][..1]];
+        let alone: Vec<Vec<f32>> = feeds
+            .iter()
+            .map(|t| {
+                let mut s = Session::new(model.clone(), 0).unwrap();
+                s.forward(t, model.num_layers(), Logits::All).unwrap();
+                s.logits().to_vec()
+            })
+            .collect();
+        let mut sessions: Vec<Session> = (0..feeds.len())
+            .map(|_| Session::new(model.clone(), 0).unwrap())
+            .collect();
+        let mut items: Vec<BatchItem> = sessions
+            .iter_mut()
+            .zip(&feeds)
+            .map(|(s, t)| BatchItem {
+                session: s,
+                tokens: t,
+                exit: model.num_layers(),
+                logits: Logits::All,
+                pick: None,
+            })
+            .collect();
+        for r in forward_batch(&mut items) {
+            r.unwrap();
+        }
+        drop(items);
+        for (i, s) in sessions.iter().enumerate() {
+            assert!(
+                s.logits() == &alone[i][..],
+                "{name}: session {i} differs in a batch"
+            );
+        }
     }
 }

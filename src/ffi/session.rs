@@ -205,20 +205,7 @@ pub extern "C" fn lsk_session_logits(
     n_vocab: *mut usize,
     err: *mut *mut lsk_error,
 ) -> lsk_result {
-    boundary(err, || {
-        with_session(session, |st| {
-            need(logits, "logits")?;
-            need(n_vocab, "n_vocab")?;
-            let row = st.session.last_logits();
-            if row.is_empty() {
-                return Err(FfiError::invalid(
-                    "no logits: call lsk_session_prefill or lsk_session_step first",
-                ));
-            }
-            unsafe { put(logits, row.as_ptr(), "logits") }?;
-            unsafe { put(n_vocab, row.len(), "n_vocab") }
-        })
-    })
+    lsk_session_logits_ith(session, -1, logits, n_vocab, err)
 }
 
 /// Row `i` of the logits the last call produced: a verify one row per draft
@@ -241,6 +228,11 @@ pub extern "C" fn lsk_session_logits_ith(
             let vocab = st.session.model().config.vocab_size;
             let all = st.session.logits();
             let rows = all.len() / vocab;
+            if rows == 0 {
+                return Err(FfiError::invalid(
+                    "no logits: call lsk_session_prefill, lsk_session_step or lsk_session_verify first",
+                ));
+            }
             let row = if i < 0 {
                 rows.checked_sub(i.unsigned_abs() as usize)
             } else {

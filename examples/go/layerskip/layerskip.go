@@ -467,3 +467,135 @@ func (s *Session) Step(token int32, exitLayer int) (int32, error) {
 	runtime.KeepAlive(s)
 	return int32(next), check(r, cerr)
 }
+
+// session runs f with the session's handle held for the call.
+func (s *Session) session(f func(h *C.lsk_session) error) error {
+	p, err := s.ref.acquire()
+	if err != nil {
+		return err
+	}
+	defer s.ref.release()
+	return f((*C.lsk_session)(p))
+}
+
+// Prefill feeds tokens at full depth and returns the greedy next token.
+func (s *Session) Prefill(tokens []int32) (int32, error) {
+	var next C.int32_t
+	err := s.session(func(h *C.lsk_session) error {
+		var cerr *C.lsk_error
+		r := C.lsk_session_prefill(h, idsPtr(tokens), C.size_t(len(tokens)), nil, &next, &cerr)
+		runtime.KeepAlive(tokens)
+		return check(r, cerr)
+	})
+	return int32(next), err
+}
+
+// Logits returns a copy of row i of the last call's logits (a verify: one
+// row per draft plus one); negative i counts from the end (-1: the newest).
+func (s *Session) Logits(i int) ([]float32, error) {
+	var out []float32
+	err := s.session(func(h *C.lsk_session) error {
+		var p *C.float
+		var n C.size_t
+		var cerr *C.lsk_error
+		if err := check(C.lsk_session_logits_ith(h, C.int32_t(i), &p, &n, &cerr), cerr); err != nil {
+			return err
+		}
+		out = append([]float32(nil), unsafe.Slice((*float32)(unsafe.Pointer(p)), int(n))...)
+		return nil
+	})
+	return out, err
+}
+
+// Draft proposes up to maxDrafts greedy tokens with layers 0..exitLayer after
+// next (the last accepted token, not yet fed). Follow with Verify.
+func (s *Session) Draft(next int32, exitLayer, maxDrafts int) ([]int32, error) {
+	if maxDrafts < 1 {
+		return nil, &Error{Code: ErrInvalidArgument, Message: "maxDrafts must be at least 1"}
+	}
+	drafts := make([]int32, maxDrafts)
+	var n C.size_t
+	err := s.session(func(h *C.lsk_session) error {
+		var cerr *C.lsk_error
+		r := C.lsk_session_draft(h, C.int32_t(next), C.uint32_t(exitLayer), C.uint32_t(maxDrafts), nil,
+			idsPtr(drafts), C.size_t(len(drafts)), &n, &cerr)
+		return check(r, cerr)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return drafts[:n], nil
+}
+
+// Verify checks drafts proposed after next with the full model (greedy):
+// how many it accepts, and the token after them.
+func (s *Session) Verify(next int32, drafts []int32) (accepted int, tokenAfter int32, err error) {
+	var acc C.size_t
+	var after C.int32_t
+	err = s.session(func(h *C.lsk_session) error {
+		var cerr *C.lsk_error
+		r := C.lsk_session_verify(h, C.int32_t(next), idsPtr(drafts), C.size_t(len(drafts)), nil, &acc, &after, &cerr)
+		runtime.KeepAlive(drafts)
+		return check(r, cerr)
+	})
+	return int(acc), int32(after), err
+}
+
+// Rewind forgets every position from length on.
+func (s *Session) Rewind(length int) error {
+	return s.session(func(h *C.lsk_session) error {
+		var cerr *C.lsk_error
+		return check(C.lsk_session_rewind(h, C.size_t(length), &cerr), cerr)
+	})
+}
+
+// Stats are a session's counters over its life.
+type Stats struct {
+	Drafted, Accepted, Rounds    uint64
+	DraftSeconds, VerifySeconds  float64
+	ShallowLen, DeepLen, Context int
+}
+
+// Stats returns the session's counters.
+func (s *Session) Stats() (Stats, error) {
+	var st C.lsk_stats
+	C.lsk_stats_init(&st, C.size_t(unsafe.Sizeof(st)))
+	err := s.session(func(h *C.lsk_session) error {
+		var cerr *C.lsk_error
+		return check(C.lsk_session_stats(h, &st, &cerr), cerr)
+	})
+	return Stats{uint64(st.drafted), uint64(st.accepted), uint64(st.rounds), float64(st.draft_seconds),
+		float64(st.verify_seconds), int(st.shallow_len), int(st.deep_len), int(st.context_length)}, err
+}
+
+// Choice is a run of rounds of the last Generate that used one (E, d);
+// DraftLen 0 means full-depth steps.
+type Choice struct {
+	FirstToken, ExitLayer, DraftLen int
+	Rounds, Tokens                  uint64
+}
+
+// Choices returns the (E, d) spans of the last Generate.
+func (s *Session) Choices() ([]Choice, error) {
+	var out []Choice
+	err := s.session(func(h *C.lsk_session) error {
+		var n C.size_t
+		var cerr *C.lsk_error
+		if err := check(C.lsk_session_choices(h, nil, 0, &n, &cerr), cerr); err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		spans := make([]C.lsk_choice_span, int(n))
+		cerr = nil
+		if err := check(C.lsk_session_choices(h, &spans[0], n, &n, &cerr), cerr); err != nil {
+			return err
+		}
+		for _, c := range spans[:n] {
+			out = append(out, Choice{int(c.first_token), int(c.exit_layer), int(c.draft_len), uint64(c.rounds), uint64(c.tokens)})
+		}
+		return nil
+	})
+	return out, err
+}

@@ -234,3 +234,68 @@ func TestConcurrentSessionsOnOneModel(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// The low-level calls reproduce Generate's greedy stream: prefill, then
+// rounds of draft and verify; logits rows, rewind and stats work.
+func TestLowLevelCallsMatchGenerate(t *testing.T) {
+	m := load(t)
+	prompt, _ := m.Tokenize("def g(y):", true)
+	s, err := m.NewSession(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want, err := s.Generate(prompt, Options{MaxNewTokens: 12, IgnoreEOS: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	low, _ := m.NewSession(0, 0)
+	defer low.Close()
+	next, err := low.Prefill(prompt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if row, err := low.Logits(-1); err != nil || len(row) == 0 {
+		t.Fatal(row, err)
+	}
+	got := []int32{next}
+	for len(got) < 12 {
+		drafts, err := low.Draft(next, 1, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acc, after, err := low.Verify(next, drafts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, drafts[:acc]...)
+		got = append(got, after)
+		next = after
+	}
+	for i := range want.Tokens {
+		if got[i] != want.Tokens[i] {
+			t.Fatalf("token %d: %d, Generate gave %d", i, got[i], want.Tokens[i])
+		}
+	}
+	st, err := low.Stats()
+	if err != nil || st.Drafted == 0 || st.Rounds == 0 {
+		t.Fatal(st, err)
+	}
+	if err := low.Rewind(len(prompt)); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := low.Stats(); st.ShallowLen != len(prompt) {
+		t.Fatalf("after rewind: %+v", st)
+	}
+	if _, err := low.Logits(99); !IsCode(err, ErrInvalidArgument) {
+		t.Fatalf("want ErrInvalidArgument, got %v", err)
+	}
+	auto, _ := m.NewSession(0, 0)
+	defer auto.Close()
+	if _, err := auto.Generate(prompt, Options{MaxNewTokens: 8, Mode: ModeSelfSpeculative, ExitLayer: Auto, DraftLen: Auto, IgnoreEOS: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if spans, err := auto.Choices(); err != nil || len(spans) == 0 {
+		t.Fatal(spans, err)
+	}
+}

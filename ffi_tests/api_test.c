@@ -8,6 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+static int32_t abort_now(void *user) {
+    (void)user;
+    return 1;
+}
+
 static int passed = 0, failed = 0;
 #define CHECK(cond)                                                        \
     do {                                                                   \
@@ -478,6 +483,22 @@ int main(int argc, char **argv) {
         EXPECT(LSK_OK, lsk_session_verify(d, after, NULL, 0, NULL, &acc, &after, &err_));
         CHECK(acc == 0 && after == full[4]);
         lsk_session_free(d);
+    }
+
+    /* An abort callback stops a prefill between layers; the session is as it was. */
+    {
+        lsk_session *a = NULL;
+        int32_t next = -1;
+        EXPECT(LSK_OK, lsk_session_new(model, NULL, &a, &err_));
+        EXPECT(LSK_OK, lsk_session_set_abort(a, abort_now, NULL, &err_));
+        EXPECT(LSK_ERR_ABORTED, lsk_session_prefill(a, prompt, np, NULL, &next, &err_));
+        lsk_stats_init(&st, sizeof st);
+        EXPECT(LSK_OK, lsk_session_stats(a, &st, &err_));
+        CHECK(st.shallow_len == 0 && st.deep_len == 0 && next == -1);
+        EXPECT(LSK_OK, lsk_session_set_abort(a, NULL, NULL, &err_));
+        EXPECT(LSK_OK, lsk_session_prefill(a, prompt, np, NULL, &next, &err_));
+        CHECK(next == full[0]);
+        lsk_session_free(a);
     }
 
     /* Context overflow keeps the session and what it holds. */

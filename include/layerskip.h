@@ -104,6 +104,9 @@ enum lsk_result
   LSK_ERR_DEVICE = 15,
   // The device ran out of memory.
   LSK_ERR_OUT_OF_MEMORY = 16,
+  // The session's abort callback stopped the call; the session is as it
+  // was before it.
+  LSK_ERR_ABORTED = 17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -366,6 +369,11 @@ typedef struct lsk_session_options {
   uint64_t seed;
 } lsk_session_options;
 
+// Asked between layers of every pass on a session; non-zero stops the call
+// (`LSK_ERR_ABORTED`), leaving the session as it was before it. Runs on the
+// decoding thread; it must not call into the session.
+typedef int32_t (*lsk_abort_callback)(void *user_data);
+
 // Consecutive rounds of the last `lsk_session_generate` that used one (E, d).
 typedef struct lsk_choice_span {
   // Index of the first generated token these rounds produced.
@@ -583,6 +591,16 @@ lsk_result lsk_session_logits(struct lsk_session *session,
                               const float **logits,
                               size_t *n_vocab,
                               struct lsk_error **err);
+
+// Set (or, with NULL, remove) the session's abort callback: checked
+// between layers of every pass, so a long prefill can be stopped. A call it
+// stops fails with `LSK_ERR_ABORTED` and leaves the session as it was
+// before that call. It runs on the thread that decodes and must not call
+// into the session.
+lsk_result lsk_session_set_abort(struct lsk_session *session,
+                                 lsk_abort_callback callback,
+                                 void *user_data,
+                                 struct lsk_error **err);
 
 // Row `i` of the logits the last call produced: a verify one row per draft
 // plus one (row k scores the token after draft k), a prefill or step the

@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Device,
     /// The device ran out of memory.
     OutOfMemory,
+    /// The session's abort callback asked to stop; the pass left nothing behind.
+    Aborted,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -44,7 +44,12 @@ pub struct Session<E: Engine = Backend> {
     probe_out: HeadOutput,
     /// KV-cache bytes reserved against the model's budget.
     kv_reserved: u64,
+    /// Asked between layers; `true` stops the pass ([`Session::set_abort`]).
+    abort: Option<AbortFn>,
 }
+
+/// A session's abort check: `true` stops the pass in progress.
+pub type AbortFn = Box<dyn Fn() -> bool + Send>;
 
 impl<E: Engine> Drop for Session<E> {
     fn drop(&mut self) {
@@ -114,6 +119,8 @@ fn forward_batch_in<E: Engine>(
             it.session.check(it.tokens, it.exit).map(|_| 0)
         })
         .collect();
+    let start_lens: Vec<usize> = items.iter().map(|it| it.session.shallow_len()).collect();
+    let mut aborted = vec![false; items.len()];
     let mut xs: Vec<Option<E::Acts>> = items
         .iter_mut()
         .zip(&results)
@@ -133,6 +140,18 @@ fn forward_batch_in<E: Engine>(
         .unwrap_or(0);
 
     for l in 0..max_exit {
+        // A session whose abort check fires stops here: the rows that left
+        // layer l - 1 wait at exit l, as after an early exit (lagging rows
+        // caught up so far stay caught up), and its new positions go below.
+        for (i, it) in items.iter_mut().enumerate() {
+            if it.exit > l && xs[i].is_some() && it.session.abort.as_ref().is_some_and(|f| f()) {
+                let x = xs[i].take().expect("checked");
+                if l > 0 && x.rows() > 0 {
+                    it.session.cache.push_pending(l, x);
+                }
+                aborted[i] = true;
+            }
+        }
         // Rows for layer l: per session, its lagging rows, then the new ones.
         let mut batch: Option<E::Acts> = None;
         let mut members: Vec<(usize, usize, usize)> = Vec::new(); // (item, pos0, rows)
@@ -183,6 +202,18 @@ fn forward_batch_in<E: Engine>(
             s.layer_rows[l] += rows as u64;
             s.probe(l + 1, &x, pos0);
             xs[i] = Some(x);
+        }
+    }
+
+    for (i, it) in items.iter_mut().enumerate() {
+        if aborted[i] {
+            it.session
+                .rewind(start_lens[i])
+                .expect("the positions before the pass are still there");
+            results[i] = Err(Error::new(
+                ErrorKind::Aborted,
+                "aborted by the abort callback",
+            ));
         }
     }
 
@@ -315,12 +346,20 @@ impl<E: Engine> Session<E> {
             probes: Vec::new(),
             probe_out: HeadOutput::new(vocab),
             kv_reserved,
+            abort: None,
         })
     }
 
     /// Drafted, accepted and verify-round counts over the session's life.
     pub fn spec_stats(&self) -> SpecStats {
         self.spec.stats
+    }
+
+    /// Check `f` between layers of every pass: when it returns true the pass
+    /// stops, the session is left as it was before the pass, and the call
+    /// fails with [`ErrorKind::Aborted`]. `None` removes the check.
+    pub fn set_abort(&mut self, f: Option<AbortFn>) {
+        self.abort = f;
     }
 
     pub(crate) fn spec(&self) -> &SpecState {

@@ -150,3 +150,56 @@ fn bad_token_ids_and_exit_layers_are_clear_errors() {
     }
     assert_eq!(s.shallow_len(), 0);
 }
+
+/// A pass stopped by the abort check leaves the session as it was: rows
+/// that were catching up stay consistent, the new positions go, and the
+/// same pass run again gives what a session never aborted gives.
+#[test]
+fn an_aborted_pass_leaves_the_session_as_it_was() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let name = "mha-f32";
+    let model = load(name);
+    let l = model.num_layers();
+    let p: Vec<u32> = prompts(name).concat();
+    assert!(p.len() >= 8, "{} prompt tokens", p.len());
+    let (head, more) = (&p[..4], &p[4..]);
+    // Both sessions: a prompt, then two early-exit steps (lagging rows).
+    let prepare = || {
+        let mut s = layerskip::Session::new(model.clone(), 0).unwrap();
+        s.forward(head, l, Logits::None).unwrap();
+        s.forward(&more[..1], 1, Logits::None).unwrap();
+        s.forward(&more[1..2], 1, Logits::None).unwrap();
+        s
+    };
+    let mut plain = prepare();
+    let mut aborted = prepare();
+    for stop_before in 0..l {
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        aborted.set_abort(Some(Box::new(move || {
+            c.fetch_add(1, Ordering::SeqCst) >= stop_before
+        })));
+        let before = (aborted.tokens().to_vec(), aborted.layer_lens().to_vec());
+        let err = aborted.forward(&more[2..], l, Logits::All).unwrap_err();
+        assert_eq!(err.kind(), layerskip::ErrorKind::Aborted, "{err}");
+        assert_eq!(
+            aborted.tokens(),
+            &before.0[..],
+            "stopped before layer {stop_before}"
+        );
+        assert!(aborted.shallow_len() == before.1[0]);
+        // Lagging layers may have caught up on old positions; none holds a
+        // new one.
+        for (b, &now) in aborted.layer_lens().iter().enumerate() {
+            assert!(now <= before.1[0], "layer {b} holds a new position");
+        }
+    }
+    aborted.set_abort(None);
+    plain.forward(&more[2..], l, Logits::All).unwrap();
+    aborted.forward(&more[2..], l, Logits::All).unwrap();
+    assert!(
+        aborted.logits() == plain.logits(),
+        "after aborts, the pass differs"
+    );
+    assert_eq!(aborted.layer_lens(), plain.layer_lens());
+}

@@ -46,6 +46,9 @@ pub enum lsk_result {
     LSK_ERR_DEVICE = 15,
     /// The device ran out of memory.
     LSK_ERR_OUT_OF_MEMORY = 16,
+    /// The session's abort callback stopped the call; the session is as it
+    /// was before it.
+    LSK_ERR_ABORTED = 17,
 }
 
 use lsk_result::*;
@@ -91,6 +94,7 @@ impl From<Error> for FfiError {
             ErrorKind::ResourceLimit => LSK_ERR_RESOURCE_LIMIT,
             ErrorKind::Device => LSK_ERR_DEVICE,
             ErrorKind::OutOfMemory => LSK_ERR_OUT_OF_MEMORY,
+            ErrorKind::Aborted => LSK_ERR_ABORTED,
         };
         FfiError::new(code, e.message())
     }
@@ -185,6 +189,7 @@ pub extern "C" fn lsk_result_name(code: u32) -> *const c_char {
         14 => c"resource limit",
         15 => c"device failure",
         16 => c"out of device memory",
+        17 => c"aborted",
         _ => c"unknown result code",
     };
     s.as_ptr()

@@ -208,6 +208,51 @@ pub extern "C" fn lsk_session_logits(
     lsk_session_logits_ith(session, -1, logits, n_vocab, err)
 }
 
+/// Asked between layers of every pass on a session; non-zero stops the call
+/// (`LSK_ERR_ABORTED`), leaving the session as it was before it. Runs on the
+/// decoding thread; it must not call into the session.
+pub type lsk_abort_callback = Option<unsafe extern "C" fn(user_data: *mut c_void) -> i32>;
+
+/// The C callback and its data, moved to the decoding threads.
+struct AbortCallback {
+    f: unsafe extern "C" fn(*mut c_void) -> i32,
+    user_data: *mut c_void,
+}
+// SAFETY: the caller hands the callback and its data to the library for
+// calls from the decoding thread (documented on lsk_session_set_abort).
+unsafe impl Send for AbortCallback {}
+
+impl AbortCallback {
+    fn fired(&self) -> bool {
+        // SAFETY: a C function pointer and the data it was given (documented).
+        unsafe { (self.f)(self.user_data) != 0 }
+    }
+}
+
+/// Set (or, with NULL, remove) the session's abort callback: checked
+/// between layers of every pass, so a long prefill can be stopped. A call it
+/// stops fails with `LSK_ERR_ABORTED` and leaves the session as it was
+/// before that call. It runs on the thread that decodes and must not call
+/// into the session.
+#[no_mangle]
+pub extern "C" fn lsk_session_set_abort(
+    session: *mut lsk_session,
+    callback: lsk_abort_callback,
+    user_data: *mut c_void,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        with_session(session, |st| {
+            let abort = callback.map(|f| {
+                let cb = AbortCallback { f, user_data };
+                Box::new(move || cb.fired()) as crate::session::AbortFn
+            });
+            st.session.set_abort(abort);
+            Ok(())
+        })
+    })
+}
+
 /// Row `i` of the logits the last call produced: a verify one row per draft
 /// plus one (row k scores the token after draft k), a prefill or step the
 /// newest position. Negative `i` counts from the end (-1 is the newest row,

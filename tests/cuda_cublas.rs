@@ -3,7 +3,7 @@
 //! loads. Skips, saying why, without a GPU.
 
 mod common;
-use common::gpu::gpu_vs_cpu_error;
+use common::gpu::{gpu_vs_cpu_error, skip_gpu};
 use common::*;
 use layerskip::engine::cuda::driver_present;
 use layerskip::{Device, LoadOptions, Model};
@@ -11,11 +11,7 @@ use layerskip::{Device, LoadOptions, Model};
 #[test]
 fn prompts_through_cublas_match_the_cpu_engine() {
     if !driver_present() {
-        return skip(
-            Some(REQUIRE_GPU),
-            "cuBLAS path",
-            "no CUDA driver on this machine",
-        );
+        return skip_gpu("cuBLAS path", "no CUDA driver on this machine");
     }
     // Every pass of more than 4 rows goes to cuBLAS.
     std::env::set_var("LAYERSKIP_CUDA_MATVEC_MAX_ROWS", "4");

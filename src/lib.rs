@@ -28,8 +28,9 @@ pub use config::{ModelConfig, RopeScaling};
 pub use engine::options::{Device, EngineOptions, KvDtype, Quantize};
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{
-    generate, step_all, ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Generation,
-    Mode, ModeKind, OnToken, Setting, StopReason,
+    generate, round_all, step_all, ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats,
+    Generation, Mode, ModeKind, OnToken, RoundOptions, RoundOutcome, RoundRequest, RoundState,
+    Setting, StopReason,
 };
 pub use model::{LoadOptions, Model};
 pub use sampling::SamplingParams;

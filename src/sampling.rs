@@ -166,6 +166,7 @@ fn nucleus(probs: &[f32], k: usize, top_p: f32) -> Vec<u32> {
 }
 
 /// A seeded random source; the same seed gives the same tokens.
+#[derive(Debug, Clone)]
 pub struct Rng64(ChaCha8Rng);
 
 impl Rng64 {

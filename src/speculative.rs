@@ -132,9 +132,14 @@ impl Drafter {
 
     /// A drafter that drafts nothing.
     pub fn none(exit: usize) -> Drafter {
+        Self::given(exit, Drafts::default())
+    }
+
+    /// A drafter whose drafts are already made (by another drafter).
+    pub fn given(exit: usize, drafts: Drafts) -> Drafter {
         Drafter {
             exit,
-            drafts: Drafts::default(),
+            drafts,
             max: 0,
             feed: None,
             confidence: 0.0,

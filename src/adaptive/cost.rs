@@ -268,6 +268,31 @@ impl CostModel {
             .collect())
     }
 
+    /// The cost of one session's rows in passes that `others` rows of other
+    /// sessions share: what its rows add to each pass (`others = 0` is the
+    /// model itself). Where a pass is memory-bound a few more rows are
+    /// nearly free, so verifying drafts costs little; once the shared pass
+    /// is compute-bound every row costs its share, and speculation, which
+    /// spends rows on drafts that may be rejected, stops paying. A draft
+    /// pass is priced the same way, as if the others drafted too.
+    pub fn shared(&self, others: usize) -> CostModel {
+        if others == 0 {
+            return self.clone();
+        }
+        let added = |t: &[f64]| -> Vec<f64> {
+            let base = at(t, others);
+            (1..=t.len())
+                .map(|r| (at(t, others + r) - base).max(f64::MIN_POSITIVE))
+                .collect()
+        };
+        CostModel {
+            n_layers: self.n_layers,
+            layer: monotone(added(&self.layer)),
+            head: monotone(added(&self.head)),
+            measure_seconds: self.measure_seconds,
+        }
+    }
+
     /// A cost model with given per-row-count times (tests, what-if analysis).
     pub fn from_tables(n_layers: usize, layer: Vec<f64>, head: Vec<f64>) -> CostModel {
         CostModel {
@@ -292,5 +317,18 @@ mod tests {
         assert_eq!(c.full_token(), 4.5);
         // Round at E=1, d=2: 2 draft steps (1 + 0.5), last draft shallow (1), 3 deep layers x 3 rows, head 3 rows.
         assert!((c.round(1, 2) - (3.0 + 1.0 + 4.5 + 0.7)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn shared_passes_price_what_the_rows_add() {
+        let c = CostModel::from_tables(4, vec![1.0, 1.1, 1.2, 2.2, 3.2], vec![0.5; 5]);
+        assert_eq!(c.shared(0), c);
+        let s = c.shared(2);
+        // One row after two others: 1.2 - 1.1; two rows: 2.2 - 1.1.
+        assert!((s.layer(1) - 0.1).abs() < 1e-12);
+        assert!((s.layer(2) - 1.1).abs() < 1e-12);
+        // Past the table: the last increment per row.
+        assert!((s.layer(4) - (3.2 + 1.0 - 1.1)).abs() < 1e-12);
+        assert!(s.head(1) > 0.0, "a row is never free");
     }
 }

@@ -477,6 +477,23 @@ mod tests {
     }
 
     #[test]
+    fn speculation_backs_off_when_many_sessions_share_the_passes() {
+        // Passes are memory-bound up to 8 rows, and every row past them costs
+        // as much as a lone row did.
+        let table = |one: f64| -> Vec<f64> {
+            let mut t: Vec<f64> = (0..8).map(|r| one * (1.0 + 0.02 * r as f64)).collect();
+            t.push(t[7] + one);
+            t
+        };
+        let cost = CostModel::from_tables(8, table(1.0), table(0.5));
+        let acc = tracker(&(1..8).map(|e| (e, 0.9)).collect::<Vec<_>>());
+        let mut alone = Policy::new(AutoSpec::default(), 8, Arc::default());
+        assert!(!alone.choose(&cost, &acc).is_step());
+        let mut crowded = Policy::new(AutoSpec::default(), 8, Arc::default());
+        assert_eq!(crowded.choose(&cost.shared(8), &acc), Choice::full(8));
+    }
+
+    #[test]
     fn hopeless_exits_fall_back_to_full_depth() {
         let acc = tracker(&(1..8).map(|e| (e, 0.05)).collect::<Vec<_>>());
         let mut p = Policy::new(AutoSpec::default(), 8, Arc::default());

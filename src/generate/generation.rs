@@ -26,6 +26,8 @@ pub struct Generation<'cb, E: Engine, S: BorrowMut<Session<E>> = Session<E>> {
     pub(super) prompt_seconds: f64,
     pub(super) spec0: SpecStats,
     pub(super) error: Option<Error>,
+    /// Another drafter's drafts for the next round, verified instead of drafting.
+    pub(super) external: Option<crate::speculative::Drafts>,
     pub(super) _engine: PhantomData<E>,
 }
 
@@ -96,6 +98,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             eos,
             stops: opts.stop_strings.clone(),
             on_token,
+            text_off: false,
             done: budget == 0,
             budget_reason,
             reason: budget_reason,
@@ -117,6 +120,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             prompt_seconds: 0.0,
             spec0,
             error: None,
+            external: None,
             opts,
             _engine: PhantomData,
         }
@@ -264,14 +268,20 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
         (self.session, Ok(out))
     }
 
-    /// Decide this round's plan (and the automatic policy's probes).
-    pub(super) fn plan(&mut self) -> Result<Plan> {
+    /// Decide this round's plan (and the automatic policy's probes) when
+    /// `others` other generations share the round's passes.
+    pub(super) fn plan(&mut self, others: usize) -> Result<Plan> {
         let n_layers = self.session.borrow().model().config.num_layers;
+        // The automatic policy prices rows by what they add to the shared passes.
+        let shared_cost = self.auto.as_ref().map(|(_, c)| c.shared(others));
         let choice = match (self.opts.mode, &mut self.auto) {
             (Mode::Full, _) => Choice::full(n_layers),
             (Mode::EarlyExit { exit }, _) => Choice { exit, draft_len: 0 },
             (Mode::SelfSpeculative { exit, draft_len }, _) => Choice { exit, draft_len },
-            (Mode::Auto(_), Some((policy, cost))) => {
+            (Mode::Auto(_), Some((policy, _))) => {
+                let cost = shared_cost
+                    .as_ref()
+                    .expect("automatic mode has a cost model");
                 let s: &mut Session<E> = self.session.borrow_mut();
                 s.spec_mut().acceptance.fade();
                 let c = policy.choose(cost, &s.spec().acceptance);
@@ -301,6 +311,14 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
                 rounds: 1,
                 tokens: 0,
             }),
+        }
+        if let Some(mut drafts) = self.external.take() {
+            let room = self.sink.budget - self.sink.tokens.len();
+            let keep = drafts.tokens.len().min(room - 1);
+            let vocab = self.session.borrow().model().config.vocab_size;
+            drafts.tokens.truncate(keep);
+            drafts.probs.truncate(keep * vocab);
+            return Ok(Plan::Speculate(Drafter::given(n_layers, drafts)));
         }
         if choice.is_step() {
             return Ok(Plan::Step(choice.exit));
@@ -332,7 +350,10 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             cumulative: self
                 .auto
                 .as_ref()
-                .map_or(0.0, |(p, c)| p.stop_below(c, &s.spec().acceptance, choice)),
+                .zip(shared_cost.as_ref())
+                .map_or(0.0, |((p, _), c)| {
+                    p.stop_below(c, &s.spec().acceptance, choice)
+                }),
             calibration: if self.auto.is_some() {
                 &calibration
             } else {

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 mod generation;
 mod options;
+mod round;
 mod scheduler;
 mod sink;
 
@@ -24,6 +25,7 @@ use options::check_options;
 pub use options::{
     ChoiceSpan, GenerateOptions, GenerateOutput, GenerateStats, Mode, ModeKind, Setting, StopReason,
 };
+pub use round::{round_all, RoundOptions, RoundOutcome, RoundRequest, RoundState};
 pub use scheduler::step_all;
 pub use sink::OnToken;
 use sink::Sink;

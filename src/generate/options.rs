@@ -41,6 +41,14 @@ impl Mode {
     /// Drafts per round when the caller names no number.
     pub const DEFAULT_DRAFT_LEN: usize = 4;
 
+    /// The layers a plain step of this mode runs (a prompt's pass).
+    pub fn step_exit(self, n_layers: usize) -> usize {
+        match self {
+            Mode::EarlyExit { exit } => exit,
+            _ => n_layers,
+        }
+    }
+
     /// The exit layer when the caller names none: half the layers.
     pub fn default_exit(n_layers: usize) -> usize {
         (n_layers / 2).max(1)

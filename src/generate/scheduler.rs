@@ -52,12 +52,7 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
             continue;
         }
         let s: &mut Session<E> = g.session.borrow_mut();
-        let n_layers = s.model().config.num_layers;
-        let exit = if let Mode::EarlyExit { exit } = g.opts.mode {
-            exit
-        } else {
-            n_layers
-        };
+        let exit = g.opts.mode.step_exit(s.model().config.num_layers);
         let prompt = g.prompt.take().expect("checked");
         let mut which = Logits::Last;
         if let Some((policy, cost)) = &g.auto {
@@ -92,11 +87,16 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
     }
 
     // Plans for the generations that are running.
+    let running = |i: usize, g: &Generation<'_, E, S>| !g.is_done() && !idx.contains(&i);
+    let sharing = gens
+        .iter()
+        .enumerate()
+        .filter(|(i, g)| running(*i, g))
+        .count();
     let mut plans: Vec<Option<Plan>> = Vec::with_capacity(gens.len());
     for (i, g) in gens.iter_mut().enumerate() {
-        let running = !g.is_done() && !idx.contains(&i);
-        plans.push(if running {
-            match g.plan() {
+        plans.push(if running(i, g) {
+            match g.plan(sharing - 1) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     g.fail(e);
@@ -206,7 +206,7 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
                     g.fail(e);
                     continue;
                 }
-                if let Some((policy, cost)) = &mut g.auto {
+                if let Some((policy, cost)) = g.auto.as_mut().filter(|_| sharing == 1) {
                     policy.observe_time(cost, Choice { exit, draft_len: 0 }, 0, 1, round_seconds);
                 }
                 g.sample_next();
@@ -254,13 +254,16 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
                         exit: d.exit,
                         draft_len: d.drafts.tokens.len().max(1),
                     };
-                    policy.observe_time(
-                        cost,
-                        choice,
-                        d.drafts.tokens.len(),
-                        verdict.accepted + 1,
-                        round_seconds,
-                    );
+                    // A shared round's time is every session's work, not this one's.
+                    if sharing == 1 {
+                        policy.observe_time(
+                            cost,
+                            choice,
+                            d.drafts.tokens.len(),
+                            verdict.accepted + 1,
+                            round_seconds,
+                        );
+                    }
                 }
                 let mut going = true;
                 for &t in &d.drafts.tokens[..verdict.accepted] {

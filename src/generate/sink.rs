@@ -17,6 +17,8 @@ pub(super) struct Sink<'cb> {
     pub(super) eos: Vec<u32>,
     pub(super) stops: Vec<String>,
     pub(super) on_token: OnToken<'cb>,
+    /// Tokens only: no text, no stop strings (host-driven rounds).
+    pub(super) text_off: bool,
     pub(super) done: bool,
     /// What ends generation when the budget runs out.
     pub(super) budget_reason: StopReason,
@@ -38,7 +40,7 @@ impl Sink<'_> {
         self.tokens.push(tok);
         if self.eos.contains(&tok) {
             self.stop(StopReason::Eos);
-        } else {
+        } else if !self.text_off {
             let piece = self.stream.push(tokenizer, tok)?;
             self.text.push_str(&piece);
             let cut = self
@@ -54,7 +56,7 @@ impl Sink<'_> {
         if !self.done && self.tokens.len() >= self.budget {
             self.stop(self.budget_reason);
         }
-        if self.done && self.reason != StopReason::StopString {
+        if self.done && self.reason != StopReason::StopString && !self.text_off {
             // Whatever the detokenizer still holds (an incomplete character).
             let rest = self.stream.finish(tokenizer)?;
             self.text.push_str(&rest);

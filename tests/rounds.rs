@@ -156,7 +156,7 @@ fn batched_rounds_are_bit_identical_to_rounds_alone() {
     ];
     let make = |k: usize| {
         let mode = MODES[k % MODES.len()];
-        let sampling = if k % 2 == 0 {
+        let sampling = if k.is_multiple_of(2) {
             SamplingParams::default()
         } else {
             sampled(k as u64)

@@ -704,6 +704,80 @@ int main(int argc, char **argv) {
         for (k = 0; k < 4; k++) lsk_session_free(bs[k]);
     }
 
+    /* Host-driven rounds: four sessions in four modes, a bad round and a
+       session named twice; each good one yields its solo greedy output. */
+    {
+        lsk_session *rs_[5] = {NULL, NULL, NULL, NULL, NULL};
+        lsk_round r[6];
+        int32_t got[4][64], in[4], out[6][64];
+        size_t have[4] = {0, 0, 0, 0}, k, left = 4;
+        lsk_error *bad_err = NULL;
+        for (k = 0; k < 5; k++) EXPECT(LSK_OK, lsk_session_new(model, NULL, &rs_[k], &err_));
+        CHECK(lsk_round_init(&r[0], 8) == LSK_ERR_STRUCT_SIZE);
+        for (k = 0; k < 6; k++) {
+            lsk_round_init(&r[k], sizeof r[k]);
+            r[k].session = rs_[k < 4 ? k : 0];
+            r[k].input = prompt;
+            r[k].n_input = np;
+            r[k].tokens = out[k];
+            r[k].max_tokens = 1;
+        }
+        r[1].mode = LSK_MODE_EARLY_EXIT;
+        r[1].exit_layer = 1;
+        r[2].mode = LSK_MODE_SELF_SPECULATIVE;
+        r[2].exit_layer = 1;
+        r[2].draft_len = 3;
+        r[3].mode = LSK_MODE_SELF_SPECULATIVE;
+        r[3].exit_layer = LSK_AUTO;
+        r[3].draft_len = LSK_AUTO;
+        r[4].max_tokens = 0; /* bad: fails alone, with its message */
+        r[4].session = rs_[4];
+        r[4].err = &bad_err;
+        /* r[5] names session 0 again: busy. */
+        EXPECT(LSK_OK, lsk_sessions_round(r, 6, &err_));
+        CHECK(r[4].result == LSK_ERR_INVALID_ARGUMENT && r[4].n_tokens == 0);
+        CHECK(bad_err != NULL && strstr(lsk_error_message(bad_err), "max_tokens must be at least 1") != NULL);
+        lsk_error_free(bad_err);
+        CHECK(r[5].result == LSK_ERR_BUSY);
+        while (left > 0) {
+            lsk_round live[4];
+            size_t m = 0, idx[4];
+            for (k = 0; k < 4; k++) {
+                if (r[k].result != LSK_OK || r[k].n_tokens == 0) continue;
+                memcpy(&got[k][have[k]], out[k], r[k].n_tokens * sizeof(int32_t));
+                have[k] += r[k].n_tokens;
+                in[k] = got[k][have[k] - 1];
+                r[k].n_tokens = 0;
+            }
+            left = 0;
+            for (k = 0; k < 4; k++) {
+                if (have[k] >= nfull) continue;
+                r[k].input = &in[k];
+                r[k].n_input = 1;
+                r[k].max_tokens = (uint32_t)(nfull - have[k]);
+                live[m] = r[k];
+                idx[m++] = k;
+                left++;
+            }
+            if (m == 0) break;
+            EXPECT(LSK_OK, lsk_sessions_round(live, m, &err_));
+            for (k = 0; k < m; k++) {
+                CHECK(live[k].result == LSK_OK && live[k].n_tokens >= 1);
+                r[idx[k]] = live[k];
+            }
+        }
+        CHECK(memcmp(got[0], full, nfull * sizeof(int32_t)) == 0);
+        CHECK(nexit1 >= nfull && memcmp(got[1], exit1, nfull * sizeof(int32_t)) == 0);
+        CHECK(memcmp(got[2], full, nfull * sizeof(int32_t)) == 0);
+        CHECK(memcmp(got[3], full, nfull * sizeof(int32_t)) == 0);
+        lsk_stats_init(&st, sizeof st);
+        EXPECT(LSK_OK, lsk_session_stats(rs_[2], &st, &err_));
+        CHECK(st.shallow_len == np + nfull - 1 && st.drafted > 0);
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_sessions_round(NULL, 1, &err_));
+        EXPECT(LSK_OK, lsk_sessions_round(NULL, 0, &err_));
+        for (k = 0; k < 5; k++) lsk_session_free(rs_[k]);
+    }
+
     /* A continuous batch of generations in every mode: each yields exactly its
        solo greedy output; one joins late, one is cancelled, one fails. */
     {

@@ -43,9 +43,9 @@
 #include <stdint.h>
 
 #define LSK_VERSION_MAJOR 1
-#define LSK_VERSION_MINOR 1
+#define LSK_VERSION_MINOR 2
 #define LSK_VERSION_PATCH 0
-#define LSK_VERSION_STRING "1.1.0"
+#define LSK_VERSION_STRING "1.2.0"
 
 
 // ABI version: changes only on an incompatible change to this API (the
@@ -360,6 +360,63 @@ typedef struct lsk_model_summary {
   uint32_t dtype;
 } lsk_model_summary;
 
+// One session's round for `lsk_sessions_round`: what to do (set by the
+// caller) and what it did (written by the call). Fill it with
+// `lsk_round_init(&r, sizeof r)`.
+typedef struct lsk_round {
+  size_t struct_size;
+  struct lsk_session *session;
+  // Tokens to feed first: the token the session's last round committed
+  // last (it is not in the cache yet), or more, such as a prompt or a
+  // new turn. More than one token makes the round one pass over them at
+  // the mode's depth, committing one token.
+  const int32_t *input;
+  size_t n_input;
+  // An `lsk_mode` value; `exit_layer` and `draft_len` as in
+  // `lsk_generate_options` (`LSK_AUTO` included).
+  uint32_t mode;
+  uint32_t exit_layer;
+  uint32_t draft_len;
+  // Most tokens the round may commit, and the size of `tokens` (at least
+  // 1): the host's budget. A speculative round drafts at most
+  // `max_tokens - 1`.
+  uint32_t max_tokens;
+  // Receives the committed tokens.
+  int32_t *tokens;
+  // How tokens are chosen (NULL: greedy). Its seed is ignored: draws come
+  // from the session's own generator (`lsk_session_options.seed`).
+  const struct lsk_sampling *sampling;
+  // The round ends after committing any of these (EOS ids, say);
+  // drafting stops at them, and tokens accepted after one are dropped.
+  const int32_t *stop_ids;
+  size_t n_stop_ids;
+  // Self-speculative: stop drafting below this top probability (0: never).
+  float confidence_threshold;
+  // Another drafter's `n_drafts` tokens to verify at full depth instead
+  // of drafting (mode `LSK_MODE_FULL`, or self-speculative with fixed E
+  // and d, which are then unused), after exactly one input token.
+  const int32_t *drafts;
+  size_t n_drafts;
+  // NULL, or `n_drafts` rows of `vocab_size` probabilities: the
+  // distribution each draft was drawn from, for exact speculative
+  // sampling. NULL: each draft was its drafter's only candidate.
+  const float *draft_probs;
+  // When not NULL, receives this round's error (free it with
+  // `lsk_error_free`).
+  struct lsk_error **err;
+  // Written by the call: this round's result code.
+  lsk_result result;
+  // Written by the call: tokens committed to `tokens`.
+  uint32_t n_tokens;
+  // Written by the call: drafts verified, and how many were accepted.
+  uint32_t drafted;
+  uint32_t accepted;
+  // Written by the call: the (E, d) the round ran; (number of layers, 0)
+  // for a full-depth step.
+  uint32_t ran_exit_layer;
+  uint32_t ran_draft_len;
+} lsk_round;
+
 // Options for `lsk_session_new`.
 typedef struct lsk_session_options {
   size_t struct_size;
@@ -551,6 +608,34 @@ lsk_result lsk_detokenize(const struct lsk_model *model,
                           size_t capacity,
                           size_t *len,
                           struct lsk_error **err);
+
+// Fill `*out` with the defaults; `struct_size` is `sizeof *out`.
+lsk_result lsk_round_init(struct lsk_round *out, size_t struct_size);
+
+// Advance `n` sessions of one model by one round each: `rounds[i]` says
+// what session `i` does, each in its own mode (a plain step, an early-exit
+// step, or draft then verify, with its own or another drafter's drafts),
+// with its own sampling and limits, and receives the tokens it committed.
+// Every pass runs once over the rows of all sessions that take part in it
+// (prompts, then each draft position, then all verifications and plain
+// steps). Each round's tokens are bit-identical to running it alone, and a
+// session's rounds give the tokens `lsk_session_generate` gives in the same
+// mode when the session's seed is the generation's. The session then holds
+// everything it was given and every committed token but the last, which is
+// the next round's input.
+//
+// The host owns everything else: budgets (`max_tokens`), stop rules
+// (`stop_ids`, anything else between rounds), sessions joining and
+// leaving. The automatic (E, d) policy of `LSK_AUTO` knows how many
+// sessions share the passes and backs off from speculation when verify
+// rows stop being nearly free.
+//
+// `rounds` is an array of `n` structs of one `struct_size`. A failed round
+// (bad input, a full context, a session busy, lent to a batch, of another
+// model than `rounds[0]`'s or named twice) fails alone and leaves its
+// session as it was: its `result` says why. The call returns `LSK_OK`
+// unless its own arguments are bad.
+lsk_result lsk_sessions_round(struct lsk_round *rounds, size_t n, struct lsk_error **err);
 
 // Open a session on `model` (which it keeps alive). `options` may be NULL.
 // Free with `lsk_session_free`.

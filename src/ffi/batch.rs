@@ -128,7 +128,7 @@ pub extern "C" fn lsk_sessions_step(
                 Ok(_) if !t.is_empty() => {
                     let st = &mut **g;
                     let s = st.session.as_ref().expect("checked by with_live");
-                    next_out[i] = sample(s.last_logits(), &params, &mut st.rng) as i32;
+                    next_out[i] = sample(s.last_logits(), &params, &mut st.round.rng) as i32;
                 }
                 Ok(_) => {}
                 Err(e) => res_out[i] = FfiError::from(e).code,

@@ -124,6 +124,12 @@ pub fn boundary(err: *mut *mut lsk_error, f: impl FnOnce() -> FfiResult) -> lsk_
             ),
         },
     };
+    store(err, &e);
+    e.code
+}
+
+/// Hand `e` to the caller through `err` when it is not NULL.
+pub(crate) fn store(err: *mut *mut lsk_error, e: &FfiError) {
     if !err.is_null() {
         let message = CString::new(e.message.replace('\0', "\\0")).unwrap_or_default();
         let boxed = Box::new(lsk_error {
@@ -133,7 +139,6 @@ pub fn boundary(err: *mut *mut lsk_error, f: impl FnOnce() -> FfiResult) -> lsk_
         // SAFETY: the caller passed a writable `lsk_error **` (documented).
         unsafe { *err = Box::into_raw(boxed) };
     }
-    e.code
 }
 
 /// The error's code.

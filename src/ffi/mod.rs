@@ -21,12 +21,14 @@ mod batch;
 mod cast;
 pub mod error;
 mod model;
+mod round;
 mod session;
 mod types;
 
 pub use batch::*;
 pub use error::{lsk_error, lsk_result};
 pub use model::*;
+pub use round::*;
 pub use session::*;
 pub use types::*;
 

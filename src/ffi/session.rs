@@ -5,7 +5,9 @@ use super::error::{boundary, lsk_error, lsk_result, FfiError, FfiResult};
 use super::model::{lsk_model, model_ref};
 use super::types::*;
 use super::{c_str, need, need_list, put, put_list, slice, token_ids};
-use crate::generate::{generate, ChoiceSpan, GenerateOptions, Mode, ModeKind, Setting, StopReason};
+use crate::generate::{
+    generate, ChoiceSpan, GenerateOptions, Mode, ModeKind, RoundState, Setting, StopReason,
+};
 use crate::sampling::{sample, Rng64};
 use crate::session::{Logits, Session};
 use crate::speculative::{DraftLimits, Drafts};
@@ -22,7 +24,9 @@ pub struct lsk_session {
 pub(crate) struct State {
     /// `None` while the session is lent to an `lsk_batch` generation.
     pub(crate) session: Option<Session>,
-    pub(crate) rng: Rng64,
+    /// The random stream and automatic policy that rounds and
+    /// step/draft/verify carry from call to call.
+    pub(crate) round: RoundState,
     /// The last drafts `lsk_session_draft` made, with their distributions,
     /// so that a following verify of the same tokens can use them.
     drafts: Drafts,
@@ -70,7 +74,7 @@ pub(crate) fn with_live<T>(
         .ok_or_else(|| busy("a batch generation"))?;
     f(&mut Live {
         session,
-        rng: &mut st.rng,
+        rng: &mut st.round.rng,
         drafts: &mut st.drafts,
         choices: &mut st.choices,
     })
@@ -111,7 +115,7 @@ pub extern "C" fn lsk_session_new(
         let session = Session::new(m, o.context_length as usize)?;
         let state = State {
             session: Some(session),
-            rng: Rng64::new(o.seed),
+            round: RoundState::new(o.seed),
             drafts: Drafts::default(),
             choices: Vec::new(),
         };
@@ -466,14 +470,15 @@ pub extern "C" fn lsk_session_generate(
 }
 
 /// `lsk_generate_options` (NULL = defaults) as [`GenerateOptions`].
-pub(crate) unsafe fn generate_options(
-    options: *const lsk_generate_options,
+/// The mode of an `lsk_mode` value with an exit layer and a draft length
+/// as the C structs give them (0: the default exit; `LSK_AUTO`: automatic).
+pub(crate) fn resolve_mode(
+    mode: u32,
+    exit_layer: u32,
+    draft_len: u32,
     n_layers: usize,
-) -> FfiResult<GenerateOptions> {
-    let o = unsafe { read_options(options, "options") }?;
-    let sampling = o.sampling;
-    let sampling = unsafe { read_options(sampling, "options.sampling") }?.params()?;
-    let kind = match o.mode {
+) -> FfiResult<Mode> {
+    let kind = match mode {
         0 => ModeKind::Full,
         1 => ModeKind::EarlyExit,
         2 => ModeKind::SelfSpeculative,
@@ -483,18 +488,33 @@ pub(crate) unsafe fn generate_options(
         LSK_AUTO => Setting::Auto,
         v => Setting::Fixed(v as usize),
     };
-    let exit = match o.exit_layer {
+    let exit = match exit_layer {
         0 => Setting::Default,
         e => setting(e),
     };
-    let mode = Mode::resolve(kind, exit, setting(o.draft_len), n_layers)?;
+    Ok(Mode::resolve(kind, exit, setting(draft_len), n_layers)?)
+}
+
+pub(crate) fn check_confidence(c: f32) -> FfiResult {
+    if !(c.is_finite() && (0.0..=1.0).contains(&c)) {
+        return Err(FfiError::invalid("confidence_threshold must be in [0, 1]"));
+    }
+    Ok(())
+}
+
+pub(crate) unsafe fn generate_options(
+    options: *const lsk_generate_options,
+    n_layers: usize,
+) -> FfiResult<GenerateOptions> {
+    let o = unsafe { read_options(options, "options") }?;
+    let sampling = o.sampling;
+    let sampling = unsafe { read_options(sampling, "options.sampling") }?.params()?;
+    let mode = resolve_mode(o.mode, o.exit_layer, o.draft_len, n_layers)?;
     let stops = unsafe { slice(o.stop_strings, o.n_stop_strings, "stop_strings") }?
         .iter()
         .map(|&p| unsafe { c_str(p, "stop_strings[i]") }.map(str::to_string))
         .collect::<FfiResult<Vec<_>>>()?;
-    if !(o.confidence_threshold.is_finite() && (0.0..=1.0).contains(&o.confidence_threshold)) {
-        return Err(FfiError::invalid("confidence_threshold must be in [0, 1]"));
-    }
+    check_confidence(o.confidence_threshold)?;
     Ok(GenerateOptions {
         max_new_tokens: o.max_new_tokens as usize,
         mode,

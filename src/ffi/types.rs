@@ -79,6 +79,7 @@ macro_rules! versioned {
         }
     };
 }
+pub(crate) use versioned;
 
 /// Which device a model runs on.
 #[repr(u32)]
@@ -440,7 +441,7 @@ pub type lsk_token_callback = Option<
 /// Write `T::defaults()` to a caller's struct.
 /// Fill the caller's struct (of `struct_size` bytes, its `sizeof`) with the
 /// defaults: `min(struct_size, ours)` bytes, `struct_size` recorded.
-fn init<T: Versioned>(out: *mut T, struct_size: usize) -> lsk_result {
+pub(crate) fn init<T: Versioned>(out: *mut T, struct_size: usize) -> lsk_result {
     if out.is_null() {
         return lsk_result::LSK_ERR_NULL_POINTER;
     }

@@ -2,6 +2,7 @@
 #include "layerskip.hpp"
 
 #include <cstdio>
+#include <stdexcept>
 #include <cstdlib>
 #include <sstream>
 #include <string>
@@ -223,6 +224,72 @@ int main(int argc, char** argv) {
             rethrown = std::string(e.what()) == "batch boom";
         }
         CHECK(rethrown);
+    }
+
+    // Abort callback, batched steps and host-driven rounds.
+    {
+        layerskip::Session a(moved), b(moved);
+        a.set_abort([] { return true; });
+        CHECK(has(message_of([&] { a.prefill(prompt); }), "abort"));
+        CHECK(error_code_of([&] { a.prefill(prompt); }) == LSK_ERR_ABORTED);
+        a.set_abort([]() -> bool { throw std::runtime_error("abort boom"); });
+        CHECK(error_code_of([&] { a.prefill(prompt); }) == LSK_ERR_ABORTED);
+        a.set_abort(nullptr);
+        CHECK(a.stats().shallow_len == 0);
+
+        std::vector<lsk_result> codes;
+        auto next = layerskip::sessions_step({&a, &b}, {prompt, {-9}}, {}, layerskip::Sampling(), &codes);
+        CHECK(next[0] == full[0] && next[1] == -1);
+        CHECK(codes[0] == LSK_OK && codes[1] == LSK_ERR_INVALID_ARGUMENT);
+        CHECK(has(message_of([&] { layerskip::sessions_step({&a}, {}); }), "one token list"));
+
+        // Rounds: a full-depth session and a self-speculative one, from the
+        // same prompt, each give the greedy stream; a bad round says why.
+        layerskip::Session c(moved);
+        std::vector<layerskip::Round> rounds(3);
+        std::vector<int32_t> out[3], in[3], tok[3];
+        lsk_error* bad = nullptr;
+        layerskip::Session* who[3] = {&b, &c, &a};
+        for (int k = 0; k < 3; k++) {
+            tok[k].resize(full.size());
+            in[k] = prompt;
+            rounds[k].session = who[k]->get();
+        }
+        rounds[1].mode = LSK_MODE_SELF_SPECULATIVE;
+        rounds[1].exit_layer = 1;
+        rounds[1].draft_len = 3;
+        rounds[2].err = &bad;  // max_tokens stays 0: fails alone
+        rounds[2].input = prompt.data();
+        rounds[2].n_input = prompt.size();
+        rounds[2].tokens = tok[2].data();
+        for (int r = 0; r < 100 && (out[0].size() < full.size() || out[1].size() < full.size()); r++) {
+            std::vector<layerskip::Round> live;
+            std::vector<int> idx;
+            for (int k = 0; k < 2; k++) {
+                if (out[k].size() >= full.size()) continue;
+                rounds[k].input = in[k].data();
+                rounds[k].n_input = in[k].size();
+                rounds[k].tokens = tok[k].data();
+                rounds[k].max_tokens = static_cast<uint32_t>(full.size() - out[k].size());
+                live.push_back(rounds[k]);
+                idx.push_back(k);
+            }
+            if (r == 0) live.push_back(rounds[2]);
+            layerskip::sessions_round(live);
+            for (size_t j = 0; j < idx.size(); j++) {
+                int k = idx[j];
+                CHECK(live[j].result == LSK_OK && live[j].n_tokens >= 1);
+                out[k].insert(out[k].end(), tok[k].begin(), tok[k].begin() + live[j].n_tokens);
+                in[k] = {out[k].back()};
+            }
+            if (r == 0) CHECK(live.back().result == LSK_ERR_INVALID_ARGUMENT);
+        }
+        CHECK(out[0] == full && out[1] == full);
+        CHECK(bad != nullptr && has(lsk_error_message(bad), "max_tokens must be at least 1"));
+        lsk_error_free(bad);
+        std::vector<layerskip::Round> mixed(2);
+        mixed[1].struct_size = 8;
+        CHECK(has(message_of([&] { layerskip::sessions_round(mixed); }), "rounds[1].struct_size is 8"));
     }
 
     std::printf("%d passed, %d failed\n", passed, failed);

@@ -227,6 +227,25 @@ public:
         return spans;
     }
 
+    // Ask `should_abort()` between layers of every pass (a long prefill can
+    // be stopped): true fails the call with LSK_ERR_ABORTED and leaves the
+    // session as it was. An exception from it counts as true. An empty
+    // function removes it. It runs on the decoding thread and must not call
+    // into this session.
+    void set_abort(std::function<bool()> should_abort) {
+        auto cb = should_abort ? std::make_unique<std::function<bool()>>(std::move(should_abort)) : nullptr;
+        auto trampoline = [](void* user) -> int32_t {
+            try {
+                return (*static_cast<std::function<bool()>*>(user))() ? 1 : 0;
+            } catch (...) {
+                return 1;
+            }
+        };
+        lsk_error* err = nullptr;
+        detail::check(lsk_session_set_abort(get(), cb ? +trampoline : nullptr, cb.get(), &err), err);
+        abort_ = std::move(cb);
+    }
+
     // Generate after `prompt`; `on_token(token, text)` returns false to stop.
     // An exception thrown by the callback stops generation and is rethrown.
     lsk_generate_result generate(const std::vector<int32_t>& prompt, const GenerateOptions& opts,
@@ -258,8 +277,58 @@ public:
     }
 
 private:
+    // Declared first so it is destroyed last: the session may still ask it.
+    std::unique_ptr<std::function<bool()>> abort_;
     std::unique_ptr<lsk_session, detail::SessionDeleter> handle_;
 };
+
+// Step sessions of one model together (see lsk_sessions_step): session i
+// feeds tokens[i] through layers 0..exit_layers[i] (empty: full depth).
+// Returns each session's next token; a session that failed has -1 and its
+// code in `results` (when given).
+inline std::vector<int32_t> sessions_step(const std::vector<Session*>& sessions,
+                                          const std::vector<std::vector<int32_t>>& tokens,
+                                          const std::vector<uint32_t>& exit_layers = {},
+                                          const Sampling& s = Sampling(),
+                                          std::vector<lsk_result>* results = nullptr) {
+    const size_t n = sessions.size();
+    if (tokens.size() != n || (!exit_layers.empty() && exit_layers.size() != n)) {
+        throw Error(LSK_ERR_INVALID_ARGUMENT, "sessions_step: one token list (and exit layer) per session");
+    }
+    std::vector<lsk_session*> handles(n);
+    std::vector<const int32_t*> ptrs(n);
+    std::vector<size_t> counts(n);
+    for (size_t i = 0; i < n; i++) {
+        handles[i] = sessions[i]->get();
+        ptrs[i] = tokens[i].data();
+        counts[i] = tokens[i].size();
+    }
+    std::vector<int32_t> next(n, -1);
+    std::vector<lsk_result> codes(n, LSK_OK);
+    lsk_error* err = nullptr;
+    detail::check(lsk_sessions_step(handles.data(), n, ptrs.data(), counts.data(),
+                                    exit_layers.empty() ? nullptr : exit_layers.data(), &s, next.data(),
+                                    codes.data(), &err),
+                  err);
+    if (results) *results = std::move(codes);
+    return next;
+}
+
+// One session's round for sessions_round: an lsk_round with its defaults.
+// The pointers in it (session, input, tokens, sampling, stop_ids, drafts)
+// are the caller's and must stay valid during the call.
+struct Round : lsk_round {
+    Round() { lsk_round_init(this, sizeof(lsk_round)); }
+};
+static_assert(sizeof(Round) == sizeof(lsk_round), "an array of Round is an array of lsk_round");
+
+// Advance each round's session by one round, together (see
+// lsk_sessions_round). Each round's outcome (result, n_tokens, ...) is
+// written to its struct; a failed round does not throw.
+inline void sessions_round(std::vector<Round>& rounds) {
+    lsk_error* err = nullptr;
+    detail::check(lsk_sessions_round(rounds.data(), rounds.size(), &err), err);
+}
 
 // A continuous batch of generations (see lsk_batch_*). Not thread-safe: one
 // thread runs add/step/cancel/result (e.g. a server's scheduler thread). A

@@ -176,6 +176,25 @@ fn cpp_wrapper_test_passes_from_two_translation_units() {
 }
 
 #[test]
+fn cpp_wrapper_test_is_clean_under_asan_and_leak_sanitizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("cpp_test_asan");
+    let flags = [
+        CXX_FLAGS,
+        &["-fsanitize=address,undefined", "-fno-omit-frame-pointer"],
+    ]
+    .concat();
+    compile("c++", &["cpp_test.cpp", "cpp_second_tu.cpp"], &exe, &flags);
+    let out = run_ok(
+        Command::new(&exe)
+            .args(api_args(tmp.path()))
+            .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+            .env("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1"),
+    );
+    assert_summary(&out);
+}
+
+#[test]
 fn header_is_up_to_date() {
     let generated =
         std::fs::read_to_string(Path::new(env!("OUT_DIR")).join("layerskip.h")).unwrap();

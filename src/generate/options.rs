@@ -71,7 +71,10 @@ impl Mode {
         let draft_len = match draft_len {
             Setting::Default => Some(Self::DEFAULT_DRAFT_LEN),
             Setting::Auto => None,
-            Setting::Fixed(0) => return Err(Error::invalid("draft length must be at least 1")),
+            // Only a drafting mode uses (and so checks) a draft length.
+            Setting::Fixed(0) if kind == ModeKind::SelfSpeculative => {
+                return Err(Error::invalid("draft length must be at least 1"))
+            }
             Setting::Fixed(d) => Some(d),
         };
         let mode = match (kind, exit, draft_len) {

@@ -172,3 +172,38 @@ fn readme_c_example_prints_the_greedy_continuation() {
     assert!(text.len() > 16, "{text:?}");
     assert_eq!(text, cli["text"].as_str().unwrap());
 }
+
+/// examples/host_loop: a scheduler driving lsk_sessions_round, with arrivals,
+/// departures, mixed modes and sampling, checks every output against the
+/// same request run alone (and the greedy ones against lsk_batch).
+#[test]
+fn host_loop_outputs_equal_solo_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = lib_dir();
+    let exe = tmp.path().join("host_loop");
+    output(
+        Command::new("c++")
+            .args(["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+            .arg(format!("-I{}", root().join("include").display()))
+            .arg(root().join("examples/host_loop/host_loop.cpp"))
+            .arg("-o")
+            .arg(&exe)
+            .arg(format!("-L{}", lib.display()))
+            .arg("-llayerskip")
+            .arg(format!("-Wl,-rpath,{}", lib.display())),
+    );
+    let model = root().join("assets/layerskip-pycode-8l");
+    let out = output(Command::new(&exe).arg(&model).args([
+        "--requests",
+        "14",
+        "--concurrency",
+        "5",
+        "--max-new-tokens",
+        "24",
+        "--arrive-every",
+        "2",
+    ]));
+    println!("{out}");
+    assert!(out.contains("identical to solo runs: yes"), "{out}");
+    assert!(out.contains("requests 14, concurrency 5"), "{out}");
+}

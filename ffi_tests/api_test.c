@@ -774,6 +774,8 @@ int main(int argc, char **argv) {
         EXPECT(LSK_OK, lsk_session_stats(rs_[2], &st, &err_));
         CHECK(st.shallow_len == np + nfull - 1 && st.drafted > 0);
         EXPECT(LSK_ERR_NULL_POINTER, lsk_sessions_round(NULL, 1, &err_));
+        EXPECT(LSK_OK, lsk_model_reset_policy(model, &err_));
+        EXPECT(LSK_ERR_NULL_POINTER, lsk_model_reset_policy(NULL, &err_));
         EXPECT(LSK_OK, lsk_sessions_round(NULL, 0, &err_));
         for (k = 0; k < 5; k++) lsk_session_free(rs_[k]);
     }

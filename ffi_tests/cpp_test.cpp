@@ -290,6 +290,7 @@ int main(int argc, char** argv) {
         std::vector<layerskip::Round> mixed(2);
         mixed[1].struct_size = 8;
         CHECK(has(message_of([&] { layerskip::sessions_round(mixed); }), "rounds[1].struct_size is 8"));
+        moved.reset_policy();
     }
 
     std::printf("%d passed, %d failed\n", passed, failed);

@@ -580,6 +580,12 @@ lsk_result lsk_model_info(const struct lsk_model *model,
                           struct lsk_model_summary *out,
                           struct lsk_error **err);
 
+// Forget what automatic (E, d) has learnt from this model's sessions (the
+// corrections of its cost predictions and the acceptance estimates new
+// sessions start from). Sessions open now keep their own estimates. For a
+// server whose tenants use one model for unlike text.
+lsk_result lsk_model_reset_policy(const struct lsk_model *model, struct lsk_error **err);
+
 // Encode `text_len` bytes of UTF-8 `text` into token ids. With
 // `add_special` non-zero the tokenizer's own special-token rules apply (e.g.
 // a BOS). `*n_tokens` receives the count. When `capacity` is too small the

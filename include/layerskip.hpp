@@ -96,6 +96,12 @@ public:
     Model(const std::string& path, const lsk_model_options& options) : Model(path, &options) {}
     lsk_model* get() const noexcept { return handle_.get(); }
 
+    // Forget what automatic (E, d) learnt from this model's sessions.
+    void reset_policy() const {
+        lsk_error* err = nullptr;
+        detail::check(lsk_model_reset_policy(get(), &err), err);
+    }
+
     lsk_model_summary info() const {
         lsk_model_summary s;
         lsk_model_summary_init(&s, sizeof s);

@@ -114,6 +114,21 @@ pub extern "C" fn lsk_model_info(
     })
 }
 
+/// Forget what automatic (E, d) has learnt from this model's sessions (the
+/// corrections of its cost predictions and the acceptance estimates new
+/// sessions start from). Sessions open now keep their own estimates. For a
+/// server whose tenants use one model for unlike text.
+#[no_mangle]
+pub extern "C" fn lsk_model_reset_policy(
+    model: *const lsk_model,
+    err: *mut *mut lsk_error,
+) -> lsk_result {
+    boundary(err, || {
+        model_ref(model)?.policy_state().reset();
+        Ok(())
+    })
+}
+
 /// Encode `text_len` bytes of UTF-8 `text` into token ids. With
 /// `add_special` non-zero the tokenizer's own special-token rules apply (e.g.
 /// a BOS). `*n_tokens` receives the count. When `capacity` is too small the

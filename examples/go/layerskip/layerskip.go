@@ -17,6 +17,16 @@ static int32_t tokenTrampoline(void *user_data, int32_t token, const char *text,
 	return goTokenTrampoline(user_data, token, (char *)text, text_len);
 }
 
+extern int32_t goAbortTrampoline(void *user_data);
+
+static int32_t abortTrampoline(void *user_data) {
+	return goAbortTrampoline(user_data);
+}
+
+static lsk_result set_abort_with_id(lsk_session *s, uintptr_t id, lsk_error **err) {
+	return lsk_session_set_abort(s, id ? abortTrampoline : NULL, (void *)id, err);
+}
+
 static lsk_result generate_with_callback(lsk_session *s, const int32_t *prompt, size_t n,
 		const lsk_generate_options *o, uintptr_t handle, lsk_generate_result *res, lsk_error **err) {
 	return lsk_session_generate(s, prompt, n, o, tokenTrampoline, (void *)handle, res, err);
@@ -30,6 +40,7 @@ import (
 	"runtime"
 	"runtime/cgo"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -51,6 +62,7 @@ const (
 	ErrResourceLimit   = 14
 	ErrDevice          = 15
 	ErrOutOfMemory     = 16
+	ErrAborted         = 17
 	// ErrClosed is the binding's own: the Model or Session was closed.
 	ErrClosed = -1
 )
@@ -202,6 +214,18 @@ func (m *Model) Close() error {
 	return nil
 }
 
+// ResetPolicy forgets what automatic (E, d) learnt from the model's
+// sessions; sessions open now keep their own estimates.
+func (m *Model) ResetPolicy() error {
+	p, err := m.ref.acquire()
+	if err != nil {
+		return err
+	}
+	defer m.ref.release()
+	var cerr *C.lsk_error
+	return check(C.lsk_model_reset_policy((*C.lsk_model)(p), &cerr), cerr)
+}
+
 // Info describes a model.
 type Info struct {
 	Layers, Vocab, Hidden, Context int
@@ -304,7 +328,8 @@ func idsPtr(ids []int32) *C.int32_t {
 // Session is one decoding context. One call at a time: a concurrent call
 // returns an error with code ErrBusy.
 type Session struct {
-	ref ref
+	ref     ref
+	abortID atomic.Uintptr
 }
 
 // NewSession opens a session on m (contextLength 0 = the model's).
@@ -335,6 +360,57 @@ func (m *Model) NewSession(contextLength int, seed uint64) (*Session, error) {
 // Generate finishes first). Idempotent. Later calls return ErrClosed.
 func (s *Session) Close() error {
 	s.ref.close()
+	aborts.Delete(s.abortID.Swap(0))
+	return nil
+}
+
+// aborts holds the abort functions of sessions by id. The C library is given
+// the id, not a Go pointer: a call that asks after Close finds none and
+// goes on (it cannot reach a freed function).
+var (
+	aborts      sync.Map // uintptr -> func() bool
+	nextAbortID atomic.Uintptr
+)
+
+//export goAbortTrampoline
+func goAbortTrampoline(user unsafe.Pointer) C.int32_t {
+	f, ok := aborts.Load(uintptr(user))
+	if !ok {
+		return 0
+	}
+	stop := func() (stop bool) {
+		defer func() {
+			if recover() != nil {
+				stop = true // a panic in the function counts as true
+			}
+		}()
+		return f.(func() bool)()
+	}()
+	if stop {
+		return 1
+	}
+	return 0
+}
+
+// SetAbort sets the function asked between layers of every pass on the
+// session (nil removes it): true stops the call with ErrAborted and leaves
+// the session as it was before it. It runs on the decoding thread and must
+// not call into this session.
+func (s *Session) SetAbort(shouldAbort func() bool) error {
+	var id uintptr
+	if shouldAbort != nil {
+		id = nextAbortID.Add(1)
+		aborts.Store(id, shouldAbort)
+	}
+	err := s.session(func(h *C.lsk_session) error {
+		var cerr *C.lsk_error
+		return check(C.set_abort_with_id(h, C.uintptr_t(id), &cerr), cerr)
+	})
+	if err != nil {
+		aborts.Delete(id)
+		return err
+	}
+	aborts.Delete(s.abortID.Swap(id))
 	return nil
 }
 
@@ -383,20 +459,25 @@ func goTokenTrampoline(user unsafe.Pointer, token C.int32_t, text *C.char, n C.s
 	return 0
 }
 
-// Generate feeds prompt and generates; onToken (may be nil) sees every token
-// and the text that became final with it, and returns false to stop.
-func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32, text string) bool) (Result, error) {
-	p, err := s.ref.acquire()
-	h := (*C.lsk_session)(p)
-	if err != nil {
-		return Result{}, err
-	}
-	defer s.ref.release()
-	var o C.lsk_generate_options
-	C.lsk_generate_options_init(&o, C.size_t(unsafe.Sizeof(o)))
+// cOptions builds opt as C options in C memory (cgo forbids Go memory that
+// points to Go memory); free releases them after the call.
+func cOptions(opt Options) (*C.lsk_generate_options, func(), error) {
 	if opt.MaxNewTokens < 1 {
-		return Result{}, &Error{Code: ErrInvalidArgument, Message: "MaxNewTokens must be at least 1"}
+		return nil, nil, &Error{Code: ErrInvalidArgument, Message: "MaxNewTokens must be at least 1"}
 	}
+	var allocs []unsafe.Pointer
+	alloc := func(n uintptr) unsafe.Pointer {
+		p := C.calloc(1, C.size_t(n))
+		allocs = append(allocs, p)
+		return p
+	}
+	free := func() {
+		for _, p := range allocs {
+			C.free(p)
+		}
+	}
+	o := (*C.lsk_generate_options)(alloc(unsafe.Sizeof(C.lsk_generate_options{})))
+	C.lsk_generate_options_init(o, C.size_t(unsafe.Sizeof(*o)))
 	o.max_new_tokens = C.uint32_t(opt.MaxNewTokens)
 	o.mode = C.uint32_t(opt.Mode)
 	o.exit_layer = C.uint32_t(opt.ExitLayer)
@@ -408,41 +489,77 @@ func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32
 	} else if opt.DraftLen == Auto {
 		o.draft_len = C.LSK_AUTO
 	}
-	// Sampling lives in C memory for the call: cgo forbids Go memory that
-	// points to Go memory.
-	smp := (*C.lsk_sampling)(C.malloc(C.size_t(unsafe.Sizeof(C.lsk_sampling{}))))
-	defer C.free(unsafe.Pointer(smp))
-	C.lsk_sampling_init(smp, C.size_t(unsafe.Sizeof(*smp)))
-	smp.temperature = C.float(opt.Temperature)
-	smp.top_k = C.uint32_t(opt.TopK)
-	if opt.TopP > 0 {
-		smp.top_p = C.float(opt.TopP)
-	}
-	smp.seed = C.uint64_t(opt.Seed)
+	smp := (*C.lsk_sampling)(alloc(unsafe.Sizeof(C.lsk_sampling{})))
+	Sampling{opt.Temperature, opt.TopK, opt.TopP, opt.Seed}.fill(smp)
 	o.sampling = smp
 	if opt.IgnoreEOS {
 		o.ignore_eos = 1
 	}
-	// Stop strings live in C memory for the call (cgo forbids Go pointers to Go pointers).
-	var stops **C.char
 	if len(opt.Stop) > 0 {
-		stops = (**C.char)(C.malloc(C.size_t(len(opt.Stop)) * C.size_t(unsafe.Sizeof(uintptr(0)))))
-		defer C.free(unsafe.Pointer(stops))
+		stops := (**C.char)(alloc(uintptr(len(opt.Stop)) * unsafe.Sizeof(uintptr(0))))
 		arr := unsafe.Slice(stops, len(opt.Stop))
 		for i, str := range opt.Stop {
 			arr[i] = C.CString(str)
-			defer C.free(unsafe.Pointer(arr[i]))
+			allocs = append(allocs, unsafe.Pointer(arr[i]))
 		}
 		o.stop_strings = stops
 		o.n_stop_strings = C.size_t(len(opt.Stop))
 	}
+	return o, free, nil
+}
+
+// Sampling says how tokens are chosen; the zero value is greedy (TopP 0
+// means off). Seed is used by Generate and batches; steps, drafts, verifies
+// and rounds draw from the session's own generator (NewSession's seed).
+type Sampling struct {
+	Temperature float32
+	TopK        int
+	TopP        float32
+	Seed        uint64
+}
+
+func (s Sampling) fill(c *C.lsk_sampling) {
+	C.lsk_sampling_init(c, C.size_t(unsafe.Sizeof(*c)))
+	c.temperature = C.float(s.Temperature)
+	c.top_k = C.uint32_t(s.TopK)
+	if s.TopP > 0 {
+		c.top_p = C.float(s.TopP)
+	}
+	c.seed = C.uint64_t(s.Seed)
+}
+
+// sampling is the optional sampling argument of the low-level calls as a C
+// struct (it holds no pointers, so Go memory may hold it); nil is greedy.
+func sampling(opt []Sampling) *C.lsk_sampling {
+	if len(opt) == 0 {
+		return nil
+	}
+	var c C.lsk_sampling
+	opt[0].fill(&c)
+	return &c
+}
+
+// Generate feeds prompt and generates; onToken (may be nil) sees every token
+// and the text that became final with it, and returns false to stop.
+func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32, text string) bool) (Result, error) {
+	p, err := s.ref.acquire()
+	h := (*C.lsk_session)(p)
+	if err != nil {
+		return Result{}, err
+	}
+	defer s.ref.release()
+	o, free, err := cOptions(opt)
+	if err != nil {
+		return Result{}, err
+	}
+	defer free()
 	st := &callbackState{fn: onToken}
 	handle := cgo.NewHandle(st)
 	defer handle.Delete()
 	var res C.lsk_generate_result
 	C.lsk_generate_result_init(&res, C.size_t(unsafe.Sizeof(res)))
 	var cerr *C.lsk_error
-	r := C.generate_with_callback(h, idsPtr(prompt), C.size_t(len(prompt)), &o, C.uintptr_t(handle), &res, &cerr)
+	r := C.generate_with_callback(h, idsPtr(prompt), C.size_t(len(prompt)), o, C.uintptr_t(handle), &res, &cerr)
 	runtime.KeepAlive(s)
 	runtime.KeepAlive(prompt)
 	if err := check(r, cerr); err != nil {
@@ -453,8 +570,8 @@ func (s *Session) Generate(prompt []int32, opt Options, onToken func(token int32
 }
 
 // Step feeds one token through layers 0..exitLayer (0 = full depth) and
-// returns the greedy next token.
-func (s *Session) Step(token int32, exitLayer int) (int32, error) {
+// returns the next token: greedy, or drawn with the optional sampling.
+func (s *Session) Step(token int32, exitLayer int, smp ...Sampling) (int32, error) {
 	p, err := s.ref.acquire()
 	h := (*C.lsk_session)(p)
 	if err != nil {
@@ -463,7 +580,7 @@ func (s *Session) Step(token int32, exitLayer int) (int32, error) {
 	defer s.ref.release()
 	var next C.int32_t
 	var cerr *C.lsk_error
-	r := C.lsk_session_step(h, C.int32_t(token), C.uint32_t(exitLayer), nil, &next, &cerr)
+	r := C.lsk_session_step(h, C.int32_t(token), C.uint32_t(exitLayer), sampling(smp), &next, &cerr)
 	runtime.KeepAlive(s)
 	return int32(next), check(r, cerr)
 }
@@ -478,12 +595,13 @@ func (s *Session) session(f func(h *C.lsk_session) error) error {
 	return f((*C.lsk_session)(p))
 }
 
-// Prefill feeds tokens at full depth and returns the greedy next token.
-func (s *Session) Prefill(tokens []int32) (int32, error) {
+// Prefill feeds tokens at full depth and returns the next token (greedy, or
+// drawn with the optional sampling).
+func (s *Session) Prefill(tokens []int32, smp ...Sampling) (int32, error) {
 	var next C.int32_t
 	err := s.session(func(h *C.lsk_session) error {
 		var cerr *C.lsk_error
-		r := C.lsk_session_prefill(h, idsPtr(tokens), C.size_t(len(tokens)), nil, &next, &cerr)
+		r := C.lsk_session_prefill(h, idsPtr(tokens), C.size_t(len(tokens)), sampling(smp), &next, &cerr)
 		runtime.KeepAlive(tokens)
 		return check(r, cerr)
 	})
@@ -507,9 +625,10 @@ func (s *Session) Logits(i int) ([]float32, error) {
 	return out, err
 }
 
-// Draft proposes up to maxDrafts greedy tokens with layers 0..exitLayer after
-// next (the last accepted token, not yet fed). Follow with Verify.
-func (s *Session) Draft(next int32, exitLayer, maxDrafts int) ([]int32, error) {
+// Draft proposes up to maxDrafts tokens (greedy, or drawn with the optional
+// sampling) with layers 0..exitLayer after next (the last accepted token,
+// not yet fed). Follow with Verify.
+func (s *Session) Draft(next int32, exitLayer, maxDrafts int, smp ...Sampling) ([]int32, error) {
 	if maxDrafts < 1 {
 		return nil, &Error{Code: ErrInvalidArgument, Message: "maxDrafts must be at least 1"}
 	}
@@ -517,7 +636,7 @@ func (s *Session) Draft(next int32, exitLayer, maxDrafts int) ([]int32, error) {
 	var n C.size_t
 	err := s.session(func(h *C.lsk_session) error {
 		var cerr *C.lsk_error
-		r := C.lsk_session_draft(h, C.int32_t(next), C.uint32_t(exitLayer), C.uint32_t(maxDrafts), nil,
+		r := C.lsk_session_draft(h, C.int32_t(next), C.uint32_t(exitLayer), C.uint32_t(maxDrafts), sampling(smp),
 			idsPtr(drafts), C.size_t(len(drafts)), &n, &cerr)
 		return check(r, cerr)
 	})
@@ -527,14 +646,15 @@ func (s *Session) Draft(next int32, exitLayer, maxDrafts int) ([]int32, error) {
 	return drafts[:n], nil
 }
 
-// Verify checks drafts proposed after next with the full model (greedy):
-// how many it accepts, and the token after them.
-func (s *Session) Verify(next int32, drafts []int32) (accepted int, tokenAfter int32, err error) {
+// Verify checks drafts proposed after next with the full model (greedy, or
+// speculative sampling with the optional sampling): how many it accepts,
+// and the token after them.
+func (s *Session) Verify(next int32, drafts []int32, smp ...Sampling) (accepted int, tokenAfter int32, err error) {
 	var acc C.size_t
 	var after C.int32_t
 	err = s.session(func(h *C.lsk_session) error {
 		var cerr *C.lsk_error
-		r := C.lsk_session_verify(h, C.int32_t(next), idsPtr(drafts), C.size_t(len(drafts)), nil, &acc, &after, &cerr)
+		r := C.lsk_session_verify(h, C.int32_t(next), idsPtr(drafts), C.size_t(len(drafts)), sampling(smp), &acc, &after, &cerr)
 		runtime.KeepAlive(drafts)
 		return check(r, cerr)
 	})

@@ -149,6 +149,9 @@ func IsCode(err error, code int) bool {
 	return errors.As(err, &e) && e.Code == code
 }
 
+// ABIVersion is the loaded library's ABI version (see LSK_ABI_VERSION).
+func ABIVersion() int { return int(C.lsk_abi_version()) }
+
 // Version is the library's version string.
 func Version() string { return C.GoString(C.lsk_version_string()) }
 

@@ -198,4 +198,7 @@ func TestSessionsStepAndSampling(t *testing.T) {
 	if err := m.ResetPolicy(); err != nil {
 		t.Fatal(err)
 	}
+	if ABIVersion() != 2 || Version() == "" {
+		t.Fatal(ABIVersion(), Version())
+	}
 }

@@ -307,6 +307,25 @@ int main(int argc, char **argv) {
                     lsk_model_free(limited);
                 }
             }
+            /* A draft shortlist: self-speculation stays the full-depth greedy stream. */
+            {
+                lsk_generate_options go;
+                collect shortlisted;
+                memset(&shortlisted, 0, sizeof shortlisted);
+                lsk_model_options_init(&mo, sizeof mo);
+                mo.draft_shortlist = 32;
+                EXPECT(LSK_OK, lsk_model_load(argv[1], &mo, &limited, &err_));
+                EXPECT(LSK_OK, lsk_session_new(limited, NULL, &a, &err_));
+                lsk_generate_options_init(&go, sizeof go);
+                go.mode = LSK_MODE_SELF_SPECULATIVE;
+                go.exit_layer = 1;
+                go.max_new_tokens = (uint32_t)nfull;
+                go.ignore_eos = 1;
+                EXPECT(LSK_OK, lsk_session_generate(a, prompt, np, &go, on_token, &shortlisted, NULL, &err_));
+                CHECK(shortlisted.n == nfull && memcmp(shortlisted.tokens, full, nfull * sizeof(int32_t)) == 0);
+                lsk_session_free(a);
+                lsk_model_free(limited);
+            }
         }
     }
     CHECK(model != NULL);

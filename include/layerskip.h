@@ -341,6 +341,11 @@ typedef struct lsk_model_options {
   // CPU worker threads of this model's own pool; 0 (default) shares the
   // process's pool (`RAYON_NUM_THREADS`, default one per core). Added in 1.1.
   uint32_t threads;
+  // Tokens the draft head scores: drafts choose among the K most
+  // frequent (`token_frequencies.json` beside the checkpoint, else the
+  // lowest ids); verification keeps the full head, so greedy output is
+  // unchanged. 0 (default): the full head. Added in 1.2.
+  uint32_t draft_shortlist;
 } lsk_model_options;
 
 // What `lsk_model_info` reports. Set `struct_size` before the call.

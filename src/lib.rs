@@ -17,6 +17,7 @@ pub mod generate;
 pub mod model;
 pub mod sampling;
 pub mod session;
+pub mod shortlist;
 pub mod softmax;
 pub mod spec_state;
 pub mod speculative;

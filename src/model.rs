@@ -7,6 +7,7 @@ use crate::engine::backend::Backend;
 use crate::engine::options::{Device, EngineOptions, KvDtype, Quantize};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorKind, Result};
+use crate::shortlist;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{DType, WeightStore};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ pub struct LoadOptions {
     /// CPU worker threads of the model's own pool; 0 (default) shares the
     /// process's pool.
     pub threads: usize,
+    /// Tokens the draft head scores (see [`crate::shortlist`]); 0 (default)
+    /// or the vocabulary size or more: the full head.
+    pub draft_shortlist: usize,
 }
 
 pub struct Model<E: Engine = Backend> {
@@ -98,7 +102,11 @@ impl Model<Backend> {
         }
         let store = WeightStore::from_dir(dir)?;
         let dtype = store.dominant_dtype().unwrap_or(DType::F32);
-        let engine = Backend::load(&config, &store, &options.engine())?;
+        let mut engine = Backend::load(&config, &store, &options.engine())?;
+        let k = options.draft_shortlist;
+        if k > 0 && k < config.vocab_size {
+            engine.set_draft_shortlist(&shortlist::shortlist(dir, &config, k)?)?;
+        }
         warm_up(&engine);
         Ok(Arc::new(Model {
             config,

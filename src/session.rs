@@ -23,6 +23,9 @@ pub enum Logits {
     None,
     /// The newest `n` positions (fewer if the pass has fewer rows).
     Tail(usize),
+    /// The newest position, from the draft head (the exit head restricted
+    /// to the model's draft shortlist, when it has one): drafting.
+    Draft,
 }
 
 pub struct Session<E: Engine = Backend> {
@@ -61,7 +64,7 @@ impl<E: Engine> Drop for Session<E> {
 fn head_from(rows: usize, which: Logits) -> usize {
     match which {
         Logits::None => rows,
-        Logits::Last => rows.saturating_sub(1),
+        Logits::Last | Logits::Draft => rows.saturating_sub(1),
         Logits::Tail(n) => rows.saturating_sub(n),
         Logits::All => 0,
     }
@@ -219,7 +222,7 @@ fn forward_batch_in<E: Engine>(
 
     // Exit: rows below the last layer join the exit activations; logits come
     // from one exit-head call over every session's selected rows.
-    let mut jobs: Vec<(usize, HeadSource<E::Acts>, usize, usize)> = Vec::new(); // (item, source, from, rows)
+    let mut jobs: Vec<HeadJob<E::Acts>> = Vec::new();
     for (i, it) in items.iter_mut().enumerate() {
         let Some(x) = xs[i].take() else { continue };
         let s = &mut *it.session;
@@ -250,8 +253,30 @@ fn forward_batch_in<E: Engine>(
             jobs.push((i, source, from, rows - from));
         }
     }
-    // One head call for every job: picks if no job needs logits. A job's
-    // newest row is chosen by its rule, the others greedily.
+    // Draft rows and the others go through their own heads.
+    let (drafts, full): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .partition(|(i, ..)| items[*i].logits == Logits::Draft);
+    run_heads(items, full, false, &mut results);
+    run_heads(items, drafts, true, &mut results);
+    results
+}
+
+type HeadJob<A> = (usize, HeadSource<A>, usize, usize); // (item, source, from, rows)
+
+/// One exit-head call (the draft head when `draft`) over every job's rows:
+/// picks if no job needs logits. A job's newest row is chosen by its rule,
+/// the others greedily.
+fn run_heads<E: Engine>(
+    items: &mut [BatchItem<'_, E>],
+    jobs: Vec<HeadJob<E::Acts>>,
+    draft: bool,
+    results: &mut [Result<usize>],
+) {
+    let Some(model) = jobs.first().map(|j| items[j.0].session.model.clone()) else {
+        return;
+    };
+    let engine = &model.engine;
     let rules: Option<Vec<PickRule>> = jobs
         .iter()
         .map(|(i, .., n)| {
@@ -260,9 +285,11 @@ fn forward_batch_in<E: Engine>(
         })
         .collect::<Option<Vec<_>>>()
         .map(|per_job| per_job.into_iter().flatten().collect());
-    let run_head = |x: &E::Acts, from: usize, out: &mut HeadOutput| match &rules {
-        Some(rules) => engine.head_pick(x, from, rules, out),
-        None => out.fill_logits(|logits| engine.head(x, from, logits)),
+    let run_head = |x: &E::Acts, from: usize, out: &mut HeadOutput| match (&rules, draft) {
+        (Some(rules), false) => engine.head_pick(x, from, rules, out),
+        (Some(rules), true) => engine.draft_head_pick(x, from, rules, out),
+        (None, false) => out.fill_logits(|logits| engine.head(x, from, logits)),
+        (None, true) => out.fill_logits(|logits| engine.draft_head(x, from, logits)),
     };
     if let [(i, source, from, _)] = &jobs[..] {
         let s = &mut *items[*i].session;
@@ -277,34 +304,33 @@ fn forward_batch_in<E: Engine>(
         }
         s.head = out;
         results[*i] = Ok(s.head.rows());
-    } else if !jobs.is_empty() {
-        let mut all: Option<E::Acts> = None;
-        for (i, source, from, _) in &jobs {
-            let rows = match source {
-                HeadSource::Output(x) => x.tail(*from),
-                HeadSource::Pending => items[*i]
-                    .session
-                    .cache
-                    .pending(items[*i].exit)
-                    .expect("pending rows")
-                    .tail(*from),
-            };
-            match &mut all {
-                Some(a) => a.append(rows),
-                None => all = Some(rows),
-            }
-        }
-        let mut shared = HeadOutput::new(model.config.vocab_size);
-        run_head(all.as_ref().expect("jobs"), 0, &mut shared);
-        let mut at = 0;
-        for (i, _, _, rows) in &jobs {
-            let (s, rows) = (&mut *items[*i].session, *rows);
-            s.head.copy_rows(&shared, at, rows);
-            at += rows;
-            results[*i] = Ok(rows);
+        return;
+    }
+    let mut all: Option<E::Acts> = None;
+    for (i, source, from, _) in &jobs {
+        let rows = match source {
+            HeadSource::Output(x) => x.tail(*from),
+            HeadSource::Pending => items[*i]
+                .session
+                .cache
+                .pending(items[*i].exit)
+                .expect("pending rows")
+                .tail(*from),
+        };
+        match &mut all {
+            Some(a) => a.append(rows),
+            None => all = Some(rows),
         }
     }
-    results
+    let mut shared = HeadOutput::new(model.config.vocab_size);
+    run_head(all.as_ref().expect("jobs"), 0, &mut shared);
+    let mut at = 0;
+    for (i, _, _, rows) in &jobs {
+        let (s, rows) = (&mut *items[*i].session, *rows);
+        s.head.copy_rows(&shared, at, rows);
+        at += rows;
+        results[*i] = Ok(rows);
+    }
 }
 
 impl<E: Engine> Session<E> {

@@ -206,7 +206,7 @@ impl<E: Engine> Session<E> {
         let t0 = Instant::now();
         let mut d = Drafter::start(self, next, exit, &limits)?;
         while let Some(feed) = d.feed() {
-            self.forward_head(&[feed], exit, Logits::Last, greedy_pick(sampling))?;
+            self.forward_head(&[feed], exit, Logits::Draft, greedy_pick(sampling))?;
             d.take(self.head_output(), sampling, rng);
         }
         self.spec_mut().stats.draft_seconds += t0.elapsed().as_secs_f64();

@@ -110,6 +110,17 @@ impl Tensor {
         }
     }
 
+    /// Rows `ids` of a matrix, in that order, as an owned tensor of the same dtype.
+    pub fn gather_rows(&self, ids: &[u32]) -> Tensor {
+        let row = self.shape[1] * self.dtype.size();
+        let raw = self.raw();
+        let mut data = Vec::with_capacity(ids.len() * row);
+        for &i in ids {
+            data.extend_from_slice(&raw[i as usize * row..(i as usize + 1) * row]);
+        }
+        Tensor::from_bytes(self.dtype, vec![ids.len(), self.shape[1]], &data)
+    }
+
     /// Row `i` of a matrix as f32 (embedding lookup).
     pub fn row_f32(&self, i: usize, out: &mut [f32]) {
         let cols = self.shape[1];

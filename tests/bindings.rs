@@ -183,7 +183,14 @@ fn host_loop_outputs_equal_solo_runs() {
     let exe = tmp.path().join("host_loop");
     output(
         Command::new("c++")
-            .args(["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"])
+            .args([
+                "-std=c++17",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+            ])
             .arg(format!("-I{}", root().join("include").display()))
             .arg(root().join("examples/host_loop/host_loop.cpp"))
             .arg("-o")

@@ -383,3 +383,61 @@ fn output_into_a_closed_pipe_ends_without_a_panic() {
         assert_eq!(out.status.signal(), Some(libc::SIGPIPE));
     }
 }
+
+#[test]
+fn frequencies_writes_the_ranking_the_shortlist_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("corpus.py");
+    std::fs::write(&text, "def f(x):\n    return x + x + x\n".repeat(20)).unwrap();
+    let out = tmp.path().join("freq.json");
+    let run = cli(&[
+        "frequencies",
+        "--out",
+        out.to_str().unwrap(),
+        text.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let f = layerskip::shortlist::Frequencies::read(&out).unwrap();
+    assert!(f.total > 100 && !f.counts.is_empty());
+    assert!(
+        f.counts.windows(2).all(|w| w[0].1 >= w[1].1),
+        "most frequent first"
+    );
+    // The shortlist option loads with it in generate.
+    let gen = cli(&[
+        "generate",
+        "--prompt",
+        "def f(x):",
+        "--greedy",
+        "--max-new-tokens",
+        "8",
+        "--mode",
+        "self-speculative",
+        "--draft-shortlist",
+        "256",
+    ]);
+    let full = cli(&[
+        "generate",
+        "--prompt",
+        "def f(x):",
+        "--greedy",
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    assert_eq!(
+        gen.stdout, full.stdout,
+        "greedy self-speculation is lossless with a shortlist"
+    );
+    let bad = cli(&["frequencies", "/no/such/file.txt"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/no/such/file.txt"));
+}

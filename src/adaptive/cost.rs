@@ -18,6 +18,9 @@ pub struct CostModel {
     pub n_layers: usize,
     pub layer: Vec<f64>,
     pub head: Vec<f64>,
+    /// The draft head (the exit head over the draft shortlist; the exit head
+    /// itself when the model has none).
+    pub draft_head: Vec<f64>,
     /// Wall time the measurement took.
     pub measure_seconds: f64,
 }
@@ -98,6 +101,7 @@ impl CostModel {
         let mut logits = Vec::new();
         let mut layer = vec![f64::INFINITY; MAX_ROWS];
         let mut head = vec![f64::INFINITY; MAX_ROWS];
+        let mut draft_head = vec![f64::INFINITY; MAX_ROWS];
         // Row counts take turns within each repetition, so a burst of noise
         // from a busy machine lands on one repetition of several row counts
         // rather than on every repetition of one (the minimum then drops it).
@@ -119,10 +123,14 @@ impl CostModel {
                 let t = Instant::now();
                 engine.head(&x, 0, &mut logits);
                 let th = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                engine.draft_head(&x, 0, &mut logits);
+                let td = t.elapsed().as_secs_f64();
                 // Repetition 0 is the untimed warm-up.
                 if rep > 0 {
                     layer[rows - 1] = layer[rows - 1].min(tl);
                     head[rows - 1] = head[rows - 1].min(th);
+                    draft_head[rows - 1] = draft_head[rows - 1].min(td);
                 }
             }
             // Big models: fewer repetitions keep the measurement under a second or two.
@@ -135,6 +143,7 @@ impl CostModel {
             n_layers: cfg.num_layers,
             layer: monotone(layer),
             head: monotone(head),
+            draft_head: monotone(draft_head),
             measure_seconds: t0.elapsed().as_secs_f64(),
         }
     }
@@ -149,14 +158,19 @@ impl CostModel {
         at(&self.head, rows)
     }
 
+    /// The draft head over `rows` rows.
+    pub fn draft_head(&self, rows: usize) -> f64 {
+        at(&self.draft_head, rows)
+    }
+
     /// One token at full depth.
     pub fn full_token(&self) -> f64 {
         self.n_layers as f64 * self.layer(1) + self.head(1)
     }
 
-    /// One draft step at exit `exit`: the shallow layers and the exit head on one row.
+    /// One draft step at exit `exit`: the shallow layers and the draft head on one row.
     pub fn draft_step(&self, exit: usize) -> f64 {
-        exit as f64 * self.layer(1) + self.head(1)
+        exit as f64 * self.layer(1) + self.draft_head(1)
     }
 
     /// A self-speculative round with `drafts` drafts at exit `exit`: the draft
@@ -232,7 +246,7 @@ impl CostModel {
                                 engine.run_layer(l, &mut kv, CONTEXT + k, &mut x);
                             }
                             if k < drafts {
-                                engine.head(&x, 0, &mut logits);
+                                engine.draft_head(&x, 0, &mut logits);
                             }
                             rows.append(x);
                         }
@@ -289,6 +303,7 @@ impl CostModel {
             n_layers: self.n_layers,
             layer: monotone(added(&self.layer)),
             head: monotone(added(&self.head)),
+            draft_head: monotone(added(&self.draft_head)),
             measure_seconds: self.measure_seconds,
         }
     }
@@ -298,6 +313,7 @@ impl CostModel {
         CostModel {
             n_layers,
             layer: monotone(layer),
+            draft_head: monotone(head.clone()),
             head: monotone(head),
             measure_seconds: 0.0,
         }

@@ -204,6 +204,32 @@ impl Engine for Backend {
             _ => unreachable!("{MIXED}"),
         }
     }
+    fn set_draft_shortlist(&mut self, ids: &[u32]) -> Result<bool> {
+        match self {
+            Backend::Cpu(e) => e.set_draft_shortlist(ids),
+            Backend::Cuda(e) => e.set_draft_shortlist(ids),
+        }
+    }
+    fn draft_head(&self, x: &BackendActs, from: usize, out: &mut Vec<f32>) {
+        match (self, x) {
+            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.draft_head(x, from, out),
+            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.draft_head(x, from, out),
+            _ => unreachable!("{MIXED}"),
+        }
+    }
+    fn draft_head_pick(
+        &self,
+        x: &BackendActs,
+        from: usize,
+        rules: &[PickRule],
+        out: &mut HeadOutput,
+    ) {
+        match (self, x) {
+            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.draft_head_pick(x, from, rules, out),
+            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.draft_head_pick(x, from, rules, out),
+            _ => unreachable!("{MIXED}"),
+        }
+    }
     fn weight_bytes_per_token(&self) -> usize {
         match self {
             Backend::Cpu(e) => e.weight_bytes_per_token(),

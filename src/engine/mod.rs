@@ -91,6 +91,29 @@ pub trait Engine: Send + Sync + 'static {
         let _ = rules;
         out.fill_logits(|logits| self.head(x, from, logits));
     }
+    /// Give the draft head ([`Engine::draft_head`]) only the tokens `ids`
+    /// (a shortlist of frequent tokens): in drafts, every other token's logit
+    /// is -inf. Returns false when this engine has no draft head of its own
+    /// (drafts then use the full exit head).
+    fn set_draft_shortlist(&mut self, ids: &[u32]) -> crate::error::Result<bool> {
+        let _ = ids;
+        Ok(false)
+    }
+    /// The exit head of draft passes: [`Engine::head`] restricted to the
+    /// draft shortlist, if one is set. Rows are `vocab` wide either way.
+    fn draft_head(&self, x: &Self::Acts, from: usize, out: &mut Vec<f32>) {
+        self.head(x, from, out)
+    }
+    /// [`Engine::head_pick`] through the draft head.
+    fn draft_head_pick(
+        &self,
+        x: &Self::Acts,
+        from: usize,
+        rules: &[crate::sampling::PickRule],
+        out: &mut HeadOutput,
+    ) {
+        self.head_pick(x, from, rules, out)
+    }
     /// Bytes of weights one full-depth decode step reads (every layer's
     /// matrices and the LM head): the numerator of a roofline.
     fn weight_bytes_per_token(&self) -> usize;

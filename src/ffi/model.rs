@@ -63,6 +63,7 @@ pub extern "C" fn lsk_model_load(
             device,
             kv_dtype,
             threads: opts.threads as usize,
+            draft_shortlist: opts.draft_shortlist as usize,
         };
         let model = Model::load_with(path, &limits)?;
         unsafe { put(out, into_handle(model), "out") }

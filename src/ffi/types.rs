@@ -115,6 +115,11 @@ pub struct lsk_model_options {
     /// CPU worker threads of this model's own pool; 0 (default) shares the
     /// process's pool (`RAYON_NUM_THREADS`, default one per core). Added in 1.1.
     pub threads: u32,
+    /// Tokens the draft head scores: drafts choose among the K most
+    /// frequent (`token_frequencies.json` beside the checkpoint, else the
+    /// lowest ids); verification keeps the full head, so greedy output is
+    /// unchanged. 0 (default): the full head. Added in 1.2.
+    pub draft_shortlist: u32,
 }
 versioned!(
     lsk_model_options,
@@ -127,6 +132,7 @@ versioned!(
         quantize: 0,
         kv_dtype: 0,
         threads: 0,
+        draft_shortlist: 0,
     },
     // 1.0 ended before the fields added in 1.1.
     std::mem::offset_of!(lsk_model_options, threads)

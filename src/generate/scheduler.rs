@@ -126,7 +126,7 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
             .iter()
             .map(|(i, t, exit)| {
                 let pick = greedy_pick(&gens[*i].opts.sampling);
-                (*i, &t[..], *exit, Logits::Last, pick)
+                (*i, &t[..], *exit, Logits::Draft, pick)
             })
             .collect();
         let results = pass(gens, &calls);

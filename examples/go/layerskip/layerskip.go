@@ -176,6 +176,8 @@ type LoadOptions struct {
 	CUDA          bool   // run on a CUDA GPU (DeviceIndex) instead of the CPU
 	DeviceIndex   uint32 // GPU ordinal when CUDA is set
 	Threads       uint32 // CPU worker threads of the model's own pool; 0 shares the process's
+	// DraftShortlist: drafts score only the K most frequent tokens (0: the full head).
+	DraftShortlist uint32
 }
 
 // Load loads a Hugging Face Llama checkpoint directory.
@@ -193,6 +195,7 @@ func LoadWith(path string, opt LoadOptions) (*Model, error) {
 	o.kv_budget_bytes = C.uint64_t(opt.KVBudgetBytes)
 	o.quantize = C.uint32_t(opt.Quantize)
 	o.threads = C.uint32_t(opt.Threads)
+	o.draft_shortlist = C.uint32_t(opt.DraftShortlist)
 	if opt.KVBf16 {
 		o.kv_dtype = C.LSK_KV_BF16
 	}

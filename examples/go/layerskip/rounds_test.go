@@ -146,6 +146,21 @@ func TestBatchMatchesGenerate(t *testing.T) {
 	}
 }
 
+func TestDraftShortlistIsLossless(t *testing.T) {
+	m := load(t)
+	prompt, _ := m.Tokenize("def f(x):", true)
+	opt := Options{MaxNewTokens: 16, IgnoreEOS: true, Mode: ModeSelfSpeculative, ExitLayer: 1, DraftLen: 3}
+	short, err := LoadWith(modelPath(t), LoadOptions{DraftShortlist: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer short.Close()
+	full := generated(t, m, prompt, Options{MaxNewTokens: 16, IgnoreEOS: true})
+	if got := generated(t, short, prompt, opt); !slices.Equal(got, full) {
+		t.Fatalf("with a shortlist %v, full depth %v", got, full)
+	}
+}
+
 func TestSetAbort(t *testing.T) {
 	m := load(t)
 	prompt, _ := m.Tokenize("def f(x):", true)

@@ -16,14 +16,15 @@ pub(crate) fn run_costs(
 ) -> layerskip::Result<()> {
     let model = model.load()?;
     let c = model.cost_model();
-    println!("rows  layer_us  per_row  head_us  per_row");
+    println!("rows  layer_us  per_row  head_us  per_row  draft_head_us");
     for r in 1..=c.layer.len() {
         println!(
-            "{r:>4} {:>9.1} {:>8.2} {:>8.1} {:>8.2}",
+            "{r:>4} {:>9.1} {:>8.2} {:>8.1} {:>8.2} {:>14.1}",
             1e6 * c.layer(r),
             c.layer(r) / (r as f64 * c.layer(1)),
             1e6 * c.head(r),
             c.head(r) / (r as f64 * c.head(1)),
+            1e6 * c.draft_head(r),
         );
     }
     println!(
@@ -33,6 +34,13 @@ pub(crate) fn run_costs(
         1e3 * c.measure_seconds
     );
     let l = c.n_layers;
+    let e = (l / 4).max(1);
+    println!(
+        "draft step at E={e}: {:.1} us with the draft head, {:.1} us with the full head ({:.2}x)",
+        1e6 * c.draft_step(e),
+        1e6 * (e as f64 * c.layer(1) + c.head(1)),
+        (e as f64 * c.layer(1) + c.head(1)) / c.draft_step(e),
+    );
     let rounds = if rounds.is_empty() {
         let mut exits: Vec<usize> = [l / 4, l / 2, 3 * l / 4]
             .into_iter()

@@ -88,6 +88,7 @@ pub(crate) fn run_eval(
         device: args.device,
         kv_dtype: KvDtypeArg::F32,
         threads: args.threads,
+        draft_shortlist: 0,
     };
     if plain.holding() != args.holding() {
         let plain = plain.load()?;

@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod costs;
 mod eval;
+mod frequencies;
 mod generate;
 mod info;
 
@@ -60,6 +61,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Count the tokens of text files with the model's tokenizer and write
+    /// the ranking that `--draft-shortlist` reads (by default to
+    /// `token_frequencies.json` in the checkpoint directory).
+    Frequencies {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Where to write (default: the checkpoint's `token_frequencies.json`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Text files to count (UTF-8).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Print what a checkpoint holds.
     Info {
         #[command(flatten)]
@@ -97,6 +111,10 @@ struct ModelArgs {
     /// CPU worker threads (0: `RAYON_NUM_THREADS`, default one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Drafts score only the K most frequent tokens (`token_frequencies.json`
+    /// beside the checkpoint, else the lowest ids); 0: the full head.
+    #[arg(long, default_value_t = 0)]
+    draft_shortlist: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -131,6 +149,7 @@ impl ModelArgs {
             },
             device: self.device,
             threads: self.threads,
+            draft_shortlist: self.draft_shortlist,
             kv_dtype: match self.kv_dtype {
                 KvDtypeArg::F32 => layerskip::KvDtype::F32,
                 KvDtypeArg::Bf16 => layerskip::KvDtype::Bf16,
@@ -288,6 +307,7 @@ fn main() -> ExitCode {
         Cmd::Generate(a) => generate::run_generate(a),
         Cmd::Bench(a) => bench::run_bench(a),
         Cmd::Info { model, json } => info::run_info(model, json),
+        Cmd::Frequencies { model, out, files } => frequencies::run_frequencies(model, out, &files),
         Cmd::Costs {
             model,
             rounds,

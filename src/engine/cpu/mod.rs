@@ -10,10 +10,12 @@ mod scratch;
 pub use matmul::{kernel_name, matmul, matmul_many, Mat};
 
 use super::llama::{self, LayerNames};
+use super::HeadOutput;
 use super::{rope, Engine, Rows, Segment};
 use crate::config::ModelConfig;
 use crate::engine::options::{KvDtype, Quantize};
 use crate::error::Result;
+use crate::sampling::PickRule;
 use crate::weights::{Tensor, WeightStore};
 use attention::{CacheView, KvElem};
 use kv::with_pair;
@@ -37,6 +39,12 @@ pub struct CpuEngine {
     cfg: ModelConfig,
     embed: Tensor,
     lm_head: Mat,
+    /// The LM head as stored (mapped), for packing a draft shortlist.
+    lm_head_tensor: Tensor,
+    /// The LM head's rows for the draft shortlist, with their token ids.
+    draft: Option<(Vec<u32>, Mat)>,
+    /// How the weights are held (the draft head is packed the same way).
+    quantize: Quantize,
     norm: Vec<f32>,
     layers: Vec<LayerWeights>,
     inv_freq: Vec<f32>,
@@ -75,6 +83,15 @@ impl Rows for HostActs {
     }
 }
 
+/// A weight matrix packed for this engine's products in `quantize`'s precision.
+fn pack(t: &Tensor, quantize: Quantize) -> Mat {
+    match quantize {
+        Quantize::None => Mat::new(t),
+        Quantize::Int8 => Mat::new_int8(t),
+        Quantize::Bf16 => Mat::new_bf16(t),
+    }
+}
+
 impl CpuEngine {
     pub fn load(
         cfg: &ModelConfig,
@@ -86,17 +103,13 @@ impl CpuEngine {
         let h = cfg.hidden_size;
         let (qd, kvd, inter) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat> {
-            let t = store.get(name, &[rows, cols])?;
-            Ok(match quantize {
-                Quantize::None => Mat::new(&t),
-                Quantize::Int8 => Mat::new_int8(&t),
-                Quantize::Bf16 => Mat::new_bf16(&t),
-            })
+            Ok(pack(&store.get(name, &[rows, cols])?, quantize))
         };
         let vec = |name: &str| -> Result<Vec<f32>> { Ok(store.get(name, &[h])?.to_f32()) };
         // Looked up by row, straight from the checkpoint (no packed copy).
         let embed = store.get(llama::EMBED, &[cfg.vocab_size, h])?;
-        let lm_head = mat(llama::lm_head(cfg, store), cfg.vocab_size, h)?;
+        let lm_head_tensor = store.get(llama::lm_head(cfg, store), &[cfg.vocab_size, h])?;
+        let lm_head = pack(&lm_head_tensor, quantize);
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let n = LayerNames::new(i);
@@ -117,6 +130,9 @@ impl CpuEngine {
             cfg: cfg.clone(),
             embed,
             lm_head,
+            lm_head_tensor,
+            draft: None,
+            quantize,
             norm: vec(llama::FINAL_NORM)?,
             layers,
             inv_freq: rope::inv_freq(cfg),
@@ -125,8 +141,9 @@ impl CpuEngine {
         })
     }
 
-    /// Logits of rows `from..` of `x` into `out` (`rows x vocab`).
-    fn head_into(&self, x: &HostActs, from: usize, out: &mut [f32]) {
+    /// Logits of rows `from..` of `x` into `out` (`rows x m.rows`) through
+    /// the final norm and `m` (the LM head, or its draft shortlist).
+    fn head_into(&self, x: &HostActs, from: usize, m: &Mat, out: &mut [f32]) {
         let h = self.cfg.hidden_size;
         let rows = x.rows() - from;
         scratch::with([rows * h], |[xn]| {
@@ -137,7 +154,7 @@ impl CpuEngine {
                 h,
                 xn,
             );
-            matmul(xn, rows, &self.lm_head, out);
+            matmul(xn, rows, m, out);
         });
     }
 
@@ -347,6 +364,39 @@ impl Engine for CpuEngine {
 
     fn head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {
         out.resize((x.rows() - from) * self.cfg.vocab_size, 0.0);
-        self.head_into(x, from, out);
+        self.head_into(x, from, &self.lm_head, out);
+    }
+
+    fn set_draft_shortlist(&mut self, ids: &[u32]) -> Result<bool> {
+        let vocab = self.cfg.vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(crate::error::Error::invalid(format!(
+                "draft shortlist token {bad} is out of range (vocab_size {vocab})"
+            )));
+        }
+        let m = pack(&self.lm_head_tensor.gather_rows(ids), self.quantize);
+        self.draft = Some((ids.to_vec(), m));
+        Ok(true)
+    }
+
+    fn draft_head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {
+        let Some((ids, m)) = &self.draft else {
+            return self.head(x, from, out);
+        };
+        let (rows, vocab, k) = (x.rows() - from, self.cfg.vocab_size, ids.len());
+        out.clear();
+        out.resize(rows * vocab, f32::NEG_INFINITY);
+        scratch::with([rows * k], |[short]| {
+            self.head_into(x, from, m, short);
+            for (row, s) in out.chunks_exact_mut(vocab).zip(short.chunks_exact(k)) {
+                for (&id, &v) in ids.iter().zip(s) {
+                    row[id as usize] = v;
+                }
+            }
+        });
+    }
+
+    fn draft_head_pick(&self, x: &HostActs, from: usize, _: &[PickRule], out: &mut HeadOutput) {
+        out.fill_logits(|logits| self.draft_head(x, from, logits));
     }
 }

@@ -1,0 +1,219 @@
+//! The draft shortlist: drafts choose among the K most frequent tokens,
+//! verification keeps the full head, so greedy output stays that of full
+//! depth and speculative sampling stays exact.
+
+mod common;
+use common::*;
+use layerskip::sampling::{distribution, Rng64};
+use layerskip::shortlist::{shortlist, Frequencies, FREQUENCIES_FILE};
+use layerskip::speculative::DraftLimits;
+use layerskip::{
+    generate, AutoSpec, ErrorKind, GenerateOptions, LoadOptions, Mode, Model, SamplingParams,
+    Session,
+};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn bundled_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/layerskip-pycode-8l")
+}
+
+fn with_shortlist(dir: &std::path::Path, k: usize) -> Arc<Model> {
+    let opts = LoadOptions {
+        draft_shortlist: k,
+        ..Default::default()
+    };
+    Model::load_with(dir, &opts).unwrap()
+}
+
+#[test]
+fn greedy_self_speculation_with_a_shortlist_equals_full_depth() {
+    let full_model = Model::load(bundled_dir()).unwrap();
+    let prompt = full_model.encode_prompt("def fibonacci(n):").unwrap();
+    let opts = |mode| GenerateOptions {
+        max_new_tokens: 48,
+        mode,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut s = Session::new(full_model.clone(), 0).unwrap();
+    let full = generate(&mut s, &prompt, &opts(Mode::Full), |_, _| true)
+        .unwrap()
+        .tokens;
+    for k in [64, 512] {
+        let model = with_shortlist(&bundled_dir(), k);
+        let ids = shortlist(&bundled_dir(), &model.config, k).unwrap();
+        for mode in [
+            Mode::SelfSpeculative {
+                exit: 2,
+                draft_len: 4,
+            },
+            Mode::SelfSpeculative {
+                exit: 5,
+                draft_len: 2,
+            },
+            Mode::Auto(AutoSpec::default()),
+        ] {
+            let mut s = Session::new(model.clone(), 0).unwrap();
+            let out = generate(&mut s, &prompt, &opts(mode), |_, _| true).unwrap();
+            assert_eq!(out.tokens, full, "K={k} {mode:?}");
+        }
+        // Every draft is a shortlisted token.
+        let mut s = Session::new(model.clone(), 0).unwrap();
+        s.prefill(&prompt).unwrap();
+        let limits = DraftLimits {
+            max_drafts: 16,
+            stop_ids: &[],
+            confidence: 0.0,
+            cumulative: 0.0,
+            calibration: &[],
+        };
+        let d = s
+            .draft(
+                full[0],
+                3,
+                limits,
+                &SamplingParams::default(),
+                &mut Rng64::new(0),
+            )
+            .unwrap();
+        assert_eq!(d.tokens.len(), 16);
+        assert!(
+            d.tokens.iter().all(|t| ids.binary_search(t).is_ok()),
+            "K={k}: {:?}",
+            d.tokens
+        );
+    }
+}
+
+fn tv(a: &[f32], b: &[f32]) -> f32 {
+    0.5 * a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>()
+}
+
+#[test]
+fn sampling_with_a_shortlist_preserves_the_full_model_distribution() {
+    let name = "mqa-f16-linear";
+    let dir = fixture_dir(name);
+    let plain = load(name);
+    let l = plain.num_layers();
+    let prompt = &prompts(name)[1];
+    let params = SamplingParams {
+        temperature: 1.5,
+        top_k: 6,
+        top_p: 1.0,
+        seed: 0,
+    };
+    let t0 = prompt[0];
+    // The full model's top tokens after t0; a shortlist that holds about half of them.
+    let mut s = Session::new(plain.clone(), 0).unwrap();
+    s.prefill(prompt).unwrap();
+    let base = s.shallow_len();
+    s.step(t0, l).unwrap();
+    let p_full = distribution(s.last_logits(), &params);
+    let mut top: Vec<u32> = (0..p_full.len() as u32)
+        .filter(|&i| p_full[i as usize] > 0.0)
+        .collect();
+    top.sort_unstable();
+    let k = top[top.len() / 2] as usize + 1;
+    let model = with_shortlist(&dir, k);
+    let ids = shortlist(&dir, &model.config, k).unwrap();
+    let inside = top.iter().filter(|t| ids.binary_search(t).is_ok()).count();
+    assert!(
+        inside > 0 && inside < top.len(),
+        "the shortlist must hold some, not all, of the full model's candidates ({inside} of {})",
+        top.len()
+    );
+
+    let mut s = Session::new(model.clone(), 0).unwrap();
+    s.prefill(prompt).unwrap();
+    let trials = 6000;
+    let mut counts = vec![0f32; p_full.len()];
+    let mut rng = Rng64::new(42);
+    let limits = DraftLimits {
+        cumulative: 0.0,
+        calibration: &[],
+        max_drafts: 1,
+        stop_ids: &[],
+        confidence: 0.0,
+    };
+    let mut drafted_outside = 0;
+    for _ in 0..trials {
+        let drafts = s.draft(t0, 1, limits, &params, &mut rng).unwrap();
+        drafted_outside += drafts
+            .tokens
+            .iter()
+            .filter(|t| ids.binary_search(t).is_err())
+            .count();
+        let v = s.verify(t0, &drafts, &params, &mut rng).unwrap();
+        let first = if v.accepted > 0 {
+            drafts.tokens[0]
+        } else {
+            v.token_after
+        };
+        counts[first as usize] += 1.0;
+        s.rewind(base).unwrap();
+    }
+    assert_eq!(drafted_outside, 0, "drafts come from the shortlist");
+    let empirical: Vec<f32> = counts.iter().map(|c| c / trials as f32).collect();
+    let d = tv(&empirical, &p_full);
+    // 6 outcomes, 6000 draws: the expected TV from sampling noise is ~0.01.
+    assert!(d < 0.04, "TV(empirical, p_full) = {d}");
+    // Tokens outside the shortlist still come out, from the verifier.
+    let outside_mass: f32 = top
+        .iter()
+        .filter(|t| ids.binary_search(t).is_err())
+        .map(|&t| empirical[t as usize])
+        .sum();
+    assert!(outside_mass > 0.0);
+}
+
+#[test]
+fn a_frequency_file_ranks_the_shortlist() {
+    let name = "mha-f32";
+    let model = load(name);
+    let cfg = &model.config;
+    let tmp = tempfile::tempdir().unwrap();
+    // Without a file: the EOS ids, then the lowest ids.
+    let k = 8;
+    let plain = shortlist(tmp.path(), cfg, k).unwrap();
+    let mut want: Vec<u32> = cfg.eos_token_ids.clone();
+    want.extend(
+        (0..)
+            .filter(|i| !cfg.eos_token_ids.contains(i))
+            .take(k - want.len()),
+    );
+    want.sort_unstable();
+    assert_eq!(plain, want);
+    // With one: the EOS ids, then the most frequent.
+    let hot = [cfg.vocab_size as u32 - 1, 300, 200];
+    let f = Frequencies::count(
+        [hot.iter().flat_map(|&t| vec![t; 5]).chain([7]).collect()],
+        cfg.vocab_size,
+        "t",
+    );
+    std::fs::write(
+        tmp.path().join(FREQUENCIES_FILE),
+        serde_json::to_string(&f).unwrap(),
+    )
+    .unwrap();
+    let ranked = shortlist(tmp.path(), cfg, cfg.eos_token_ids.len() + 4).unwrap();
+    for t in hot.iter().chain(&[7]).chain(&cfg.eos_token_ids) {
+        assert!(ranked.contains(t), "{t} in {ranked:?}");
+    }
+    assert_eq!(
+        shortlist(tmp.path(), cfg, 1 << 30).unwrap().len(),
+        cfg.vocab_size
+    );
+    // A bad file is an error naming it.
+    std::fs::write(
+        tmp.path().join(FREQUENCIES_FILE),
+        format!(
+            r#"{{"source": "x", "total": 1, "counts": [[{}, 1]]}}"#,
+            cfg.vocab_size
+        ),
+    )
+    .unwrap();
+    let e = shortlist(tmp.path(), cfg, 4).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.message().contains(FREQUENCIES_FILE), "{e}");
+}

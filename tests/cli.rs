@@ -311,6 +311,9 @@ fn bench_confirmation_reruns_full_the_best_pair_and_auto() {
         let ratio = runs[0].as_f64().unwrap() / full;
         assert!((r["speedup"].as_f64().unwrap() - ratio).abs() < 1e-9);
         assert!(r["speedup_q1"].as_f64().unwrap() <= r["speedup_q3"].as_f64().unwrap());
+        // Prefill and decoding alone, next to the whole generation's rate.
+        let rate = |k: &str| r[k].as_f64().unwrap();
+        assert!(rate("prompt_tokens_per_second") > 0.0 && rate("decode_tokens_per_second") > 0.0);
     }
     assert_eq!(
         confirm[0]["run_tokens_per_second"]

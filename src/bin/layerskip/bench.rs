@@ -18,7 +18,13 @@ pub(crate) struct BenchRow {
     pub draft_len: Option<usize>,
     pub tokens: usize,
     pub seconds: f64,
+    /// Whole generations: prompts' prefill and decoding.
     pub tokens_per_second: f64,
+    /// Prompt tokens per second of the prompts' passes (prefill alone).
+    pub prompt_tokens_per_second: f64,
+    /// Tokens after each generation's first per second after its prompt
+    /// (decoding alone, as llama.cpp's "tg").
+    pub decode_tokens_per_second: f64,
     /// Over full depth: the median, over prompts and repetitions, of this
     /// row's tokens/s over full depth's on the same prompt in the same
     /// repetition (the two ran back to back, so a busy spell of the machine
@@ -89,6 +95,8 @@ pub(crate) struct BenchConfig {
 struct Totals {
     tokens: usize,
     seconds: f64,
+    prompt_tokens: usize,
+    prompt_s: f64,
     drafted: u64,
     accepted: u64,
     rounds: u64,
@@ -204,6 +212,8 @@ fn measure<E: Engine>(
                 let st = out.stats;
                 t.tokens += st.generated_tokens;
                 t.seconds += st.seconds;
+                t.prompt_tokens += st.prompt_tokens;
+                t.prompt_s += st.prompt_seconds;
                 t.drafted += st.drafted;
                 t.accepted += st.accepted;
                 t.rounds += st.rounds;
@@ -262,6 +272,10 @@ fn measure<E: Engine>(
                 tokens: t.tokens,
                 seconds: t.seconds,
                 tokens_per_second: tps,
+                prompt_tokens_per_second: t.prompt_tokens as f64 / t.prompt_s.max(1e-9),
+                // Every generation's first token comes with its prompt's pass.
+                decode_tokens_per_second: t.tokens.saturating_sub(t.runs.len()) as f64
+                    / (t.seconds - t.prompt_s).max(1e-9),
                 speedup,
                 speedup_q1: q1,
                 speedup_q3: q3,
@@ -288,7 +302,7 @@ fn measure<E: Engine>(
 /// The table as text (confirmation rows after a line of their own).
 pub(crate) fn format_table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
-        "mode              E   d   tokens/s  speedup  quartiles  accept  tok/round  draft%  verify%  lossless\n",
+        "mode              E   d   tokens/s  decode/s  speedup  quartiles  accept  tok/round  draft%  verify%  lossless\n",
     );
     let mut phase = rows.first().map_or("sweep", |r| r.phase);
     for r in rows {
@@ -298,11 +312,12 @@ pub(crate) fn format_table(rows: &[BenchRow]) -> String {
         }
         let opt = |v: Option<usize>| v.map_or("-".to_string(), |x| x.to_string());
         s += &format!(
-            "{:<16} {:>2} {:>3} {:>10.1} {:>7.2}x  {:>4.2}-{:<4.2} {:>6.1}% {:>10.2} {:>6.1}% {:>7.1}%  {}\n",
+            "{:<16} {:>2} {:>3} {:>10.1} {:>9.1} {:>7.2}x  {:>4.2}-{:<4.2} {:>6.1}% {:>10.2} {:>6.1}% {:>7.1}%  {}\n",
             r.mode,
             opt(r.exit_layer),
             opt(r.draft_len),
             r.tokens_per_second,
+            r.decode_tokens_per_second,
             r.speedup,
             r.speedup_q1,
             r.speedup_q3,

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Tokens/s of transformers' self-speculative LayerSkip decoding
+(`generate(..., assistant_early_exit=E)`) beside layerskip's from Python, on
+the same checkpoint, prompts and greedy settings, in alternating runs.
+
+Needs torch, transformers and the layerskip package (`pip install ./python`):
+    python tools/bench_transformers_early_exit.py [--model DIR] [--exit 5] [--draft 2]
+        [--max-new-tokens 128] [--repeat 3] [--threads 2]
+
+Both decode greedily: each row also says whether the two produced the same
+tokens. Speeds are tokens generated over wall time, prompt included.
+"""
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import layerskip
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(ROOT / "assets" / "layerskip-pycode-8l"))
+    ap.add_argument("--prompts", default=str(ROOT / "tools" / "prompts" / "code.txt"))
+    ap.add_argument("--exit", type=int, default=5)
+    ap.add_argument("--draft", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    transformers.logging.set_verbosity_error()
+    # One prompt per line, with \n escapes (as `layerskip bench --prompt-file`).
+    prompts = [ln.replace("\\n", "\n") for ln in Path(a.prompts).read_text().splitlines() if ln.strip()]
+
+    try:
+        tok = AutoTokenizer.from_pretrained(a.model)
+    except (OSError, ValueError):
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(a.model) / "tokenizer.json"))
+    hf = LlamaForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
+    hf.generation_config.num_assistant_tokens = a.draft
+    hf.generation_config.num_assistant_tokens_schedule = "constant"
+    ours = layerskip.Model.load(a.model, threads=a.threads)
+
+    def run_hf(ids, early_exit):
+        x = torch.tensor([ids])
+        kw = dict(max_new_tokens=a.max_new_tokens, min_new_tokens=a.max_new_tokens, do_sample=False)
+        if early_exit:
+            kw["assistant_early_exit"] = a.exit
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = hf.generate(x, attention_mask=torch.ones_like(x), **kw)
+        return out[0, len(ids):].tolist(), time.perf_counter() - t
+
+    def run_ours(ids, speculative):
+        kw = dict(mode="self-speculative", exit_layer=a.exit, draft_len=a.draft) if speculative else {}
+        t = time.perf_counter()
+        out = ours.session().generate(ids, max_new_tokens=a.max_new_tokens, ignore_eos=True, **kw)
+        return out.tokens, time.perf_counter() - t
+
+    runners = {
+        "transformers full": lambda ids: run_hf(ids, False),
+        f"transformers assistant_early_exit={a.exit}": lambda ids: run_hf(ids, True),
+        "layerskip full": lambda ids: run_ours(ids, False),
+        f"layerskip self-speculative E={a.exit} d={a.draft}": lambda ids: run_ours(ids, True),
+    }
+    encoded = [ours.tokenize(p) for p in prompts]
+    for ids in encoded[:1]:  # warm-up
+        for r in runners.values():
+            r(ids)
+    speeds = {name: [] for name in runners}
+    outputs = {name: [] for name in runners}
+    for _ in range(a.repeat):
+        for ids in encoded:
+            for name, r in runners.items():  # alternating, prompt by prompt
+                toks, sec = r(ids)
+                speeds[name].append(len(toks) / sec)
+                outputs[name].append(toks)
+    base = outputs["layerskip full"]
+    print(f"{Path(a.model).name}: {len(encoded)} prompts x {a.repeat}, {a.max_new_tokens} tokens, "
+          f"{a.threads} threads, torch {torch.__version__}")
+    print(f"{'':48} {'median tok/s':>12}  {'same tokens as layerskip full':>30}")
+    for name in runners:
+        same = sum(o == b for o, b in zip(outputs[name], base))
+        print(f"{name:48} {statistics.median(speeds[name]):12.1f}  {same:>14}/{len(base)}")
+    hf_ee = speeds[f"transformers assistant_early_exit={a.exit}"]
+    ls_ss = speeds[f"layerskip self-speculative E={a.exit} d={a.draft}"]
+    ratios = [o / t for o, t in zip(ls_ss, hf_ee)]
+    print(f"layerskip self-speculative / transformers early exit, paired median: {statistics.median(ratios):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,9 +7,13 @@
 # - NVRTC and the CUDA headers from PyPI, in a virtual environment under
 #   $TMPDIR, so that the CUDA kernels' compile check really compiles them
 #   (no GPU needed).
+# - The Python package (`pip install ./python`), pytest and Ray Serve, in a
+#   virtual environment under $TMPDIR.
 # Then it runs `cargo test --release` with every such test required: a test
-# that would skip for want of one of these fails instead. Arguments go to
-# cargo test (e.g. `tools/test.sh --test batch`).
+# that would skip for want of one of these fails instead, and, when given no
+# arguments, the Python tests (the package's, and the Ray Serve example's,
+# which starts a local Ray cluster). Arguments go to cargo test alone (e.g.
+# `tools/test.sh --test batch`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,3 +61,16 @@ echo "toolchains: $(cargo --version); $(cc --version | head -1); $(go version); 
 # plain `cargo test` does not always relink after a change: build it first.
 cargo build --release
 cargo test --release "$@"
+[ $# -eq 0 ] || exit 0
+
+# The Python package, built from this checkout, and its tests.
+PY="${TMPDIR:-/tmp}/layerskip-py-venv"
+if [ ! -f "$PY/.installed" ]; then
+  echo "tools/test.sh: installing pytest and Ray Serve into $PY"
+  python3 -m venv "$PY"
+  "$PY/bin/pip" install -q pytest "ray[serve]"
+  touch "$PY/.installed"
+fi
+"$PY/bin/pip" install -q ./python
+rm -rf python/build python/*.egg-info
+"$PY/bin/python" -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning python/tests examples/ray_serve

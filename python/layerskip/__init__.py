@@ -24,7 +24,10 @@ import numpy as np
 from . import _ffi
 from ._version import __version__
 
-__all__ = ["LayerskipError", "Model", "ModelInfo", "Session", "GenerateResult", "__version__"]
+__all__ = [
+    "LayerskipError", "Model", "ModelInfo", "Session", "GenerateResult", "Round", "RoundResult",
+    "sessions_round", "__version__",
+]
 
 _lib = _ffi.load()
 
@@ -427,6 +430,76 @@ class Session:
     def __del__(self) -> None:
         if getattr(self, "_h", None):
             self.close()
+
+
+@dataclass
+class Round:
+    """One session's round for :func:`sessions_round`: feed ``input`` (the
+    token the session's last round returned last, or a prompt), then run one
+    round of ``mode`` committing at most ``max_tokens`` tokens; the round
+    ends after any of ``stop_ids``. Draws come from the session's own seed."""
+
+    session: "Session"
+    input: Sequence[int]
+    max_tokens: int
+    mode: str = "full"
+    exit_layer: Union[int, str, None] = None
+    draft_len: Union[int, str, None] = None
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_ids: Sequence[int] = ()
+
+
+@dataclass
+class RoundResult:
+    tokens: List[int]
+    drafted: int = 0
+    accepted: int = 0
+    error: Optional[LayerskipError] = None
+
+
+def sessions_round(rounds: Sequence[Round]) -> List[RoundResult]:
+    """Advance each round's session (all of one model) by one round, in
+    shared passes (lsk_sessions_round): each result is identical to running
+    that round alone. A failed round fails alone (its ``error``)."""
+    n = len(rounds)
+    if n == 0:
+        return []
+    cr = (_ffi.lsk_round * n)()
+    keep = []
+    errs = (ctypes.c_void_p * n)()
+    for i, r in enumerate(rounds):
+        c = cr[i]
+        _lib.lsk_round_init(ctypes.byref(c), ctypes.sizeof(c))
+        if r.mode not in _MODES:
+            raise LayerskipError(ERR_INVALID_ARGUMENT, f"unknown mode {r.mode!r}")
+        inp, n_in = _ids(r.input)
+        out = (ctypes.c_int32 * max(1, r.max_tokens))()
+        stops, n_stops = _ids(r.stop_ids)
+        smp = _sampling(r.temperature, r.top_k, r.top_p)
+        keep += [inp, out, stops, smp]
+        c.session = r.session._h
+        c.input, c.n_input = ctypes.cast(inp, ctypes.POINTER(ctypes.c_int32)), n_in
+        c.mode, c.max_tokens = _MODES[r.mode], r.max_tokens
+        c.exit_layer = _setting(r.exit_layer, 0)
+        c.draft_len = _setting(r.draft_len, c.draft_len)
+        c.tokens = ctypes.cast(out, ctypes.POINTER(ctypes.c_int32))
+        c.sampling = ctypes.pointer(smp)
+        c.stop_ids, c.n_stop_ids = ctypes.cast(stops, ctypes.POINTER(ctypes.c_int32)), n_stops
+        c.err = ctypes.cast(ctypes.byref(errs, i * ctypes.sizeof(ctypes.c_void_p)), ctypes.POINTER(ctypes.c_void_p))
+    _call("lsk_sessions_round", cr, n)
+    results = []
+    for i, c in enumerate(cr):
+        if c.result != OK:
+            e = ctypes.c_void_p(errs[i])
+            try:
+                _check(c.result, e)
+            except LayerskipError as err:
+                results.append(RoundResult([], error=err))
+            continue
+        results.append(RoundResult(list(c.tokens[: c.n_tokens]), c.drafted, c.accepted))
+    return results
 
 
 def version() -> str:

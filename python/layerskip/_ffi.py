@@ -125,6 +125,34 @@ class lsk_stats(Structure):
     ]
 
 
+class lsk_round(Structure):
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("session", c_void_p),
+        ("input", POINTER(c_int32)),
+        ("n_input", c_size_t),
+        ("mode", c_uint32),
+        ("exit_layer", c_uint32),
+        ("draft_len", c_uint32),
+        ("max_tokens", c_uint32),
+        ("tokens", POINTER(c_int32)),
+        ("sampling", POINTER(lsk_sampling)),
+        ("stop_ids", POINTER(c_int32)),
+        ("n_stop_ids", c_size_t),
+        ("confidence_threshold", c_float),
+        ("drafts", POINTER(c_int32)),
+        ("n_drafts", c_size_t),
+        ("draft_probs", POINTER(c_float)),
+        ("err", POINTER(c_void_p)),
+        ("result", c_uint32),
+        ("n_tokens", c_uint32),
+        ("drafted", c_uint32),
+        ("accepted", c_uint32),
+        ("ran_exit_layer", c_uint32),
+        ("ran_draft_len", c_uint32),
+    ]
+
+
 TOKEN_CALLBACK = CFUNCTYPE(c_int32, c_void_p, c_int32, ctypes.POINTER(ctypes.c_char), c_size_t)
 ABORT_CALLBACK = CFUNCTYPE(c_int32, c_void_p)
 
@@ -173,6 +201,8 @@ _SIGNATURES = {
          POINTER(lsk_generate_result), _ERR],
     ),
     "lsk_session_stats": (c_uint32, [_P, POINTER(lsk_stats), _ERR]),
+    "lsk_round_init": (c_uint32, [POINTER(lsk_round), c_size_t]),
+    "lsk_sessions_round": (c_uint32, [POINTER(lsk_round), c_size_t, _ERR]),
 }
 
 

@@ -190,3 +190,29 @@ def test_low_level_calls(bundled):
     s.set_abort(None)
     assert s.step(full[1]) == full[2]
     assert s.stats()["shallow_len"] == len(prompt) + 2
+
+
+def test_sessions_round_advances_sessions_together(bundled):
+    prompt = bundled.tokenize("def fibonacci(n):")
+    n = 24
+    want = bundled.session().generate(prompt, max_new_tokens=n, ignore_eos=True).tokens
+    modes = [dict(mode="full"), dict(mode="self-speculative", exit_layer=5, draft_len=3),
+             dict(mode="self-speculative", exit_layer="auto", draft_len="auto")]
+    sessions = [bundled.session() for _ in modes]
+    got = [[] for _ in modes]
+    inputs = [prompt for _ in modes]
+    bad = layerskip.Round(bundled.session(), prompt, max_tokens=0)
+    first = True
+    while any(len(g) < n for g in got):
+        live = [i for i in range(len(modes)) if len(got[i]) < n]
+        rounds = [layerskip.Round(sessions[i], inputs[i], n - len(got[i]), **modes[i]) for i in live]
+        res = layerskip.sessions_round(rounds + ([bad] if first else []))
+        if first:
+            assert res[-1].error is not None and res[-1].error.code == 2
+            assert "max_tokens must be at least 1" in str(res[-1].error)
+            first = False
+        for i, r in zip(live, res):
+            assert r.error is None and r.tokens
+            got[i] += r.tokens
+            inputs[i] = r.tokens[-1:]
+    assert all(g == want for g in got)

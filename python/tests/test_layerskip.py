@@ -216,3 +216,16 @@ def test_sessions_round_advances_sessions_together(bundled):
             got[i] += r.tokens
             inputs[i] = r.tokens[-1:]
     assert all(g == want for g in got)
+
+
+def test_the_readme_example_runs(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    readme = (ROOT / "python" / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 10
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "tokens/s" in run.stdout and len(run.stdout) > 40

@@ -1,92 +1,107 @@
 #!/usr/bin/env python3
-"""Side by side: transformers' generate(..., assistant_early_exit=E) against our
-CLI's self-speculative mode, on the same checkpoint, prompt and token count.
-Reports tokens/s for both (and full-depth greedy for both) and checks that the
-greedy outputs are identical token for token.
+"""Side by side from Python: transformers' generate(..., assistant_early_exit=E)
+and full depth against layerskip's self-speculative mode and full depth
+(through the layerskip package), on the same checkpoint, prompts and token
+count, in alternating runs (prompt by prompt, one run of each in turn).
 
-    python tools/compare_transformers.py --model assets/layerskip-pycode-8l \
-        --prompt "def fibonacci(n):" --max-new-tokens 128 --exit-layer 4 --draft-len 4
+Needs torch, transformers and the layerskip package (`pip install ./python`);
+not run in CI:
+    python tools/compare_transformers.py [--model DIR] [--prompt TEXT | --prompts FILE]
+        [--exit-layer 5] [--draft-len 2] [--max-new-tokens 128] [--repeat 3]
+        [--threads 2] [--dtype float32|bfloat16]
 
-Needs torch + transformers (not run in CI). Both sides use the same thread count.
+All four decode greedily to exactly --max-new-tokens tokens; each row says
+how many of its outputs equal layerskip's full depth. Speeds are tokens over
+wall time, prompt included.
 """
 import argparse
-import json
-import os
-import subprocess
+import statistics
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaForCausalLM
+import transformers
+from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import layerskip
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def ours(model, ids, n, mode, exit_layer, draft_len, threads):
-    cli = ROOT / "target" / "release" / "layerskip"
-    cmd = [str(cli), "generate", "--model", model, "--prompt-ids", ",".join(map(str, ids)),
-           "--max-new-tokens", str(n), "--ignore-eos", "--greedy", "--json", "--mode", mode,
-           "--exit-layer", str(exit_layer), "--draft-len", str(draft_len)]
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
-    return out["tokens"], out["stats"]["tokens_per_second"], out["stats"]
-
-
-def theirs(m, ids, n, exit_layer, draft_len):
-    x = torch.tensor([ids])
-    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    if exit_layer:
-        kw.update(assistant_early_exit=exit_layer, num_assistant_tokens=draft_len,
-                  num_assistant_tokens_schedule="constant")
-    with torch.no_grad():
-        m.generate(x, max_new_tokens=4, do_sample=False)  # warm-up
-        t = time.perf_counter()
-        out = m.generate(x, **kw)
-        dt = time.perf_counter() - t
-    new = out[0, len(ids):].tolist()
-    return new, len(new) / dt
-
-
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=str(ROOT / "assets/layerskip-pycode-8l"))
-    ap.add_argument("--prompt", default="def fibonacci(n):")
-    ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--exit-layer", type=int, default=4)
-    ap.add_argument("--draft-len", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=str(ROOT / "assets" / "layerskip-pycode-8l"))
+    ap.add_argument("--prompt", help="one prompt instead of --prompts")
+    ap.add_argument("--prompts", default=str(ROOT / "tools" / "prompts" / "code.txt"))
+    ap.add_argument("--exit-layer", type=int, default=5)
+    ap.add_argument("--draft-len", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    tok = AutoTokenizer.from_pretrained(a.model)
-    ids = tok(a.prompt)["input_ids"]
-    m = LlamaForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype)).eval()
-    # Stop only at the budget on both sides.
-    m.generation_config.eos_token_id = None
-    n = a.max_new_tokens
+    transformers.logging.set_verbosity_error()
+    # One prompt per line, with \n escapes (as `layerskip bench --prompt-file`).
+    prompts = [a.prompt] if a.prompt else [
+        ln.replace("\\n", "\n") for ln in Path(a.prompts).read_text().splitlines() if ln.strip()]
 
-    rows = []
-    t_full, tps_t_full = theirs(m, ids, n, 0, 0)
-    o_full, tps_o_full, _ = ours(a.model, ids, n, "full", a.exit_layer, a.draft_len, a.threads)
-    t_spec, tps_t_spec = theirs(m, ids, n, a.exit_layer, a.draft_len)
-    o_spec, tps_o_spec, st = ours(a.model, ids, n, "self-speculative", a.exit_layer, a.draft_len, a.threads)
-    rows.append(("transformers full (greedy)", tps_t_full, 1.0))
-    rows.append((f"transformers assistant_early_exit={a.exit_layer}, {a.draft_len} drafts", tps_t_spec, tps_t_spec / tps_t_full))
-    rows.append(("layerskip full", tps_o_full, 1.0))
-    rows.append((f"layerskip self-speculative E={a.exit_layer} d={a.draft_len}", tps_o_spec, tps_o_spec / tps_o_full))
-    print(f"model {a.model}, prompt {a.prompt!r}, {n} new tokens, {a.threads} threads, transformers {a.dtype}")
-    print(f"| run | tokens/s | speedup over its own full depth |\n|---|---|---|")
-    for name, tps, sp in rows:
-        print(f"| {name} | {tps:.1f} | {sp:.2f}x |")
-    print(f"layerskip self-speculative vs transformers assistant_early_exit: {tps_o_spec / tps_t_spec:.2f}x")
-    print(f"layerskip acceptance {100 * st['acceptance_rate']:.1f}%")
-    same = t_full == o_full == t_spec == o_spec
-    print("greedy outputs identical (transformers full, transformers early-exit assisted, ours full, ours self-speculative):", same)
-    if not same:
-        for name, seq in [("t_full", t_full), ("o_full", o_full), ("t_spec", t_spec), ("o_spec", o_spec)]:
-            print(name, seq[:40])
-    return 0 if same else 1
+    try:
+        tok = AutoTokenizer.from_pretrained(a.model)
+    except (OSError, ValueError):
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(a.model) / "tokenizer.json"))
+    hf = LlamaForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype)).eval()
+    hf.generation_config.eos_token_id = None  # both sides stop at the budget only
+    hf.generation_config.num_assistant_tokens = a.draft_len
+    hf.generation_config.num_assistant_tokens_schedule = "constant"
+    ours = layerskip.Model.load(a.model, threads=a.threads)
+
+    def run_hf(ids, early_exit):
+        x = torch.tensor([ids])
+        kw = dict(max_new_tokens=a.max_new_tokens, do_sample=False)
+        if early_exit:
+            kw["assistant_early_exit"] = a.exit_layer
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = hf.generate(x, attention_mask=torch.ones_like(x), **kw)
+        return out[0, len(ids):].tolist(), time.perf_counter() - t
+
+    def run_ours(ids, speculative):
+        kw = dict(mode="self-speculative", exit_layer=a.exit_layer, draft_len=a.draft_len) if speculative else {}
+        t = time.perf_counter()
+        out = ours.session().generate(ids, max_new_tokens=a.max_new_tokens, ignore_eos=True, **kw)
+        return out.tokens, time.perf_counter() - t
+
+    runners = {
+        "transformers full": lambda ids: run_hf(ids, False),
+        f"transformers assistant_early_exit={a.exit_layer}": lambda ids: run_hf(ids, True),
+        "layerskip full": lambda ids: run_ours(ids, False),
+        f"layerskip self-speculative E={a.exit_layer} d={a.draft_len}": lambda ids: run_ours(ids, True),
+    }
+    encoded = [ours.tokenize(p) for p in prompts]
+    for ids in encoded[:1]:  # warm-up
+        for r in runners.values():
+            r(ids)
+    speeds = {name: [] for name in runners}
+    outputs = {name: [] for name in runners}
+    for _ in range(a.repeat):
+        for ids in encoded:
+            for name, r in runners.items():  # alternating, prompt by prompt
+                toks, sec = r(ids)
+                speeds[name].append(len(toks) / sec)
+                outputs[name].append(toks)
+    base = outputs["layerskip full"]
+    print(f"{Path(a.model).name}: {len(encoded)} prompts x {a.repeat}, {a.max_new_tokens} tokens, "
+          f"{a.threads} threads, transformers in {a.dtype}, torch {torch.__version__}")
+    print(f"{'':48} {'median tok/s':>12}  {'same tokens as layerskip full':>30}")
+    for name in runners:
+        same = sum(o == b for o, b in zip(outputs[name], base))
+        print(f"{name:48} {statistics.median(speeds[name]):12.1f}  {same:>14}/{len(base)}")
+    hf_ee = speeds[f"transformers assistant_early_exit={a.exit_layer}"]
+    ls_ss = speeds[f"layerskip self-speculative E={a.exit_layer} d={a.draft_len}"]
+    ratios = [o / t for o, t in zip(ls_ss, hf_ee)]
+    print(f"layerskip self-speculative / transformers early exit, paired median: {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

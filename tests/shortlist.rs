@@ -86,10 +86,6 @@ fn greedy_self_speculation_with_a_shortlist_equals_full_depth() {
     }
 }
 
-fn tv(a: &[f32], b: &[f32]) -> f32 {
-    0.5 * a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>()
-}
-
 #[test]
 fn sampling_with_a_shortlist_preserves_the_full_model_distribution() {
     let name = "mqa-f16-linear";
@@ -107,7 +103,6 @@ fn sampling_with_a_shortlist_preserves_the_full_model_distribution() {
     // The full model's top tokens after t0; a shortlist that holds about half of them.
     let mut s = Session::new(plain.clone(), 0).unwrap();
     s.prefill(prompt).unwrap();
-    let base = s.shallow_len();
     s.step(t0, l).unwrap();
     let p_full = distribution(s.last_logits(), &params);
     let mut top: Vec<u32> = (0..p_full.len() as u32)
@@ -126,35 +121,11 @@ fn sampling_with_a_shortlist_preserves_the_full_model_distribution() {
 
     let mut s = Session::new(model.clone(), 0).unwrap();
     s.prefill(prompt).unwrap();
-    let trials = 6000;
-    let mut counts = vec![0f32; p_full.len()];
-    let mut rng = Rng64::new(42);
-    let limits = DraftLimits {
-        cumulative: 0.0,
-        calibration: &[],
-        max_drafts: 1,
-        stop_ids: &[],
-        confidence: 0.0,
-    };
-    let mut drafted_outside = 0;
-    for _ in 0..trials {
-        let drafts = s.draft(t0, 1, limits, &params, &mut rng).unwrap();
-        drafted_outside += drafts
-            .tokens
-            .iter()
-            .filter(|t| ids.binary_search(t).is_err())
-            .count();
-        let v = s.verify(t0, &drafts, &params, &mut rng).unwrap();
-        let first = if v.accepted > 0 {
-            drafts.tokens[0]
-        } else {
-            v.token_after
-        };
-        counts[first as usize] += 1.0;
-        s.rewind(base).unwrap();
-    }
-    assert_eq!(drafted_outside, 0, "drafts come from the shortlist");
-    let empirical: Vec<f32> = counts.iter().map(|c| c / trials as f32).collect();
+    let (empirical, drafted) = first_token_distribution(&mut s, t0, 1, &params, 6000);
+    assert!(
+        drafted.iter().all(|t| ids.binary_search(t).is_ok()),
+        "drafts come from the shortlist"
+    );
     let d = tv(&empirical, &p_full);
     // 6 outcomes, 6000 draws: the expected TV from sampling noise is ~0.01.
     assert!(d < 0.04, "TV(empirical, p_full) = {d}");

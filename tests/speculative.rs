@@ -179,10 +179,6 @@ fn external_drafts_verify_to_full_depth_greedy() {
 }
 
 /// Total-variation distance.
-fn tv(a: &[f32], b: &[f32]) -> f32 {
-    0.5 * a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>()
-}
-
 #[test]
 fn speculative_sampling_preserves_the_full_model_distribution() {
     let name = "mqa-f16-linear";
@@ -212,27 +208,7 @@ fn speculative_sampling_preserves_the_full_model_distribution() {
     );
 
     let trials = 6000;
-    let mut counts = vec![0f32; p_full.len()];
-    let mut rng = Rng64::new(42);
-    let limits = DraftLimits {
-        cumulative: 0.0,
-        calibration: &[],
-        max_drafts: 1,
-        stop_ids: &[],
-        confidence: 0.0,
-    };
-    for _ in 0..trials {
-        let drafts = s.draft(t0, 1, limits, &params, &mut rng).unwrap();
-        let v = s.verify(t0, &drafts, &params, &mut rng).unwrap();
-        let first = if v.accepted > 0 {
-            drafts.tokens[0]
-        } else {
-            v.token_after
-        };
-        counts[first as usize] += 1.0;
-        s.rewind(base).unwrap();
-    }
-    let empirical: Vec<f32> = counts.iter().map(|c| c / trials as f32).collect();
+    let (empirical, _) = first_token_distribution(&mut s, t0, 1, &params, trials);
     let d = tv(&empirical, &p_full);
     // 6 outcomes, 6000 draws: the expected TV from sampling noise is ~0.01.
     assert!(

@@ -121,8 +121,32 @@ class GenerateResult:
     extra: dict = field(default_factory=dict)
 
 
-class Model:
+class _Handle:
+    """A C handle released once, by ``close()``, ``with`` or garbage collection."""
+
+    _h: Optional[ctypes.c_void_p] = None
+    _free: Callable = staticmethod(lambda h: None)
+
+    def close(self) -> None:
+        """Release the handle (a model stays alive while its sessions are open)."""
+        h, self._h = self._h, None
+        if h:
+            type(self)._free(h)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Model(_Handle):
     """A loaded checkpoint. Thread-safe; sessions keep it alive."""
+
+    _free = staticmethod(lambda h: _lib.lsk_model_free(h))
 
     def __init__(self, handle: ctypes.c_void_p, path: str):
         self._h = handle
@@ -204,26 +228,13 @@ class Model:
         """Forget what automatic (E, d) learnt from this model's sessions."""
         _call("lsk_model_reset_policy", self._h)
 
-    def close(self) -> None:
-        """Release the model (sessions keep it alive until they close)."""
-        h, self._h = self._h, None
-        if h:
-            _lib.lsk_model_free(h)
-
-    def __enter__(self) -> "Model":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_h", None):
-            self.close()
 
 
-class Session:
+class Session(_Handle):
     """A decoding session: one KV cache over a model. One call at a time (a
     concurrent call raises LayerskipError with code 10, session busy)."""
+
+    _free = staticmethod(lambda h: _lib.lsk_session_free(h))
 
     def __init__(self, model: Model, context_length: int = 0, seed: int = 0):
         o = _ffi.new(_ffi.lsk_session_options, _lib.lsk_session_options_init)
@@ -416,20 +427,6 @@ class Session:
         _call("lsk_session_stats", self._h, ctypes.byref(s))
         return {name: getattr(s, name) for name, _ in s._fields_ if name != "struct_size"}
 
-    def close(self) -> None:
-        h, self._h = self._h, None
-        if h:
-            _lib.lsk_session_free(h)
-
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_h", None):
-            self.close()
 
 
 @dataclass

@@ -307,3 +307,48 @@ pub fn write_random_llama(
     )
     .unwrap();
 }
+
+/// Total variation distance between two distributions.
+#[allow(dead_code)]
+pub fn tv(a: &[f32], b: &[f32]) -> f32 {
+    0.5 * a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>()
+}
+
+/// `trials` rounds of one draft at `exit` after `t0` then verification,
+/// each from the session's length before it: the empirical distribution of
+/// the round's first token, and every draft made.
+#[allow(dead_code)]
+pub fn first_token_distribution(
+    s: &mut Session,
+    t0: u32,
+    exit: usize,
+    params: &layerskip::SamplingParams,
+    trials: usize,
+) -> (Vec<f32>, Vec<u32>) {
+    use layerskip::sampling::Rng64;
+    use layerskip::speculative::DraftLimits;
+    let base = s.shallow_len();
+    let mut counts = vec![0f32; s.model().config.vocab_size];
+    let mut drafted = Vec::new();
+    let mut rng = Rng64::new(42);
+    let limits = DraftLimits {
+        cumulative: 0.0,
+        calibration: &[],
+        max_drafts: 1,
+        stop_ids: &[],
+        confidence: 0.0,
+    };
+    for _ in 0..trials {
+        let drafts = s.draft(t0, exit, limits, params, &mut rng).unwrap();
+        let v = s.verify(t0, &drafts, params, &mut rng).unwrap();
+        let first = if v.accepted > 0 {
+            drafts.tokens[0]
+        } else {
+            v.token_after
+        };
+        counts[first as usize] += 1.0;
+        drafted.extend_from_slice(&drafts.tokens);
+        s.rewind(base).unwrap();
+    }
+    (counts.iter().map(|c| c / trials as f32).collect(), drafted)
+}

@@ -486,15 +486,8 @@ func cOptions(opt Options) (*C.lsk_generate_options, func(), error) {
 	C.lsk_generate_options_init(o, C.size_t(unsafe.Sizeof(*o)))
 	o.max_new_tokens = C.uint32_t(opt.MaxNewTokens)
 	o.mode = C.uint32_t(opt.Mode)
-	o.exit_layer = C.uint32_t(opt.ExitLayer)
-	if opt.ExitLayer == Auto {
-		o.exit_layer = C.LSK_AUTO
-	}
-	if opt.DraftLen > 0 {
-		o.draft_len = C.uint32_t(opt.DraftLen)
-	} else if opt.DraftLen == Auto {
-		o.draft_len = C.LSK_AUTO
-	}
+	o.exit_layer = setting(opt.ExitLayer, o.exit_layer)
+	o.draft_len = setting(opt.DraftLen, o.draft_len)
 	smp := (*C.lsk_sampling)(alloc(unsafe.Sizeof(C.lsk_sampling{})))
 	Sampling{opt.Temperature, opt.TopK, opt.TopP, opt.Seed}.fill(smp)
 	o.sampling = smp
@@ -512,6 +505,19 @@ func cOptions(opt Options) (*C.lsk_generate_options, func(), error) {
 		o.n_stop_strings = C.size_t(len(opt.Stop))
 	}
 	return o, free, nil
+}
+
+// setting is an exit layer or a draft length for C: Auto becomes LSK_AUTO,
+// 0 keeps the C default def, and any other value goes as it is (the library
+// refuses what is out of range).
+func setting(v int, def C.uint32_t) C.uint32_t {
+	switch v {
+	case Auto:
+		return C.LSK_AUTO
+	case 0:
+		return def
+	}
+	return C.uint32_t(v)
 }
 
 // Sampling says how tokens are chosen; the zero value is greedy (TopP 0

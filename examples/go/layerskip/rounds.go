@@ -108,15 +108,8 @@ func SessionsRound(rounds []Round) ([]RoundResult, error) {
 		c.input = (*C.int32_t)(copyTo(&arena, r.Input))
 		c.n_input = C.size_t(len(r.Input))
 		c.mode = C.uint32_t(r.Mode)
-		c.exit_layer = C.uint32_t(r.ExitLayer)
-		if r.ExitLayer == Auto {
-			c.exit_layer = C.LSK_AUTO
-		}
-		if r.DraftLen > 0 {
-			c.draft_len = C.uint32_t(r.DraftLen)
-		} else if r.DraftLen == Auto {
-			c.draft_len = C.LSK_AUTO
-		}
+		c.exit_layer = setting(r.ExitLayer, c.exit_layer)
+		c.draft_len = setting(r.DraftLen, c.draft_len)
 		smp := (*C.lsk_sampling)(arena.alloc(unsafe.Sizeof(C.lsk_sampling{})))
 		r.Sampling.fill(smp)
 		c.sampling = smp

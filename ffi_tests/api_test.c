@@ -752,7 +752,7 @@ int main(int argc, char **argv) {
         r[4].max_tokens = 0; /* bad: fails alone, with its message */
         r[4].session = rs_[4];
         r[4].err = &bad_err;
-        /* r[5] names session 0 again: busy. */
+        /* r[5] names rs_[0], which r[0] holds: busy. */
         EXPECT(LSK_OK, lsk_sessions_round(r, 6, &err_));
         CHECK(r[4].result == LSK_ERR_INVALID_ARGUMENT && r[4].n_tokens == 0);
         CHECK(bad_err != NULL && strstr(lsk_error_message(bad_err), "max_tokens must be at least 1") != NULL);

@@ -323,7 +323,6 @@ class Session(_Handle):
         arr, n = _ids(ids)
         err = ctypes.c_void_p()
         r = _lib.lsk_session_generate(self._h, arr, n, ctypes.byref(o), callback, None, ctypes.byref(res), ctypes.byref(err))
-        del keep
         if raised:
             if err.value:
                 _lib.lsk_error_free(err)

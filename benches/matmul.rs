@@ -6,6 +6,7 @@
 //!   cargo bench --bench matmul
 //!   LAYERSKIP_BENCH_SHAPE=256,704,64,128 cargo bench --bench matmul  # hidden,inter,kv_dim,layers
 //!   LAYERSKIP_BENCH_QUANTIZE=bf16 cargo bench --bench matmul         # or int8
+//!   LAYERSKIP_BENCH_ROWS=1,16,64 cargo bench --bench matmul          # row counts (default 1..=9)
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
@@ -60,7 +61,14 @@ fn benches(c: &mut Criterion) {
         .collect();
     let params = n_layers * (2 * h * h + 2 * kvd * h + 3 * inter * h);
     let mut g = c.benchmark_group("layer_products");
-    for rows in 1..=9usize {
+    let row_counts: Vec<usize> = match std::env::var("LAYERSKIP_BENCH_ROWS") {
+        Ok(v) => v
+            .split(',')
+            .map(|r| r.parse().expect("LAYERSKIP_BENCH_ROWS: row counts"))
+            .collect(),
+        Err(_) => (1..=9).collect(),
+    };
+    for rows in row_counts {
         let x = vec![0.25f32; rows * inter.max(h)];
         let (mut q, mut k, mut v) = (
             vec![0.0; rows * h],

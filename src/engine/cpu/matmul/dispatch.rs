@@ -79,6 +79,8 @@ impl<T: Weight> Kernel for T {}
 pub(super) const PAIR_GROUP: usize = 16;
 pub(super) const EMULATED_PAIR_GROUP_512: usize = 6;
 pub(super) const EMULATED_PAIR_GROUP_AVX2: usize = 3;
+/// Rows per group of the AVX2 kernel (see `avx2::block`).
+pub(super) const AVX2_GROUP: usize = 5;
 
 /// Rows per tile group: as many accumulators as the registers hold (the
 /// layout of packed inputs; results do not depend on it).
@@ -91,7 +93,7 @@ pub(super) fn group_rows(isa: Isa, pairs: bool) -> usize {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if pairs => EMULATED_PAIR_GROUP_AVX2,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => 6,
+        Isa::Avx2 => AVX2_GROUP,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Bf16 => 16,
         Isa::Portable => 8,

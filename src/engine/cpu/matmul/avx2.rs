@@ -4,19 +4,24 @@ use half::f16;
 use std::arch::x86_64::*;
 
 pub trait Load16: Weight {
-    /// Outputs 0..8 and 8..16 of a panel at step `s` of its elements, as
-    /// f32 lanes.
-    unsafe fn load16(p: *const Self, s: usize) -> (__m256, __m256);
+    /// Outputs 0..8 and 8..16 of a panel's elements at one position.
+    unsafe fn load16(p: *const Self) -> (__m256, __m256);
+    /// Their weights at step `s` (see [`Weight::STEPS`]) as f32 lanes.
+    #[inline(always)]
+    unsafe fn widen(v: (__m256, __m256), _s: usize) -> (__m256, __m256) {
+        v
+    }
 }
 impl Load16 for f32 {
     #[inline(always)]
-    unsafe fn load16(p: *const Self, _: usize) -> (__m256, __m256) {
+    unsafe fn load16(p: *const Self) -> (__m256, __m256) {
         (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
     }
 }
 /// Step `s` of eight [`Bf16Pair`]s (see [`Bf16Pair::at`]) as f32 lanes.
 #[inline(always)]
-unsafe fn widen(v: __m256i, s: usize) -> __m256 {
+unsafe fn widen(v: __m256, s: usize) -> __m256 {
+    let v = _mm256_castps_si256(v);
     _mm256_castsi256_ps(if s == 0 {
         _mm256_slli_epi32(v, 16)
     } else {
@@ -25,17 +30,18 @@ unsafe fn widen(v: __m256i, s: usize) -> __m256 {
 }
 impl Load16 for Bf16Pair {
     #[inline(always)]
-    unsafe fn load16(p: *const Self, s: usize) -> (__m256, __m256) {
-        let p = p as *const __m256i;
-        (
-            widen(_mm256_loadu_si256(p), s),
-            widen(_mm256_loadu_si256(p.add(1)), s),
-        )
+    unsafe fn load16(p: *const Self) -> (__m256, __m256) {
+        let p = p as *const f32;
+        (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+    }
+    #[inline(always)]
+    unsafe fn widen(v: (__m256, __m256), s: usize) -> (__m256, __m256) {
+        (widen(v.0, s), widen(v.1, s))
     }
 }
 impl Load16 for f16 {
     #[inline(always)]
-    unsafe fn load16(p: *const Self, _: usize) -> (__m256, __m256) {
+    unsafe fn load16(p: *const Self) -> (__m256, __m256) {
         let lo = _mm_loadu_si128(p as *const __m128i);
         let hi = _mm_loadu_si128(p.add(8) as *const __m128i);
         (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi))
@@ -43,7 +49,7 @@ impl Load16 for f16 {
 }
 impl Load16 for i8 {
     #[inline(always)]
-    unsafe fn load16(p: *const Self, _: usize) -> (__m256, __m256) {
+    unsafe fn load16(p: *const Self) -> (__m256, __m256) {
         let v = _mm_loadu_si128(p as *const __m128i);
         let lo = _mm256_cvtepi8_epi32(v);
         let hi = _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v));
@@ -77,32 +83,31 @@ unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize,
     let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
     let w = j.w.as_ptr().add(p0 * PANEL * elems);
     let x = j.x.as_ptr().add(r0 * cols);
-    // Step `s` of element `e` (column k = e * STEPS + s); a macro because
-    // closures do not inherit the caller's target features.
+    // The first `steps` steps of element `e` (columns e * STEPS + s), each
+    // panel's element loaded once for all of them; a macro because closures
+    // do not inherit the caller's target features.
     macro_rules! step {
-        ($e:expr, $s:expr) => {
-            let k = $e * W::STEPS + $s;
-            let mut xb = [_mm256_setzero_ps(); R];
-            for (r, b) in xb.iter_mut().enumerate() {
-                *b = _mm256_broadcast_ss(&*x.add(k * R + r));
-            }
+        ($e:expr, $steps:expr) => {
             for p in 0..P {
-                let (lo, hi) = W::load16(w.add((p * elems + $e) * PANEL), $s);
-                for (row, b) in acc.iter_mut().zip(&xb) {
-                    row[p][0] = _mm256_fmadd_ps(lo, *b, row[p][0]);
-                    row[p][1] = _mm256_fmadd_ps(hi, *b, row[p][1]);
+                let v = W::load16(w.add((p * elems + $e) * PANEL));
+                for s in 0..$steps {
+                    let (lo, hi) = W::widen(v, s);
+                    let k = $e * W::STEPS + s;
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let b = _mm256_broadcast_ss(&*x.add(k * R + r));
+                        row[p][0] = _mm256_fmadd_ps(lo, b, row[p][0]);
+                        row[p][1] = _mm256_fmadd_ps(hi, b, row[p][1]);
+                    }
                 }
             }
         };
     }
     let full = cols / W::STEPS;
     for e in 0..full {
-        for s in 0..W::STEPS {
-            step!(e, s);
-        }
+        step!(e, W::STEPS);
     }
-    for s in 0..cols - full * W::STEPS {
-        step!(full, s);
+    if cols > full * W::STEPS {
+        step!(full, cols - full * W::STEPS);
     }
     store(j, r0, p0, &acc);
 }
@@ -125,9 +130,9 @@ unsafe fn tile_pairs<const R: usize, const P: usize>(j: &Job<u32, u32>, r0: usiz
             xl[r] = _mm256_set1_ps(v.at(0));
         }
         for p in 0..P {
-            let base = w.add((p * kps + kp) * PANEL) as *const __m256i;
+            let base = w.add((p * kps + kp) * PANEL) as *const f32;
             for half in 0..2 {
-                let v = _mm256_loadu_si256(base.add(half));
+                let v = _mm256_loadu_ps(base.add(8 * half));
                 let (wh, wl) = (widen(v, 1), widen(v, 0));
                 for (r, row) in acc.iter_mut().enumerate() {
                     row[p][half] = _mm256_fmadd_ps(wh, xh[r], row[p][half]);

@@ -66,21 +66,39 @@ pub(super) struct CacheView<'a, T: KvElem> {
 }
 
 impl<T: KvElem> CacheView<'_, T> {
-    /// Attention of row `r`'s query heads of KV head `kvh` (`qg`: `group x
-    /// hd`) into `o`. Each head's arithmetic (scores, softmax, weighted sum
-    /// in order of position) is the same whatever the batch, so results are
-    /// too; AVX2 only widens the vectors (Rust never fuses a multiply and an
-    /// add on its own), it changes no result (a unit test checks it).
-    pub fn attend(&self, qg: &[f32], r: usize, kvh: usize, o: &mut [f32]) {
-        let n = self.pos0 + r + 1;
-        scratch::with([self.group * n], |[scores]| {
-            #[cfg(target_arch = "x86_64")]
-            if self.hd.is_multiple_of(8) && is_x86_feature_detected!("avx2") {
+    /// Attention of rows `rows` into `o` (`rows.len() x group x hd`), for
+    /// the query heads of KV head `kvh`: row `r`'s are `group x hd` values
+    /// at `q[r * q_stride + kvh * group * hd..]`. Each head's arithmetic
+    /// (scores, softmax, weighted sum in order of position) is the same
+    /// whatever the batch and however rows are grouped, so results are too;
+    /// AVX2 only widens the vectors and blocks the positions (Rust never
+    /// fuses a multiply and an add on its own), it changes no result (a unit
+    /// test checks it).
+    pub fn attend_rows(
+        &self,
+        q: &[f32],
+        q_stride: usize,
+        rows: std::ops::Range<usize>,
+        kvh: usize,
+        o: &mut [f32],
+    ) {
+        let (hd, group) = (self.hd, self.group);
+        #[cfg(target_arch = "x86_64")]
+        if hd.is_multiple_of(8) && is_x86_feature_detected!("avx2") {
+            let n_max = self.pos0 + rows.end;
+            return scratch::with([rows.len() * group * n_max], |[scores]| {
                 // SAFETY: the CPU has AVX2, and the head size is whole vectors.
-                return unsafe { self.attend_avx2(qg, n, kvh, o, scores) };
-            }
-            self.attend_lanes(qg, n, kvh, o, scores)
-        })
+                unsafe { self.attend_rows_avx2(q, q_stride, rows, kvh, o, scores) }
+            });
+        }
+        for (i, r) in rows.enumerate() {
+            let n = self.pos0 + r + 1;
+            let qg = &q[r * q_stride + kvh * group * hd..][..group * hd];
+            let og = &mut o[i * group * hd..][..group * hd];
+            scratch::with([group * n], |[scores]| {
+                self.attend_lanes(qg, n, kvh, og, scores)
+            });
+        }
     }
 
     /// The definition (and the kernel where AVX2 is missing), over `n`
@@ -176,58 +194,104 @@ fn dots<const H: usize, T: KvElem>(qs: &[f32], k: &[T]) -> [f32; H] {
 
 #[cfg(target_arch = "x86_64")]
 impl<T: KvElem> CacheView<'_, T> {
-    /// [`CacheView::attend_lanes`] with explicit 8-lane vectors, bit for bit:
-    /// each score is the same 8 lane sums over k in order and the same
-    /// pairwise reduction, and each output element the same sum over
-    /// positions in order. What changes is the order of independent work:
-    /// eight positions' scores at a time (eight chains instead of one, and
-    /// no shuffles or bounds checks in the loop), and the weighted sum of V
-    /// over up to 64 dimensions at a time: 2x faster with K/V in cache (one
-    /// unit of 3 heads x 64 over 73 positions: 1.6 against 3.1 µs; 496
-    /// positions: 11.0 against 21.2 µs). Decoding at long contexts is bound
-    /// by reading K/V from memory instead, where it gains little.
+    /// [`CacheView::attend_lanes`] for a block of rows with explicit 8-lane
+    /// vectors, bit for bit: each score is the same 8 lane sums over k in
+    /// order and the same pairwise reduction, and each output element the
+    /// same sum over positions in order. What changes is the order of
+    /// independent work: eight positions' scores at a time (eight chains
+    /// instead of one, and no shuffles or bounds checks in the loop), the
+    /// weighted sum of V over up to 64 dimensions at a time (2x faster with
+    /// K/V in cache: one unit of 3 heads x 64 over 496 positions, 11.0
+    /// against 21.2 µs), and positions in blocks of [`POSITIONS`] that every
+    /// row of the block uses while they are in L1, each output's partial
+    /// sum waiting in `o` between blocks. Without the blocks a long prompt
+    /// read each layer's whole K/V from L3 once per row.
     #[target_feature(enable = "avx2")]
-    unsafe fn attend_avx2(
+    unsafe fn attend_rows_avx2(
         &self,
-        qg: &[f32],
-        n: usize,
+        q: &[f32],
+        q_stride: usize,
+        rows: std::ops::Range<usize>,
         kvh: usize,
         o: &mut [f32],
         scores: &mut [f32],
     ) {
-        let (hd, kvd) = (self.hd, self.kvd);
-        assert!(hd.is_multiple_of(8) && qg.len() == self.group * hd && o.len() == qg.len());
-        assert!(
-            scores.len() >= self.group * n && self.k.len() >= n * kvd && self.v.len() >= n * kvd
-        );
+        let (hd, kvd, group) = (self.hd, self.kvd, self.group);
+        let n_max = self.pos0 + rows.end;
+        let heads = rows.len() * group;
+        assert!(hd.is_multiple_of(8) && o.len() == heads * hd);
+        assert!(scores.len() >= heads * n_max);
+        assert!(self.k.len() >= n_max * kvd && self.v.len() >= n_max * kvd);
+        assert!(rows.is_empty() || q.len() >= (rows.end - 1) * q_stride + (kvh + 1) * group * hd);
         let k = self.k.as_ptr().add(kvh * hd);
         let v = self.v.as_ptr().add(kvh * hd);
-        for (h, q) in qg.chunks_exact(hd).enumerate() {
-            let s = &mut scores[h * n..(h + 1) * n];
-            let mut t = 0;
-            while t + 8 <= n {
-                scores_block::<8, T>(q.as_ptr(), k.add(t * kvd), kvd, hd, self.scale, &mut s[t..]);
-                t += 8;
-            }
-            while t < n {
-                scores_block::<1, T>(q.as_ptr(), k.add(t * kvd), kvd, hd, self.scale, &mut s[t..]);
-                t += 1;
+        // Head `i` of the block: row `rows.start + i / group`, which sees
+        // `positions(i)` positions, its query and its scores.
+        let positions = |i: usize| self.pos0 + rows.start + i / group + 1;
+        let query = |i: usize| {
+            q.as_ptr()
+                .add((rows.start + i / group) * q_stride + (kvh * group + i % group) * hd)
+        };
+        for t0 in (0..n_max).step_by(POSITIONS) {
+            for i in 0..heads {
+                let t1 = (t0 + POSITIONS).min(positions(i));
+                let s = &mut scores[i * n_max..(i + 1) * n_max];
+                let mut t = t0;
+                while t + 8 <= t1 {
+                    scores_block::<8, T>(
+                        query(i),
+                        k.add(t * kvd),
+                        kvd,
+                        hd,
+                        self.scale,
+                        &mut s[t..],
+                    );
+                    t += 8;
+                }
+                while t < t1 {
+                    scores_block::<1, T>(
+                        query(i),
+                        k.add(t * kvd),
+                        kvd,
+                        hd,
+                        self.scale,
+                        &mut s[t..],
+                    );
+                    t += 1;
+                }
             }
         }
-        for (og, p) in o.chunks_exact_mut(hd).zip(scores.chunks_exact_mut(n)) {
-            crate::softmax::softmax_in_place(p);
-            let mut d = 0;
-            while d < hd {
-                d += match (hd - d) / 8 {
-                    8.. => weighted_sum::<8, T>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
-                    4..=7 => weighted_sum::<4, T>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
-                    2 | 3 => weighted_sum::<2, T>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
-                    _ => weighted_sum::<1, T>(p, v.add(d), kvd, og[d..].as_mut_ptr()),
-                };
+        for i in 0..heads {
+            crate::softmax::softmax_in_place(&mut scores[i * n_max..][..positions(i)]);
+        }
+        o.fill(0.0);
+        for t0 in (0..n_max).step_by(POSITIONS) {
+            for i in 0..heads {
+                let t1 = (t0 + POSITIONS).min(positions(i));
+                if t1 <= t0 {
+                    continue;
+                }
+                let p = &scores[i * n_max + t0..i * n_max + t1];
+                let (og, vt) = (o[i * hd..].as_mut_ptr(), v.add(t0 * kvd));
+                let mut d = 0;
+                while d < hd {
+                    d += match (hd - d) / 8 {
+                        8.. => weighted_sum::<8, T>(p, vt.add(d), kvd, og.add(d)),
+                        4..=7 => weighted_sum::<4, T>(p, vt.add(d), kvd, og.add(d)),
+                        2 | 3 => weighted_sum::<2, T>(p, vt.add(d), kvd, og.add(d)),
+                        _ => weighted_sum::<1, T>(p, vt.add(d), kvd, og.add(d)),
+                    };
+                }
             }
         }
     }
 }
+
+/// Positions per block of [`CacheView::attend_rows`]: one KV head's K (or
+/// V) rows of a block, 16 KiB at 64 f32 dimensions, stay in L1 while every
+/// row of the block uses them.
+#[cfg(target_arch = "x86_64")]
+const POSITIONS: usize = 64;
 
 /// Scores of `T` consecutive positions (K rows `kvd` apart from `k`) against
 /// one query head `q` of `hd` values, times `scale`, into `out[..T]`.
@@ -250,6 +314,13 @@ unsafe fn scores_block<const T: usize, E: KvElem>(
             *a = _mm256_add_ps(*a, _mm256_mul_ps(qc, E::load8(k.add(j * kvd + c))));
         }
     }
+    if T == 8 {
+        let sums = reduce8([
+            acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7],
+        ]);
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
+        return;
+    }
     for (o, a) in out[..T].iter_mut().zip(acc) {
         // [a0+a4, a1+a5, a2+a6, a3+a7], then (p0+p2) + (p1+p3).
         let p = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
@@ -258,8 +329,42 @@ unsafe fn scores_block<const T: usize, E: KvElem>(
     }
 }
 
-/// `out[..8W] = Σ_t p[t] · V[t][..8W]` (V rows `kvd` apart from `v`), each
-/// element summed over t in order from 0; returns the dimensions done.
+/// The lane sums of eight vectors, each by the pairwise reduction of
+/// [`scores_block`] (`p = [a0+a4, a1+a5, a2+a6, a3+a7]`, then
+/// `(p0+p2) + (p1+p3)`), all eight at once: the same additions of the same
+/// pairs (addition commutes bit for bit), in 15 shuffles and 7 vector adds
+/// instead of 40 scalar steps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn reduce8(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // Vector j / 2 holds p of vector j in half j % 2.
+    let p = |x: __m256, y: __m256| {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(x, y),
+            _mm256_permute2f128_ps::<0x31>(x, y),
+        )
+    };
+    let (p01, p23, p45, p67) = (p(a[0], a[1]), p(a[2], a[3]), p(a[4], a[5]), p(a[6], a[7]));
+    // [p0+p2, p1+p3] of vectors (0, 2 | 1, 3), then (4, 6 | 5, 7).
+    let t = |x: __m256, y: __m256| {
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0b01_00_01_00>(x, y),
+            _mm256_shuffle_ps::<0b11_10_11_10>(x, y),
+        )
+    };
+    let (t0, t1) = (t(p01, p23), t(p45, p67));
+    // (p0+p2) + (p1+p3) of vectors (0, 2, 4, 6 | 1, 3, 5, 7).
+    let f = _mm256_add_ps(
+        _mm256_shuffle_ps::<0b10_00_10_00>(t0, t1),
+        _mm256_shuffle_ps::<0b11_01_11_01>(t0, t1),
+    );
+    _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// `out[..8W] += Σ_t p[t] · V[t][..8W]` (V rows `kvd` apart from `v`), each
+/// element's sum continued over t in order; returns the dimensions done.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
@@ -271,6 +376,9 @@ unsafe fn weighted_sum<const W: usize, E: KvElem>(
 ) -> usize {
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); W];
+    for (j, a) in acc.iter_mut().enumerate() {
+        *a = _mm256_loadu_ps(out.add(8 * j));
+    }
     for (t, &pt) in p.iter().enumerate() {
         let pv = _mm256_set1_ps(pt);
         let vt = v.add(t * kvd);
@@ -352,7 +460,8 @@ mod tests {
         let elems = |x: Vec<f32>| -> Vec<T> { x.into_iter().map(T::from_f32).collect() };
         for (hd, group, kv_heads) in [(64, 3, 4), (128, 4, 2), (8, 1, 1), (24, 2, 3), (80, 2, 1)] {
             let kvd = hd * kv_heads;
-            for n in [1, 7, 8, 9, 17, 70] {
+            // `n` positions in all, the last `rows` of them new.
+            for (n, rows) in [(1, 1), (7, 1), (8, 2), (9, 9), (17, 3), (70, 5), (150, 9)] {
                 let (k, vv) = (elems(v(3, n * kvd)), elems(v(4, n * kvd)));
                 let view = CacheView {
                     k: &k,
@@ -361,21 +470,33 @@ mod tests {
                     group,
                     kvd,
                     scale: 0.125,
-                    pos0: n - 1,
+                    pos0: n - rows,
                 };
-                let qg = v(5, group * hd);
+                let q_stride = kv_heads * group * hd;
+                let q = v(5, rows * q_stride);
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 for kvh in 0..kv_heads {
-                    let (mut want, mut got) = (vec![0f32; group * hd], vec![0f32; group * hd]);
-                    let mut s = vec![0f32; group * n];
-                    view.attend_lanes(&qg, n, kvh, &mut want, &mut s);
-                    // SAFETY: the caller checked AVX2; hd is a multiple of 8.
-                    unsafe { view.attend_avx2(&qg, n, kvh, &mut got, &mut s) };
-                    let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(
-                        bits(&got),
-                        bits(&want),
-                        "hd {hd} group {group} n {n} kvh {kvh}"
-                    );
+                    let mut want = vec![0f32; rows * group * hd];
+                    for (r, w) in want.chunks_mut(group * hd).enumerate() {
+                        let qg = &q[r * q_stride + kvh * group * hd..][..group * hd];
+                        let mut s = vec![0f32; group * (n - rows + r + 1)];
+                        view.attend_lanes(qg, n - rows + r + 1, kvh, w, &mut s);
+                    }
+                    // All rows in one block, and split after the first.
+                    for split in [0, 1.min(rows - 1)] {
+                        let mut got = vec![f32::NAN; rows * group * hd];
+                        let (a, b) = got.split_at_mut(split * group * hd);
+                        for (part, o) in [(0..split, a), (split..rows, b)] {
+                            let mut s = vec![f32::NAN; part.len() * group * n];
+                            // SAFETY: the caller checked AVX2; hd is a multiple of 8.
+                            unsafe { view.attend_rows_avx2(&q, q_stride, part, kvh, o, &mut s) };
+                        }
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "hd {hd} group {group} n {n} rows {rows} kvh {kvh} split {split}"
+                        );
+                    }
                 }
             }
         }

@@ -173,21 +173,54 @@ impl CpuEngine {
             scale: 1.0 / (hd as f32).sqrt(),
             pos0,
         };
-        // One unit per (row, KV head): the query heads of a group are
-        // consecutive, so their outputs are one contiguous chunk, and they
-        // share every K/V row they read.
-        let unit = |(idx, o): (usize, &mut [f32])| {
-            let (r, kvh) = (idx / nkv, idx % nkv);
-            let qg = &q[r * nh * hd + kvh * group * hd..][..group * hd];
-            cache.attend(qg, r, kvh, o);
-        };
+        // One unit per (block of rows, KV head): the query heads of a
+        // group are consecutive and share every K/V row they read, and the
+        // rows of a block share each block of positions while it is in L1.
+        // Blocks are as large as leaves four units per worker thread.
         let rows = out.len() / (nh * hd);
+        let threads = rayon::current_num_threads();
+        let rb = ROW_BLOCK.min(rows.div_ceil((4 * threads).div_ceil(nkv)).max(1));
+        let blocks = rows.div_ceil(rb);
+        let dst = OutRows(out.as_mut_ptr());
+        let unit = |u: usize| {
+            let (b, kvh) = (u / nkv, u % nkv);
+            let rs = b * rb..((b + 1) * rb).min(rows);
+            scratch::with([rs.len() * group * hd], |[o]| {
+                cache.attend_rows(q, nh * hd, rs.clone(), kvh, o);
+                for (r, src) in rs.zip(o.chunks_exact(group * hd)) {
+                    // SAFETY: unit (b, kvh) alone writes these elements of
+                    // `out` (rows of block b, heads of KV head kvh).
+                    unsafe { dst.write(r * nh * hd + kvh * group * hd, src) };
+                }
+            })
+        };
         let work = rows * nh * (pos0 + rows) * hd * 2;
         if work < matmul::SERIAL_BELOW {
-            out.chunks_mut(group * hd).enumerate().for_each(unit);
+            (0..blocks * nkv).for_each(unit);
         } else {
-            out.par_chunks_mut(group * hd).enumerate().for_each(unit);
+            (0..blocks * nkv).into_par_iter().for_each(unit);
         }
+    }
+}
+
+/// Most rows per unit of attention (see [`CpuEngine::attention`]).
+const ROW_BLOCK: usize = 16;
+
+/// `out` of [`CpuEngine::attention`], shared by units that write disjoint
+/// elements of it.
+#[derive(Clone, Copy)]
+struct OutRows(*mut f32);
+// SAFETY: units write disjoint elements (see the unit's comment).
+unsafe impl Send for OutRows {}
+unsafe impl Sync for OutRows {}
+
+impl OutRows {
+    /// Copies `src` to elements `at..` of `out`.
+    ///
+    /// # Safety
+    /// They are in bounds, and no other thread touches them meanwhile.
+    unsafe fn write(self, at: usize, src: &[f32]) {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add(at), src.len());
     }
 }
 

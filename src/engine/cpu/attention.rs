@@ -237,27 +237,20 @@ impl<T: KvElem> CacheView<'_, T> {
                 let t1 = (t0 + POSITIONS).min(positions(i));
                 let s = &mut scores[i * n_max..(i + 1) * n_max];
                 let mut t = t0;
+                // Scores of positions t.. for head i, `$n` at a time (a macro:
+                // closures do not inherit the target features).
+                macro_rules! scores {
+                    ($n:literal) => {
+                        let kt = k.add(t * kvd);
+                        scores_block::<$n, T>(query(i), kt, kvd, hd, self.scale, &mut s[t..]);
+                        t += $n;
+                    };
+                }
                 while t + 8 <= t1 {
-                    scores_block::<8, T>(
-                        query(i),
-                        k.add(t * kvd),
-                        kvd,
-                        hd,
-                        self.scale,
-                        &mut s[t..],
-                    );
-                    t += 8;
+                    scores!(8);
                 }
                 while t < t1 {
-                    scores_block::<1, T>(
-                        query(i),
-                        k.add(t * kvd),
-                        kvd,
-                        hd,
-                        self.scale,
-                        &mut s[t..],
-                    );
-                    t += 1;
+                    scores!(1);
                 }
             }
         }

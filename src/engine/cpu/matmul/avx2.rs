@@ -1,5 +1,5 @@
 //! AVX2 + FMA + F16C tiles of R input rows by P panels (16 P outputs).
-use super::{groups, Bf16Pair, Job, Weight, PANEL};
+use super::{groups, Bf16Pair, HighFirst, Job, Weight, PANEL};
 use half::f16;
 use std::arch::x86_64::*;
 
@@ -37,6 +37,16 @@ impl Load16 for Bf16Pair {
     #[inline(always)]
     unsafe fn widen(v: (__m256, __m256), s: usize) -> (__m256, __m256) {
         (widen(v.0, s), widen(v.1, s))
+    }
+}
+impl Load16 for HighFirst {
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> (__m256, __m256) {
+        Bf16Pair::load16(p as *const Bf16Pair)
+    }
+    #[inline(always)]
+    unsafe fn widen(v: (__m256, __m256), s: usize) -> (__m256, __m256) {
+        Bf16Pair::widen(v, 1 - s)
     }
 }
 impl Load16 for f16 {
@@ -110,73 +120,6 @@ unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize,
         step!(full, cols - full * W::STEPS);
     }
     store(j, r0, p0, &acc);
-}
-
-/// bf16 pairs without AVX512_BF16, rows `r0..r0+R` against panels
-/// `p0..p0+P`: each pair's two products by two FMAs, high then low
-/// (bit-identical to `VDPBF16PS`).
-#[inline(always)]
-unsafe fn tile_pairs<const R: usize, const P: usize>(j: &Job<u32, u32>, r0: usize, p0: usize) {
-    let kps = j.cols;
-    let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
-    let w = j.w.as_ptr().add(p0 * PANEL * kps);
-    let x = j.x.as_ptr().add(r0 * kps);
-    for kp in 0..kps {
-        let mut xh = [_mm256_setzero_ps(); R];
-        let mut xl = [_mm256_setzero_ps(); R];
-        for r in 0..R {
-            let v = Bf16Pair(*x.add(kp * R + r));
-            xh[r] = _mm256_set1_ps(v.at(1));
-            xl[r] = _mm256_set1_ps(v.at(0));
-        }
-        for p in 0..P {
-            let base = w.add((p * kps + kp) * PANEL) as *const f32;
-            for half in 0..2 {
-                let v = _mm256_loadu_ps(base.add(8 * half));
-                let (wh, wl) = (widen(v, 1), widen(v, 0));
-                for (r, row) in acc.iter_mut().enumerate() {
-                    row[p][half] = _mm256_fmadd_ps(wh, xh[r], row[p][half]);
-                    row[p][half] = _mm256_fmadd_ps(wl, xl[r], row[p][half]);
-                }
-            }
-        }
-    }
-    store(j, r0, p0, &acc);
-}
-
-/// Panels `ps` of a bf16-pair product for every input row, in groups of
-/// at most [`super::EMULATED_PAIR_GROUP_AVX2`] rows (two broadcasts per
-/// row and two accumulators per panel in 16 registers).
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
-    for (r0, rr) in groups(j.rows, j.group) {
-        let mut p = ps.start;
-        while p < ps.end {
-            let left = ps.end - p;
-            p += match rr {
-                1 if left >= 4 => {
-                    tile_pairs::<1, 4>(j, r0, p);
-                    4
-                }
-                2 if left >= 2 => {
-                    tile_pairs::<2, 2>(j, r0, p);
-                    2
-                }
-                1 => {
-                    tile_pairs::<1, 1>(j, r0, p);
-                    1
-                }
-                2 => {
-                    tile_pairs::<2, 1>(j, r0, p);
-                    1
-                }
-                _ => {
-                    tile_pairs::<3, 1>(j, r0, p);
-                    1
-                }
-            };
-        }
-    }
 }
 
 /// Panels `ps` of the product for every input row, in groups of at most

@@ -75,10 +75,9 @@ pub(super) trait Kernel: Weight {}
 impl<T: Weight> Kernel for T {}
 
 /// Rows per group of the bf16-pair kernel on AVX512_BF16, and of its
-/// emulations with AVX-512F and with AVX2.
+/// emulation with AVX-512F.
 pub(super) const PAIR_GROUP: usize = 16;
 pub(super) const EMULATED_PAIR_GROUP_512: usize = 6;
-pub(super) const EMULATED_PAIR_GROUP_AVX2: usize = 3;
 /// Rows per group of the AVX2 kernel (see `avx2::block`).
 pub(super) const AVX2_GROUP: usize = 5;
 
@@ -90,8 +89,6 @@ pub(super) fn group_rows(isa: Isa, pairs: bool) -> usize {
         Isa::Avx512Bf16 if pairs => PAIR_GROUP,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if pairs => EMULATED_PAIR_GROUP_512,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if pairs => EMULATED_PAIR_GROUP_AVX2,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => AVX2_GROUP,
         #[cfg(target_arch = "x86_64")]
@@ -111,6 +108,27 @@ pub(super) fn run_typed<W: Kernel>(j: &Job<W>, ps: std::ops::Range<usize>, isa: 
     }
 }
 
+/// Whether `isa` runs bf16 pairs as [`HighFirst`] steps over f32 inputs
+/// (AVX2: its f32 tiles are the fastest way it has to emulate
+/// `VDPBF16PS`).
+pub(super) fn pairs_as_f32(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        return true;
+    }
+    let _ = isa;
+    false
+}
+
+pub(super) fn run_high_first(j: &Job<HighFirst>, ps: std::ops::Range<usize>, isa: Isa) {
+    match isa {
+        // SAFETY: `isa()` checked that the CPU has AVX2, FMA and F16C.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::block(j, ps) },
+        _ => unreachable!("only AVX2 packs bf16 pairs' inputs as f32"),
+    }
+}
+
 pub(super) fn run_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>, isa: Isa) {
     // SAFETY: `isa()` checked that the CPU has the features of each kernel.
     match isa {
@@ -118,8 +136,8 @@ pub(super) fn run_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>, isa: Isa)
         Isa::Avx512Bf16 => unsafe { avx512::block_pairs(j, ps) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::block_pairs_emulated(j, ps) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::block_pairs(j, ps) },
         Isa::Portable => block_portable_pairs(j, ps),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unreachable!("AVX2 runs bf16 pairs as HighFirst steps"),
     }
 }

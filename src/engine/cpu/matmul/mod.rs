@@ -95,7 +95,8 @@ fn groups(rows: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// Input rows regrouped for the kernels of one kind of matrix.
 enum Inputs<'a> {
-    /// f32 ([`pack_rows`]).
+    /// f32 ([`pack_rows`]; for bf16 pairs where [`pairs_as_f32`],
+    /// [`pack_rows_high_first`]).
     F32(&'a [f32]),
     /// bf16 pairs ([`pack_row_pairs`]) for [`Packed::Bf16Pairs`].
     Pairs(&'a [u32]),
@@ -107,7 +108,13 @@ impl Inputs<'_> {
     /// per-thread buffer.
     fn with<R>(m: &Mat, x: &[f32], rows: usize, isa: Isa, f: impl FnOnce(&Inputs) -> R) -> R {
         let group = group_rows(isa, m.pairs());
-        if m.pairs() {
+        if m.pairs() && pairs_as_f32(isa) {
+            let n = rows * 2 * m.cols.div_ceil(2);
+            super::scratch::with([n, n], |[tmp, buf]| {
+                pack_rows_high_first(x, rows, m.cols, group, tmp, buf);
+                f(&Inputs::F32(buf))
+            })
+        } else if m.pairs() {
             f(&Inputs::Pairs(&pack_row_pairs(x, rows, m.cols, group)))
         } else if rows == 1 {
             f(&Inputs::F32(x))
@@ -145,6 +152,10 @@ fn run_block(m: &Mat, x: &Inputs, rows: usize, ps: std::ops::Range<usize>, out: 
         (Packed::BF16(w), Inputs::F32(x)) => run_typed(&job!(w, x), ps, isa),
         (Packed::F16(w), Inputs::F32(x)) => run_typed(&job!(w, x), ps, isa),
         (Packed::I8 { q, scale }, Inputs::F32(x)) => run_typed(&job!(q, x, m.cols, scale), ps, isa),
+        (Packed::Bf16Pairs(w), Inputs::F32(x)) => {
+            let cols = 2 * m.cols.div_ceil(2);
+            run_high_first(&job!(high_first(w), x, cols, &[]), ps, isa)
+        }
         (Packed::Bf16Pairs(w), Inputs::Pairs(x)) => {
             run_pairs(&job!(w, x, m.cols.div_ceil(2), &[]), ps, isa)
         }

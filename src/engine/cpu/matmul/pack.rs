@@ -38,6 +38,30 @@ impl Weight for Bf16Pair {
         })
     }
 }
+/// A [`Packed::Bf16Pairs`] element read high half first, the order in
+/// which `VDPBF16PS` adds a pair's products: kernels without it run bf16
+/// pairs as two steps of f32 FMAs over inputs packed by
+/// [`pack_rows_high_first`] (a product of two bf16 is exact in f32, so
+/// each step rounds only the sum, as the instruction does).
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+pub(crate) struct HighFirst(pub(super) u32);
+// SAFETY: a plain u32.
+unsafe impl Plain for HighFirst {}
+impl Weight for HighFirst {
+    const STEPS: usize = 2;
+    #[inline(always)]
+    fn at(self, s: usize) -> f32 {
+        Bf16Pair(self.0).at(1 - s)
+    }
+}
+
+/// Packed bf16 pairs as [`HighFirst`] elements.
+pub(super) fn high_first(w: &[u32]) -> &[HighFirst] {
+    // SAFETY: HighFirst is a transparent u32.
+    unsafe { std::slice::from_raw_parts(w.as_ptr() as *const HighFirst, w.len()) }
+}
+
 impl Weight for f16 {
     #[inline(always)]
     fn at(self, _: usize) -> f32 {
@@ -232,4 +256,27 @@ pub(super) fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, group: usize) 
         }
     }
     out
+}
+
+/// `x` rounded to bf16 (RNE) as f32, each pair of columns high first and an
+/// odd last column paired with zero (`rows x 2 * cols.div_ceil(2)`), in the
+/// grouped k-major layout of [`Job::x`]: the inputs of [`HighFirst`]
+/// weights. `tmp` and `out` are as long as the result.
+pub(super) fn pack_rows_high_first(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    group: usize,
+    tmp: &mut [f32],
+    out: &mut [f32],
+) {
+    let width = 2 * cols.div_ceil(2);
+    let round = |v: f32| bf16::from_f32(v).to_f32();
+    for (t, xr) in tmp.chunks_exact_mut(width).zip(x.chunks_exact(cols)) {
+        for (tp, xp) in t.chunks_exact_mut(2).zip(xr.chunks(2)) {
+            tp[0] = xp.get(1).copied().map_or(0.0, round);
+            tp[1] = round(xp[0]);
+        }
+    }
+    pack_rows(tmp, rows, width, group, out);
 }

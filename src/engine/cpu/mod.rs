@@ -176,10 +176,14 @@ impl CpuEngine {
         // One unit per (block of rows, KV head): the query heads of a
         // group are consecutive and share every K/V row they read, and the
         // rows of a block share each block of positions while it is in L1.
-        // Blocks are as large as leaves four units per worker thread.
+        // Blocks are as large as leaves four units per worker thread, and
+        // as keeps a unit's scores within [`UNIT_SCORES`].
         let rows = out.len() / (nh * hd);
         let threads = rayon::current_num_threads();
-        let rb = ROW_BLOCK.min(rows.div_ceil((4 * threads).div_ceil(nkv)).max(1));
+        let rb = ROW_BLOCK
+            .min(rows.div_ceil((4 * threads).div_ceil(nkv)))
+            .min(UNIT_SCORES / (group * (pos0 + rows)))
+            .max(1);
         let blocks = rows.div_ceil(rb);
         let dst = OutRows(out.as_mut_ptr());
         let unit = |u: usize| {
@@ -205,6 +209,11 @@ impl CpuEngine {
 
 /// Most rows per unit of attention (see [`CpuEngine::attention`]).
 const ROW_BLOCK: usize = 16;
+
+/// Most scores (floats, 1 MiB) a unit of attention holds when it takes
+/// several rows: at a long context a block of 16 rows would otherwise take
+/// tens of MiB of scratch per thread.
+const UNIT_SCORES: usize = 1 << 18;
 
 /// `out` of [`CpuEngine::attention`], shared by units that write disjoint
 /// elements of it.

@@ -178,7 +178,6 @@ fn external_drafts_verify_to_full_depth_greedy() {
     }
 }
 
-/// Total-variation distance.
 #[test]
 fn speculative_sampling_preserves_the_full_model_distribution() {
     let name = "mqa-f16-linear";

@@ -130,59 +130,31 @@ unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize,
 /// 2-64-row products 1.3-1.7x slower.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
-    if j.rows > j.group {
-        // Several groups: one panel at a time for all of them, so that its
-        // weights come from memory once and the later groups find them in
-        // cache while the next panel streams in (the 100M model's layers
-        // at 9 rows, 2 threads: 16.6 against 17.8 ms, medians of five
-        // alternating runs).
-        for p in ps {
-            for (r0, rr) in groups(j.rows, j.group) {
-                match rr {
-                    1 => tile::<W, 1, 1>(j, r0, p),
-                    2 => tile::<W, 2, 1>(j, r0, p),
-                    3 => tile::<W, 3, 1>(j, r0, p),
-                    4 => tile::<W, 4, 1>(j, r0, p),
-                    _ => tile::<W, 5, 1>(j, r0, p),
-                }
+    // One panel (or a tile's few) at a time for every group, so that with
+    // several groups the panel's weights come from memory once and the
+    // later groups find them in cache while the next panel streams in (the
+    // 100M model's layers at 9 rows, 2 threads: 16.6 against 17.8 ms,
+    // medians of five alternating runs). One or two rows are one group,
+    // which takes 4 or 2 panels a tile.
+    let mut p = ps.start;
+    while p < ps.end {
+        let left = ps.end - p;
+        let width = match j.rows {
+            1 if left >= 4 => 4,
+            2 if left >= 2 => 2,
+            _ => 1,
+        };
+        for (r0, rr) in groups(j.rows, j.group) {
+            match (rr, width) {
+                (1, 4) => tile::<W, 1, 4>(j, r0, p),
+                (2, 2) => tile::<W, 2, 2>(j, r0, p),
+                (1, _) => tile::<W, 1, 1>(j, r0, p),
+                (2, _) => tile::<W, 2, 1>(j, r0, p),
+                (3, _) => tile::<W, 3, 1>(j, r0, p),
+                (4, _) => tile::<W, 4, 1>(j, r0, p),
+                _ => tile::<W, 5, 1>(j, r0, p),
             }
         }
-        return;
-    }
-    for (r0, rr) in groups(j.rows, j.group) {
-        let mut p = ps.start;
-        while p < ps.end {
-            let left = ps.end - p;
-            p += match rr {
-                1 if left >= 4 => {
-                    tile::<W, 1, 4>(j, r0, p);
-                    4
-                }
-                2 if left >= 2 => {
-                    tile::<W, 2, 2>(j, r0, p);
-                    2
-                }
-                1 => {
-                    tile::<W, 1, 1>(j, r0, p);
-                    1
-                }
-                2 => {
-                    tile::<W, 2, 1>(j, r0, p);
-                    1
-                }
-                3 => {
-                    tile::<W, 3, 1>(j, r0, p);
-                    1
-                }
-                4 => {
-                    tile::<W, 4, 1>(j, r0, p);
-                    1
-                }
-                _ => {
-                    tile::<W, 5, 1>(j, r0, p);
-                    1
-                }
-            };
-        }
+        p += width;
     }
 }

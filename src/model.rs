@@ -107,6 +107,8 @@ impl Model<Backend> {
         if k > 0 && k < config.vocab_size {
             engine.set_draft_shortlist(&shortlist::shortlist(dir, &config, k)?)?;
         }
+        // The engine holds its own copy of every weight it computes with.
+        store.release();
         warm_up(&engine);
         Ok(Arc::new(Model {
             config,

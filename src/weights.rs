@@ -141,19 +141,56 @@ impl Tensor {
         }
     }
 
-    /// Whether any element is NaN or infinite.
+    /// Whether any element is NaN or infinite (all exponent bits set).
     pub fn has_non_finite(&self) -> bool {
         match self.data() {
-            TensorData::F32(s) => s.iter().any(|x| !x.is_finite()),
-            TensorData::BF16(s) => s.iter().any(|x| !x.is_finite()),
-            TensorData::F16(s) => s.iter().any(|x| !x.is_finite()),
+            TensorData::F32(s) => any_exponent_all_ones(s, |x| x.to_bits(), 0x7f80_0000),
+            TensorData::BF16(s) => any_exponent_all_ones(s, |x| x.to_bits() as u32, 0x7f80),
+            TensorData::F16(s) => any_exponent_all_ones(s, |x| x.to_bits() as u32, 0x7c00),
         }
     }
+
+    /// Let the OS drop this tensor's pages of the checkpoint mapping from
+    /// the process's memory (Linux `madvise(MADV_DONTNEED)`), once an engine
+    /// holds its own copy, so that a loaded model is resident once and not
+    /// twice. The tensor stays readable: a later read faults its pages back
+    /// in from the file. Pages it shares with neighbouring tensors go too,
+    /// and come back the same way.
+    pub fn release(&self) {
+        if let Bytes::Mapped { map, offset, len } = &self.bytes {
+            release(map, *offset, *len);
+        }
+    }
+}
+
+/// Drop bytes `offset..offset + len` of `map` from the process's memory
+/// (see [`Tensor::release`]). A hint: where the OS declines, nothing changes.
+fn release(map: &Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: every map is a read-only shared file mapping (`map_file`), so
+    // dropping its pages discards nothing: a later read sees the file's
+    // bytes again (which we already assume no other process changes while
+    // it is mapped).
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
+}
+
+/// Whether any of `s`'s bit patterns has every bit of `exponent` set. The
+/// check reads a whole checkpoint at load, so it folds blocks without an
+/// early exit (which vectorizes) and stops between blocks.
+fn any_exponent_all_ones<T: Copy>(s: &[T], bits: impl Fn(T) -> u32, exponent: u32) -> bool {
+    s.chunks(4096).any(|block| {
+        block
+            .iter()
+            .fold(false, |bad, &x| bad | (bits(x) & exponent == exponent))
+    })
 }
 
 /// All tensors of a checkpoint, by name, with the file each came from.
 pub struct WeightStore {
     tensors: HashMap<String, (Tensor, PathBuf)>,
+    maps: Vec<Arc<Mmap>>,
 }
 
 fn map_file(path: &Path) -> Result<Arc<Mmap>> {
@@ -171,6 +208,7 @@ impl WeightStore {
         let single = dir.join("model.safetensors");
         let mut store = WeightStore {
             tensors: HashMap::new(),
+            maps: Vec::new(),
         };
         if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
@@ -239,6 +277,7 @@ impl WeightStore {
             Error::weights(format!("{}: corrupt safetensors file: {e}", path.display()))
         })?;
         let base = map.as_ptr() as usize;
+        self.maps.push(map.clone());
         for (name, view) in st.tensors() {
             let dtype = match view.dtype() {
                 Dtype::F32 => DType::F32,
@@ -279,6 +318,10 @@ impl WeightStore {
                 )));
             }
         }
+        // The header (its length, then JSON) is parsed; tensors are released
+        // one by one as an engine copies them.
+        let header = 8 + u64::from_le_bytes(map[..8].try_into().expect("8 bytes")) as usize;
+        release(&map, 0, header);
         Ok(())
     }
 
@@ -308,6 +351,16 @@ impl WeightStore {
         Ok(t.clone())
     }
 
+    /// [`Tensor::release`] for every file: once an engine holds its own
+    /// copies, nothing of the checkpoint needs to stay resident (the header
+    /// that parsing read, tensors read since; what is read later faults
+    /// back in).
+    pub fn release(&self) {
+        for map in &self.maps {
+            release(map, 0, map.len());
+        }
+    }
+
     /// The most common dtype among the stored tensors.
     pub fn dominant_dtype(&self) -> Option<DType> {
         let mut counts: HashMap<&'static str, (usize, DType)> = HashMap::new();
@@ -315,5 +368,54 @@ impl WeightStore {
             counts.entry(t.dtype.name()).or_insert((0, t.dtype)).0 += t.numel();
         }
         counts.values().max_by_key(|(n, _)| *n).map(|(_, d)| *d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tensor of `n` finite values with `bad` at `at` (in every dtype).
+    fn tensor_with(dtype: DType, n: usize, at: usize, bad: f32) -> Tensor {
+        let value = |i: usize| {
+            if i == at {
+                bad
+            } else {
+                ((i % 1000) as f32 - 500.0) * 0.5
+            }
+        };
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|i| match dtype {
+                DType::F32 => value(i).to_le_bytes().to_vec(),
+                DType::BF16 => bf16::from_f32(value(i)).to_le_bytes().to_vec(),
+                DType::F16 => f16::from_f32(value(i)).to_le_bytes().to_vec(),
+            })
+            .collect();
+        Tensor::from_bytes(dtype, vec![n], &bytes)
+    }
+
+    #[test]
+    fn non_finite_values_are_found_in_every_block_and_dtype() {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let n = 3 * 4096 + 5;
+            assert!(!tensor_with(dtype, n, 0, 1.0).has_non_finite());
+            // The largest finite value of each dtype is not flagged.
+            let max = match dtype {
+                DType::F32 => f32::MAX,
+                DType::BF16 => bf16::MAX.to_f32(),
+                DType::F16 => f16::MAX.to_f32(),
+            };
+            assert!(!tensor_with(dtype, n, 7, max).has_non_finite());
+            assert!(!tensor_with(dtype, n, 7, -max).has_non_finite());
+            for at in [0, 4095, 4096, n - 1] {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    assert!(
+                        tensor_with(dtype, n, at, bad).has_non_finite(),
+                        "{bad} at {at} in {}",
+                        dtype.name()
+                    );
+                }
+            }
+        }
     }
 }

@@ -102,30 +102,48 @@ impl CpuEngine {
     ) -> Result<Self> {
         let h = cfg.hidden_size;
         let (qd, kvd, inter) = (cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        // Each matrix is packed and its mapped pages released before the
+        // next one is read, so loading holds the packed weights plus about
+        // one matrix per worker, and a loaded model holds its weights once.
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat> {
-            Ok(pack(&store.get(name, &[rows, cols])?, quantize))
+            let t = store.get(name, &[rows, cols])?;
+            let m = pack(&t, quantize);
+            t.release();
+            Ok(m)
         };
-        let vec = |name: &str| -> Result<Vec<f32>> { Ok(store.get(name, &[h])?.to_f32()) };
+        let vec = |name: &str| -> Result<Vec<f32>> {
+            let t = store.get(name, &[h])?;
+            let v = t.to_f32();
+            t.release();
+            Ok(v)
+        };
+        let own_pool = (threads > 0).then(|| new_pool(threads)).transpose()?;
+        let workers = own_pool.as_ref().unwrap_or_else(|| pool());
         // Looked up by row, straight from the checkpoint (no packed copy).
         let embed = store.get(llama::EMBED, &[cfg.vocab_size, h])?;
+        embed.release();
         let lm_head_tensor = store.get(llama::lm_head(cfg, store), &[cfg.vocab_size, h])?;
-        let lm_head = pack(&lm_head_tensor, quantize);
-        let layers = (0..cfg.num_layers)
-            .map(|i| {
-                let n = LayerNames::new(i);
-                Ok(LayerWeights {
-                    attn_norm: vec(&n.attn_norm)?,
-                    mlp_norm: vec(&n.mlp_norm)?,
-                    q: mat(&n.q, qd, h)?,
-                    k: mat(&n.k, kvd, h)?,
-                    v: mat(&n.v, kvd, h)?,
-                    o: mat(&n.o, h, qd)?,
-                    gate: mat(&n.gate, inter, h)?,
-                    up: mat(&n.up, inter, h)?,
-                    down: mat(&n.down, h, inter)?,
+        let lm_head = workers.install(|| pack(&lm_head_tensor, quantize));
+        lm_head_tensor.release();
+        let layers = workers.install(|| {
+            (0..cfg.num_layers)
+                .into_par_iter()
+                .map(|i| {
+                    let n = LayerNames::new(i);
+                    Ok(LayerWeights {
+                        attn_norm: vec(&n.attn_norm)?,
+                        mlp_norm: vec(&n.mlp_norm)?,
+                        q: mat(&n.q, qd, h)?,
+                        k: mat(&n.k, kvd, h)?,
+                        v: mat(&n.v, kvd, h)?,
+                        o: mat(&n.o, h, qd)?,
+                        gate: mat(&n.gate, inter, h)?,
+                        up: mat(&n.up, inter, h)?,
+                        down: mat(&n.down, h, inter)?,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()
+        })?;
         Ok(CpuEngine {
             cfg: cfg.clone(),
             embed,
@@ -137,7 +155,7 @@ impl CpuEngine {
             layers,
             inv_freq: rope::inv_freq(cfg),
             kv_dtype,
-            own_pool: (threads > 0).then(|| new_pool(threads)).transpose()?,
+            own_pool,
         })
     }
 

@@ -146,28 +146,62 @@ pub(super) fn bf16_pair(v: &[f32]) -> u32 {
     half(v.get(1).copied().unwrap_or(0.0)) << 16 | half(v[0])
 }
 
-/// [`Packed::Bf16Pairs`] panels of a row-major f32 matrix.
-pub(super) fn pack_pairs(w: &[f32], rows: usize, cols: usize) -> HugeBuf<u32> {
+/// A checkpoint's element types, read as f32 by the packers that round or
+/// quantize (so that no f32 copy of a whole matrix is made at load).
+pub(super) trait Stored: Copy + Sync {
+    fn value(self) -> f32;
+}
+impl Stored for f32 {
+    fn value(self) -> f32 {
+        self
+    }
+}
+impl Stored for bf16 {
+    fn value(self) -> f32 {
+        self.to_f32()
+    }
+}
+impl Stored for f16 {
+    fn value(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// [`Packed::Bf16Pairs`] panels of a row-major matrix.
+pub(super) fn pack_pairs<S: Stored>(w: &[S], rows: usize, cols: usize) -> HugeBuf<u32> {
     pack_panels(rows, cols.div_ceil(2), |j, kp| {
-        bf16_pair(&w[j * cols..(j + 1) * cols][2 * kp..(2 * kp + 2).min(cols)])
+        let row = &w[j * cols..(j + 1) * cols];
+        let half = |k: usize| {
+            row.get(k)
+                .map_or(0, |v| bf16::from_f32(v.value()).to_bits())
+        };
+        half(2 * kp) as u32 | (half(2 * kp + 1) as u32) << 16
     })
 }
 
-/// Symmetric int8 per output row: `scale = max|w| / 127`, `q = round(w / scale)`.
-pub(super) fn quantize_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
-    let mut q = vec![0i8; rows * cols];
+/// Symmetric int8 per output row, packed: `scale = max|w| / 127`,
+/// `q = round(w * (127 / max))`.
+pub(super) fn quantize_rows<S: Stored>(
+    w: &[S],
+    rows: usize,
+    cols: usize,
+) -> (HugeBuf<i8>, Vec<f32>) {
     let mut scale = vec![0f32; rows.div_ceil(PANEL) * PANEL];
-    q.par_chunks_mut(cols)
-        .zip(scale.par_iter_mut())
+    let mut inv = vec![0f32; rows];
+    scale
+        .par_iter_mut()
+        .zip(inv.par_iter_mut())
         .zip(w.par_chunks(cols))
-        .for_each(|((q, s), w)| {
-            let max = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        .for_each(|((s, inv), w)| {
+            let max = w.iter().fold(0f32, |m, v| m.max(v.value().abs()));
             *s = max / 127.0;
-            let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
-            for (q, &v) in q.iter_mut().zip(w) {
-                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
-            }
+            *inv = if max > 0.0 { 127.0 / max } else { 0.0 };
         });
+    let q = pack_panels(rows, cols, |j, k| {
+        (w[j * cols + k].value() * inv[j])
+            .round()
+            .clamp(-127.0, 127.0) as i8
+    });
     (q, scale)
 }
 
@@ -176,12 +210,13 @@ impl Mat {
     /// stay f32).
     pub fn new_int8(tensor: &Tensor) -> Self {
         let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
-        let (q, scale) = quantize_rows(&tensor.to_f32(), rows, cols);
+        let (q, scale) = match tensor.data() {
+            TensorData::F32(w) => quantize_rows(w, rows, cols),
+            TensorData::BF16(w) => quantize_rows(w, rows, cols),
+            TensorData::F16(w) => quantize_rows(w, rows, cols),
+        };
         Mat {
-            packed: Packed::I8 {
-                q: pack(&q, rows, cols),
-                scale,
-            },
+            packed: Packed::I8 { q, scale },
             rows,
             cols,
         }
@@ -196,7 +231,11 @@ impl Mat {
     pub fn new_bf16(tensor: &Tensor) -> Self {
         let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
         Mat {
-            packed: Packed::Bf16Pairs(pack_pairs(&tensor.to_f32(), rows, cols)),
+            packed: Packed::Bf16Pairs(match tensor.data() {
+                TensorData::F32(w) => pack_pairs(w, rows, cols),
+                TensorData::BF16(w) => pack_pairs(w, rows, cols),
+                TensorData::F16(w) => pack_pairs(w, rows, cols),
+            }),
             rows,
             cols,
         }

@@ -72,33 +72,40 @@ fn every_kernel_row_count_and_dtype_matches_the_definition_bit_for_bit() {
 fn bf16_pairs_match_vdpbf16ps_arithmetic_on_every_kernel_and_stay_close() {
     // Odd column count: the last pair is padded with zero.
     let (n, cols) = (37, 45);
-    let t = tensor(DType::F32, n, cols);
-    let m = Mat::new_bf16(&t);
-    let w = t.to_f32();
-    let round = |v: f32| bf16::from_f32(v).to_f32();
-    for rows in 1..=17 {
-        let x = input(rows, cols);
-        let exact = reference(&t, &x, rows);
-        for isa in supported() {
-            let out = product(&m, &x, rows, isa);
-            for r in 0..rows {
-                for j in 0..n {
-                    // Per pair: sum + hi product, then + lo product, each
-                    // rounded once (the products are exact in f32).
-                    let (wr, xr) = (&w[j * cols..][..cols], &x[r * cols..][..cols]);
-                    let sum = (0..cols.div_ceil(2)).fold(0f32, |a, kp| {
-                        let p = |k: usize| match (wr.get(k), xr.get(k)) {
-                            (Some(&a), Some(&b)) => round(a) * round(b),
-                            _ => 0.0,
-                        };
-                        (a + p(2 * kp + 1)) + p(2 * kp)
-                    });
-                    let got = out[r * n + j];
-                    assert_eq!(got.to_bits(), sum.to_bits(), "{isa:?} rows {rows}");
-                    // Two bf16 roundings (2^-8 relative each) per product.
-                    let bound =
-                        2.0 / 256.0 * wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum::<f32>();
-                    assert!((got - exact[r * n + j]).abs() <= bound + 1e-6);
+    // Every stored dtype: the packers read them without an f32 copy.
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let t = tensor(dtype, n, cols);
+        let m = Mat::new_bf16(&t);
+        let w = t.to_f32();
+        let round = |v: f32| bf16::from_f32(v).to_f32();
+        for rows in 1..=17 {
+            let x = input(rows, cols);
+            let exact = reference(&t, &x, rows);
+            for isa in supported() {
+                let out = product(&m, &x, rows, isa);
+                for r in 0..rows {
+                    for j in 0..n {
+                        // Per pair: sum + hi product, then + lo product, each
+                        // rounded once (the products are exact in f32).
+                        let (wr, xr) = (&w[j * cols..][..cols], &x[r * cols..][..cols]);
+                        let sum = (0..cols.div_ceil(2)).fold(0f32, |a, kp| {
+                            let p = |k: usize| match (wr.get(k), xr.get(k)) {
+                                (Some(&a), Some(&b)) => round(a) * round(b),
+                                _ => 0.0,
+                            };
+                            (a + p(2 * kp + 1)) + p(2 * kp)
+                        });
+                        let got = out[r * n + j];
+                        assert_eq!(
+                            got.to_bits(),
+                            sum.to_bits(),
+                            "{dtype:?} {isa:?} rows {rows}"
+                        );
+                        // Two bf16 roundings (2^-8 relative each) per product.
+                        let bound = 2.0 / 256.0
+                            * wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum::<f32>();
+                        assert!((got - exact[r * n + j]).abs() <= bound + 1e-6);
+                    }
                 }
             }
         }
@@ -108,30 +115,42 @@ fn bf16_pairs_match_vdpbf16ps_arithmetic_on_every_kernel_and_stay_close() {
 #[test]
 fn int8_is_one_chain_then_the_row_scale_on_every_kernel_and_close_to_the_weights() {
     let (n, cols) = (37, 45);
-    let t = tensor(DType::F32, n, cols);
-    let m = Mat::new_int8(&t);
-    let w = t.to_f32();
-    let (q, scale) = quantize_rows(&w, n, cols);
-    for rows in [1, 2, 5, 9, 17] {
-        let x = input(rows, cols);
-        let exact = reference(&t, &x, rows);
-        for isa in supported() {
-            let out = product(&m, &x, rows, isa);
-            for r in 0..rows {
-                for j in 0..n {
-                    let sum = (0..cols).fold(0f32, |a, k| {
-                        (q[j * cols + k] as f32).mul_add(x[r * cols + k], a)
-                    });
-                    let got = out[r * n + j];
-                    assert_eq!(
-                        got.to_bits(),
-                        (sum * scale[j]).to_bits(),
-                        "{isa:?} rows {rows}"
-                    );
-                    // Rounding error of at most half a step per weight.
-                    let bound =
-                        0.5 * scale[j] * x[r * cols..][..cols].iter().map(|v| v.abs()).sum::<f32>();
-                    assert!((got - exact[r * n + j]).abs() <= bound * 1.001 + 1e-6);
+    // Every stored dtype: the packers read them without an f32 copy.
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let t = tensor(dtype, n, cols);
+        let m = Mat::new_int8(&t);
+        // The definition: per output row, scale = max|w| / 127 and
+        // q = round(w * (127 / max)).
+        let w = t.to_f32();
+        let (mut q, mut scale) = (vec![0f32; n * cols], vec![0f32; n]);
+        for (j, row) in w.chunks(cols).enumerate() {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            scale[j] = max / 127.0;
+            for (q, v) in q[j * cols..].iter_mut().zip(row) {
+                *q = (v * (127.0 / max)).round().clamp(-127.0, 127.0);
+            }
+        }
+        for rows in [1, 2, 5, 9, 17] {
+            let x = input(rows, cols);
+            let exact = reference(&t, &x, rows);
+            for isa in supported() {
+                let out = product(&m, &x, rows, isa);
+                for r in 0..rows {
+                    for j in 0..n {
+                        let sum = (0..cols)
+                            .fold(0f32, |a, k| q[j * cols + k].mul_add(x[r * cols + k], a));
+                        let got = out[r * n + j];
+                        assert_eq!(
+                            got.to_bits(),
+                            (sum * scale[j]).to_bits(),
+                            "{dtype:?} {isa:?} rows {rows}"
+                        );
+                        // Rounding error of at most half a step per weight.
+                        let bound = 0.5
+                            * scale[j]
+                            * x[r * cols..][..cols].iter().map(|v| v.abs()).sum::<f32>();
+                        assert!((got - exact[r * n + j]).abs() <= bound * 1.001 + 1e-6);
+                    }
                 }
             }
         }

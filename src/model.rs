@@ -38,6 +38,12 @@ pub struct LoadOptions {
     pub draft_shortlist: usize,
 }
 
+/// Most tokens of its own context a session's drafts score beyond the
+/// draft shortlist ([`Model::draft_extras`]).
+pub const SESSION_DRAFT_TOKENS: usize = 64;
+/// How many of a session's newest positions [`Model::draft_extras`] reads.
+pub const SESSION_DRAFT_WINDOW: usize = 1024;
+
 pub struct Model<E: Engine = Backend> {
     pub config: ModelConfig,
     pub engine: E,
@@ -52,6 +58,9 @@ pub struct Model<E: Engine = Backend> {
     limits: LoadOptions,
     /// KV-cache bytes reserved by open sessions.
     kv_reserved: AtomicU64,
+    /// Which tokens the engine's draft shortlist holds (empty: none, the
+    /// draft head is the full head).
+    shortlisted: Vec<bool>,
 }
 
 impl LoadOptions {
@@ -104,8 +113,13 @@ impl Model<Backend> {
         let dtype = store.dominant_dtype().unwrap_or(DType::F32);
         let mut engine = Backend::load(&config, &store, &options.engine())?;
         let k = options.draft_shortlist;
+        let mut shortlisted = Vec::new();
         if k > 0 && k < config.vocab_size {
-            engine.set_draft_shortlist(&shortlist::shortlist(dir, &config, k)?)?;
+            let ids = shortlist::shortlist(dir, &config, k)?;
+            if engine.set_draft_shortlist(&ids)? {
+                shortlisted = vec![false; config.vocab_size];
+                ids.iter().for_each(|&i| shortlisted[i as usize] = true);
+            }
         }
         // The engine holds its own copy of every weight it computes with.
         store.release();
@@ -120,6 +134,7 @@ impl Model<Backend> {
             policy: PolicyState::default(),
             limits: *options,
             kv_reserved: AtomicU64::new(0),
+            shortlisted,
         }))
     }
 }
@@ -166,7 +181,29 @@ impl<E: Engine> Model<E> {
             policy: self.policy,
             limits: self.limits,
             kv_reserved: self.kv_reserved,
+            shortlisted: self.shortlisted,
         }
+    }
+
+    /// Up to [`SESSION_DRAFT_TOKENS`] distinct tokens of `context` that the
+    /// draft shortlist leaves out, the newest first, from its last
+    /// [`SESSION_DRAFT_WINDOW`] positions: drafts score them too, so that a
+    /// rare token the prompt or the text so far uses (a name, an
+    /// identifier) can still be drafted. None without a shortlist.
+    pub fn draft_extras(&self, context: &[u32]) -> Vec<u32> {
+        let mut extra = Vec::new();
+        if self.shortlisted.is_empty() {
+            return extra;
+        }
+        for &t in context.iter().rev().take(SESSION_DRAFT_WINDOW) {
+            if !self.shortlisted[t as usize] && !extra.contains(&t) {
+                extra.push(t);
+                if extra.len() == SESSION_DRAFT_TOKENS {
+                    break;
+                }
+            }
+        }
+        extra
     }
 
     /// What automatic (E, d) has learnt from this model's sessions, shared

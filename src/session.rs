@@ -277,6 +277,22 @@ fn run_heads<E: Engine>(
         return;
     };
     let engine = &model.engine;
+    // Draft rows also score their session's own recent tokens.
+    let extras: Vec<Vec<u32>> = jobs
+        .iter()
+        .map(|(i, ..)| {
+            if draft {
+                model.draft_extras(&items[*i].session.tokens)
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    let extra: Vec<&[u32]> = jobs
+        .iter()
+        .zip(&extras)
+        .flat_map(|((.., n), e)| std::iter::repeat_n(&e[..], *n))
+        .collect();
     let rules: Option<Vec<PickRule>> = jobs
         .iter()
         .map(|(i, .., n)| {
@@ -287,9 +303,9 @@ fn run_heads<E: Engine>(
         .map(|per_job| per_job.into_iter().flatten().collect());
     let run_head = |x: &E::Acts, from: usize, out: &mut HeadOutput| match (&rules, draft) {
         (Some(rules), false) => engine.head_pick(x, from, rules, out),
-        (Some(rules), true) => engine.draft_head_pick(x, from, rules, out),
+        (Some(rules), true) => engine.draft_head_pick(x, from, &extra, rules, out),
         (None, false) => out.fill_logits(|logits| engine.head(x, from, logits)),
-        (None, true) => out.fill_logits(|logits| engine.draft_head(x, from, logits)),
+        (None, true) => out.fill_logits(|logits| engine.draft_head(x, from, &extra, logits)),
     };
     if let [(i, source, from, _)] = &jobs[..] {
         let s = &mut *items[*i].session;

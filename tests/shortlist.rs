@@ -8,8 +8,8 @@ use layerskip::sampling::{distribution, Rng64};
 use layerskip::shortlist::{shortlist, Frequencies, FREQUENCIES_FILE};
 use layerskip::speculative::DraftLimits;
 use layerskip::{
-    generate, AutoSpec, ErrorKind, GenerateOptions, LoadOptions, Mode, Model, SamplingParams,
-    Session,
+    forward_batch, generate, AutoSpec, BatchItem, ErrorKind, GenerateOptions, LoadOptions, Logits,
+    Mode, Model, SamplingParams, Session,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,7 +58,6 @@ fn greedy_self_speculation_with_a_shortlist_equals_full_depth() {
             let out = generate(&mut s, &prompt, &opts(mode), |_, _| true).unwrap();
             assert_eq!(out.tokens, full, "K={k} {mode:?}");
         }
-        // Every draft is a shortlisted token.
         let mut s = Session::new(model.clone(), 0).unwrap();
         s.prefill(&prompt).unwrap();
         let limits = DraftLimits {
@@ -78,8 +77,11 @@ fn greedy_self_speculation_with_a_shortlist_equals_full_depth() {
             )
             .unwrap();
         assert_eq!(d.tokens.len(), 16);
+        // Every draft is a shortlisted token or one of the session's own.
         assert!(
-            d.tokens.iter().all(|t| ids.binary_search(t).is_ok()),
+            d.tokens
+                .iter()
+                .all(|t| ids.binary_search(t).is_ok() || s.tokens().contains(t)),
             "K={k}: {:?}",
             d.tokens
         );
@@ -123,8 +125,10 @@ fn sampling_with_a_shortlist_preserves_the_full_model_distribution() {
     s.prefill(prompt).unwrap();
     let (empirical, drafted) = first_token_distribution(&mut s, t0, 1, &params, 6000);
     assert!(
-        drafted.iter().all(|t| ids.binary_search(t).is_ok()),
-        "drafts come from the shortlist"
+        drafted
+            .iter()
+            .all(|t| ids.binary_search(t).is_ok() || prompt.contains(t) || *t == t0),
+        "drafts come from the shortlist and the session's own tokens"
     );
     let d = tv(&empirical, &p_full);
     // 6 outcomes, 6000 draws: the expected TV from sampling noise is ~0.01.
@@ -187,4 +191,94 @@ fn a_frequency_file_ranks_the_shortlist() {
     let e = shortlist(tmp.path(), cfg, 4).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
     assert!(e.message().contains(FREQUENCIES_FILE), "{e}");
+}
+
+#[test]
+fn drafts_also_score_the_sessions_own_tokens() {
+    let dir = bundled_dir();
+    let (k, exit) = (64, 5);
+    let model = with_shortlist(&dir, k);
+    let plain = Model::load(&dir).unwrap();
+    let ids = shortlist(&dir, &model.config, k).unwrap();
+    let prompt = model
+        .encode_prompt("def parse_header(buffer, offset):\n    header = buffer[offset:")
+        .unwrap();
+    let own: Vec<u32> = prompt
+        .iter()
+        .copied()
+        .filter(|t| ids.binary_search(t).is_err())
+        .collect();
+    assert!(own.len() >= 4, "the prompt has rare tokens: {own:?}");
+    assert_eq!(model.draft_extras(&prompt).len(), {
+        let mut d = own.clone();
+        d.sort_unstable();
+        d.dedup();
+        d.len()
+    });
+    // One draft position after the prompt, with and without a shortlist.
+    let logits = |model: &Arc<Model>, which| {
+        let mut s = Session::new(model.clone(), 0).unwrap();
+        s.prefill(&prompt[..prompt.len() - 1]).unwrap();
+        s.forward(&prompt[prompt.len() - 1..], exit, which).unwrap();
+        s.last_logits().to_vec()
+    };
+    let draft = logits(&model, Logits::Draft);
+    let full = logits(&plain, Logits::Last);
+    for t in 0..model.config.vocab_size as u32 {
+        let (d, f) = (draft[t as usize], full[t as usize]);
+        if ids.binary_search(&t).is_ok() || own.contains(&t) {
+            // The same packed rows and products as the full head.
+            assert_eq!(d.to_bits(), f.to_bits(), "token {t}");
+        } else {
+            assert_eq!(
+                d,
+                f32::NEG_INFINITY,
+                "token {t} is neither listed nor the session's"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_draft_row_is_the_same_alone_and_batched_with_other_sessions() {
+    let model = with_shortlist(&bundled_dir(), 64);
+    let prompts = [
+        "def parse_header(buffer):",
+        "class Widget(Base):\n    size =",
+    ]
+    .map(|p| model.encode_prompt(p).unwrap());
+    let ready = |p: &[u32]| {
+        let mut s = Session::new(model.clone(), 0).unwrap();
+        s.prefill(&p[..p.len() - 1]).unwrap();
+        s
+    };
+    let mut alone = Vec::new();
+    for p in &prompts {
+        let mut s = ready(p);
+        s.forward(&p[p.len() - 1..], 4, Logits::Draft).unwrap();
+        alone.push(s.last_logits().to_vec());
+    }
+    let mut sessions: Vec<Session> = prompts.iter().map(|p| ready(p)).collect();
+    let mut items: Vec<BatchItem> = sessions
+        .iter_mut()
+        .zip(&prompts)
+        .map(|(session, p)| BatchItem {
+            session,
+            tokens: &p[p.len() - 1..],
+            exit: 4,
+            logits: Logits::Draft,
+            pick: None,
+        })
+        .collect();
+    for r in forward_batch(&mut items) {
+        r.unwrap();
+    }
+    for (s, want) in sessions.iter().zip(&alone) {
+        assert!(same_bits(s.last_logits(), want));
+    }
+    assert_ne!(
+        model.draft_extras(&prompts[0]),
+        model.draft_extras(&prompts[1]),
+        "the two rows score different tokens of their own"
+    );
 }

@@ -124,7 +124,7 @@ impl CostModel {
                 engine.head(&x, 0, &mut logits);
                 let th = t.elapsed().as_secs_f64();
                 let t = Instant::now();
-                engine.draft_head(&x, 0, &mut logits);
+                engine.draft_head(&x, 0, &[], &mut logits);
                 let td = t.elapsed().as_secs_f64();
                 // Repetition 0 is the untimed warm-up.
                 if rep > 0 {
@@ -246,7 +246,7 @@ impl CostModel {
                                 engine.run_layer(l, &mut kv, CONTEXT + k, &mut x);
                             }
                             if k < drafts {
-                                engine.draft_head(&x, 0, &mut logits);
+                                engine.draft_head(&x, 0, &[], &mut logits);
                             }
                             rows.append(x);
                         }

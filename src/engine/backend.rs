@@ -210,10 +210,10 @@ impl Engine for Backend {
             Backend::Cuda(e) => e.set_draft_shortlist(ids),
         }
     }
-    fn draft_head(&self, x: &BackendActs, from: usize, out: &mut Vec<f32>) {
+    fn draft_head(&self, x: &BackendActs, from: usize, extra: &[&[u32]], out: &mut Vec<f32>) {
         match (self, x) {
-            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.draft_head(x, from, out),
-            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.draft_head(x, from, out),
+            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.draft_head(x, from, extra, out),
+            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.draft_head(x, from, extra, out),
             _ => unreachable!("{MIXED}"),
         }
     }
@@ -221,12 +221,15 @@ impl Engine for Backend {
         &self,
         x: &BackendActs,
         from: usize,
+        extra: &[&[u32]],
         rules: &[PickRule],
         out: &mut HeadOutput,
     ) {
         match (self, x) {
-            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.draft_head_pick(x, from, rules, out),
-            (Backend::Cuda(e), BackendActs::Cuda(x)) => e.draft_head_pick(x, from, rules, out),
+            (Backend::Cpu(e), BackendActs::Cpu(x)) => e.draft_head_pick(x, from, extra, rules, out),
+            (Backend::Cuda(e), BackendActs::Cuda(x)) => {
+                e.draft_head_pick(x, from, extra, rules, out)
+            }
             _ => unreachable!("{MIXED}"),
         }
     }

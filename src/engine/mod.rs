@@ -100,8 +100,12 @@ pub trait Engine: Send + Sync + 'static {
         Ok(false)
     }
     /// The exit head of draft passes: [`Engine::head`] restricted to the
-    /// draft shortlist, if one is set. Rows are `vocab` wide either way.
-    fn draft_head(&self, x: &Self::Acts, from: usize, out: &mut Vec<f32>) {
+    /// draft shortlist, if one is set, and for the `i`-th row (of rows
+    /// `from..`) to the tokens `extra[i]` as well (a session's own tokens
+    /// that the shortlist leaves out; rows past the end of `extra`: none).
+    /// Rows are `vocab` wide either way.
+    fn draft_head(&self, x: &Self::Acts, from: usize, extra: &[&[u32]], out: &mut Vec<f32>) {
+        let _ = extra;
         self.head(x, from, out)
     }
     /// [`Engine::head_pick`] through the draft head.
@@ -109,9 +113,11 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         x: &Self::Acts,
         from: usize,
+        extra: &[&[u32]],
         rules: &[crate::sampling::PickRule],
         out: &mut HeadOutput,
     ) {
+        let _ = extra;
         self.head_pick(x, from, rules, out)
     }
     /// Bytes of weights one full-depth decode step reads (every layer's

@@ -439,24 +439,51 @@ impl Engine for CpuEngine {
         Ok(true)
     }
 
-    fn draft_head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {
+    fn draft_head(&self, x: &HostActs, from: usize, extra: &[&[u32]], out: &mut Vec<f32>) {
         let Some((ids, m)) = &self.draft else {
             return self.head(x, from, out);
         };
-        let (rows, vocab, k) = (x.rows() - from, self.cfg.vocab_size, ids.len());
+        let (rows, vocab, k, h) = (x.rows() - from, self.cfg.vocab_size, ids.len(), x.width);
         out.clear();
         out.resize(rows * vocab, f32::NEG_INFINITY);
-        scratch::with([rows * k], |[short]| {
-            self.head_into(x, from, m, short);
-            for (row, s) in out.chunks_exact_mut(vocab).zip(short.chunks_exact(k)) {
-                for (&id, &v) in ids.iter().zip(s) {
-                    row[id as usize] = v;
-                }
+        let scatter = |row: &mut [f32], ids: &[u32], logits: &[f32]| {
+            for (&id, &v) in ids.iter().zip(logits) {
+                row[id as usize] = v;
+            }
+        };
+        scratch::with([rows * h, rows * k], |[xn, short]| {
+            norm_rows(
+                &x.data[from * h..],
+                &self.norm,
+                self.cfg.rms_norm_eps,
+                h,
+                xn,
+            );
+            matmul(xn, rows, m, short);
+            for (r, row) in out.chunks_exact_mut(vocab).enumerate() {
+                scatter(row, ids, &short[r * k..(r + 1) * k]);
+                // A row's own tokens: their LM-head rows packed as the
+                // shortlist's are, so their logits are what the shortlist
+                // would give them.
+                let Some(extra) = extra.get(r).filter(|e| !e.is_empty()) else {
+                    continue;
+                };
+                let m = pack(&self.lm_head_tensor.gather_rows(extra), self.quantize);
+                let mut logits = vec![0f32; extra.len()];
+                matmul(&xn[r * h..(r + 1) * h], 1, &m, &mut logits);
+                scatter(row, extra, &logits);
             }
         });
     }
 
-    fn draft_head_pick(&self, x: &HostActs, from: usize, _: &[PickRule], out: &mut HeadOutput) {
-        out.fill_logits(|logits| self.draft_head(x, from, logits));
+    fn draft_head_pick(
+        &self,
+        x: &HostActs,
+        from: usize,
+        extra: &[&[u32]],
+        _: &[PickRule],
+        out: &mut HeadOutput,
+    ) {
+        out.fill_logits(|logits| self.draft_head(x, from, extra, logits));
     }
 }

@@ -7,7 +7,9 @@
 //! Frequencies come from `token_frequencies.json` beside the checkpoint
 //! (`layerskip frequencies` counts a corpus with the model's tokenizer);
 //! without it, token ids stand in for ranks: a BPE vocabulary lists its
-//! merges in the order training found them, most frequent first.
+//! merges in the order training found them, most frequent first. A draft
+//! also scores its session's own recent tokens that the list leaves out
+//! ([`crate::Model::draft_extras`]).
 
 use crate::config::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};

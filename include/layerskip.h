@@ -343,8 +343,11 @@ typedef struct lsk_model_options {
   uint32_t threads;
   // Tokens the draft head scores: drafts choose among the K most
   // frequent (`token_frequencies.json` beside the checkpoint, else the
-  // lowest ids); verification keeps the full head, so greedy output is
-  // unchanged. 0 (default): the full head. Added in 1.2.
+  // lowest ids) and the session's own recent tokens; verification keeps
+  // the full head, so greedy output is unchanged. 0 (default): the full
+  // head; `LSK_AUTO`: chosen from the model's shape (vocab / 8 where the
+  // exit head costs at least half a layer, else the full head). Added
+  // in 1.2.
   uint32_t draft_shortlist;
 } lsk_model_options;
 

@@ -34,7 +34,8 @@ pub struct LoadOptions {
     /// process's pool.
     pub threads: usize,
     /// Tokens the draft head scores (see [`crate::shortlist`]); 0 (default)
-    /// or the vocabulary size or more: the full head.
+    /// or the vocabulary size or more: the full head; [`shortlist::AUTO`]:
+    /// chosen from the model's shape ([`shortlist::auto_size`]).
     pub draft_shortlist: usize,
 }
 
@@ -112,7 +113,10 @@ impl Model<Backend> {
         let store = WeightStore::from_dir(dir)?;
         let dtype = store.dominant_dtype().unwrap_or(DType::F32);
         let mut engine = Backend::load(&config, &store, &options.engine())?;
-        let k = options.draft_shortlist;
+        let k = match options.draft_shortlist {
+            shortlist::AUTO => shortlist::auto_size(&config),
+            k => k,
+        };
         let mut shortlisted = Vec::new();
         if k > 0 && k < config.vocab_size {
             let ids = shortlist::shortlist(dir, &config, k)?;

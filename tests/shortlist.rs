@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use layerskip::sampling::{distribution, Rng64};
-use layerskip::shortlist::{shortlist, Frequencies, FREQUENCIES_FILE};
+use layerskip::shortlist::{auto_size, shortlist, Frequencies, AUTO, FREQUENCIES_FILE};
 use layerskip::speculative::DraftLimits;
 use layerskip::{
     forward_batch, generate, AutoSpec, BatchItem, ErrorKind, GenerateOptions, LoadOptions, Logits,
@@ -40,9 +40,19 @@ fn greedy_self_speculation_with_a_shortlist_equals_full_depth() {
     let full = generate(&mut s, &prompt, &opts(Mode::Full), |_, _| true)
         .unwrap()
         .tokens;
-    for k in [64, 512] {
+    for k in [64, 512, AUTO] {
         let model = with_shortlist(&bundled_dir(), k);
-        let ids = shortlist(&bundled_dir(), &model.config, k).unwrap();
+        let size = if k == AUTO {
+            auto_size(&model.config)
+        } else {
+            k
+        };
+        let ids = shortlist(&bundled_dir(), &model.config, size).unwrap();
+        assert!(size < model.config.vocab_size);
+        assert!(
+            !model.draft_extras(&prompt).is_empty(),
+            "K={k}: a shortlist is set"
+        );
         for mode in [
             Mode::SelfSpeculative {
                 exit: 2,

@@ -163,10 +163,11 @@ class Model(_Handle):
         kv_dtype: str = "f32",
         threads: int = 0,
         max_context: int = 0,
-        draft_shortlist: int = 0,
+        draft_shortlist: Union[int, str] = 0,
     ) -> "Model":
         """Load a Hugging Face Llama checkpoint directory. ``device``: "cpu",
-        "cuda" or "cuda:N"; ``quantize``: "none", "int8" or "bf16"."""
+        "cuda" or "cuda:N"; ``quantize``: "none", "int8" or "bf16";
+        ``draft_shortlist``: K, 0 (the full head) or "auto"."""
         o = _ffi.new(_ffi.lsk_model_options, _lib.lsk_model_options_init)
         if device == "cpu":
             o.device = 0
@@ -178,7 +179,8 @@ class Model(_Handle):
             if value not in table:
                 raise LayerskipError(ERR_INVALID_ARGUMENT, f"unknown {name} {value!r} ({', '.join(table)})")
             setattr(o, name, table[value])
-        o.threads, o.max_context, o.draft_shortlist = threads, max_context, draft_shortlist
+        o.threads, o.max_context = threads, max_context
+        o.draft_shortlist = _setting(draft_shortlist, 0)
         h = ctypes.c_void_p()
         _call("lsk_model_load", str(path).encode(), ctypes.byref(o), ctypes.byref(h))
         return cls(h, str(path))

@@ -84,6 +84,16 @@ def test_generate_result_and_text(bundled):
     assert layerskip.version() == layerskip.__version__
 
 
+def test_a_draft_shortlist_keeps_greedy_output(bundled):
+    want = bundled.session().generate("def fibonacci(n):", max_new_tokens=24).tokens
+    for k in (64, "auto"):
+        short = layerskip.Model.load(str(BUNDLED), draft_shortlist=k)
+        out = short.session().generate("def fibonacci(n):", max_new_tokens=24, mode="self-speculative", exit_layer=5, draft_len=2)
+        assert out.tokens == want and out.drafted > 0
+    with pytest.raises(layerskip.LayerskipError):
+        layerskip.Model.load(str(BUNDLED), draft_shortlist="most")
+
+
 def test_streaming_yields_the_text_and_stops_early(bundled):
     full = bundled.session().generate("class Stack:", max_new_tokens=32, temperature=0.8, seed=3)
     pieces = list(bundled.session().generate("class Stack:", max_new_tokens=32, temperature=0.8, seed=3, stream=True))

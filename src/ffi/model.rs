@@ -63,7 +63,10 @@ pub extern "C" fn lsk_model_load(
             device,
             kv_dtype,
             threads: opts.threads as usize,
-            draft_shortlist: opts.draft_shortlist as usize,
+            draft_shortlist: match opts.draft_shortlist {
+                LSK_AUTO => crate::shortlist::AUTO,
+                k => k as usize,
+            },
         };
         let model = Model::load_with(path, &limits)?;
         unsafe { put(out, into_handle(model), "out") }

@@ -176,9 +176,15 @@ type LoadOptions struct {
 	CUDA          bool   // run on a CUDA GPU (DeviceIndex) instead of the CPU
 	DeviceIndex   uint32 // GPU ordinal when CUDA is set
 	Threads       uint32 // CPU worker threads of the model's own pool; 0 shares the process's
-	// DraftShortlist: drafts score only the K most frequent tokens (0: the full head).
+	// DraftShortlist: drafts score only the K most frequent tokens and the
+	// session's own recent tokens (0: the full head; DraftShortlistAuto:
+	// chosen from the model's shape).
 	DraftShortlist uint32
 }
+
+// DraftShortlistAuto as LoadOptions.DraftShortlist: vocab / 8 where the exit
+// head costs at least half a layer, else the full head.
+const DraftShortlistAuto = uint32(C.LSK_AUTO)
 
 // Load loads a Hugging Face Llama checkpoint directory.
 func Load(path string) (*Model, error) {

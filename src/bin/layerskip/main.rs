@@ -112,8 +112,10 @@ struct ModelArgs {
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Drafts score only the K most frequent tokens (`token_frequencies.json`
-    /// beside the checkpoint, else the lowest ids); 0: the full head.
-    #[arg(long, default_value_t = 0)]
+    /// beside the checkpoint, else the lowest ids) and the session's own
+    /// recent tokens; 0: the full head; `auto`: vocab / 8 where the exit
+    /// head costs at least half a layer, else the full head.
+    #[arg(long, default_value = "0", value_parser = parse_shortlist)]
     draft_shortlist: usize,
 }
 
@@ -266,6 +268,14 @@ fn parse_setting(s: &str) -> Result<Setting, String> {
     }
     s.parse()
         .map(Setting::Fixed)
+        .map_err(|_| format!("expected a number or `auto`, got `{s}`"))
+}
+
+fn parse_shortlist(s: &str) -> Result<usize, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(layerskip::shortlist::AUTO);
+    }
+    s.parse()
         .map_err(|_| format!("expected a number or `auto`, got `{s}`"))
 }
 

@@ -43,9 +43,9 @@
 #include <stdint.h>
 
 #define LSK_VERSION_MAJOR 1
-#define LSK_VERSION_MINOR 2
+#define LSK_VERSION_MINOR 3
 #define LSK_VERSION_PATCH 0
-#define LSK_VERSION_STRING "1.2.0"
+#define LSK_VERSION_STRING "1.3.0"
 
 
 // ABI version: changes only on an incompatible change to this API (the
@@ -345,9 +345,9 @@ typedef struct lsk_model_options {
   // frequent (`token_frequencies.json` beside the checkpoint, else the
   // lowest ids) and the session's own recent tokens; verification keeps
   // the full head, so greedy output is unchanged. 0 (default): the full
-  // head; `LSK_AUTO`: chosen from the model's shape (vocab / 8 where the
-  // exit head costs at least half a layer, else the full head). Added
-  // in 1.2.
+  // head; `LSK_AUTO` (since 1.3; 1.2 takes it as the full head): chosen
+  // from the model's shape (vocab / 8 where the exit head costs at least
+  // half a layer, else the full head). Added in 1.2.
   uint32_t draft_shortlist;
 } lsk_model_options;
 

@@ -119,9 +119,9 @@ pub struct lsk_model_options {
     /// frequent (`token_frequencies.json` beside the checkpoint, else the
     /// lowest ids) and the session's own recent tokens; verification keeps
     /// the full head, so greedy output is unchanged. 0 (default): the full
-    /// head; `LSK_AUTO`: chosen from the model's shape (vocab / 8 where the
-    /// exit head costs at least half a layer, else the full head). Added
-    /// in 1.2.
+    /// head; `LSK_AUTO` (since 1.3; 1.2 takes it as the full head): chosen
+    /// from the model's shape (vocab / 8 where the exit head costs at least
+    /// half a layer, else the full head). Added in 1.2.
     pub draft_shortlist: u32,
 }
 versioned!(

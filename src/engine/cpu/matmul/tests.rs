@@ -68,47 +68,67 @@ fn every_kernel_row_count_and_dtype_matches_the_definition_bit_for_bit() {
     }
 }
 
+/// One output of a product checked by [`each_output`].
+struct Output<'a> {
+    /// The row's inputs, and the output's index.
+    x: &'a [f32],
+    j: usize,
+    /// What the kernel computed, and the exact (f32 definition) product.
+    got: f32,
+    exact: f32,
+    what: String,
+}
+
+/// Every output of `m` (packed from `t`) on every kernel and row count in
+/// `row_counts`, for `check`.
+fn each_output(t: &Tensor, m: &Mat, row_counts: &[usize], check: impl Fn(Output)) {
+    let (n, cols) = (t.shape[0], t.shape[1]);
+    for &rows in row_counts {
+        let x = input(rows, cols);
+        let exact = reference(t, &x, rows);
+        for isa in supported() {
+            let out = product(m, &x, rows, isa);
+            for r in 0..rows {
+                for j in 0..n {
+                    check(Output {
+                        x: &x[r * cols..][..cols],
+                        j,
+                        got: out[r * n + j],
+                        exact: exact[r * n + j],
+                        what: format!("{:?} {isa:?} rows {rows}", t.dtype),
+                    });
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn bf16_pairs_match_vdpbf16ps_arithmetic_on_every_kernel_and_stay_close() {
     // Odd column count: the last pair is padded with zero.
     let (n, cols) = (37, 45);
+    let round = |v: f32| bf16::from_f32(v).to_f32();
     // Every stored dtype: the packers read them without an f32 copy.
     for dtype in [DType::F32, DType::BF16, DType::F16] {
         let t = tensor(dtype, n, cols);
-        let m = Mat::new_bf16(&t);
         let w = t.to_f32();
-        let round = |v: f32| bf16::from_f32(v).to_f32();
-        for rows in 1..=17 {
-            let x = input(rows, cols);
-            let exact = reference(&t, &x, rows);
-            for isa in supported() {
-                let out = product(&m, &x, rows, isa);
-                for r in 0..rows {
-                    for j in 0..n {
-                        // Per pair: sum + hi product, then + lo product, each
-                        // rounded once (the products are exact in f32).
-                        let (wr, xr) = (&w[j * cols..][..cols], &x[r * cols..][..cols]);
-                        let sum = (0..cols.div_ceil(2)).fold(0f32, |a, kp| {
-                            let p = |k: usize| match (wr.get(k), xr.get(k)) {
-                                (Some(&a), Some(&b)) => round(a) * round(b),
-                                _ => 0.0,
-                            };
-                            (a + p(2 * kp + 1)) + p(2 * kp)
-                        });
-                        let got = out[r * n + j];
-                        assert_eq!(
-                            got.to_bits(),
-                            sum.to_bits(),
-                            "{dtype:?} {isa:?} rows {rows}"
-                        );
-                        // Two bf16 roundings (2^-8 relative each) per product.
-                        let bound = 2.0 / 256.0
-                            * wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum::<f32>();
-                        assert!((got - exact[r * n + j]).abs() <= bound + 1e-6);
-                    }
-                }
-            }
-        }
+        let rows: Vec<usize> = (1..=17).collect();
+        each_output(&t, &Mat::new_bf16(&t), &rows, |o| {
+            // Per pair: sum + hi product, then + lo product, each rounded
+            // once (the products are exact in f32).
+            let wr = &w[o.j * cols..][..cols];
+            let sum = (0..cols.div_ceil(2)).fold(0f32, |a, kp| {
+                let p = |k: usize| match (wr.get(k), o.x.get(k)) {
+                    (Some(&a), Some(&b)) => round(a) * round(b),
+                    _ => 0.0,
+                };
+                (a + p(2 * kp + 1)) + p(2 * kp)
+            });
+            assert_eq!(o.got.to_bits(), sum.to_bits(), "{}", o.what);
+            // Two bf16 roundings (2^-8 relative each) per product.
+            let bound = 2.0 / 256.0 * wr.iter().zip(o.x).map(|(a, b)| (a * b).abs()).sum::<f32>();
+            assert!((o.got - o.exact).abs() <= bound + 1e-6, "{}", o.what);
+        });
     }
 }
 
@@ -118,7 +138,6 @@ fn int8_is_one_chain_then_the_row_scale_on_every_kernel_and_close_to_the_weights
     // Every stored dtype: the packers read them without an f32 copy.
     for dtype in [DType::F32, DType::BF16, DType::F16] {
         let t = tensor(dtype, n, cols);
-        let m = Mat::new_int8(&t);
         // The definition: per output row, scale = max|w| / 127 and
         // q = round(w * (127 / max)).
         let w = t.to_f32();
@@ -130,30 +149,18 @@ fn int8_is_one_chain_then_the_row_scale_on_every_kernel_and_close_to_the_weights
                 *q = (v * (127.0 / max)).round().clamp(-127.0, 127.0);
             }
         }
-        for rows in [1, 2, 5, 9, 17] {
-            let x = input(rows, cols);
-            let exact = reference(&t, &x, rows);
-            for isa in supported() {
-                let out = product(&m, &x, rows, isa);
-                for r in 0..rows {
-                    for j in 0..n {
-                        let sum = (0..cols)
-                            .fold(0f32, |a, k| q[j * cols + k].mul_add(x[r * cols + k], a));
-                        let got = out[r * n + j];
-                        assert_eq!(
-                            got.to_bits(),
-                            (sum * scale[j]).to_bits(),
-                            "{dtype:?} {isa:?} rows {rows}"
-                        );
-                        // Rounding error of at most half a step per weight.
-                        let bound = 0.5
-                            * scale[j]
-                            * x[r * cols..][..cols].iter().map(|v| v.abs()).sum::<f32>();
-                        assert!((got - exact[r * n + j]).abs() <= bound * 1.001 + 1e-6);
-                    }
-                }
-            }
-        }
+        each_output(&t, &Mat::new_int8(&t), &[1, 2, 5, 9, 17], |o| {
+            let q = &q[o.j * cols..][..cols];
+            let sum = q.iter().zip(o.x).fold(0f32, |a, (q, x)| q.mul_add(*x, a));
+            assert_eq!(o.got.to_bits(), (sum * scale[o.j]).to_bits(), "{}", o.what);
+            // Rounding error of at most half a step per weight.
+            let bound = 0.5 * scale[o.j] * o.x.iter().map(|v| v.abs()).sum::<f32>();
+            assert!(
+                (o.got - o.exact).abs() <= bound * 1.001 + 1e-6,
+                "{}",
+                o.what
+            );
+        });
     }
 }
 

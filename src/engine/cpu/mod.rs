@@ -159,9 +159,8 @@ impl CpuEngine {
         })
     }
 
-    /// Logits of rows `from..` of `x` into `out` (`rows x m.rows`) through
-    /// the final norm and `m` (the LM head, or its draft shortlist).
-    fn head_into(&self, x: &HostActs, from: usize, m: &Mat, out: &mut [f32]) {
+    /// `f` of rows `from..` of `x` through the final norm, and their count.
+    fn normed<R>(&self, x: &HostActs, from: usize, f: impl FnOnce(&[f32], usize) -> R) -> R {
         let h = self.cfg.hidden_size;
         let rows = x.rows() - from;
         scratch::with([rows * h], |[xn]| {
@@ -172,8 +171,8 @@ impl CpuEngine {
                 h,
                 xn,
             );
-            matmul(xn, rows, m, out);
-        });
+            f(xn, rows)
+        })
     }
 
     /// Causal attention of `rows` new queries (positions `pos0..`) over the
@@ -424,7 +423,7 @@ impl Engine for CpuEngine {
 
     fn head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {
         out.resize((x.rows() - from) * self.cfg.vocab_size, 0.0);
-        self.head_into(x, from, &self.lm_head, out);
+        self.normed(x, from, |xn, rows| matmul(xn, rows, &self.lm_head, out));
     }
 
     fn set_draft_shortlist(&mut self, ids: &[u32]) -> Result<bool> {
@@ -443,36 +442,31 @@ impl Engine for CpuEngine {
         let Some((ids, m)) = &self.draft else {
             return self.head(x, from, out);
         };
-        let (rows, vocab, k, h) = (x.rows() - from, self.cfg.vocab_size, ids.len(), x.width);
+        let (vocab, k, h) = (self.cfg.vocab_size, ids.len(), x.width);
         out.clear();
-        out.resize(rows * vocab, f32::NEG_INFINITY);
+        out.resize((x.rows() - from) * vocab, f32::NEG_INFINITY);
         let scatter = |row: &mut [f32], ids: &[u32], logits: &[f32]| {
             for (&id, &v) in ids.iter().zip(logits) {
                 row[id as usize] = v;
             }
         };
-        scratch::with([rows * h, rows * k], |[xn, short]| {
-            norm_rows(
-                &x.data[from * h..],
-                &self.norm,
-                self.cfg.rms_norm_eps,
-                h,
-                xn,
-            );
-            matmul(xn, rows, m, short);
-            for (r, row) in out.chunks_exact_mut(vocab).enumerate() {
-                scatter(row, ids, &short[r * k..(r + 1) * k]);
-                // A row's own tokens: their LM-head rows packed as the
-                // shortlist's are, so their logits are what the shortlist
-                // would give them.
-                let Some(extra) = extra.get(r).filter(|e| !e.is_empty()) else {
-                    continue;
-                };
-                let m = pack(&self.lm_head_tensor.gather_rows(extra), self.quantize);
-                let mut logits = vec![0f32; extra.len()];
-                matmul(&xn[r * h..(r + 1) * h], 1, &m, &mut logits);
-                scatter(row, extra, &logits);
-            }
+        self.normed(x, from, |xn, rows| {
+            scratch::with([rows * k], |[short]| {
+                matmul(xn, rows, m, short);
+                for (r, row) in out.chunks_exact_mut(vocab).enumerate() {
+                    scatter(row, ids, &short[r * k..(r + 1) * k]);
+                    // A row's own tokens: their LM-head rows packed as the
+                    // shortlist's are, so their logits are what the shortlist
+                    // would give them.
+                    let Some(extra) = extra.get(r).filter(|e| !e.is_empty()) else {
+                        continue;
+                    };
+                    let m = pack(&self.lm_head_tensor.gather_rows(extra), self.quantize);
+                    let mut logits = vec![0f32; extra.len()];
+                    matmul(&xn[r * h..(r + 1) * h], 1, &m, &mut logits);
+                    scatter(row, extra, &logits);
+                }
+            })
         });
     }
 

@@ -200,7 +200,8 @@ impl<E: Engine> Model<E> {
             return extra;
         }
         for &t in context.iter().rev().take(SESSION_DRAFT_WINDOW) {
-            if !self.shortlisted[t as usize] && !extra.contains(&t) {
+            // Ids past the vocabulary (never in a session) are skipped.
+            if self.shortlisted.get(t as usize) == Some(&false) && !extra.contains(&t) {
                 extra.push(t);
                 if extra.len() == SESSION_DRAFT_TOKENS {
                     break;

@@ -86,8 +86,8 @@ def _setting(v: Union[int, str, None], default: int) -> int:
         return default
     if v == "auto":
         return _ffi.AUTO
-    if not isinstance(v, int) or v < 0:
-        raise LayerskipError(ERR_INVALID_ARGUMENT, f"expected a layer/length or 'auto', got {v!r}")
+    if not isinstance(v, int) or not 0 <= v < _ffi.AUTO:
+        raise LayerskipError(ERR_INVALID_ARGUMENT, f"expected a count below 2**32 - 1 or 'auto', got {v!r}")
     return v
 
 

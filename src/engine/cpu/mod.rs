@@ -125,7 +125,9 @@ impl CpuEngine {
         let lm_head_tensor = store.get(llama::lm_head(cfg, store), &[cfg.vocab_size, h])?;
         let lm_head = workers.install(|| pack(&lm_head_tensor, quantize));
         lm_head_tensor.release();
-        let layers = workers.install(|| {
+        // Collected per layer first, so that the error reported is the
+        // first layer's, whichever thread finished first.
+        let layers: Vec<Result<LayerWeights>> = workers.install(|| {
             (0..cfg.num_layers)
                 .into_par_iter()
                 .map(|i| {
@@ -142,8 +144,9 @@ impl CpuEngine {
                         down: mat(&n.down, h, inter)?,
                     })
                 })
-                .collect::<Result<Vec<_>>>()
-        })?;
+                .collect()
+        });
+        let layers = layers.into_iter().collect::<Result<Vec<_>>>()?;
         Ok(CpuEngine {
             cfg: cfg.clone(),
             embed,

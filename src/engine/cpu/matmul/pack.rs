@@ -197,20 +197,21 @@ pub(super) fn quantize_rows<S: Stored>(
             *s = max / 127.0;
             *inv = if max > 0.0 { 127.0 / max } else { 0.0 };
         });
-    let q = pack_panels(rows, cols, |j, k| {
-        round_half_away(w[j * cols + k].value() * inv[j]).clamp(-127, 127) as i8
-    });
+    let q = pack_panels(rows, cols, |j, k| to_int8(w[j * cols + k].value() * inv[j]));
     (q, scale)
 }
 
-/// `x.round() as i32` for |x| < 2^23 (half away from zero), in operations
-/// that vectorize: `f32::round` is a libm call per weight on baseline
-/// x86-64, the slowest part of an int8 load.
+/// `x.round().clamp(-127.0, 127.0) as i8` (half away from zero) in
+/// operations that vectorize: `f32::round` is a libm call per weight on
+/// baseline x86-64, the slowest part of an int8 load. Clamped first, so an
+/// infinite `x` (a row whose largest weight is below 127 / f32::MAX) is
+/// ±127 as well.
 #[inline(always)]
-pub(super) fn round_half_away(x: f32) -> i32 {
-    let t = x as i32; // towards zero
-    let frac = x - t as f32; // exact below 2^23
-    t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
+pub(super) fn to_int8(x: f32) -> i8 {
+    let x = x.clamp(-127.0, 127.0);
+    let t = x as i32; // towards zero; NaN: 0
+    let frac = x - t as f32; // exact
+    (t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32) as i8
 }
 
 impl Mat {

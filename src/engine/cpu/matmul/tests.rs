@@ -165,14 +165,16 @@ fn int8_is_one_chain_then_the_row_scale_on_every_kernel_and_close_to_the_weights
 }
 
 #[test]
-fn int8_rounding_is_f32_round() {
+fn int8_rounding_is_f32_round_then_clamp() {
     let below_half = 0.5f32.next_down();
     let mut xs = vec![
         0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5, -126.5, 127.0,
     ];
-    xs.extend([below_half, -below_half, 127.00001, -127.00001]);
+    xs.extend([below_half, -below_half, 127.00001, -127.00001, 1e30, -1e30]);
+    xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
     xs.extend((0..20000).map(|i| (i as f32 - 10000.0) * 0.0127));
     for x in xs {
-        assert_eq!(pack::round_half_away(x), x.round() as i32, "{x}");
+        let want = x.round().clamp(-127.0, 127.0) as i8;
+        assert_eq!(pack::to_int8(x), want, "{x}");
     }
 }

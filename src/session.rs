@@ -278,16 +278,14 @@ fn run_heads<E: Engine>(
     };
     let engine = &model.engine;
     // Draft rows also score their session's own recent tokens.
-    let extras: Vec<Vec<u32>> = jobs
-        .iter()
-        .map(|(i, ..)| {
-            if draft {
-                model.draft_extras(&items[*i].session.tokens)
-            } else {
-                Vec::new()
-            }
-        })
-        .collect();
+    let extras: Vec<Vec<u32>> = if draft {
+        let extras = jobs
+            .iter()
+            .map(|(i, ..)| model.draft_extras(&items[*i].session.tokens));
+        extras.collect()
+    } else {
+        Vec::new()
+    };
     let extra: Vec<&[u32]> = jobs
         .iter()
         .zip(&extras)

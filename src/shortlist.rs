@@ -133,11 +133,6 @@ mod tests {
         assert_eq!(f.counts, vec![(3, 3), (1, 2), (2, 1)]);
         assert_eq!(f.total, 6, "ids outside the vocabulary are not counted");
     }
-}
-
-#[cfg(test)]
-mod auto_tests {
-    use super::*;
 
     fn shape(hidden: usize, inter: usize, heads: usize, kv: usize, vocab: usize) -> ModelConfig {
         let json = serde_json::json!({

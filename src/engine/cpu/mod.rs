@@ -121,8 +121,13 @@ impl CpuEngine {
         let workers = own_pool.as_ref().unwrap_or_else(|| pool());
         // Looked up by row, straight from the checkpoint (no packed copy).
         let embed = store.get(llama::EMBED, &[cfg.vocab_size, h])?;
-        embed.release();
-        let lm_head_tensor = store.get(llama::lm_head(cfg, store), &[cfg.vocab_size, h])?;
+        let lm_head_tensor = match llama::lm_head(cfg, store) {
+            llama::EMBED => embed.clone(), // tied: read and checked once
+            name => {
+                embed.release();
+                store.get(name, &[cfg.vocab_size, h])?
+            }
+        };
         let lm_head = workers.install(|| pack(&lm_head_tensor, quantize));
         lm_head_tensor.release();
         // Collected per layer first, so that the error reported is the

@@ -146,34 +146,18 @@ pub(super) fn bf16_pair(v: &[f32]) -> u32 {
     half(v.get(1).copied().unwrap_or(0.0)) << 16 | half(v[0])
 }
 
-/// A checkpoint's element types, read as f32 by the packers that round or
-/// quantize (so that no f32 copy of a whole matrix is made at load).
-pub(super) trait Stored: Copy + Sync {
-    fn value(self) -> f32;
-}
-impl Stored for f32 {
-    fn value(self) -> f32 {
-        self
-    }
-}
-impl Stored for bf16 {
-    fn value(self) -> f32 {
-        self.to_f32()
-    }
-}
-impl Stored for f16 {
-    fn value(self) -> f32 {
-        self.to_f32()
-    }
-}
-
-/// [`Packed::Bf16Pairs`] panels of a row-major matrix.
-pub(super) fn pack_pairs<S: Stored>(w: &[S], rows: usize, cols: usize) -> HugeBuf<u32> {
+/// [`Packed::Bf16Pairs`] panels of a row-major matrix of any stored element
+/// type (read as f32 one element at a time: no f32 copy of the matrix).
+pub(super) fn pack_pairs<S: Copy + Sync + Into<f32>>(
+    w: &[S],
+    rows: usize,
+    cols: usize,
+) -> HugeBuf<u32> {
     pack_panels(rows, cols.div_ceil(2), |j, kp| {
         let row = &w[j * cols..(j + 1) * cols];
         let half = |k: usize| {
             row.get(k)
-                .map_or(0, |v| bf16::from_f32(v.value()).to_bits())
+                .map_or(0, |v| bf16::from_f32((*v).into()).to_bits())
         };
         half(2 * kp) as u32 | (half(2 * kp + 1) as u32) << 16
     })
@@ -181,7 +165,7 @@ pub(super) fn pack_pairs<S: Stored>(w: &[S], rows: usize, cols: usize) -> HugeBu
 
 /// Symmetric int8 per output row, packed: `scale = max|w| / 127`,
 /// `q = round(w * (127 / max))`.
-pub(super) fn quantize_rows<S: Stored>(
+pub(super) fn quantize_rows<S: Copy + Sync + Into<f32>>(
     w: &[S],
     rows: usize,
     cols: usize,
@@ -193,11 +177,11 @@ pub(super) fn quantize_rows<S: Stored>(
         .zip(inv.par_iter_mut())
         .zip(w.par_chunks(cols))
         .for_each(|((s, inv), w)| {
-            let max = w.iter().fold(0f32, |m, v| m.max(v.value().abs()));
+            let max = w.iter().fold(0f32, |m, v| m.max((*v).into().abs()));
             *s = max / 127.0;
             *inv = if max > 0.0 { 127.0 / max } else { 0.0 };
         });
-    let q = pack_panels(rows, cols, |j, k| to_int8(w[j * cols + k].value() * inv[j]));
+    let q = pack_panels(rows, cols, |j, k| to_int8(w[j * cols + k].into() * inv[j]));
     (q, scale)
 }
 

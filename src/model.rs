@@ -224,7 +224,18 @@ impl<E: Engine> Model<E> {
     /// What a layer and the exit head cost on this engine, by row count
     /// (timed once, on first use, in a few milliseconds to ~a second).
     pub fn cost_model(&self) -> &CostModel {
-        self.cost.get_or_init(|| CostModel::measure(&self.engine))
+        self.cost
+            .get_or_init(|| CostModel::measure(&self.engine, &self.timing_extras()))
+    }
+
+    /// The tokens besides the shortlist that timing a draft head scores: as
+    /// many as a session's own rare tokens can add ([`Model::draft_extras`]
+    /// of a context holding the vocabulary's last ids). None without a
+    /// shortlist.
+    pub fn timing_extras(&self) -> Vec<u32> {
+        let vocab = self.config.vocab_size as u32;
+        let tail: Vec<u32> = (vocab.saturating_sub(SESSION_DRAFT_WINDOW as u32)..vocab).collect();
+        self.draft_extras(&tail)
     }
 
     /// Use `cost` instead of timing this machine (e.g. costs measured once and

@@ -211,7 +211,7 @@ fn round_timings_pair_live_times_with_the_models_predictions() {
     let prompt = &prompts(FIXTURES[0])[0];
     let before = run(&model, prompt, Mode::Full, 8);
     let timed = cost
-        .time_rounds(&model.engine, &[(exit, 2), (1, 8)], 3)
+        .time_rounds(&model.engine, &[], &[(exit, 2), (1, 8)], 3)
         .unwrap();
     // A full-depth step first, then the rounds asked for, in order.
     let shapes: Vec<_> = timed.iter().map(|t| (t.exit, t.drafts)).collect();
@@ -224,11 +224,11 @@ fn round_timings_pair_live_times_with_the_models_predictions() {
         .all(|t| t.measured.is_finite() && t.measured > 0.0));
     // Rounds the policy could never run, and a model for another depth: errors.
     for bad in [(0, 2), (layers, 2), (exit, 0), (exit, 9)] {
-        let e = cost.time_rounds(&model.engine, &[bad], 1).unwrap_err();
+        let e = cost.time_rounds(&model.engine, &[], &[bad], 1).unwrap_err();
         assert!(e.to_string().contains("must be in"), "{bad:?}: {e}");
     }
     let other = memory_bound(layers + 1);
-    assert!(other.time_rounds(&model.engine, &[], 1).is_err());
+    assert!(other.time_rounds(&model.engine, &[], &[], 1).is_err());
     // The timing uses its own cache: the model decodes as before.
     assert_eq!(run(&model, prompt, Mode::Full, 8).tokens, before.tokens);
 }

@@ -250,6 +250,20 @@ fn drafts_also_score_the_sessions_own_tokens() {
 }
 
 #[test]
+fn the_cost_model_times_draft_heads_with_a_sessions_worth_of_own_tokens() {
+    let dir = bundled_dir();
+    let model = with_shortlist(&dir, 64);
+    let ids = shortlist(&dir, &model.config, 64).unwrap();
+    let extra = model.timing_extras();
+    assert_eq!(extra.len(), layerskip::model::SESSION_DRAFT_TOKENS);
+    for t in &extra {
+        assert!(ids.binary_search(t).is_err(), "{t} is on the shortlist");
+        assert!((*t as usize) < model.config.vocab_size);
+    }
+    assert!(Model::load(&dir).unwrap().timing_extras().is_empty());
+}
+
+#[test]
 fn a_draft_row_is_the_same_alone_and_batched_with_other_sessions() {
     let model = with_shortlist(&bundled_dir(), 64);
     let prompts = [

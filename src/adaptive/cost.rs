@@ -87,12 +87,14 @@ impl CostModel {
     /// few repetitions each, row counts interleaved). A repetition runs every layer once and takes
     /// the mean, so weights come from memory as in decoding rather than from
     /// a cache warmed by the previous repetition; it runs inside
-    /// [`Engine::enter`], as decoding does.
-    pub fn measure<E: Engine>(engine: &E) -> CostModel {
-        engine.enter(|| Self::measure_in(engine))
+    /// [`Engine::enter`], as decoding does. The draft head scores `extra`
+    /// on every row besides its shortlist, as it scores a session's own
+    /// tokens in decoding.
+    pub fn measure<E: Engine>(engine: &E, extra: &[u32]) -> CostModel {
+        engine.enter(|| Self::measure_in(engine, extra))
     }
 
-    fn measure_in<E: Engine>(engine: &E) -> CostModel {
+    fn measure_in<E: Engine>(engine: &E, extra: &[u32]) -> CostModel {
         let t0 = Instant::now();
         let cfg = engine.config();
         let n_layers = cfg.num_layers;
@@ -109,6 +111,7 @@ impl CostModel {
         let mut rep = 0;
         while rep <= reps {
             for rows in 1..=MAX_ROWS {
+                let extras = vec![extra; rows];
                 let mut x = engine.embed(&tokens(rows, rep));
                 engine.synchronize();
                 let t = Instant::now();
@@ -124,7 +127,7 @@ impl CostModel {
                 engine.head(&x, 0, &mut logits);
                 let th = t.elapsed().as_secs_f64();
                 let t = Instant::now();
-                engine.draft_head(&x, 0, &[], &mut logits);
+                engine.draft_head(&x, 0, &extras, &mut logits);
                 let td = t.elapsed().as_secs_f64();
                 // Repetition 0 is the untimed warm-up.
                 if rep > 0 {
@@ -202,9 +205,11 @@ impl CostModel {
     /// layers and the head over `drafts + 1` rows. The policy compares a
     /// round with a full-depth step, so what matters is that both columns
     /// agree on that ratio, not on absolute times (`layerskip costs`).
+    /// Draft heads score `extra` too, as in [`CostModel::measure`].
     pub fn time_rounds<E: Engine>(
         &self,
         engine: &E,
+        extra: &[u32],
         rounds: &[(usize, usize)],
         reps: usize,
     ) -> Result<Vec<RoundTiming>> {
@@ -246,7 +251,7 @@ impl CostModel {
                                 engine.run_layer(l, &mut kv, CONTEXT + k, &mut x);
                             }
                             if k < drafts {
-                                engine.draft_head(&x, 0, &[], &mut logits);
+                                engine.draft_head(&x, 0, &[extra], &mut logits);
                             }
                             rows.append(x);
                         }

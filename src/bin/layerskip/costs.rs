@@ -55,7 +55,7 @@ pub(crate) fn run_costs(
         rounds
     };
     let repeat = repeat.max(1);
-    let timed = c.time_rounds(&model.engine, &rounds, repeat)?;
+    let timed = c.time_rounds(&model.engine, &model.timing_extras(), &rounds, repeat)?;
     let full = timed[0];
     println!(
         "\nas decoding runs them (median of {repeat}); x full = seconds over a full-depth step's"

@@ -100,41 +100,66 @@ pub struct Mat {
     pub cols: usize,
 }
 
-/// Panels of a `rows`-output matrix whose output `j` is `elems` elements
-/// `elem(j, e)`: `panel[e * PANEL + o]`.
+/// Elements below which a matrix is packed on the calling thread (a draft
+/// head's few extra rows; waking the workers costs more than it saves).
+const SERIAL_PACK_BELOW: usize = 1 << 16;
+
+/// Panels of a `rows`-output matrix whose output `j` has `elems` elements,
+/// which `fill(j, row)` writes into `row`: `panel[e * PANEL + o]`. Each row
+/// is converted contiguously, where its arithmetic vectorizes, then
+/// scattered into its panel.
 pub(super) fn pack_panels<W: Plain + Default>(
     rows: usize,
     elems: usize,
-    elem: impl Fn(usize, usize) -> W + Sync,
+    fill: impl Fn(usize, &mut [W]) + Sync,
 ) -> HugeBuf<W> {
     let mut out = HugeBuf::zeroed(rows.div_ceil(PANEL) * PANEL * elems);
-    out.par_chunks_mut(PANEL * elems)
-        .enumerate()
-        .for_each(|(p, panel)| {
-            for o in 0..PANEL.min(rows - p * PANEL) {
-                for e in 0..elems {
-                    panel[e * PANEL + o] = elem(p * PANEL + o, e);
-                }
+    let panel = |(p, panel): (usize, &mut [W])| {
+        let mut row = vec![W::default(); elems];
+        for o in 0..PANEL.min(rows - p * PANEL) {
+            fill(p * PANEL + o, &mut row);
+            for (dst, &v) in panel.chunks_exact_mut(PANEL).zip(&row) {
+                dst[o] = v;
             }
-        });
+        }
+    };
+    let chunk = (PANEL * elems).max(1);
+    if rows * elems < SERIAL_PACK_BELOW {
+        out.chunks_mut(chunk).enumerate().for_each(panel);
+    } else {
+        out.par_chunks_mut(chunk).enumerate().for_each(panel);
+    }
     out
 }
 
+/// Row `j` of a row-major `cols`-column matrix.
+fn row_of<S>(w: &[S], cols: usize, j: usize) -> &[S] {
+    &w[j * cols..(j + 1) * cols]
+}
+
 pub(super) fn pack<W: Weight>(w: &[W], rows: usize, cols: usize) -> HugeBuf<W> {
-    pack_panels(rows, cols, |j, k| w[j * cols + k])
+    pack_panels(rows, cols, |j, row| row.copy_from_slice(row_of(w, cols, j)))
+}
+
+/// Each pair of columns of a row as one element, `pair(first, second)`; an
+/// odd last column has no second.
+fn fill_pairs<S: Copy, W>(row: &mut [W], src: &[S], pair: impl Fn(S, Option<S>) -> W) {
+    let pairs = src.chunks_exact(2);
+    let last = pairs.remainder().first().map(|&a| pair(a, None));
+    for (d, p) in row.iter_mut().zip(pairs) {
+        *d = pair(p[0], Some(p[1]));
+    }
+    if let Some(v) = last {
+        row[src.len() / 2] = v;
+    }
 }
 
 /// bf16 weights as [`Bf16Pair`]s (an odd last column pairs with zero).
 pub(super) fn pack_bf16(w: &[bf16], rows: usize, cols: usize) -> HugeBuf<Bf16Pair> {
-    pack_panels(rows, cols.div_ceil(2), |j, e| {
-        let half = |k: usize| {
-            if k < cols {
-                w[j * cols + k].to_bits() as u32
-            } else {
-                0
-            }
-        };
-        Bf16Pair(half(2 * e) | half(2 * e + 1) << 16)
+    pack_panels(rows, cols.div_ceil(2), |j, row| {
+        fill_pairs(row, row_of(w, cols, j), |a, b| {
+            Bf16Pair(a.to_bits() as u32 | b.map_or(0, |b| b.to_bits() as u32) << 16)
+        })
     })
 }
 
@@ -153,13 +178,11 @@ pub(super) fn pack_pairs<S: Copy + Sync + Into<f32>>(
     rows: usize,
     cols: usize,
 ) -> HugeBuf<u32> {
-    pack_panels(rows, cols.div_ceil(2), |j, kp| {
-        let row = &w[j * cols..(j + 1) * cols];
-        let half = |k: usize| {
-            row.get(k)
-                .map_or(0, |v| bf16::from_f32((*v).into()).to_bits())
-        };
-        half(2 * kp) as u32 | (half(2 * kp + 1) as u32) << 16
+    let half = |v: S| bf16::from_f32(v.into()).to_bits() as u32;
+    pack_panels(rows, cols.div_ceil(2), |j, row| {
+        fill_pairs(row, row_of(w, cols, j), |a, b| {
+            half(a) | b.map_or(0, half) << 16
+        })
     })
 }
 
@@ -181,7 +204,11 @@ pub(super) fn quantize_rows<S: Copy + Sync + Into<f32>>(
             *s = max / 127.0;
             *inv = if max > 0.0 { 127.0 / max } else { 0.0 };
         });
-    let q = pack_panels(rows, cols, |j, k| to_int8(w[j * cols + k].into() * inv[j]));
+    let q = pack_panels(rows, cols, |j, row| {
+        for (d, &v) in row.iter_mut().zip(row_of(w, cols, j)) {
+            *d = to_int8(v.into() * inv[j]);
+        }
+    });
     (q, scale)
 }
 

@@ -229,13 +229,15 @@ impl<E: Engine> Model<E> {
     }
 
     /// The tokens besides the shortlist that timing a draft head scores: as
-    /// many as a session's own rare tokens can add ([`Model::draft_extras`]
-    /// of a context holding the vocabulary's last ids). None without a
+    /// many as a session's own tokens can add ([`SESSION_DRAFT_TOKENS`]),
+    /// the highest ids that the shortlist leaves out. None without a
     /// shortlist.
     pub fn timing_extras(&self) -> Vec<u32> {
-        let vocab = self.config.vocab_size as u32;
-        let tail: Vec<u32> = (vocab.saturating_sub(SESSION_DRAFT_WINDOW as u32)..vocab).collect();
-        self.draft_extras(&tail)
+        (0..self.shortlisted.len() as u32)
+            .rev()
+            .filter(|&t| !self.shortlisted[t as usize])
+            .take(SESSION_DRAFT_TOKENS)
+            .collect()
     }
 
     /// Use `cost` instead of timing this machine (e.g. costs measured once and

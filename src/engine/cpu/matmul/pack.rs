@@ -100,34 +100,40 @@ pub struct Mat {
     pub cols: usize,
 }
 
-/// Elements below which a matrix is packed on the calling thread (a draft
-/// head's few extra rows; waking the workers costs more than it saves).
+/// Elements below which a matrix is packed on the calling thread (a small
+/// model's draft-head rows for a session's own tokens: waking the workers
+/// costs more than it saves).
 const SERIAL_PACK_BELOW: usize = 1 << 16;
 
 /// Panels of a `rows`-output matrix whose output `j` has `elems` elements,
-/// which `fill(j, row)` writes into `row`: `panel[e * PANEL + o]`. Each row
-/// is converted contiguously, where its arithmetic vectorizes, then
-/// scattered into its panel.
+/// which `fill(j, row)` writes into `row` (every element of it: the buffer
+/// is reused from row to row): `panel[e * PANEL + o]`. Each row is
+/// converted contiguously, where its arithmetic vectorizes, then scattered
+/// into its panel.
 pub(super) fn pack_panels<W: Plain + Default>(
     rows: usize,
     elems: usize,
     fill: impl Fn(usize, &mut [W]) + Sync,
 ) -> HugeBuf<W> {
     let mut out = HugeBuf::zeroed(rows.div_ceil(PANEL) * PANEL * elems);
-    let panel = |(p, panel): (usize, &mut [W])| {
-        let mut row = vec![W::default(); elems];
+    let panel = |row: &mut Vec<W>, (p, panel): (usize, &mut [W])| {
         for o in 0..PANEL.min(rows - p * PANEL) {
-            fill(p * PANEL + o, &mut row);
-            for (dst, &v) in panel.chunks_exact_mut(PANEL).zip(&row) {
+            fill(p * PANEL + o, row);
+            for (dst, &v) in panel.chunks_exact_mut(PANEL).zip(row.iter()) {
                 dst[o] = v;
             }
         }
     };
-    let chunk = (PANEL * elems).max(1);
+    let (chunk, row) = ((PANEL * elems).max(1), || vec![W::default(); elems]);
     if rows * elems < SERIAL_PACK_BELOW {
-        out.chunks_mut(chunk).enumerate().for_each(panel);
+        let mut row = row();
+        out.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|c| panel(&mut row, c));
     } else {
-        out.par_chunks_mut(chunk).enumerate().for_each(panel);
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(row, panel);
     }
     out
 }

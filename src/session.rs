@@ -279,10 +279,9 @@ fn run_heads<E: Engine>(
     let engine = &model.engine;
     // Draft rows also score their session's own recent tokens.
     let extras: Vec<Vec<u32>> = if draft {
-        let extras = jobs
-            .iter()
-            .map(|(i, ..)| model.draft_extras(&items[*i].session.tokens));
-        extras.collect()
+        jobs.iter()
+            .map(|(i, ..)| model.draft_extras(&items[*i].session.tokens))
+            .collect()
     } else {
         Vec::new()
     };

@@ -172,9 +172,9 @@ pub(super) fn pack_bf16(w: &[bf16], rows: usize, cols: usize) -> HugeBuf<Bf16Pai
 /// Two values rounded to bf16 (round to nearest even) in one word: the first
 /// in the low half. A missing second value (odd `cols`) is zero.
 #[inline(always)]
-pub(super) fn bf16_pair(v: &[f32]) -> u32 {
+pub(super) fn bf16_pair(first: f32, second: Option<f32>) -> u32 {
     let half = |x: f32| bf16::from_f32(x).to_bits() as u32;
-    half(v.get(1).copied().unwrap_or(0.0)) << 16 | half(v[0])
+    second.map_or(0, half) << 16 | half(first)
 }
 
 /// [`Packed::Bf16Pairs`] panels of a row-major matrix of any stored element
@@ -184,10 +184,9 @@ pub(super) fn pack_pairs<S: Copy + Sync + Into<f32>>(
     rows: usize,
     cols: usize,
 ) -> HugeBuf<u32> {
-    let half = |v: S| bf16::from_f32(v.into()).to_bits() as u32;
     pack_panels(rows, cols.div_ceil(2), |j, row| {
         fill_pairs(row, row_of(w, cols, j), |a, b| {
-            half(a) | b.map_or(0, half) << 16
+            bf16_pair(a.into(), b.map(Into::into))
         })
     })
 }
@@ -316,7 +315,7 @@ pub(super) fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, group: usize) 
         let dst = &mut out[r0 * kps..(r0 + rr) * kps];
         for r in 0..rr {
             for (kp, pair) in x[(r0 + r) * cols..][..cols].chunks(2).enumerate() {
-                dst[kp * rr + r] = bf16_pair(pair);
+                dst[kp * rr + r] = bf16_pair(pair[0], pair.get(1).copied());
             }
         }
     }

@@ -14,6 +14,11 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// with e = e^-|g| so that one branch-free exp of a non-positive argument
 /// serves both signs (and the loop vectorises).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    crate::softmax::dispatch!(swiglu_lanes(gate: &mut [f32], up: &[f32]) -> ())
+}
+
+#[inline(always)]
+fn swiglu_lanes(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         let e = crate::softmax::exp_nonpositive(-g.abs());
         let s = if *g >= 0.0 {
@@ -27,6 +32,17 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn swiglu_gives_the_bits_of_the_baseline_build() {
+        let gate: Vec<f32> = (-500..537).map(|i| i as f32 * 0.173).collect();
+        let up: Vec<f32> = gate.iter().map(|g| 0.5 - g * 0.03).collect();
+        let (mut a, mut b) = (gate.clone(), gate);
+        super::swiglu(&mut a, &up);
+        super::swiglu_lanes(&mut b, &up);
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+    }
+
     #[test]
     fn swiglu_matches_the_definition() {
         let gate: Vec<f32> = (-400..400).map(|i| i as f32 * 0.25).collect();

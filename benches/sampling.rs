@@ -1,11 +1,12 @@
 //! Turning one row of logits into a token: greedy, and temperature with
 //! top-k / top-p, at the bundled model's vocabulary (4096) and Llama 3's
-//! (128256).
+//! (128256); and the softmax that attention takes of a row of scores.
 //!
 //!   cargo bench --bench sampling
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use layerskip::sampling::{sample, top_probability, Rng64, SamplingParams};
+use layerskip::softmax::softmax_in_place;
 
 /// Logits shaped like a language model's: roughly normal (sd 2.5) with a
 /// few strong candidates on top. The 4096 row could be the bundled model's;
@@ -26,6 +27,18 @@ fn logits(n: usize) -> Vec<f32> {
 }
 
 fn benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("softmax_in_place");
+    for n in [1024, 4096] {
+        let row = logits(n);
+        let mut x = row.clone();
+        g.bench_with_input(BenchmarkId::from_parameter(n), &row, |b, row| {
+            b.iter(|| {
+                x.copy_from_slice(row);
+                softmax_in_place(&mut x)
+            })
+        });
+    }
+    g.finish();
     let mut g = c.benchmark_group("sample");
     for vocab in [4096, 128_256] {
         let row = logits(vocab);

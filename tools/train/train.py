@@ -11,6 +11,8 @@ Recipe (../../shared/LAYERSKIP.md, "Training recipe"; Elhoushi et al. 2024):
 
 Corpus: the CPython standard library's own .py sources found on this machine
 (PSF License 2.0). 5% of the files, chosen by a hash of their path, are held out.
+`--corpus DIR --pattern '*.txt'` trains on other files instead (for a text
+model: the prose of the Rust documentation, extracted by html_text.py).
 
 The model is a plain Llama (same parameter names and maths as transformers'
 LlamaForCausalLM); the saved directory loads there unchanged, which `--check`
@@ -36,9 +38,9 @@ BOS, EOS = "<s>", "</s>"
 
 
 # ----------------------------------------------------------------------------- corpus
-def corpus_files(root: Path):
+def corpus_files(root: Path, pattern: str = "*.py"):
     files = sorted(
-        p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file()
+        p for p in root.rglob(pattern) if "site-packages" not in p.parts and p.is_file()
     )
     train, held = [], []
     for p in files:
@@ -289,6 +291,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="assets/layerskip-pycode-8l")
     ap.add_argument("--corpus", default=sysconfig.get_paths()["stdlib"])
+    ap.add_argument("--pattern", default="*.py", help="which files of the corpus to train on")
     ap.add_argument("--minutes", type=float, default=75.0, help="wall-clock training budget")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--hidden", type=int, default=256)
@@ -310,7 +313,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     root = Path(args.corpus)
-    train_files, held_files = corpus_files(root)
+    train_files, held_files = corpus_files(root, args.pattern)
     print(f"corpus {root}: {len(train_files)} train files, {len(held_files)} held-out files", flush=True)
     tok = train_tokenizer(train_files, args.vocab)
     train = encode_files(tok, train_files)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Turn a tree of mdBook HTML pages (the Rust book, reference, nomicon...,
 which rustup installs under `share/doc/rust/html`) into plain English text,
-one `.txt` per page: the prose of each page's <main>, without code blocks,
-scripts or navigation. It makes a natural-language corpus for
+one `.txt` per page: the prose of each page's <main>, without code (blocks
+and inline spans alike), scripts or navigation. It makes a natural-language corpus for
 `train.py --pattern '*.txt'` on a machine without network access.
 
     python3 tools/train/html_text.py --out /tmp/text-corpus \\
@@ -18,7 +18,8 @@ BLOCK = {"p", "li", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "dt", "dd"
 
 
 class Prose(html.parser.HTMLParser):
-    """The text inside <main>, minus SKIP elements, a paragraph per block."""
+    """The text inside <main>, minus SKIP elements (inline `code` too, so a
+    sentence that names an item loses the name), a paragraph per block."""
 
     def __init__(self):
         super().__init__(convert_charrefs=True)

@@ -2,7 +2,7 @@
 """transformers peer: full-depth greedy decode tokens/s of LlamaForCausalLM.
 
     /root/torchvenv/bin/python tools/bench_peers/transformers_bench.py MODEL_DIR [N_TOKENS]
-        [--dtypes bf16,f32] [--threads 2] [--prompt-ids 1,2,3,4]
+        [--dtypes bf16,f32,int8] [--threads 2] [--prompt-ids 1,2,3,4] [--prefill P [--repeat R]]
 
 For each dtype: loads the model (not timed), runs one short warm-up generate,
 then a greedy `generate` of N+1 new tokens from the prompt ids with

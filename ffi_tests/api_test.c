@@ -672,6 +672,18 @@ int main(int argc, char **argv) {
             o.exit_layer = 1;
         }
         o.n_stop_strings = 0;
+        {
+            /* A result struct of a bad size fails before generating. */
+            lsk_session *g3 = NULL;
+            lsk_stats s3;
+            EXPECT(LSK_OK, lsk_session_new(model, NULL, &g3, &err_));
+            res.struct_size = 8;
+            EXPECT(LSK_ERR_STRUCT_SIZE, lsk_session_generate(g3, prompt, np, &o, NULL, NULL, &res, &err_));
+            lsk_stats_init(&s3, sizeof s3);
+            EXPECT(LSK_OK, lsk_session_stats(g3, &s3, &err_));
+            CHECK(s3.shallow_len == 0);
+            lsk_session_free(g3);
+        }
         o.struct_size = 8;
         EXPECT(LSK_ERR_STRUCT_SIZE, lsk_session_generate(g, prompt, np, &o, NULL, NULL, NULL, &err_));
         EXPECT(LSK_ERR_INVALID_ARGUMENT, lsk_session_generate(g, NULL, 0, NULL, NULL, NULL, NULL, &err_));
@@ -844,6 +856,9 @@ int main(int argc, char **argv) {
         CHECK(cs[2].n == nfull && memcmp(cs[2].tokens, full, nfull * sizeof(int32_t)) == 0);
         CHECK(cs[3].n >= nexit1 && memcmp(cs[3].tokens, exit1, nexit1 * sizeof(int32_t)) == 0);
         for (k = 0; k < 4; k++) {
+            /* A result struct of a bad size fails and keeps the result. */
+            res.struct_size = 8;
+            EXPECT(LSK_ERR_STRUCT_SIZE, lsk_batch_result(b, ids[k], &res, &err_));
             lsk_generate_result_init(&res, sizeof res);
             EXPECT(LSK_OK, lsk_batch_result(b, ids[k], &res, &err_));
             CHECK(res.n_tokens == nfull && res.stop_reason == LSK_STOP_MAX_TOKENS && res.prompt_tokens == np);

@@ -339,7 +339,8 @@ typedef struct lsk_model_options {
   // after `quantize` (older callers get the default).
   uint32_t kv_dtype;
   // CPU worker threads of this model's own pool; 0 (default) shares the
-  // process's pool (`RAYON_NUM_THREADS`, default one per core). Added in 1.1.
+  // process's pool (`RAYON_NUM_THREADS`, default one per core); at most
+  // 1024. Added in 1.1.
   uint32_t threads;
   // Tokens the draft head scores: drafts choose among the K most
   // frequent (`token_frequencies.json` beside the checkpoint, else the
@@ -664,7 +665,8 @@ lsk_result lsk_session_new(const struct lsk_model *model,
 void lsk_session_free(struct lsk_session *session);
 
 // Feed `n` prompt tokens at full depth. When `next_token` is not NULL it
-// receives the next token chosen with `sampling` (NULL = greedy).
+// receives the next token chosen with `sampling` (NULL = greedy). With
+// `n` = 0 nothing is fed (layers that lag catch up) and no token is written.
 lsk_result lsk_session_prefill(struct lsk_session *session,
                                const int32_t *tokens,
                                size_t n,
@@ -717,6 +719,9 @@ lsk_result lsk_session_logits_ith(struct lsk_session *session,
 // go to `drafts` (`capacity` >= `max_drafts` elements), their count to
 // `*n_drafts`. Drafting stops early at an EOS id or the context's end.
 // Follow with `lsk_session_verify` on the same `next_token` and drafts.
+// Drafts never enter the context unverified: any other call that feeds
+// tokens (step, prefill, generate, a round, another draft) drops them
+// first, and a draft that fails leaves none.
 lsk_result lsk_session_draft(struct lsk_session *session,
                              int32_t next_token,
                              uint32_t exit_layer,
@@ -729,7 +734,8 @@ lsk_result lsk_session_draft(struct lsk_session *session,
 
 // Verify `n` drafts proposed after `next_token`: from `lsk_session_draft`, or
 // from anywhere else (n-gram lookup, another model, the caller). The deep
-// layers run once over all pending positions; the longest agreeing prefix is
+// layers run once over all pending positions (earlier early-exit steps'
+// included: they stay in the context); the longest agreeing prefix is
 // accepted (`*accepted`), the cache is truncated to it, and `*token_after`
 // receives the verifier's own next token (not yet fed: pass it as the next
 // round's `next_token`). Greedy (`sampling` NULL) is lossless.

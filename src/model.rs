@@ -31,7 +31,7 @@ pub struct LoadOptions {
     /// K/V cache element type (CPU engine).
     pub kv_dtype: KvDtype,
     /// CPU worker threads of the model's own pool; 0 (default) shares the
-    /// process's pool.
+    /// process's pool. At most [`crate::engine::cpu::MAX_THREADS`].
     pub threads: usize,
     /// Tokens the draft head scores (see [`crate::shortlist`]); 0 (default)
     /// or the vocabulary size or more: the full head; [`shortlist::AUTO`]:

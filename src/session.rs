@@ -33,6 +33,9 @@ pub struct Session<E: Engine = Backend> {
     cache: KvCache<E>,
     /// Token ids at positions `0..shallow_len()`.
     tokens: Vec<u32>,
+    /// Positions `0..context` are the context; the shallow layers' positions
+    /// past it are drafts awaiting verification ([`Session::drafts_held`]).
+    context: usize,
     capacity: usize,
     /// The exit head's output of the last pass.
     head: HeadOutput,
@@ -112,14 +115,23 @@ fn forward_batch_in<E: Engine>(
     let engine = &model.engine;
     let n_layers = model.config.num_layers;
     let mut results: Vec<Result<usize>> = items
-        .iter()
+        .iter_mut()
         .map(|it| {
             if !Arc::ptr_eq(&it.session.model, model) {
                 return Err(Error::invalid(
                     "all sessions of a batch must share one model",
                 ));
             }
-            it.session.check(it.tokens, it.exit).map(|_| 0)
+            // Any pass but a draft pass extends the context, so drafts that
+            // were never verified go first (a failed or abandoned round's).
+            let drafting = it.logits == Logits::Draft;
+            let s = &mut *it.session;
+            let held = if drafting { s.shallow_len() } else { s.context };
+            s.check(it.tokens, it.exit, held)?;
+            if !drafting {
+                s.drop_drafts();
+            }
+            Ok(0)
         })
         .collect();
     let start_lens: Vec<usize> = items.iter().map(|it| it.session.shallow_len()).collect();
@@ -217,6 +229,8 @@ fn forward_batch_in<E: Engine>(
                 ErrorKind::Aborted,
                 "aborted by the abort callback",
             ));
+        } else if results[i].is_ok() && it.logits != Logits::Draft {
+            it.session.context = it.session.shallow_len();
         }
     }
 
@@ -376,6 +390,7 @@ impl<E: Engine> Session<E> {
             model,
             cache,
             tokens: Vec::new(),
+            context: 0,
             capacity,
             head: HeadOutput::new(vocab),
             layer_rows: vec![0; n],
@@ -461,8 +476,9 @@ impl<E: Engine> Session<E> {
         &self.head
     }
 
-    /// Validate arguments of a forward pass before anything changes.
-    fn check(&self, tokens: &[u32], exit: usize) -> Result<()> {
+    /// Validate arguments of a forward pass before anything changes; `held`
+    /// is how many of the cached positions the pass keeps.
+    fn check(&self, tokens: &[u32], exit: usize, held: usize) -> Result<()> {
         let cfg = &self.model.config;
         if exit == 0 || exit > cfg.num_layers {
             return Err(Error::invalid(format!(
@@ -476,13 +492,13 @@ impl<E: Engine> Session<E> {
                 cfg.vocab_size
             )));
         }
-        let need = self.shallow_len() + tokens.len();
+        let need = held + tokens.len();
         if need > self.capacity {
             return Err(Error::new(
                 ErrorKind::ContextOverflow,
                 format!(
                     "context overflow: {} cached + {} new positions exceed the context length {}",
-                    self.shallow_len(),
+                    held,
                     tokens.len(),
                     self.capacity
                 ),
@@ -598,7 +614,34 @@ impl<E: Engine> Session<E> {
         }
         self.cache.truncate(&self.model.engine, len);
         self.tokens.truncate(len);
+        self.context = self.context.min(len);
         self.head.clear();
         Ok(())
+    }
+
+    /// Positions that are context: every fed token but the drafts that
+    /// await verification ([`Session::drafts_held`] of them).
+    pub fn context_len(&self) -> usize {
+        self.context
+    }
+
+    /// Drafts in the shallow layers that no verification has accepted yet.
+    pub fn drafts_held(&self) -> usize {
+        self.shallow_len() - self.context
+    }
+
+    /// Forget the drafts no verification has accepted.
+    pub(crate) fn drop_drafts(&mut self) {
+        if self.drafts_held() > 0 {
+            self.rewind(self.context)
+                .expect("the context is inside the session");
+        }
+    }
+
+    /// Let the held drafts into the context for a verify pass: a pass that
+    /// is not a draft pass would drop them. The verification then cuts the
+    /// context back to what it accepted.
+    pub(crate) fn admit_drafts(&mut self) {
+        self.context = self.shallow_len();
     }
 }

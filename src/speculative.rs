@@ -103,8 +103,10 @@ pub struct Drafter {
 }
 
 impl Drafter {
+    /// Drafting from `next`, after the context (drafts an earlier round
+    /// left unverified go).
     pub fn start<E: Engine>(
-        session: &Session<E>,
+        session: &mut Session<E>,
         next: u32,
         exit: usize,
         limits: &DraftLimits,
@@ -115,6 +117,7 @@ impl Drafter {
                 "draft exit layer {exit} is out of range (1..{n_layers}: drafting needs layers left to verify)"
             )));
         }
+        session.drop_drafts();
         let room = session.capacity().saturating_sub(session.shallow_len() + 1);
         let max = limits.max_drafts.min(room);
         Ok(Drafter {
@@ -206,7 +209,10 @@ impl<E: Engine> Session<E> {
         let t0 = Instant::now();
         let mut d = Drafter::start(self, next, exit, &limits)?;
         while let Some(feed) = d.feed() {
-            self.forward_head(&[feed], exit, Logits::Draft, greedy_pick(sampling))?;
+            if let Err(e) = self.forward_head(&[feed], exit, Logits::Draft, greedy_pick(sampling)) {
+                self.drop_drafts();
+                return Err(e);
+            }
             d.take(self.head_output(), sampling, rng);
         }
         self.spec_mut().stats.draft_seconds += t0.elapsed().as_secs_f64();
@@ -235,26 +241,29 @@ impl<E: Engine> Session<E> {
     }
 
     /// First half of [`Session::verify`]: make the shallow layers hold exactly
-    /// `next` and the drafts' prefix, and return the deep frontier and the
-    /// tokens still to feed at full depth (with logits for every row).
+    /// the context, `next` and the drafts' prefix, and return the position
+    /// of `next` and the tokens still to feed at full depth (with logits for
+    /// every row). Positions that only went through the shallow layers
+    /// before (early-exit steps) are caught up in the same pass.
     pub fn verify_begin(&mut self, next: u32, drafts: &Drafts) -> Result<(usize, Vec<u32>)> {
-        let base = self.deep_len();
+        let base = self.context_len();
         let mut seq = Vec::with_capacity(drafts.tokens.len() + 1);
         seq.push(next);
         seq.extend_from_slice(&drafts.tokens);
-        // Positions the shallow layers already hold must be exactly our prefix.
-        let held = self.shallow_len() - base;
+        // The drafts held must be exactly our prefix.
+        let held = self.drafts_held();
         if held > seq.len() || self.tokens()[base..] != seq[..held] {
-            self.rewind(base)?;
+            self.drop_drafts();
         }
-        let held = self.shallow_len() - base;
+        let held = self.drafts_held();
+        self.admit_drafts();
         Ok((base, seq.split_off(held)))
     }
 
     /// Second half of [`Session::verify`], after the full-depth pass whose
     /// result is `pass`: accept a prefix of the drafts and truncate the cache
     /// to it, or, when the pass or the acceptance failed, leave the session
-    /// as it was before the round (its deep frontier `base`).
+    /// as it was before the round (its context, `base` positions).
     pub fn verify_end(
         &mut self,
         base: usize,
@@ -287,19 +296,24 @@ impl<E: Engine> Session<E> {
             self.spec_mut().verified = verified;
         }
         let head = self.head_output();
+        // The pass's rows start where the deep layers stood, which is below
+        // `base` when they had positions to catch up on.
+        let first = base - head.pos0();
         let k = drafts.tokens.len();
         let mut accepted = 0;
         let mut token_after = None;
         for i in 0..=k {
             if sampling.is_greedy() {
-                let best = head.token(i);
+                let best = head.token(first + i);
                 if i < k && best == drafts.tokens[i] {
                     accepted += 1;
                     continue;
                 }
                 token_after = Some(best);
             } else {
-                let row = head.row_logits(i).expect("sampling passes bring logits");
+                let row = head
+                    .row_logits(first + i)
+                    .expect("sampling passes bring logits");
                 let p_full = distribution(row, sampling);
                 if i == k {
                     token_after = Some(rng.categorical(&p_full));

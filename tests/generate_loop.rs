@@ -246,4 +246,14 @@ fn a_model_with_its_own_threads_decodes_the_same() {
         ..Default::default()
     };
     assert_eq!(run(&own, &opts).0.tokens, run(&shared, &opts).0.tokens);
+    // A thread count no machine has fails at once, spawning nothing.
+    let options = layerskip::LoadOptions {
+        threads: u32::MAX as usize,
+        ..Default::default()
+    };
+    let Err(e) = layerskip::Model::load_with(fixture_dir(NAME), &options) else {
+        panic!("a model with {} threads loaded", options.threads);
+    };
+    assert_eq!(e.kind(), layerskip::ErrorKind::InvalidArgument, "{e}");
+    assert!(e.message().contains("at most 1024"), "{e}");
 }

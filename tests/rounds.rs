@@ -318,3 +318,80 @@ fn bad_rounds_fail_alone() {
     assert!(e.message().contains("empty"), "{e}");
     assert_eq!(bad.session.shallow_len(), 0);
 }
+
+/// One round of `r` alone.
+fn round_alone(r: &mut Request) -> layerskip::Result<layerskip::RoundOutcome> {
+    r.opts.max_tokens = r.budget - r.out.len();
+    round_all(vec![RoundRequest {
+        session: &mut r.session,
+        state: &mut r.state,
+        input: &r.input,
+        opts: &r.opts,
+    }])
+    .remove(0)
+}
+
+#[test]
+fn a_round_that_fails_while_drafting_leaves_its_session_as_before() {
+    let model = bundled();
+    let p = prompt(&model, "def add(a, b):");
+    let want = generated(&model, &p, Mode::Full, SamplingParams::default());
+    let mut r = Request::new(&model, p, Mode::Full, SamplingParams::default());
+    r.budget = 1;
+    run_alone(&mut r);
+    let before = r.session.tokens().to_vec();
+    // A draft pass at exit 3 asks three times: the second pass is aborted.
+    let checks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = checks.clone();
+    r.session.set_abort(Some(Box::new(move || {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 3
+    })));
+    r.opts.mode = Mode::SelfSpeculative {
+        exit: 3,
+        draft_len: 4,
+    };
+    r.budget = 40;
+    let e = round_alone(&mut r).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Aborted, "{e}");
+    assert_eq!(r.session.tokens(), &before[..]);
+    assert_eq!(r.session.shallow_len(), before.len());
+    r.session.set_abort(None);
+    r.opts.mode = Mode::Full;
+    run_alone(&mut r);
+    assert_eq!(r.out, want);
+}
+
+#[test]
+fn speculative_rounds_after_early_exit_rounds_match_full_depth() {
+    let model = bundled();
+    let l = model.num_layers();
+    let p = prompt(&model, "class Stack:");
+    let mut r = Request::new(
+        &model,
+        p.clone(),
+        Mode::EarlyExit { exit: 2 },
+        SamplingParams::default(),
+    );
+    r.budget = 3;
+    run_alone(&mut r);
+    assert!(r.session.deep_len() < r.session.shallow_len());
+    // Full depth from the same context, for the rounds that follow.
+    let mut context = p;
+    context.extend_from_slice(&r.out);
+    let mut reference = Session::new(model.clone(), 0).unwrap();
+    reference.prefill(&context).unwrap();
+    let mut want = Vec::new();
+    let mut logits = reference.last_logits().to_vec();
+    for _ in 0..20 {
+        let t = layerskip::sampling::argmax(&logits);
+        want.push(t);
+        logits = reference.step(t, l).unwrap().to_vec();
+    }
+    r.opts.mode = Mode::SelfSpeculative {
+        exit: 4,
+        draft_len: 3,
+    };
+    r.budget = 23;
+    run_alone(&mut r);
+    assert_eq!(&r.out[3..], &want[..]);
+}

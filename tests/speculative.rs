@@ -361,3 +361,98 @@ fn adaptive_drafting_stops_at_low_confidence_and_stays_lossless() {
     );
     assert_eq!(never.stats.drafted, 0);
 }
+
+/// Drafts of at most `d` tokens, nothing else limiting them.
+fn limits(d: usize) -> DraftLimits<'static> {
+    DraftLimits {
+        cumulative: 0.0,
+        calibration: &[],
+        max_drafts: d,
+        stop_ids: &[],
+        confidence: 0.0,
+    }
+}
+
+#[test]
+fn verification_after_early_exit_steps_keeps_them_and_matches_full_depth() {
+    for name in FIXTURES {
+        let model = load(name);
+        let l = model.num_layers();
+        let prompt = &prompts(name)[0];
+        let greedy = SamplingParams::greedy();
+        // Early-exit steps below, then above, the draft exit: the deep
+        // layers lag behind by those positions when verification starts.
+        for (step_exit, draft_exit) in [(1, l - 1), (l - 1, 1)] {
+            let mut rng = Rng64::new(0);
+            let mut s = Session::new(model.clone(), 0).unwrap();
+            s.prefill(prompt).unwrap();
+            let mut context = prompt.clone();
+            let mut next = layerskip::sampling::argmax(s.last_logits());
+            for _ in 0..2 {
+                context.push(next);
+                next = layerskip::sampling::argmax(s.step(next, step_exit).unwrap());
+            }
+            assert!(
+                s.deep_len() < s.shallow_len(),
+                "{name}: the deep layers lag"
+            );
+            let mut reference = Session::new(model.clone(), 0).unwrap();
+            let mut ref_prompt = context.clone();
+            ref_prompt.push(next);
+            let full = greedy_steps(&mut reference, &ref_prompt, l, 12);
+            let mut out = Vec::new();
+            while out.len() < 12 {
+                let drafts = s
+                    .draft(next, draft_exit, limits(3), &greedy, &mut rng)
+                    .unwrap();
+                let v = s.verify(next, &drafts, &greedy, &mut rng).unwrap();
+                out.extend_from_slice(&drafts.tokens[..v.accepted]);
+                out.push(v.token_after);
+                next = v.token_after;
+            }
+            assert_eq!(&out[..12], &full[..], "{name}, steps at exit {step_exit}");
+            assert_eq!(&s.tokens()[..context.len()], &context[..], "{name}");
+            assert_eq!(s.deep_len(), s.shallow_len(), "{name}: caught up");
+        }
+    }
+}
+
+#[test]
+fn drafts_left_unverified_never_enter_the_context() {
+    let name = "gqa-bf16-tied-llama3-sharded";
+    let model = load(name);
+    let l = model.num_layers();
+    let prompt = &prompts(name)[1];
+    let greedy = SamplingParams::greedy();
+    let mut rng = Rng64::new(0);
+    let mut reference = Session::new(model.clone(), 0).unwrap();
+    reference.prefill(prompt).unwrap();
+    let next = layerskip::sampling::argmax(reference.last_logits());
+    let want = reference.step(next, l).unwrap().to_vec();
+
+    // Drafted, then abandoned for a plain step.
+    let mut s = Session::new(model.clone(), 0).unwrap();
+    s.prefill(prompt).unwrap();
+    let drafts = s.draft(next, 1, limits(4), &greedy, &mut rng).unwrap();
+    assert_eq!(s.drafts_held(), drafts.tokens.len());
+    let got = s.step(next, l).unwrap().to_vec();
+    assert!(same_bits(&got, &want), "a step after abandoned drafts");
+    assert_eq!(s.tokens(), reference.tokens());
+
+    // A draft that fails on its second pass takes its first one with it.
+    let mut s = Session::new(model.clone(), 0).unwrap();
+    s.prefill(prompt).unwrap();
+    let checks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = checks.clone();
+    // A draft pass at exit 1 asks once: the second pass is aborted.
+    s.set_abort(Some(Box::new(move || {
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
+    })));
+    let e = s.draft(next, 1, limits(4), &greedy, &mut rng).unwrap_err();
+    assert_eq!(e.kind(), layerskip::ErrorKind::Aborted);
+    assert_eq!(s.shallow_len(), prompt.len(), "the first draft went too");
+    assert_eq!(s.drafts_held(), 0);
+    s.set_abort(None);
+    let got = s.step(next, l).unwrap().to_vec();
+    assert!(same_bits(&got, &want), "a step after a failed draft");
+}

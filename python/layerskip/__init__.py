@@ -370,6 +370,8 @@ class Session(_Handle):
     def prefill(self, tokens: Sequence[int], temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> int:
         """Feed ``tokens`` at full depth; returns the next token."""
         arr, n = _ids(tokens)
+        if n == 0:
+            raise ValueError("prefill needs at least one token")
         nxt = ctypes.c_int32(-1)
         smp = _sampling(temperature, top_k, top_p)
         _call("lsk_session_prefill", self._h, arr, n, ctypes.byref(smp), ctypes.byref(nxt))

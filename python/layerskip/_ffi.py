@@ -27,6 +27,8 @@ from ctypes import (
 )
 
 ABI_VERSION = 2
+# The oldest library whose functions and struct fields this binding uses.
+MIN_LIBRARY = (1, 3)
 AUTO = 0xFFFFFFFF
 MAX_EOS_IDS = 8
 
@@ -222,14 +224,33 @@ def _library_path() -> str:
     return found[0]
 
 
+def supported(abi: int, version: str) -> bool:
+    """Whether a library of this ABI and version string has all this binding uses."""
+    try:
+        major_minor = tuple(int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return False
+    return abi == ABI_VERSION and major_minor >= MIN_LIBRARY
+
+
 def load() -> ctypes.CDLL:
-    lib = ctypes.CDLL(_library_path())
+    path = _library_path()
+    lib = ctypes.CDLL(path)
+    # Both exist in every version: check them before binding the rest, so an
+    # old library fails with its version rather than a missing function.
+    for name in ("lsk_abi_version", "lsk_version_string"):
+        getattr(lib, name).restype, getattr(lib, name).argtypes = _SIGNATURES[name]
+    abi, version = lib.lsk_abi_version(), lib.lsk_version_string().decode()
+    if not supported(abi, version):
+        need = ".".join(map(str, MIN_LIBRARY))
+        raise OSError(
+            f"{path} is liblayerskip {version} (ABI {abi}); this binding needs "
+            f"ABI {ABI_VERSION}, version {need} or later"
+        )
     for name, (restype, argtypes) in _SIGNATURES.items():
         f = getattr(lib, name)
         f.restype = restype
         f.argtypes = argtypes
-    if lib.lsk_abi_version() != ABI_VERSION:
-        raise OSError(f"liblayerskip has ABI {lib.lsk_abi_version()}, this binding needs {ABI_VERSION}")
     return lib
 
 

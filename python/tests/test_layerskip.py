@@ -200,6 +200,18 @@ def test_low_level_calls(bundled):
     s.set_abort(None)
     assert s.step(full[1]) == full[2]
     assert s.stats()["shallow_len"] == len(prompt) + 2
+    with pytest.raises(ValueError):
+        s.prefill([])
+
+
+def test_the_binding_refuses_libraries_it_cannot_use():
+    from layerskip import _ffi
+
+    assert _ffi.supported(_ffi.ABI_VERSION, layerskip.version())
+    assert _ffi.supported(2, "1.3.0") and _ffi.supported(2, "1.10.0") and _ffi.supported(2, "2.0.0")
+    assert not _ffi.supported(2, "1.2.9")
+    assert not _ffi.supported(1, "1.3.0")
+    assert not _ffi.supported(2, "garbage")
 
 
 def test_sessions_round_advances_sessions_together(bundled):

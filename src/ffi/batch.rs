@@ -431,6 +431,7 @@ pub extern "C" fn lsk_batch_result(
                 .iter()
                 .position(|f| f.id == id)
                 .ok_or_else(|| FfiError::invalid(format!("no finished generation {id}")))?;
+            unsafe { check_output(result, "result") }?;
             let f = b.finished.swap_remove(k);
             if !result.is_null() {
                 unsafe { write_output(result, f.result, "result") }?;

@@ -157,7 +157,8 @@ fn feed(
 }
 
 /// Feed `n` prompt tokens at full depth. When `next_token` is not NULL it
-/// receives the next token chosen with `sampling` (NULL = greedy).
+/// receives the next token chosen with `sampling` (NULL = greedy). With
+/// `n` = 0 nothing is fed (layers that lag catch up) and no token is written.
 #[no_mangle]
 pub extern "C" fn lsk_session_prefill(
     session: *mut lsk_session,
@@ -304,6 +305,9 @@ pub extern "C" fn lsk_session_logits_ith(
 /// go to `drafts` (`capacity` >= `max_drafts` elements), their count to
 /// `*n_drafts`. Drafting stops early at an EOS id or the context's end.
 /// Follow with `lsk_session_verify` on the same `next_token` and drafts.
+/// Drafts never enter the context unverified: any other call that feeds
+/// tokens (step, prefill, generate, a round, another draft) drops them
+/// first, and a draft that fails leaves none.
 #[no_mangle]
 pub extern "C" fn lsk_session_draft(
     session: *mut lsk_session,
@@ -355,7 +359,8 @@ pub extern "C" fn lsk_session_draft(
 
 /// Verify `n` drafts proposed after `next_token`: from `lsk_session_draft`, or
 /// from anywhere else (n-gram lookup, another model, the caller). The deep
-/// layers run once over all pending positions; the longest agreeing prefix is
+/// layers run once over all pending positions (earlier early-exit steps'
+/// included: they stay in the context); the longest agreeing prefix is
 /// accepted (`*accepted`), the cache is truncated to it, and `*token_after`
 /// receives the verifier's own next token (not yet fed: pass it as the next
 /// round's `next_token`). Greedy (`sampling` NULL) is lossless.
@@ -387,7 +392,14 @@ pub extern "C" fn lsk_session_verify(
                     ..Default::default()
                 }
             };
-            let v = st.session.verify(t, &d, &p, st.rng)?;
+            let v = match st.session.verify(t, &d, &p, st.rng) {
+                Ok(v) => v,
+                Err(e) => {
+                    // A retry verifies the same drafts with their probabilities.
+                    *st.drafts = d;
+                    return Err(e.into());
+                }
+            };
             unsafe { put(accepted, v.accepted, "accepted") }?;
             unsafe { put(token_after, v.token_after as i32, "token_after") }
         })
@@ -453,6 +465,7 @@ pub extern "C" fn lsk_session_generate(
             let m = st.session.model().clone();
             let ids = token_ids(unsafe { slice(prompt, n, "prompt") }?, m.config.vocab_size)?;
             let opts = unsafe { generate_options(options, m.num_layers()) }?;
+            unsafe { check_output(result, "result") }?;
             let mut cb = Callback {
                 f: callback,
                 user_data,

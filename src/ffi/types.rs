@@ -48,6 +48,15 @@ pub(crate) unsafe fn read_options<T: Versioned>(ptr: *const T, what: &str) -> Ff
     Ok(v)
 }
 
+/// Check an output struct that may be NULL before the work whose result
+/// it receives: a bad `struct_size` then fails before anything happens.
+pub(crate) unsafe fn check_output<T: Versioned>(ptr: *mut T, what: &str) -> FfiResult {
+    if !ptr.is_null() {
+        unsafe { caller_size(ptr as *const T, what) }?;
+    }
+    Ok(())
+}
+
 /// Write an output struct: the first `min(struct_size, ours)` bytes of `v`,
 /// keeping the caller's `struct_size`.
 pub(crate) unsafe fn write_output<T: Versioned>(ptr: *mut T, mut v: T, what: &str) -> FfiResult {
@@ -113,7 +122,8 @@ pub struct lsk_model_options {
     /// after `quantize` (older callers get the default).
     pub kv_dtype: u32,
     /// CPU worker threads of this model's own pool; 0 (default) shares the
-    /// process's pool (`RAYON_NUM_THREADS`, default one per core). Added in 1.1.
+    /// process's pool (`RAYON_NUM_THREADS`, default one per core); at most
+    /// 1024. Added in 1.1.
     pub threads: u32,
     /// Tokens the draft head scores: drafts choose among the K most
     /// frequent (`token_frequencies.json` beside the checkpoint, else the

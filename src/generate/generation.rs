@@ -365,7 +365,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             return Ok(Plan::Speculate(Drafter::none(n_layers)));
         }
         Ok(Plan::Speculate(Drafter::start(
-            s,
+            self.session.borrow_mut(),
             self.next,
             choice.exit,
             &limits,

@@ -193,8 +193,8 @@ pub fn round_all<E: Engine>(rounds: Vec<RoundRequest<'_, E>>) -> Vec<Result<Roun
                     g.auto.take(),
                     g.start,
                 );
-                let outcome = g.finish()?;
-                state.rng = rng;
+                // What the policy learnt stays, even from a failed round; the
+                // random stream moves on only with the tokens it drew.
                 if let (Mode::Auto(spec), Some((policy, cost))) = (mode, auto) {
                     state.auto = Some(AutoCarry {
                         spec,
@@ -203,6 +203,8 @@ pub fn round_all<E: Engine>(rounds: Vec<RoundRequest<'_, E>>) -> Vec<Result<Roun
                         start,
                     });
                 }
+                let outcome = g.finish()?;
+                state.rng = rng;
                 // A prompt's pass runs no (E, d) span: it is a step at the mode's depth.
                 let (exit_layer, draft_len) = outcome.stats.choices.last().map_or_else(
                     || (mode.step_exit(n_layers), 0),

@@ -142,6 +142,8 @@ pub fn step_all<E: Engine, S: BorrowMut<Session<E>>>(gens: &mut [&mut Generation
                     &mut g.rng,
                 ),
                 Err(e) => {
+                    // The round fails whole: the drafts it made go too.
+                    g.session.borrow_mut().drop_drafts();
                     g.fail(e);
                     plans[*i] = None;
                 }

@@ -268,9 +268,19 @@ fn pool() -> &'static rayon::ThreadPool {
     POOL.get_or_init(|| new_pool(0).expect("the CPU engine needs worker threads"))
 }
 
+/// The most worker threads a model's own pool may ask for: far more than
+/// any machine's cores, and few enough that a wrong number fails at once
+/// instead of spawning threads until the system refuses.
+pub const MAX_THREADS: usize = 1024;
+
 /// A pool of `threads` workers (0: rayon's default, `RAYON_NUM_THREADS` or
 /// one per core).
 fn new_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    if threads > MAX_THREADS {
+        return Err(crate::Error::invalid(format!(
+            "{threads} worker threads asked for; at most {MAX_THREADS}"
+        )));
+    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("layerskip-{i}"))

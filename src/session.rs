@@ -476,6 +476,11 @@ impl<E: Engine> Session<E> {
         &self.head
     }
 
+    /// Keep the last pass's head rows from position `pos` on.
+    pub(crate) fn head_from_position(&mut self, pos: usize) {
+        self.head.start_at(pos);
+    }
+
     /// Validate arguments of a forward pass before anything changes; `held`
     /// is how many of the cached positions the pass keeps.
     fn check(&self, tokens: &[u32], exit: usize, held: usize) -> Result<()> {

@@ -295,25 +295,23 @@ impl<E: Engine> Session<E> {
             let verified = (head.pos0(), head.tokens());
             self.spec_mut().verified = verified;
         }
-        let head = self.head_output();
         // The pass's rows start where the deep layers stood, which is below
-        // `base` when they had positions to catch up on.
-        let first = base - head.pos0();
+        // `base` when they had early-exit positions to catch up on.
+        self.head_from_position(base);
+        let head = self.head_output();
         let k = drafts.tokens.len();
         let mut accepted = 0;
         let mut token_after = None;
         for i in 0..=k {
             if sampling.is_greedy() {
-                let best = head.token(first + i);
+                let best = head.token(i);
                 if i < k && best == drafts.tokens[i] {
                     accepted += 1;
                     continue;
                 }
                 token_after = Some(best);
             } else {
-                let row = head
-                    .row_logits(first + i)
-                    .expect("sampling passes bring logits");
+                let row = head.row_logits(i).expect("sampling passes bring logits");
                 let p_full = distribution(row, sampling);
                 if i == k {
                     token_after = Some(rng.categorical(&p_full));

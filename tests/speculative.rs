@@ -402,10 +402,14 @@ fn verification_after_early_exit_steps_keeps_them_and_matches_full_depth() {
             let full = greedy_steps(&mut reference, &ref_prompt, l, 12);
             let mut out = Vec::new();
             while out.len() < 12 {
+                let at = s.context_len();
                 let drafts = s
                     .draft(next, draft_exit, limits(3), &greedy, &mut rng)
                     .unwrap();
                 let v = s.verify(next, &drafts, &greedy, &mut rng).unwrap();
+                // The verify's logit rows: one per draft plus one, from `next`.
+                assert_eq!(s.logits_pos0(), at);
+                assert_eq!(s.head_output().rows(), drafts.tokens.len() + 1);
                 out.extend_from_slice(&drafts.tokens[..v.accepted]);
                 out.push(v.token_after);
                 next = v.token_after;

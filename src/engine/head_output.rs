@@ -78,6 +78,17 @@ impl HeadOutput {
         self.pos0 = pos0;
     }
 
+    /// Drop the rows before position `pos` (a position of this output).
+    pub fn start_at(&mut self, pos: usize) {
+        let n = pos - self.pos0;
+        if self.picks.is_empty() {
+            self.logits.drain(..n * self.vocab);
+        } else {
+            self.picks.drain(..n);
+        }
+        self.pos0 = pos;
+    }
+
     /// No rows.
     pub fn clear(&mut self) {
         self.logits.clear();
@@ -126,6 +137,10 @@ mod tests {
             assert_eq!((out.rows(), out.pos0()), (2, 7));
             assert_eq!(out.tokens(), vec![1, 0]);
             assert_eq!(out.top_prob(1), top_probability(&rows[4..]));
+            let mut later = out.clone();
+            later.start_at(8);
+            assert_eq!((later.rows(), later.pos0()), (1, 8));
+            assert_eq!(later.tokens(), vec![0]);
         }
         assert!(from_picks.logits().is_empty() && from_picks.row_logits(0).is_none());
         let rule = PickRule::Sample {

@@ -221,3 +221,47 @@ pub fn round_all<E: Engine>(rounds: Vec<RoundRequest<'_, E>>) -> Vec<Result<Roun
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adaptive::AutoSpec;
+    use crate::Model;
+
+    #[test]
+    fn a_failed_automatic_round_keeps_what_the_policy_learnt() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/layerskip-pycode-8l");
+        let model = Model::load(dir).unwrap();
+        let mut session = Session::new(model.clone(), 0).unwrap();
+        let mut state = RoundState::new(0);
+        let opts = RoundOptions {
+            mode: Mode::Auto(AutoSpec {
+                exit: None,
+                draft_len: None,
+            }),
+            max_tokens: 4,
+            ..Default::default()
+        };
+        let prompt = model.encode_prompt("def f(x):").unwrap();
+        let mut run = |session: &mut Session, state: &mut RoundState, input: &[u32]| {
+            round_all(vec![RoundRequest {
+                session,
+                state,
+                input,
+                opts: &opts,
+            }])
+            .remove(0)
+        };
+        let out = run(&mut session, &mut state, &prompt).unwrap();
+        assert!(state.auto.is_some());
+        session.set_abort(Some(Box::new(|| true)));
+        let last = [*out.tokens.last().unwrap()];
+        let e = run(&mut session, &mut state, &last).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Aborted);
+        assert!(
+            state.auto.is_some(),
+            "the policy went with the failed round"
+        );
+    }
+}

@@ -244,7 +244,7 @@ mod tests {
             ..Default::default()
         };
         let prompt = model.encode_prompt("def f(x):").unwrap();
-        let mut run = |session: &mut Session, state: &mut RoundState, input: &[u32]| {
+        let run = |session: &mut Session, state: &mut RoundState, input: &[u32]| {
             round_all(vec![RoundRequest {
                 session,
                 state,

@@ -460,3 +460,34 @@ fn drafts_left_unverified_never_enter_the_context() {
     let got = s.step(next, l).unwrap().to_vec();
     assert!(same_bits(&got, &want), "a step after a failed draft");
 }
+
+#[test]
+fn drafts_held_unverified_take_no_room_from_a_generation() {
+    let name = "mha-f32";
+    let model = load(name);
+    let l = model.num_layers();
+    let prompt = &prompts(name)[0];
+    let greedy = SamplingParams::greedy();
+    let mut rng = Rng64::new(0);
+    // Room for the prompt and two more positions.
+    let mut s = Session::new(model.clone(), prompt.len() + 2).unwrap();
+    s.prefill(prompt).unwrap();
+    let next = layerskip::sampling::argmax(s.last_logits());
+    s.draft(next, 1, limits(4), &greedy, &mut rng).unwrap();
+    assert_eq!(s.drafts_held(), 1);
+    let opts = greedy_opts(Mode::Full, 10);
+    let out = generate(&mut s, &[next], &opts, |_, _| true).unwrap();
+    let mut reference = Session::new(model.clone(), 0).unwrap();
+    let mut ref_prompt = prompt.clone();
+    ref_prompt.push(next);
+    let want = greedy_steps(&mut reference, &ref_prompt, l, 2);
+    assert_eq!(out.tokens, want, "the context holds `next` and one more");
+    assert_eq!(
+        s.tokens(),
+        &ref_prompt
+            .iter()
+            .chain(&want[..1])
+            .copied()
+            .collect::<Vec<_>>()[..]
+    );
+}

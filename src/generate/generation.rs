@@ -76,8 +76,9 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             )),
             _ => None,
         };
-        // Every generated token but the last is fed back: the context bounds the budget.
-        let free = s.capacity() - s.shallow_len();
+        // Every generated token but the last is fed back: the context bounds
+        // the budget. Drafts the session holds unverified are not context.
+        let free = s.capacity() - s.context_len();
         let fits = (free + 1).saturating_sub(prompt.len());
         let (budget, budget_reason) = if opts.max_new_tokens > fits {
             (fits, StopReason::ContextFull)
@@ -104,7 +105,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
             reason: budget_reason,
         };
         let spec0 = s.spec_stats();
-        let start_len = s.shallow_len();
+        let start_len = s.context_len();
         Generation {
             rng: Rng64::new(opts.sampling.seed),
             session,

@@ -314,6 +314,8 @@ fn server_matches_the_cli_and_survives_a_load_test() {
         json!({"prompt": "x", "top_p": 0}),
         json!({"prompt": "x", "exit_layer": 99}),
         json!({"prompt": "x", "stop": [1, 2]}),
+        json!({"prompt": "x", "stream": "yes"}),
+        json!({"prompt": "x", "mode": 5}),
     ] {
         let (status, text) = request(port, "POST", "/v1/completions", Some(&bad)).unwrap();
         assert_eq!(status, 400, "{bad}: {text}");

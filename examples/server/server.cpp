@@ -34,6 +34,9 @@ namespace {
 struct Request {
     std::vector<int32_t> prompt;
     layerskip::GenerateOptions opts;
+    // The stop strings `opts` points at: they live as long as the request.
+    std::vector<std::string> stops;
+    std::vector<const char*> stop_ptrs;
     std::mutex mu;
     std::condition_variable cv;
     std::string pending;  // text not yet sent (streaming)
@@ -87,6 +90,10 @@ private:
     }
 
     void admit(std::shared_ptr<Request> req) {
+        if (req->cancelled.load()) {  // the client went away while queued
+            finish(*req, "cancelled", "");
+            return;
+        }
         auto session = std::make_unique<layerskip::Session>(model_);
         Request* raw = req.get();
         uint64_t id = batch_.add(*session, req->prompt, req->opts, [raw](int32_t, std::string_view piece) {
@@ -116,7 +123,7 @@ private:
                                  : res.stop_reason == LSK_STOP_CALLBACK ? "cancelled"
                                                                         : "stop";
             finish(*l.req, reason, "");
-        } catch (const layerskip::Error& e) {
+        } catch (const std::exception& e) {
             metrics.errors++;
             finish(*l.req, "error", e.what());
         }
@@ -136,7 +143,7 @@ private:
             for (auto& r : incoming) {
                 try {
                     admit(r);
-                } catch (const layerskip::Error& e) {
+                } catch (const std::exception& e) {
                     metrics.errors++;
                     finish(*r, "error", e.what());
                 }
@@ -202,14 +209,18 @@ std::optional<std::string> parse(const json& body, layerskip::Model& model, cons
     if (!seed) return "`seed` must be a non-negative integer";
     if (!exit_layer) return "`exit_layer` must be in 1.." + std::to_string(info.n_layers);
     if (!draft_len) return "`draft_len` must be in 1..64";
-    stream = body.value("stream", false);
+    if (body.contains("stream") && !body["stream"].is_null() && !body["stream"].is_boolean())
+        return "`stream` must be true or false";
+    if (body.contains("mode") && !body["mode"].is_null() && !body["mode"].is_string())
+        return "`mode` must be full, early_exit, self_speculative or auto";
+    stream = body.contains("stream") && body["stream"].is_boolean() && body["stream"].get<bool>();
     r.opts.max_new_tokens = static_cast<uint32_t>(*max_tokens);
     r.opts.sample.temperature = static_cast<float>(*temperature);
     r.opts.sample.top_p = static_cast<float>(*top_p);
     r.opts.sample.seed = static_cast<uint64_t>(*seed);
     r.opts.exit_layer = static_cast<uint32_t>(*exit_layer);
     r.opts.draft_len = static_cast<uint32_t>(*draft_len);
-    std::string mode = body.value("mode", std::string("full"));
+    std::string mode = body.contains("mode") && body["mode"].is_string() ? body["mode"].get<std::string>() : "full";
     if (mode == "full") {
         r.opts.mode = LSK_MODE_FULL;
     } else if (mode == "early_exit") {
@@ -232,12 +243,6 @@ std::optional<std::string> parse(const json& body, layerskip::Model& model, cons
     }
     return std::nullopt;
 }
-
-// Keep stop strings alive as long as the request (the C options point at them).
-struct Stops {
-    std::vector<std::string> strings;
-    std::vector<const char*> ptrs;
-};
 
 }  // namespace
 
@@ -307,25 +312,24 @@ int main(int argc, char** argv) {
         auto r = std::make_shared<Request>();
         bool stream = false;
         if (auto why = parse(body, *model, info, *r, stream)) return bad_request(res, *why);
-        auto stops = std::make_shared<Stops>();
         if (body.contains("stop") && !body["stop"].is_null()) {
             auto& s = body["stop"];
             if (s.is_string()) {
-                stops->strings.push_back(s);
+                r->stops.push_back(s);
             } else if (s.is_array() && s.size() <= 4) {
                 for (auto& x : s) {
                     if (!x.is_string()) return bad_request(res, "`stop` must be a string or up to 4 strings");
-                    stops->strings.push_back(x);
+                    r->stops.push_back(x);
                 }
             } else {
                 return bad_request(res, "`stop` must be a string or up to 4 strings");
             }
-            for (auto& x : stops->strings) {
+            for (auto& x : r->stops) {
                 if (x.empty()) return bad_request(res, "`stop` strings must not be empty");
-                stops->ptrs.push_back(x.c_str());
+                r->stop_ptrs.push_back(x.c_str());
             }
-            r->opts.stop_strings = stops->ptrs.data();
-            r->opts.n_stop_strings = stops->ptrs.size();
+            r->opts.stop_strings = r->stop_ptrs.data();
+            r->opts.n_stop_strings = r->stop_ptrs.size();
         }
         std::string id = "cmpl-" + std::to_string(next_id++);
         size_t prompt_tokens = r->prompt.size();
@@ -352,7 +356,7 @@ int main(int argc, char** argv) {
         res.set_header("Cache-Control", "no-cache");
         res.set_chunked_content_provider(
             "text/event-stream",
-            [r, stops, id, model_dir](size_t, httplib::DataSink& sink) {
+            [r, id, model_dir](size_t, httplib::DataSink& sink) {
                 std::unique_lock<std::mutex> g(r->mu);
                 r->cv.wait_for(g, std::chrono::milliseconds(200), [&] { return r->done || !r->pending.empty(); });
                 if (!r->pending.empty()) {

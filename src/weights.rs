@@ -48,8 +48,9 @@ enum Bytes {
 /// A tensor as stored in the checkpoint.
 #[derive(Clone)]
 pub struct Tensor {
-    pub dtype: DType,
-    pub shape: Vec<usize>,
+    // Private outside the crate: `data()` trusts them to describe `bytes`.
+    pub(crate) dtype: DType,
+    pub(crate) shape: Vec<usize>,
     bytes: Bytes,
 }
 
@@ -84,6 +85,14 @@ impl Tensor {
             shape,
             bytes: Bytes::Owned(Arc::new(v), len),
         }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
     }
 
     pub fn numel(&self) -> usize {

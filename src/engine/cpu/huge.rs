@@ -39,7 +39,10 @@ unsafe impl<T: Plain> Sync for HugeBuf<T> {}
 impl<T: Plain> HugeBuf<T> {
     /// `len` zeros.
     pub fn zeroed(len: usize) -> Self {
-        let bytes = (len * size_of::<T>()).max(1);
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .expect("buffer size overflows")
+            .max(1);
         // Small buffers would waste most of a huge page: ordinary alignment.
         let align = if bytes >= HUGE_PAGE {
             HUGE_PAGE

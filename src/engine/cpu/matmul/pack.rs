@@ -96,8 +96,9 @@ pub(super) enum Packed {
 /// A `rows x cols` weight matrix (`rows` outputs), packed for the kernels.
 pub struct Mat {
     pub(super) packed: Packed,
-    pub rows: usize,
-    pub cols: usize,
+    // Private outside the crate: the kernels trust them to describe `packed`.
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
 }
 
 /// Elements below which a matrix is packed on the calling thread (a small
@@ -231,6 +232,16 @@ pub(super) fn to_int8(x: f32) -> i8 {
 }
 
 impl Mat {
+    /// Outputs.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inputs.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
     /// The matrix quantized to int8 per output row (weight-only: activations
     /// stay f32).
     pub fn new_int8(tensor: &Tensor) -> Self {

@@ -17,6 +17,17 @@ fn greedy_opts(mode: Mode, n: usize) -> GenerateOptions {
     }
 }
 
+/// Drafts of at most `d` tokens, nothing else limiting them.
+fn limits(d: usize) -> DraftLimits<'static> {
+    DraftLimits {
+        cumulative: 0.0,
+        calibration: &[],
+        max_drafts: d,
+        stop_ids: &[],
+        confidence: 0.0,
+    }
+}
+
 #[test]
 fn greedy_self_speculation_equals_full_depth_for_every_exit_and_draft_length() {
     for (name, quantize) in FIXTURES.iter().flat_map(|n| QUANTIZE.map(|q| (*n, q))) {
@@ -102,14 +113,7 @@ fn rollback_after_rejection_leaves_exactly_the_accepted_length() {
     let mut rejections = 0;
     for _ in 0..12 {
         let base = s.deep_len();
-        let limits = DraftLimits {
-            cumulative: 0.0,
-            calibration: &[],
-            max_drafts: 5,
-            stop_ids: &[],
-            confidence: 0.0,
-        };
-        let drafts = s.draft(next, 1, limits, &greedy, &mut rng).unwrap();
+        let drafts = s.draft(next, 1, limits(5), &greedy, &mut rng).unwrap();
         assert_eq!(s.shallow_len(), base + drafts.tokens.len());
         assert_eq!(s.pending_rows(1), drafts.tokens.len());
         let v = s.verify(next, &drafts, &greedy, &mut rng).unwrap();
@@ -314,15 +318,8 @@ fn the_exit_layer_may_change_between_rounds() {
             let exit = 1 + round % (l - 1);
             let d = 1 + round % 4;
             round += 1;
-            let limits = DraftLimits {
-                cumulative: 0.0,
-                calibration: &[],
-                max_drafts: d,
-                stop_ids: &[],
-                confidence: 0.0,
-            };
             let next = *out.last().unwrap();
-            let drafts = s.draft(next, exit, limits, &greedy, &mut rng).unwrap();
+            let drafts = s.draft(next, exit, limits(d), &greedy, &mut rng).unwrap();
             let v = s.verify(next, &drafts, &greedy, &mut rng).unwrap();
             out.extend_from_slice(&drafts.tokens[..v.accepted]);
             out.push(v.token_after);
@@ -360,17 +357,6 @@ fn adaptive_drafting_stops_at_low_confidence_and_stays_lossless() {
         picky.stats.drafted
     );
     assert_eq!(never.stats.drafted, 0);
-}
-
-/// Drafts of at most `d` tokens, nothing else limiting them.
-fn limits(d: usize) -> DraftLimits<'static> {
-    DraftLimits {
-        cumulative: 0.0,
-        calibration: &[],
-        max_drafts: d,
-        stop_ids: &[],
-        confidence: 0.0,
-    }
 }
 
 #[test]

@@ -54,9 +54,14 @@ const WELL_KNOWN: f64 = 16.0;
 
 /// Expected tokens of a round with `d` drafts when each is accepted with
 /// probability `alpha` independently: the accepted prefix plus the
-/// verifier's own token.
+/// verifier's own token: `1 + alpha + ... + alpha^d`, in closed form so that
+/// a caller's huge fixed d costs nothing.
 pub fn expected_tokens(alpha: f64, d: usize) -> f64 {
-    (0..=d).map(|k| alpha.powi(k as i32)).sum()
+    if alpha >= 1.0 {
+        (d + 1) as f64
+    } else {
+        (1.0 - alpha.powf((d + 1) as f64)) / (1.0 - alpha)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -456,6 +461,14 @@ mod tests {
         assert_eq!(expected_tokens(0.0, 4), 1.0);
         assert_eq!(expected_tokens(1.0, 4), 5.0);
         assert!((expected_tokens(0.5, 2) - 1.75).abs() < 1e-12);
+        let sum = |a: f64, d: usize| (0..=d).map(|k| a.powi(k as i32)).sum::<f64>();
+        for a in [0.1, 0.5, 0.9, 0.99] {
+            for d in [1, 2, 4, 8] {
+                assert!((expected_tokens(a, d) - sum(a, d)).abs() < 1e-9, "{a} {d}");
+            }
+        }
+        // A caller's huge d: at once, and finite.
+        assert!((expected_tokens(0.5, usize::MAX / 2) - 2.0).abs() < 1e-12);
     }
 
     #[test]

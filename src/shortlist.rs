@@ -89,7 +89,8 @@ pub fn auto_size(config: &ModelConfig) -> usize {
 
 /// The `k` token ids drafts may choose from: the ranked tokens of the
 /// checkpoint's frequency file, then the rest by id; the EOS ids always
-/// (drafting stops at them). `k` is capped at the vocabulary.
+/// (drafting stops at them), even where they alone are more than `k`. `k`
+/// is capped at the vocabulary.
 pub fn shortlist(dir: &Path, config: &ModelConfig, k: usize) -> Result<Vec<u32>> {
     let vocab = config.vocab_size;
     let file = dir.join(FREQUENCIES_FILE);
@@ -109,10 +110,13 @@ pub fn shortlist(dir: &Path, config: &ModelConfig, k: usize) -> Result<Vec<u32>>
         Vec::new()
     };
     let mut take = vec![false; vocab];
-    let mut ids = Vec::with_capacity(k.min(vocab));
     let eos = config.eos_token_ids.iter().copied();
+    let k = k
+        .min(vocab)
+        .max(eos.clone().filter(|&i| (i as usize) < vocab).count());
+    let mut ids = Vec::with_capacity(k);
     for i in eos.chain(ranked).chain(0..vocab as u32) {
-        if ids.len() >= k.min(vocab) {
+        if ids.len() >= k {
             break;
         }
         if !std::mem::replace(&mut take[i as usize], true) {
@@ -144,6 +148,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
         ModelConfig::from_dir(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn the_eos_ids_are_always_on_the_shortlist() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = shape(256, 1024, 4, 2, 4096);
+        config.eos_token_ids = vec![4000, 4001, 4002];
+        let ids = shortlist(dir.path(), &config, 2).unwrap();
+        assert_eq!(ids, vec![4000, 4001, 4002]);
+        let ids = shortlist(dir.path(), &config, 5).unwrap();
+        assert_eq!(ids, vec![0, 1, 4000, 4001, 4002]);
     }
 
     #[test]

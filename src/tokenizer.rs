@@ -58,9 +58,29 @@ pub struct StreamDecoder {
     read_offset: usize,
 }
 
+/// Context ids a stream starts from (as vLLM and TGI do): enough for the
+/// decoder's rules about the start of a text to see that it is not one.
+const CONTEXT_IDS: usize = 5;
+
 impl StreamDecoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A stream of the text that follows `context`: its first token decodes
+    /// as a continuation (SentencePiece decoders, Llama-2's, strip the
+    /// space of a text's first word). Starts empty where the context's end
+    /// does not decode to whole characters.
+    pub fn after(tok: &Tokenizer, context: &[u32]) -> Self {
+        let ids = &context[context.len().saturating_sub(CONTEXT_IDS)..];
+        match tok.decode(ids, true) {
+            Ok(text) if !text.ends_with('\u{FFFD}') => StreamDecoder {
+                ids: ids.to_vec(),
+                prefix_offset: 0,
+                read_offset: ids.len(),
+            },
+            _ => Self::new(),
+        }
     }
 
     /// Add one id; returns the text that became final with it (possibly empty).
@@ -85,5 +105,45 @@ impl StreamDecoder {
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         Ok(full.get(prefix.len()..).unwrap_or("").to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    /// Llama-2's decoder (`▁` for spaces, the text's first space stripped)
+    /// over a small word-level vocabulary.
+    fn sentencepiece() -> Tokenizer {
+        let json = r#"{
+          "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+          "normalizer": null, "post_processor": null,
+          "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true},
+          "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+          "model": {"type": "WordLevel", "unk_token": "<unk>",
+            "vocab": {"<unk>": 0, "▁The": 1, "▁capital": 2, "▁is": 3, "▁Paris": 4}}
+        }"#;
+        Tokenizer {
+            inner: tokenizers::Tokenizer::from_str(json).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_stream_after_a_prompt_keeps_the_space_before_its_first_word() {
+        let tok = sentencepiece();
+        let prompt = tok.encode("The capital is", false).unwrap();
+        assert_eq!(prompt, vec![1, 2, 3]);
+        let whole = tok.decode(&[1, 2, 3, 4], true).unwrap();
+        assert_eq!(whole, "The capital is Paris");
+        // Alone, the first word is the start of a text and loses its space.
+        assert_eq!(StreamDecoder::new().push(&tok, 4).unwrap(), "Paris");
+        let mut after = StreamDecoder::after(&tok, &prompt);
+        assert_eq!(after.push(&tok, 4).unwrap(), " Paris");
+        assert_eq!(after.push(&tok, 3).unwrap(), " is");
+        assert_eq!(after.finish(&tok).unwrap(), "");
     }
 }

@@ -134,7 +134,14 @@ fn errors_exit_nonzero_without_a_panic() {
     let dir = fixture_dir("mha-f32");
     let dir = dir.to_str().unwrap();
     let long_prompt = ids_arg(&[5; 129]);
+    let blank = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(blank.path(), "\n  \n").unwrap();
+    let blank = blank.path().to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["bench", "--model", dir, "--prompt-file", blank],
+            "no prompts",
+        ),
         (
             vec!["generate", "--model", "/no/such/dir", "--prompt", "x"],
             "/no/such/dir",

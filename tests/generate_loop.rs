@@ -126,6 +126,27 @@ fn eos_and_callback_stop_generation() {
     .unwrap();
     assert_eq!(out.tokens.len(), 3);
     assert_eq!(out.stop_reason, StopReason::Callback);
+    // With a stop string, text is held back from the callback; the text of
+    // a callback stop is what the callback got.
+    let mut streamed = String::new();
+    let mut n = 0;
+    let opts = GenerateOptions {
+        stop_strings: vec!["\u{1}never\u{1}".into()],
+        ..base.clone()
+    };
+    let out = generate(&mut s, &prompts(NAME)[1], &opts, |_, piece| {
+        streamed.push_str(piece);
+        n += 1;
+        n < 6
+    })
+    .unwrap();
+    assert_eq!(out.stop_reason, StopReason::Callback);
+    assert_eq!(out.text, streamed);
+    let whole = model.tokenizer.decode(&out.tokens, true).unwrap();
+    assert!(
+        whole.starts_with(&out.text) && whole.len() > out.text.len(),
+        "{whole:?}"
+    );
 }
 
 #[test]

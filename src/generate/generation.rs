@@ -90,8 +90,18 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
         } else {
             model.config.eos_token_ids.clone()
         };
+        // The text follows the context and the prompt: the stream starts after them.
+        let context = &s.tokens()[..s.context_len()];
+        let mut recent: Vec<u32> = context
+            .iter()
+            .chain(prompt)
+            .rev()
+            .take(8)
+            .copied()
+            .collect();
+        recent.reverse();
         let sink = Sink {
-            stream: StreamDecoder::new(),
+            stream: StreamDecoder::after(&model.tokenizer, &recent),
             text: String::new(),
             emitted: 0,
             tokens: Vec::new(),

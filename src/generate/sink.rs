@@ -29,6 +29,23 @@ impl Sink<'_> {
     pub(super) fn stop(&mut self, reason: StopReason) {
         self.done = true;
         self.reason = reason;
+        if reason == StopReason::Callback {
+            // Text held back for stop strings never reached the caller.
+            self.text.truncate(self.emitted);
+        }
+    }
+
+    /// End the text before the first stop string in it, if any.
+    fn cut_at_stop(&mut self) {
+        let cut = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min();
+        if let Some(cut) = cut {
+            self.text.truncate(cut);
+            self.stop(StopReason::StopString);
+        }
     }
 
     /// Take one token; returns false once generation must stop.
@@ -43,15 +60,7 @@ impl Sink<'_> {
         } else if !self.text_off {
             let piece = self.stream.push(tokenizer, tok)?;
             self.text.push_str(&piece);
-            let cut = self
-                .stops
-                .iter()
-                .filter_map(|s| self.text.find(s.as_str()))
-                .min();
-            if let Some(cut) = cut {
-                self.text.truncate(cut);
-                self.stop(StopReason::StopString);
-            }
+            self.cut_at_stop();
         }
         if !self.done && self.tokens.len() >= self.budget {
             self.stop(self.budget_reason);
@@ -60,6 +69,7 @@ impl Sink<'_> {
             // Whatever the detokenizer still holds (an incomplete character).
             let rest = self.stream.finish(tokenizer)?;
             self.text.push_str(&rest);
+            self.cut_at_stop();
         }
         let piece = self.final_range();
         if !(self.on_token)(tok, &self.text[piece]) && !self.done {

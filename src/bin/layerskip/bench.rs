@@ -440,11 +440,18 @@ pub(crate) fn run_bench(a: BenchArgs) -> layerskip::Result<()> {
     let mut texts = a.prompt.clone();
     if let Some(f) = &a.prompt_file {
         let body = std::fs::read_to_string(f).map_err(|e| layerskip::Error::io(f, e))?;
+        let before = texts.len();
         texts.extend(
             body.lines()
                 .filter(|l| !l.trim().is_empty())
                 .map(|l| l.replace("\\n", "\n")),
         );
+        if texts.len() == before {
+            return Err(layerskip::Error::invalid(format!(
+                "{}: no prompts (one per line)",
+                f.display()
+            )));
+        }
     }
     if texts.is_empty() {
         texts.push("def fibonacci(n):".to_string());

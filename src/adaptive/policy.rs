@@ -345,6 +345,21 @@ impl Policy {
         ((cost.draft_step(c.exit) + verify_row) * tokens / seconds / next).min(1.0) as f32
     }
 
+    /// Rows a probe on a round's verify rows covers: all of them, which with
+    /// an automatic d may be up to [`MAX_DRAFT`] drafts + 1.
+    pub fn verify_probe_rows(&self, c: Choice) -> usize {
+        match self.spec.draft_len {
+            Some(_) => c.draft_len + 1,
+            None => MAX_DRAFT + 1,
+        }
+    }
+
+    /// The round's prediction will not be compared with what it yields (its
+    /// drafts were cut short by the generation's budget, not by its exit).
+    pub fn forget_prediction(&mut self) {
+        self.predicted = None;
+    }
+
     /// The exit to probe in the next round, if the probe budget allows one:
     /// the candidate with the least evidence. Exits shallower than a draft
     /// exit are probed on the draft rows, deeper ones on the verify rows.
@@ -354,7 +369,8 @@ impl Policy {
         acc: &AcceptanceTracker,
         elapsed: f64,
     ) -> Option<usize> {
-        let c = self.current;
+        // The round's own choice (an exploring round runs another than `current`).
+        let c = self.predicted.map_or(self.current, |p| p.0);
         let exit = self
             .exits(cost)
             .into_iter()
@@ -365,7 +381,7 @@ impl Policy {
         } else if exit < c.exit {
             c.draft_len as f64 * cost.head(1)
         } else {
-            cost.head(c.draft_len + 1)
+            cost.head(self.verify_probe_rows(c))
         };
         // Exits that the model's earlier sessions have measured need probing
         // only to follow the text, not to learn them.
@@ -469,6 +485,73 @@ mod tests {
         }
         // A caller's huge d: at once, and finite.
         assert!((expected_tokens(0.5, usize::MAX / 2) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_exploring_round_never_probes_its_own_exit() {
+        let (acc, _, mut p, first) = first_speculative_choice();
+        let other = Choice {
+            exit: if first.exit == 2 { 6 } else { 2 },
+            draft_len: first.draft_len,
+        };
+        p.exploring = Some((other, 2));
+        assert_eq!(p.choose(&cost(), &acc), other);
+        assert_eq!(p.current, first);
+        // The exploring exit has the least evidence but the current one's.
+        let mut thin = AcceptanceTracker::new(8);
+        for e in 1..8 {
+            let n = if e == first.exit {
+                10
+            } else if e == other.exit {
+                20
+            } else {
+                100
+            };
+            (0..n).for_each(|_| thin.observe(e, true));
+        }
+        let probe = p.probe(&cost(), &thin, 1e6);
+        assert!(probe.is_some() && probe != Some(other.exit), "{probe:?}");
+    }
+
+    #[test]
+    fn probes_on_verify_rows_cover_every_row_an_automatic_d_may_draft() {
+        let c = Choice {
+            exit: 4,
+            draft_len: 2,
+        };
+        let auto = Policy::new(AutoSpec::default(), 8, Arc::default());
+        assert_eq!(auto.verify_probe_rows(c), MAX_DRAFT + 1);
+        let fixed = AutoSpec {
+            exit: None,
+            draft_len: Some(2),
+        };
+        assert_eq!(
+            Policy::new(fixed, 8, Arc::default()).verify_probe_rows(c),
+            3
+        );
+    }
+
+    #[test]
+    fn a_round_cut_short_by_the_budget_corrects_nothing() {
+        let (acc, shared, mut p, first) = first_speculative_choice();
+        let c = cost();
+        for _ in 0..10 {
+            let round = p.choose(&c, &acc);
+            p.forget_prediction();
+            // One token in ten times the predicted time: a correction would
+            // shut the choice out, for every session of the model.
+            p.observe_time(
+                &c,
+                round,
+                0,
+                1,
+                10.0 * p.seconds(&c, round, round.draft_len),
+            );
+        }
+        for choice in [first, Choice::full(8)] {
+            assert!(!shared.snapshot().measured(p.key(choice)));
+            assert_eq!(shared.factor(p.key(choice)), 1.0);
+        }
     }
 
     #[test]

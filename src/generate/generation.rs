@@ -304,7 +304,7 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
                 let rows = if c.is_step() || probe.is_some_and(|e| e < c.exit) {
                     1
                 } else {
-                    c.draft_len + 1
+                    policy.verify_probe_rows(c)
                 };
                 s.set_probes(probe.as_slice(), rows);
                 c
@@ -371,6 +371,11 @@ impl<'cb, E: Engine, S: BorrowMut<Session<E>>> Generation<'cb, E, S> {
                 &[]
             },
         };
+        if limits.max_drafts < choice.draft_len {
+            if let Some((policy, _)) = self.auto.as_mut() {
+                policy.forget_prediction();
+            }
+        }
         if choice.exit >= n_layers {
             // Nothing to draft with: the round verifies `next` alone.
             return Ok(Plan::Speculate(Drafter::none(n_layers)));

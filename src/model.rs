@@ -244,6 +244,22 @@ impl<E: Engine> Model<E> {
     /// stored by a serving process, or a what-if analysis). Fails once the
     /// cost model has been measured or set.
     pub fn set_cost_model(&self, cost: CostModel) -> Result<()> {
+        let n = self.config.num_layers;
+        if cost.n_layers != n {
+            return Err(Error::invalid(format!(
+                "a cost model of {} layers for a {n}-layer model",
+                cost.n_layers
+            )));
+        }
+        let tables = [&cost.layer, &cost.head, &cost.draft_head];
+        if tables
+            .iter()
+            .any(|t| t.is_empty() || t.iter().any(|x| !x.is_finite() || *x < 0.0))
+        {
+            return Err(Error::invalid(
+                "a cost model needs non-empty tables of finite, non-negative seconds",
+            ));
+        }
         self.cost
             .set(cost)
             .map_err(|_| Error::invalid("the cost model is already measured or set"))

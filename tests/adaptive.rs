@@ -177,6 +177,11 @@ fn hopeless_exits_fall_back_to_full_depth() {
     let dir = tempfile::tempdir().unwrap();
     write_random_llama(dir.path(), 8, None, 11);
     let model = Model::load(dir.path()).unwrap();
+    let e = model.set_cost_model(memory_bound(6)).unwrap_err();
+    assert!(e.message().contains("6 layers for a 8-layer"), "{e}");
+    let mut empty = memory_bound(8);
+    empty.head.clear();
+    assert!(model.set_cost_model(empty).is_err(), "empty table");
     model.set_cost_model(memory_bound(8)).unwrap();
     assert!(model.set_cost_model(memory_bound(8)).is_err(), "set once");
     let prompt: Vec<u32> = (0..24).map(|i| (i * 53 % 300) as u32 + 3).collect();

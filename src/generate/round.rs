@@ -8,6 +8,7 @@
 use super::*;
 use crate::error::ErrorKind;
 use crate::speculative::Drafts;
+use std::time::Duration;
 
 /// What one round of one session is asked to do.
 #[derive(Debug, Clone)]
@@ -56,7 +57,9 @@ struct AutoCarry {
     spec: AutoSpec,
     policy: Policy,
     cost: CostModel,
-    start: Instant,
+    /// Time the rounds themselves took: the probe budget's base, which the
+    /// host's time between rounds must not grow.
+    busy: Duration,
 }
 
 impl RoundState {
@@ -164,7 +167,9 @@ pub fn round_all<E: Engine>(rounds: Vec<RoundRequest<'_, E>>) -> Vec<Result<Roun
             match r.state.auto.take().filter(|a| a.spec == spec) {
                 Some(a) => {
                     g.auto = Some((a.policy, a.cost));
-                    g.start = a.start;
+                    g.start = Instant::now()
+                        .checked_sub(a.busy)
+                        .unwrap_or_else(Instant::now);
                 }
                 None => r.state.auto = None,
             }
@@ -188,10 +193,10 @@ pub fn round_all<E: Engine>(rounds: Vec<RoundRequest<'_, E>>) -> Vec<Result<Roun
             o.unwrap_or_else(|| {
                 let (mut g, (state, mode)) = done.next().expect("one generation per round");
                 let n_layers = g.session().model().config.num_layers;
-                let (rng, auto, start) = (
+                let (rng, auto, busy) = (
                     std::mem::replace(&mut g.rng, Rng64::new(0)),
                     g.auto.take(),
-                    g.start,
+                    g.start.elapsed(),
                 );
                 // What the policy learnt stays, even from a failed round; the
                 // random stream moves on only with the tokens it drew.
@@ -200,7 +205,7 @@ pub fn round_all<E: Engine>(rounds: Vec<RoundRequest<'_, E>>) -> Vec<Result<Roun
                         spec,
                         policy,
                         cost,
-                        start,
+                        busy,
                     });
                 }
                 let outcome = g.finish()?;
@@ -253,8 +258,22 @@ mod tests {
             }])
             .remove(0)
         };
+        let t = Instant::now();
         let out = run(&mut session, &mut state, &prompt).unwrap();
+        let mut rounds = t.elapsed();
         assert!(state.auto.is_some());
+        // The host's time between rounds is not the generation's: it would
+        // grow the probe budget.
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        let out = run(
+            &mut session,
+            &mut state,
+            &out.tokens[out.tokens.len() - 1..],
+        )
+        .unwrap();
+        rounds += t.elapsed();
+        assert!(state.auto.as_ref().unwrap().busy <= rounds);
         session.set_abort(Some(Box::new(|| true)));
         let last = [*out.tokens.last().unwrap()];
         let e = run(&mut session, &mut state, &last).unwrap_err();

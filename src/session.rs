@@ -519,7 +519,8 @@ impl<E: Engine> Session<E> {
     /// full-depth pass; below it, the new rows' outputs join the exit
     /// activations of `exit`. Logits come from the exit head.
     ///
-    /// Returns the number of logit rows. On error nothing changes.
+    /// Returns the number of logit rows. On error the context is as it was
+    /// (a pass that is not a draft pass drops unverified drafts first).
     pub fn forward(&mut self, tokens: &[u32], exit: usize, which: Logits) -> Result<usize> {
         self.forward_head(tokens, exit, which, None)
     }

@@ -14,6 +14,10 @@ pub(super) enum Isa {
     /// else as [`Isa::Avx512`].
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
+    /// [`Isa::Avx512Bf16`] with AMX-BF16: bf16 pairs run on AMX tiles, for
+    /// every row count (AMX rounds its own way; see `amx.rs`).
+    #[cfg(target_arch = "x86_64")]
+    Amx,
 }
 
 /// Kernels this CPU runs, best last.
@@ -30,14 +34,18 @@ pub(super) fn supported() -> Vec<Isa> {
             v.push(Isa::Avx512);
             if is_x86_feature_detected!("avx512bf16") {
                 v.push(Isa::Avx512Bf16);
+                if amx::available() {
+                    v.push(Isa::Amx);
+                }
             }
         }
     }
     v
 }
 
-/// The best kernel this CPU runs; `LAYERSKIP_KERNEL=portable|avx2|avx512` caps it
-/// (results are identical either way, only speed differs).
+/// The best kernel this CPU runs; `LAYERSKIP_KERNEL=portable|avx2|avx512|avx512bf16`
+/// caps it (results are identical either way, only speed differs, except
+/// that bf16 products on `amx` round as AMX does).
 pub(super) fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
@@ -62,6 +70,8 @@ pub(super) fn kernel_name_of(isa: Isa) -> &'static str {
         Isa::Avx512 => "avx512",
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 => "avx512bf16",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx => "amx",
     }
 }
 
@@ -82,9 +92,12 @@ pub(super) const EMULATED_PAIR_GROUP_512: usize = 6;
 pub(super) const AVX2_GROUP: usize = 5;
 
 /// Rows per tile group: as many accumulators as the registers hold (the
-/// layout of packed inputs; results do not depend on it).
+/// layout of packed inputs; results do not depend on it). AMX reads plain
+/// rows with a stride: groups of one.
 pub(super) fn group_rows(isa: Isa, pairs: bool) -> usize {
     match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx if pairs => 1,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 if pairs => PAIR_GROUP,
         #[cfg(target_arch = "x86_64")]
@@ -92,7 +105,7 @@ pub(super) fn group_rows(isa: Isa, pairs: bool) -> usize {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => AVX2_GROUP,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Bf16 => 16,
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => 16,
         Isa::Portable => 8,
     }
 }
@@ -103,7 +116,7 @@ pub(super) fn run_typed<W: Kernel>(j: &Job<W>, ps: std::ops::Range<usize>, isa: 
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::block(j, ps) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512::block(j, ps) },
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe { avx512::block(j, ps) },
         Isa::Portable => block_portable(j, ps),
     }
 }
@@ -134,6 +147,8 @@ pub(super) fn run_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>, isa: Isa)
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 => unsafe { avx512::block_pairs(j, ps) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx => unsafe { amx::block_pairs(j, ps) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::block_pairs_emulated(j, ps) },
         Isa::Portable => block_portable_pairs(j, ps),

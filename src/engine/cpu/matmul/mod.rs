@@ -9,13 +9,18 @@
 //! depend on how many rows share the call, how outputs are tiled, how the work
 //! is split across threads, or which instruction set ran it (the portable path
 //! uses the same `mul_add` chain). That is what makes batching and
-//! self-speculation bit-exact.
+//! self-speculation bit-exact. The one exception to "which instruction set":
+//! bf16 products on AMX (`amx.rs`) sum in AMX's own order, so where AMX
+//! runs it runs them all, and they are still independent of the rows and
+//! threads that share a call.
 
 use super::huge::{HugeBuf, Plain};
 use crate::weights::{Tensor, TensorData};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

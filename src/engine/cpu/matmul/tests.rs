@@ -124,7 +124,10 @@ fn bf16_pairs_match_vdpbf16ps_arithmetic_on_every_kernel_and_stay_close() {
                 };
                 (a + p(2 * kp + 1)) + p(2 * kp)
             });
-            assert_eq!(o.got.to_bits(), sum.to_bits(), "{}", o.what);
+            // AMX sums a tile in an order of its own (its own test below).
+            if !o.what.contains("Amx") {
+                assert_eq!(o.got.to_bits(), sum.to_bits(), "{}", o.what);
+            }
             // Two bf16 roundings (2^-8 relative each) per product.
             let bound = 2.0 / 256.0 * wr.iter().zip(o.x).map(|(a, b)| (a * b).abs()).sum::<f32>();
             assert!((o.got - o.exact).abs() <= bound + 1e-6, "{}", o.what);
@@ -176,5 +179,72 @@ fn int8_rounding_is_f32_round_then_clamp() {
     for x in xs {
         let want = x.round().clamp(-127.0, 127.0) as i8;
         assert_eq!(pack::to_int8(x), want, "{x}");
+    }
+}
+
+/// Whether the AMX kernel runs here; `LAYERSKIP_REQUIRE_AMX=1` makes its
+/// absence a failure.
+#[cfg(target_arch = "x86_64")]
+fn amx_here(test: &str) -> bool {
+    let here = supported().contains(&Isa::Amx);
+    if !here {
+        assert!(
+            std::env::var("LAYERSKIP_REQUIRE_AMX").as_deref() != Ok("1"),
+            "LAYERSKIP_REQUIRE_AMX=1 but this CPU or OS does not run AMX-BF16"
+        );
+        eprintln!("SKIPPED {test}: no AMX-BF16 here");
+    }
+    here
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn amx_rows_are_batch_invariant_and_close_to_the_definition() {
+    if !amx_here("amx_rows_are_batch_invariant_and_close_to_the_definition") {
+        return;
+    }
+    // Pair counts: one tile and a tail, whole tiles, a tail only; 37
+    // outputs: a block of two full panels and a padded one.
+    for cols in [45, 64, 96, 20, 300] {
+        let n = 37;
+        let t = tensor(DType::BF16, n, cols);
+        let m = Mat::new_bf16(&t);
+        let w = t.to_f32();
+        let panels = n.div_ceil(PANEL);
+        let x = input(40, cols);
+        let alone: Vec<Vec<f32>> = (0..40)
+            .map(|r| product(&m, &x[r * cols..][..cols], 1, Isa::Amx))
+            .collect();
+        for rows in [2, 3, 9, 16, 17, 33, 40] {
+            let x = &x[..rows * cols];
+            let out = product(&m, x, rows, Isa::Amx);
+            // The same panels split into tasks of one panel each.
+            let mut split = vec![f32::NAN; rows * n];
+            let ptr = OutPtr(split.as_mut_ptr());
+            Inputs::with(&m, x, rows, Isa::Amx, |x| {
+                (0..panels).for_each(|p| run_block(&m, x, rows, p..p + 1, ptr, Isa::Amx))
+            });
+            for r in 0..rows {
+                let got = &out[r * n..][..n];
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same(got, &alone[r]), "cols {cols} rows {rows} row {r}");
+                assert!(
+                    same(got, &split[r * n..][..n]),
+                    "cols {cols} rows {rows} row {r} split"
+                );
+                for (o, &g) in got.iter().enumerate() {
+                    let xr = &x[r * cols..][..cols];
+                    let wr = &w[o * cols..][..cols];
+                    let exact: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let bound =
+                        2.0 / 256.0 * wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum::<f32>();
+                    assert!(
+                        (g as f64 - exact).abs() <= bound as f64 + 1e-5,
+                        "cols {cols} row {r} out {o}"
+                    );
+                }
+            }
+        }
     }
 }

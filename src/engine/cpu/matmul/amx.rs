@@ -1,0 +1,220 @@
+//! AMX tiles for bf16 pairs: one `TDPBF16PS` adds 32 k of up to sixteen
+//! rows to sixteen outputs, 16 times the work of a `VDPBF16PS`.
+//!
+//! The packed panels are already in the B-tile layout (`panel[kp][o]`, 64
+//! bytes per pair of k), so tiles load straight from them. Inputs are plain
+//! rows of pairs (group 1), read with a stride.
+//!
+//! AMX sums a tile's products in an order of its own (not `VDPBF16PS`'s
+//! pair by pair), so a kernel set that has it runs every bf16-pair product
+//! on it, one row or many: a row's result depends only on its inputs and the
+//! weights, never on the rows beside it in a tile or on the tile's height
+//! (checked by the tests), and k is always blocked as 16 pairs per tile from
+//! the first column.
+//!
+//! Stable Rust has no AMX intrinsics; the instructions are inline assembly,
+//! and the tile registers are touched by nothing else in the process's
+//! threads between a kernel's `ldtilecfg` and its `tilerelease`.
+
+use super::{groups, Job, PANEL};
+use std::arch::asm;
+use std::arch::x86_64::{__cpuid_count, _xgetbv};
+
+/// Whether this CPU and kernel run AMX-BF16, with the process's permission
+/// to use tile data requested (once).
+pub fn available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        // CPUID.(7,0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+        // SAFETY: CPUID leaf 7 exists on every x86-64 with AVX-512 (the
+        // call is safe from Rust 1.9x on).
+        #[allow(unused_unsafe)]
+        let edx = unsafe { __cpuid_count(7, 0) }.edx;
+        if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 || !is_x86_feature_detected!("xsave") {
+            return false;
+        }
+        // XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA): the OS saves tiles.
+        // SAFETY: xsave was detected above, so XGETBV is available.
+        let xcr0 = unsafe { xcr0() };
+        if xcr0 & (3 << 17) != 3 << 17 {
+            return false;
+        }
+        request_tile_permission()
+    })
+}
+
+#[target_feature(enable = "xsave")]
+unsafe fn xcr0() -> u64 {
+    _xgetbv(0)
+}
+
+/// Linux gives a process tile data only once asked
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); a refusal
+/// leaves the AVX-512 kernels in use.
+fn request_tile_permission() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: arch_prctl with these arguments only changes the
+        // process's permitted xsave features.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// Rows per tile, and pairs of k per tile.
+const TILE_ROWS: usize = 16;
+const TILE_PAIRS: usize = 16;
+/// Panels per pass over a group's inputs: one accumulator tile each.
+const PANELS: usize = 4;
+
+/// `ldtilecfg`'s operand (palette 1).
+#[repr(C, align(64))]
+struct Config {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+    reserved2: [u8; 16],
+}
+
+/// Tiles 0-3 accumulate four panels of `rows` rows; 4 and 5 are the inputs
+/// and weights of 16 pairs, 6 and 7 those of the last `tail` pairs.
+fn config(rows: usize, tail: usize) -> Config {
+    let mut c = Config {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [0; 16],
+        rows: [0; 16],
+        reserved2: [0; 16],
+    };
+    let row_bytes = (TILE_PAIRS * 4) as u16;
+    for t in 0..5 {
+        c.colsb[t] = row_bytes;
+        c.rows[t] = rows as u8;
+    }
+    c.colsb[5] = row_bytes;
+    c.rows[5] = TILE_PAIRS as u8;
+    if tail > 0 {
+        c.colsb[6] = (tail * 4) as u16;
+        c.rows[6] = rows as u8;
+        c.colsb[7] = row_bytes;
+        c.rows[7] = tail as u8;
+    }
+    c
+}
+
+/// Weights of panel `p` at pair `kp` into tile `b`, then accumulator tile
+/// `c` += inputs tile `a` times them.
+macro_rules! panel {
+    ($a:literal, $b:literal, $c:literal, $w:expr, $ws:expr) => {
+        asm!(
+            concat!("tileloadd tmm", $b, ", [{w} + {ws}*1]"),
+            concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b),
+            w = in(reg) $w, ws = in(reg) $ws,
+            options(nostack, readonly)
+        )
+    };
+}
+
+/// One tile of pairs from `kp` on: the inputs into tile `a`, then each of
+/// the first `panels` accumulators (tiles 0-3) through weights tile `b`.
+macro_rules! pass {
+    ($a:literal, $b:literal, $x:expr, $w:expr, $kp:expr, $panels:expr, $xs:expr, $ws:expr) => {{
+        let kp = $kp;
+        asm!(
+            concat!("tileloadd tmm", $a, ", [{x} + {xs}*1]"),
+            x = in(reg) $x.add(kp), xs = in(reg) $xs,
+            options(nostack, readonly)
+        );
+        panel!($a, $b, 0, $w(0, kp), $ws);
+        if $panels > 1 {
+            panel!($a, $b, 1, $w(1, kp), $ws);
+        }
+        if $panels > 2 {
+            panel!($a, $b, 2, $w(2, kp), $ws);
+        }
+        if $panels > 3 {
+            panel!($a, $b, 3, $w(3, kp), $ws);
+        }
+    }};
+}
+
+/// Panels `ps` of a bf16-pair product for every input row.
+///
+/// # Safety
+/// [`available`] must be true, and `j` must describe its buffers: `j.w`
+/// holds the panels (`j.cols` pairs each), `j.x` `j.rows` plain rows of
+/// `j.cols` pairs.
+pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
+    let kps = j.cols;
+    let (full, tail) = (kps / TILE_PAIRS, kps % TILE_PAIRS);
+    let x_stride = kps * 4;
+    let w_stride = PANEL * 4;
+    let mut configured = 0;
+    let mut sums = [[0f32; PANEL]; TILE_ROWS];
+    let mut p0 = ps.start;
+    while p0 < ps.end {
+        let panels = PANELS.min(ps.end - p0);
+        // Row groups inside a panel block: its weights stay in L2 while
+        // every group passes over them.
+        for (r0, rr) in groups(j.rows, TILE_ROWS) {
+            if rr != configured {
+                let c = config(rr, tail);
+                asm!("ldtilecfg [{}]", in(reg) &c as *const Config, options(nostack, readonly));
+                configured = rr;
+            }
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            let x = j.x.as_ptr().add(r0 * kps);
+            let w = |p: usize, kp: usize| j.w.as_ptr().add(((p0 + p) * kps + kp) * PANEL);
+            for kb in 0..full {
+                pass!(4, 5, x, w, kb * TILE_PAIRS, panels, x_stride, w_stride);
+            }
+            if tail > 0 {
+                pass!(6, 7, x, w, full * TILE_PAIRS, panels, x_stride, w_stride);
+            }
+            macro_rules! store {
+                ($c:literal, $p:expr) => {{
+                    asm!(
+                        concat!("tilestored [{s} + {ss}*1], tmm", $c),
+                        s = in(reg) sums.as_mut_ptr(), ss = in(reg) PANEL * 4,
+                        options(nostack)
+                    );
+                    for (r, row) in sums.iter().enumerate().take(rr) {
+                        j.store(r0 + r, p0 + $p, row);
+                    }
+                }};
+            }
+            store!(0, 0);
+            if panels > 1 {
+                store!(1, 1);
+            }
+            if panels > 2 {
+                store!(2, 2);
+            }
+            if panels > 3 {
+                store!(3, 3);
+            }
+        }
+        p0 += panels;
+    }
+    if configured != 0 {
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}

@@ -109,7 +109,7 @@ enum Inputs<'a> {
 
 impl Inputs<'_> {
     /// Runs `f` with `x` packed for `m` and `isa`. One row needs no packing
-    /// (its k-major layout is itself); f32 rows are packed into a reused
+    /// (its k-major layout is itself); packed rows go into a reused
     /// per-thread buffer.
     fn with<R>(m: &Mat, x: &[f32], rows: usize, isa: Isa, f: impl FnOnce(&Inputs) -> R) -> R {
         let group = group_rows(isa, m.pairs());
@@ -120,7 +120,15 @@ impl Inputs<'_> {
                 f(&Inputs::F32(buf))
             })
         } else if m.pairs() {
-            f(&Inputs::Pairs(&pack_row_pairs(x, rows, m.cols, group)))
+            super::scratch::with([rows * m.cols.div_ceil(2)], |[buf]| {
+                // SAFETY: u32 and f32 have one size and alignment, and every
+                // bit pattern is valid for both.
+                let words = unsafe {
+                    std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len())
+                };
+                pack_row_pairs(x, rows, m.cols, group, words);
+                f(&Inputs::Pairs(words))
+            })
         } else if rows == 1 {
             f(&Inputs::F32(x))
         } else {

@@ -174,8 +174,21 @@ pub(super) fn pack_bf16(w: &[bf16], rows: usize, cols: usize) -> HugeBuf<Bf16Pai
 /// in the low half. A missing second value (odd `cols`) is zero.
 #[inline(always)]
 pub(super) fn bf16_pair(first: f32, second: Option<f32>) -> u32 {
-    let half = |x: f32| bf16::from_f32(x).to_bits() as u32;
-    second.map_or(0, half) << 16 | half(first)
+    second.map_or(0, bf16_bits) << 16 | bf16_bits(first)
+}
+
+/// `bf16::from_f32(x).to_bits()` without branches on finite values, so
+/// that loops over rows vectorize: round to nearest even by adding below
+/// the cut; NaN stays a quiet NaN.
+#[inline(always)]
+pub(super) fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16;
+    if x.is_nan() {
+        (b >> 16) | 0x40
+    } else {
+        rounded
+    }
 }
 
 /// [`Packed::Bf16Pairs`] panels of a row-major matrix of any stored element
@@ -318,19 +331,30 @@ pub(super) fn pack_rows(x: &[f32], rows: usize, cols: usize, group: usize, out: 
 }
 
 /// `x` as bf16 pairs ([`bf16_pair`]) in the grouped k-major layout of
-/// [`Job::x`], one word per pair of columns.
-pub(super) fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, group: usize) -> Vec<u32> {
+/// [`Job::x`], one word per pair of columns, into `out` (`rows *
+/// cols.div_ceil(2)` words). Groups of one row are plain rows, converted in
+/// a loop that vectorizes (AMX reads its inputs so).
+pub(super) fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, group: usize, out: &mut [u32]) {
     let kps = cols.div_ceil(2);
-    let mut out = vec![0u32; rows * kps];
     for (r0, rr) in groups(rows, group) {
         let dst = &mut out[r0 * kps..(r0 + rr) * kps];
         for r in 0..rr {
-            for (kp, pair) in x[(r0 + r) * cols..][..cols].chunks(2).enumerate() {
-                dst[kp * rr + r] = bf16_pair(pair[0], pair.get(1).copied());
+            let row = &x[(r0 + r) * cols..][..cols];
+            if rr == 1 {
+                let pairs = row.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    dst[kps - 1] = bf16_pair(*last, None);
+                }
+                for (d, p) in dst.iter_mut().zip(pairs) {
+                    *d = bf16_bits(p[1]) << 16 | bf16_bits(p[0]);
+                }
+            } else {
+                for (kp, pair) in row.chunks(2).enumerate() {
+                    dst[kp * rr + r] = bf16_pair(pair[0], pair.get(1).copied());
+                }
             }
         }
     }
-    out
 }
 
 /// `x` rounded to bf16 (RNE) as f32, each pair of columns high first and an

@@ -248,3 +248,32 @@ fn amx_rows_are_batch_invariant_and_close_to_the_definition() {
         }
     }
 }
+
+#[test]
+fn bf16_bits_rounds_as_half_does() {
+    let mut xs = vec![
+        0.0,
+        -0.0,
+        f32::MAX,
+        f32::MIN,
+        f32::MIN_POSITIVE,
+        1e-40,
+        -1e-40,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7F80_0001),
+        f32::from_bits(0x3F80_8000),
+        f32::from_bits(0x3F81_8000),
+    ];
+    xs.extend((0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(2654435761))));
+    for x in xs {
+        assert_eq!(
+            pack::bf16_bits(x),
+            bf16::from_f32(x).to_bits() as u32,
+            "{x:e} ({:#x})",
+            x.to_bits()
+        );
+    }
+}

@@ -87,8 +87,11 @@ struct Config {
     reserved2: [u8; 16],
 }
 
-/// Tiles 0-3 accumulate four panels of `rows` rows; 4 and 5 are the inputs
-/// and weights of 16 pairs, 6 and 7 those of the last `tail` pairs.
+/// Tiles 0-3 accumulate four panels of `rows` rows. Without a tail of
+/// pairs, 4 and 7 take the inputs of 16 pairs and 5 and 6 the weights, in
+/// turn, so that a load overlaps the product before it (tiles are not
+/// renamed). With a tail, 4 and 5 alone take 16 pairs and 6 and 7 the last
+/// `tail`.
 fn config(rows: usize, tail: usize) -> Config {
     let mut c = Config {
         palette: 1,
@@ -99,17 +102,20 @@ fn config(rows: usize, tail: usize) -> Config {
         reserved2: [0; 16],
     };
     let row_bytes = (TILE_PAIRS * 4) as u16;
+    let mut set = |t: usize, r: usize, colsb: u16| {
+        c.rows[t] = r as u8;
+        c.colsb[t] = colsb;
+    };
     for t in 0..5 {
-        c.colsb[t] = row_bytes;
-        c.rows[t] = rows as u8;
+        set(t, rows, row_bytes);
     }
-    c.colsb[5] = row_bytes;
-    c.rows[5] = TILE_PAIRS as u8;
-    if tail > 0 {
-        c.colsb[6] = (tail * 4) as u16;
-        c.rows[6] = rows as u8;
-        c.colsb[7] = row_bytes;
-        c.rows[7] = tail as u8;
+    set(5, TILE_PAIRS, row_bytes);
+    if tail == 0 {
+        set(6, TILE_PAIRS, row_bytes);
+        set(7, rows, row_bytes);
+    } else {
+        set(6, rows, (tail * 4) as u16);
+        set(7, tail, row_bytes);
     }
     c
 }
@@ -128,24 +134,25 @@ macro_rules! panel {
 }
 
 /// One tile of pairs from `kp` on: the inputs into tile `a`, then each of
-/// the first `panels` accumulators (tiles 0-3) through weights tile `b`.
+/// the first `panels` accumulators (tiles 0-3) through weights tiles `b0`
+/// and `b1` in turn.
 macro_rules! pass {
-    ($a:literal, $b:literal, $x:expr, $w:expr, $kp:expr, $panels:expr, $xs:expr, $ws:expr) => {{
+    ($a:literal, $b0:literal, $b1:literal, $x:expr, $w:expr, $kp:expr, $panels:expr, $xs:expr, $ws:expr) => {{
         let kp = $kp;
         asm!(
             concat!("tileloadd tmm", $a, ", [{x} + {xs}*1]"),
             x = in(reg) $x.add(kp), xs = in(reg) $xs,
             options(nostack, readonly)
         );
-        panel!($a, $b, 0, $w(0, kp), $ws);
+        panel!($a, $b0, 0, $w(0, kp), $ws);
         if $panels > 1 {
-            panel!($a, $b, 1, $w(1, kp), $ws);
+            panel!($a, $b1, 1, $w(1, kp), $ws);
         }
         if $panels > 2 {
-            panel!($a, $b, 2, $w(2, kp), $ws);
+            panel!($a, $b0, 2, $w(2, kp), $ws);
         }
         if $panels > 3 {
-            panel!($a, $b, 3, $w(3, kp), $ws);
+            panel!($a, $b1, 3, $w(3, kp), $ws);
         }
     }};
 }
@@ -183,11 +190,28 @@ pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
             );
             let x = j.x.as_ptr().add(r0 * kps);
             let w = |p: usize, kp: usize| j.w.as_ptr().add(((p0 + p) * kps + kp) * PANEL);
-            for kb in 0..full {
-                pass!(4, 5, x, w, kb * TILE_PAIRS, panels, x_stride, w_stride);
-            }
-            if tail > 0 {
-                pass!(6, 7, x, w, full * TILE_PAIRS, panels, x_stride, w_stride);
+            if tail == 0 {
+                for kb in (0..full).step_by(2) {
+                    pass!(4, 5, 6, x, w, kb * TILE_PAIRS, panels, x_stride, w_stride);
+                    if kb + 1 < full {
+                        pass!(
+                            7,
+                            5,
+                            6,
+                            x,
+                            w,
+                            (kb + 1) * TILE_PAIRS,
+                            panels,
+                            x_stride,
+                            w_stride
+                        );
+                    }
+                }
+            } else {
+                for kb in 0..full {
+                    pass!(4, 5, 5, x, w, kb * TILE_PAIRS, panels, x_stride, w_stride);
+                }
+                pass!(6, 7, 7, x, w, full * TILE_PAIRS, panels, x_stride, w_stride);
             }
             macro_rules! store {
                 ($c:literal, $p:expr) => {{

@@ -212,11 +212,14 @@ macro_rules! blocks {
     };
 }
 
-/// Groups of at most 16 rows. Up to 28 of the 32 registers hold
-/// accumulators: 4 panels up to 7 rows, 3 for 8-9, 2 for 10-12, 1 beyond
-/// (tried: 2 panels for 5-8 rows was 1.4x slower). A verify of 9 rows is
-/// then one pass over the weights instead of two: 9.3 against 10.1 ms for
-/// the 100M model's layer products, alternating runs on a busy machine.
+/// Groups of at most [`super::AVX512_GROUP`] rows. Up to 28 of the 32
+/// registers hold accumulators: 4 panels up to 7 rows, 3 for 8-9 (tried: 2
+/// panels for 5-8 rows was 1.4x slower). A verify of 9 rows is then one
+/// pass over the weights instead of two: 9.3 against 10.1 ms for the 100M
+/// model's layer products, alternating runs on a busy machine (Zen 4).
+/// Larger groups (1-2 panels for 10-16 rows) cost more per row than two
+/// groups of 5-8 on a Xeon with AMX: 16 rows 30.0 against 15.7-16.2 ms,
+/// 8 rows 11.5 ms (100M layer products, f32 products, 2 threads).
 /// [`Bf16Pair`] weights keep at most 20 accumulators from 6 rows on: with
 /// the widened weights of two steps live, 7-8 rows on 3-4 panels ran at
 /// half speed (100M verify pass, 7 rows 10-11 ms against 6 ms).
@@ -225,24 +228,26 @@ macro_rules! blocks {
 pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
     if W::STEPS == 1 {
         blocks!(j, tile, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3),
-            (9, 3), (10, 2), (11, 2), (12, 2), (13, 1), (14, 1), (15, 1), (16, 1)])
+            (9, 3)])
     } else {
         blocks!(j, tile, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 3), (7, 2), (8, 2),
-            (9, 2), (10, 2), (11, 1), (12, 1), (13, 1), (14, 1), (15, 1), (16, 1)])
+            (9, 2)])
     }
 }
 
-/// [`block`] for bf16 pairs, in groups of up to [`super::PAIR_GROUP`] rows: at
-/// half the instructions per multiply-add, 9-16 rows are still cheaper
-/// in one pass over the weights than in two. 9 rows take 3 panels (27
+/// [`block`] for bf16 pairs, in groups of up to [`super::PAIR_GROUP`] rows:
+/// at half the instructions per multiply-add, 9 rows are still cheaper in
+/// one pass over the weights than in two. 9 rows take 3 panels (27
 /// accumulators) like 8: with 2 they cost ~1.2x 8 rows, with 3 about the
 /// same (100M layer products, three alternating runs: 7.2-8.0 against
-/// 7.5-8.7 ms), which puts a 9-row verify at ~1.3x one row.
+/// 7.5-8.7 ms, Zen 4), which puts a 9-row verify at ~1.3x one row. Groups
+/// of 10-16 rows (1-2 panels) cost more per row than two smaller groups
+/// (Xeon: 16 rows 39.9 against 22.3 ms).
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[rustfmt::skip]
 pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
     blocks!(j, tile, ps, [(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4), (8, 3),
-        (9, 3), (10, 2), (11, 2), (12, 2), (13, 1), (14, 1), (15, 1), (16, 1)])
+        (9, 3)])
 }
 
 /// [`block_pairs`] without AVX512_BF16: each pair's two products by two

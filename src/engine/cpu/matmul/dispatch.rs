@@ -84,9 +84,10 @@ pub(super) trait Kernel: Weight {}
 #[cfg(not(target_arch = "x86_64"))]
 impl<T: Weight> Kernel for T {}
 
-/// Rows per group of the bf16-pair kernel on AVX512_BF16, and of its
-/// emulation with AVX-512F.
-pub(super) const PAIR_GROUP: usize = 16;
+/// Rows per group of the AVX-512 kernels (see `avx512::block`), of the
+/// bf16-pair kernel on AVX512_BF16, and of its emulation with AVX-512F.
+pub(super) const AVX512_GROUP: usize = 9;
+pub(super) const PAIR_GROUP: usize = 9;
 pub(super) const EMULATED_PAIR_GROUP_512: usize = 6;
 /// Rows per group of the AVX2 kernel (see `avx2::block`).
 pub(super) const AVX2_GROUP: usize = 5;
@@ -105,7 +106,7 @@ pub(super) fn group_rows(isa: Isa, pairs: bool) -> usize {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => AVX2_GROUP,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => 16,
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => AVX512_GROUP,
         Isa::Portable => 8,
     }
 }

@@ -436,7 +436,7 @@ impl Engine for CpuEngine {
     }
 
     fn kernel_name(&self) -> String {
-        kernel_name().to_string()
+        kernel_name(self.quantize == Quantize::Bf16).to_string()
     }
 
     fn head(&self, x: &HostActs, from: usize, out: &mut Vec<f32>) {

@@ -56,9 +56,14 @@ pub(super) fn isa() -> Isa {
     })
 }
 
-/// Name of the kernel in use (for bench reports).
-pub fn kernel_name() -> &'static str {
-    kernel_name_of(isa())
+/// Name of the kernel that runs products with bf16 products or without
+/// (for bench reports): the AVX512_BF16 and AMX kernels run only bf16 pairs.
+pub fn kernel_name(bf16_products: bool) -> &'static str {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 | Isa::Amx if !bf16_products => kernel_name_of(Isa::Avx512),
+        isa => kernel_name_of(isa),
+    }
 }
 
 pub(super) fn kernel_name_of(isa: Isa) -> &'static str {

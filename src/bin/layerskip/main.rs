@@ -98,7 +98,7 @@ struct ModelArgs {
     model: Option<PathBuf>,
     /// Quantize at load: `int8` weight-only per output channel; `bf16`
     /// matrix products with bf16 weights and inputs, f32 sums (llama.cpp's
-    /// bf16 arithmetic; fast multi-row products with AVX512_BF16).
+    /// bf16 arithmetic; fast multi-row products with AVX512_BF16 or AMX).
     #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
     quantize: QuantizeArg,
     /// Where to run: `cpu`, `cuda` (GPU 0) or `cuda:N`.

@@ -1,5 +1,6 @@
 //! AMX tiles for bf16 pairs: one `TDPBF16PS` adds 32 k of up to sixteen
-//! rows to sixteen outputs, 16 times the work of a `VDPBF16PS`.
+//! rows to sixteen outputs, up to 256 times the multiply-adds of a
+//! `VDPBF16PS`.
 //!
 //! The packed panels are already in the B-tile layout (`panel[kp][o]`, 64
 //! bytes per pair of k), so tiles load straight from them. Inputs are plain
@@ -39,6 +40,13 @@ pub fn available() -> bool {
         if xcr0 & (3 << 17) != 3 << 17 {
             return false;
         }
+        // Palette 1 (CPUID.(0x1D,1)): at least 8 tiles of 16 rows of 64 bytes.
+        // SAFETY: leaf 0x1D exists where AMX-TILE is reported.
+        #[allow(unused_unsafe)]
+        let p = unsafe { __cpuid_count(0x1D, 1) };
+        if p.ebx >> 16 < 8 || p.ebx & 0xFFFF < 64 || p.ecx & 0xFFFF < 16 {
+            return false;
+        }
         request_tile_permission()
     })
 }
@@ -50,7 +58,10 @@ unsafe fn xcr0() -> u64 {
 
 /// Linux gives a process tile data only once asked
 /// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); a refusal
-/// leaves the AVX-512 kernels in use.
+/// leaves the AVX-512 kernels in use. The grant is for the whole process:
+/// from then on Linux refuses a `sigaltstack` too small for a signal frame
+/// with tile data (about 11 KiB), so it is asked only where `amx` is the
+/// kernel that will run.
 fn request_tile_permission() -> bool {
     #[cfg(target_os = "linux")]
     {

@@ -20,7 +20,9 @@ pub(super) enum Isa {
     Amx,
 }
 
-/// Kernels this CPU runs, best last.
+/// Kernels this CPU runs, best last. AMX is probed (and the process's
+/// permission for tile data asked) only when `LAYERSKIP_KERNEL` does not
+/// cap the choice below it.
 pub(super) fn supported() -> Vec<Isa> {
     #[allow(unused_mut)]
     let mut v = vec![Isa::Portable];
@@ -34,7 +36,7 @@ pub(super) fn supported() -> Vec<Isa> {
             v.push(Isa::Avx512);
             if is_x86_feature_detected!("avx512bf16") {
                 v.push(Isa::Avx512Bf16);
-                if amx::available() {
+                if !capped_below_amx() && amx::available() {
                     v.push(Isa::Amx);
                 }
             }
@@ -43,14 +45,27 @@ pub(super) fn supported() -> Vec<Isa> {
     v
 }
 
-/// The best kernel this CPU runs; `LAYERSKIP_KERNEL=portable|avx2|avx512|avx512bf16`
-/// caps it (results are identical either way, only speed differs, except
-/// that bf16 products on `amx` round as AMX does).
+/// `LAYERSKIP_KERNEL`, or "" where unset.
+fn cap() -> String {
+    std::env::var("LAYERSKIP_KERNEL").unwrap_or_default()
+}
+
+/// Whether `LAYERSKIP_KERNEL` names a kernel other than `amx`.
+#[cfg(target_arch = "x86_64")]
+fn capped_below_amx() -> bool {
+    let below = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+    below.map(kernel_name_of).contains(&cap().as_str())
+}
+
+/// The best kernel this CPU runs;
+/// `LAYERSKIP_KERNEL=portable|avx2|avx512|avx512bf16|amx` caps it (results
+/// are identical either way, only speed differs, except that bf16 products
+/// on `amx` round as AMX does).
 pub(super) fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
         let all = supported();
-        let cap = std::env::var("LAYERSKIP_KERNEL").unwrap_or_default();
+        let cap = cap();
         let capped = all.iter().rev().find(|i| kernel_name_of(**i) == cap);
         *capped.unwrap_or(all.last().expect("portable is always supported"))
     })

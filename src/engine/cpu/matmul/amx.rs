@@ -3,8 +3,10 @@
 //! `VDPBF16PS`.
 //!
 //! The packed panels are already in the B-tile layout (`panel[kp][o]`, 64
-//! bytes per pair of k), so tiles load straight from them. Inputs are plain
-//! rows of pairs (group 1), read with a stride.
+//! bytes per pair of k), so tiles load straight from them. Inputs are
+//! packed as whole tiles (`pack_row_pair_tiles`): rows of a tile 16 pairs
+//! apart, not a row's length (at a stride of 4 KiB every row of a tile
+//! fell into one L1 set).
 //!
 //! AMX sums a tile's products in an order of its own (not `VDPBF16PS`'s
 //! pair by pair), so a kernel set that has it runs every bf16-pair product
@@ -82,8 +84,8 @@ fn request_tile_permission() -> bool {
 }
 
 /// Rows per tile, and pairs of k per tile.
-const TILE_ROWS: usize = 16;
-const TILE_PAIRS: usize = 16;
+pub(super) const TILE_ROWS: usize = 16;
+pub(super) const TILE_PAIRS: usize = 16;
 /// Panels per pass over a group's inputs: one accumulator tile each.
 const PANELS: usize = 4;
 
@@ -144,15 +146,15 @@ macro_rules! panel {
     };
 }
 
-/// One tile of pairs from `kp` on: the inputs into tile `a`, then each of
-/// the first `panels` accumulators (tiles 0-3) through weights tiles `b0`
-/// and `b1` in turn.
+/// The inputs tile at `x` (rows `xs` bytes apart) into tile `a`, then
+/// each of the first `panels` accumulators (tiles 0-3) += it times the
+/// weights of pair `kp` on, through weights tiles `b0` and `b1` in turn.
 macro_rules! pass {
-    ($a:literal, $b0:literal, $b1:literal, $x:expr, $w:expr, $kp:expr, $panels:expr, $xs:expr, $ws:expr) => {{
+    ($a:literal, $b0:literal, $b1:literal, $x:expr, $xs:expr, $w:expr, $kp:expr, $panels:expr, $ws:expr) => {{
         let kp = $kp;
         asm!(
             concat!("tileloadd tmm", $a, ", [{x} + {xs}*1]"),
-            x = in(reg) $x.add(kp), xs = in(reg) $xs,
+            x = in(reg) $x, xs = in(reg) $xs,
             options(nostack, readonly)
         );
         panel!($a, $b0, 0, $w(0, kp), $ws);
@@ -172,12 +174,11 @@ macro_rules! pass {
 ///
 /// # Safety
 /// [`available`] must be true, and `j` must describe its buffers: `j.w`
-/// holds the panels (`j.cols` pairs each), `j.x` `j.rows` plain rows of
-/// `j.cols` pairs.
+/// holds the panels (`j.cols` pairs each), `j.x` `j.rows` rows of `j.cols`
+/// pairs packed by [`super::pack::pack_row_pair_tiles`].
 pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
     let kps = j.cols;
     let (full, tail) = (kps / TILE_PAIRS, kps % TILE_PAIRS);
-    let x_stride = kps * 4;
     let w_stride = PANEL * 4;
     let mut configured = 0;
     let mut sums = [[0f32; PANEL]; TILE_ROWS];
@@ -199,40 +200,50 @@ pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
                 "tilezero tmm3",
                 options(nostack, nomem)
             );
-            let x = j.x.as_ptr().add(r0 * kps);
+            // The group's inputs: a tile of 16 pairs per kb (rows 64
+            // bytes apart), then the tail's rows `tail` pairs apart.
+            let x = |kb: usize| j.x.as_ptr().add(r0 * kps + kb * rr * TILE_PAIRS);
+            let xs = TILE_PAIRS * 4;
             let w = |p: usize, kp: usize| j.w.as_ptr().add(((p0 + p) * kps + kp) * PANEL);
             if tail == 0 {
                 for kb in (0..full).step_by(2) {
-                    pass!(4, 5, 6, x, w, kb * TILE_PAIRS, panels, x_stride, w_stride);
+                    pass!(4, 5, 6, x(kb), xs, w, kb * TILE_PAIRS, panels, w_stride);
                     if kb + 1 < full {
-                        pass!(
-                            7,
-                            5,
-                            6,
-                            x,
-                            w,
-                            (kb + 1) * TILE_PAIRS,
-                            panels,
-                            x_stride,
-                            w_stride
-                        );
+                        let kp = (kb + 1) * TILE_PAIRS;
+                        pass!(7, 5, 6, x(kb + 1), xs, w, kp, panels, w_stride);
                     }
                 }
             } else {
                 for kb in 0..full {
-                    pass!(4, 5, 5, x, w, kb * TILE_PAIRS, panels, x_stride, w_stride);
+                    pass!(4, 5, 5, x(kb), xs, w, kb * TILE_PAIRS, panels, w_stride);
                 }
-                pass!(6, 7, 7, x, w, full * TILE_PAIRS, panels, x_stride, w_stride);
+                let kp = full * TILE_PAIRS;
+                pass!(6, 7, 7, x(full), tail * 4, w, kp, panels, w_stride);
             }
+            // A whole panel's sums go straight to the output rows (no
+            // scale to apply to bf16 pairs); the last, partial one through
+            // `sums` (copying every panel that way took longer than the
+            // products of a 512-token prefill).
             macro_rules! store {
                 ($c:literal, $p:expr) => {{
-                    asm!(
-                        concat!("tilestored [{s} + {ss}*1], tmm", $c),
-                        s = in(reg) sums.as_mut_ptr(), ss = in(reg) PANEL * 4,
-                        options(nostack)
-                    );
-                    for (r, row) in sums.iter().enumerate().take(rr) {
-                        j.store(r0 + r, p0 + $p, row);
+                    let j0 = (p0 + $p) * PANEL;
+                    if j.scale.is_empty() && j0 + PANEL <= j.n_out {
+                        // SAFETY: rows r0..r0+rr of outputs j0..j0+16 are in
+                        // `out` (rows x n_out) and written by this task only.
+                        asm!(
+                            concat!("tilestored [{s} + {ss}*1], tmm", $c),
+                            s = in(reg) j.out.0.add(r0 * j.n_out + j0), ss = in(reg) j.n_out * 4,
+                            options(nostack)
+                        );
+                    } else {
+                        asm!(
+                            concat!("tilestored [{s} + {ss}*1], tmm", $c),
+                            s = in(reg) sums.as_mut_ptr(), ss = in(reg) PANEL * 4,
+                            options(nostack)
+                        );
+                        for (r, row) in sums.iter().enumerate().take(rr) {
+                            j.store(r0 + r, p0 + $p, row);
+                        }
                     }
                 }};
             }

@@ -113,12 +113,12 @@ pub(super) const EMULATED_PAIR_GROUP_512: usize = 6;
 pub(super) const AVX2_GROUP: usize = 5;
 
 /// Rows per tile group: as many accumulators as the registers hold (the
-/// layout of packed inputs; results do not depend on it). AMX reads plain
-/// rows with a stride: groups of one.
+/// layout of packed inputs; results do not depend on it). AMX packs its
+/// own ([`pack_row_pair_tiles`]).
 pub(super) fn group_rows(isa: Isa, pairs: bool) -> usize {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Amx if pairs => 1,
+        Isa::Amx if pairs => amx::TILE_ROWS,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 if pairs => PAIR_GROUP,
         #[cfg(target_arch = "x86_64")]

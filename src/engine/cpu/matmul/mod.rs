@@ -126,6 +126,11 @@ impl Inputs<'_> {
                 let words = unsafe {
                     std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len())
                 };
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Amx {
+                    pack_row_pair_tiles(x, rows, m.cols, words);
+                    return f(&Inputs::Pairs(words));
+                }
                 pack_row_pairs(x, rows, m.cols, group, words);
                 f(&Inputs::Pairs(words))
             })

@@ -332,25 +332,41 @@ pub(super) fn pack_rows(x: &[f32], rows: usize, cols: usize, group: usize, out: 
 
 /// `x` as bf16 pairs ([`bf16_pair`]) in the grouped k-major layout of
 /// [`Job::x`], one word per pair of columns, into `out` (`rows *
-/// cols.div_ceil(2)` words). Groups of one row are plain rows, converted in
-/// a loop that vectorizes (AMX reads its inputs so).
+/// cols.div_ceil(2)` words).
 pub(super) fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, group: usize, out: &mut [u32]) {
     let kps = cols.div_ceil(2);
     for (r0, rr) in groups(rows, group) {
         let dst = &mut out[r0 * kps..(r0 + rr) * kps];
         for r in 0..rr {
             let row = &x[(r0 + r) * cols..][..cols];
-            if rr == 1 {
-                let pairs = row.chunks_exact(2);
+            for (kp, pair) in row.chunks(2).enumerate() {
+                dst[kp * rr + r] = bf16_pair(pair[0], pair.get(1).copied());
+            }
+        }
+    }
+}
+
+/// `x` as bf16 pairs ([`bf16_pair`]) for AMX tiles, into `out` (`rows *
+/// cols.div_ceil(2)` words): groups of at most 16 rows ([`groups`]), each
+/// stored tile after tile, a tile being the group's rows' 16 pairs from
+/// `16 * kb` on, one row after another; the last `kps % 16` pairs likewise.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn pack_row_pair_tiles(x: &[f32], rows: usize, cols: usize, out: &mut [u32]) {
+    use super::amx::{TILE_PAIRS, TILE_ROWS};
+    let kps = cols.div_ceil(2);
+    for (r0, rr) in groups(rows, TILE_ROWS) {
+        let group = &mut out[r0 * kps..(r0 + rr) * kps];
+        for r in 0..rr {
+            let row = &x[(r0 + r) * cols..][..cols];
+            for (kb, src) in row.chunks(2 * TILE_PAIRS).enumerate() {
+                let width = src.len().div_ceil(2);
+                let dst = &mut group[kb * rr * TILE_PAIRS + r * width..][..width];
+                let pairs = src.chunks_exact(2);
                 if let [last] = pairs.remainder() {
-                    dst[kps - 1] = bf16_pair(*last, None);
+                    dst[width - 1] = bf16_pair(*last, None);
                 }
                 for (d, p) in dst.iter_mut().zip(pairs) {
                     *d = bf16_bits(p[1]) << 16 | bf16_bits(p[0]);
-                }
-            } else {
-                for (kp, pair) in row.chunks(2).enumerate() {
-                    dst[kp * rr + r] = bf16_pair(pair[0], pair.get(1).copied());
                 }
             }
         }

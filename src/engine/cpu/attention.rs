@@ -105,10 +105,15 @@ impl<T: KvElem> CacheView<'_, T> {
         {
             let n_max = self.pos0 + rows.end;
             return scratch::with([rows.len() * group * n_max], |[scores]| {
-                let wide = is_x86_feature_detected!("avx512f");
-                // SAFETY: the CPU has AVX2 and FMA (and AVX-512F where
-                // `wide`), and the head size is whole vectors.
-                unsafe { self.attend_rows_avx2(q, q_stride, rows, kvh, o, scores, wide) }
+                // SAFETY: the CPU has AVX2 and FMA (and AVX-512F for the
+                // wide one), and the head size is whole vectors.
+                unsafe {
+                    if is_x86_feature_detected!("avx512f") {
+                        self.attend_rows_avx2::<true>(q, q_stride, rows, kvh, o, scores)
+                    } else {
+                        self.attend_rows_avx2::<false>(q, q_stride, rows, kvh, o, scores)
+                    }
+                }
             });
         }
         for (i, r) in rows.enumerate() {
@@ -225,12 +230,12 @@ impl<T: KvElem> CacheView<'_, T> {
     /// against 21.2 µs), and positions in blocks of [`POSITIONS`] that every
     /// row of the block uses while they are in L1, each output's partial
     /// sum waiting in `o` between blocks. Without the blocks a long prompt
-    /// read each layer's whole K/V from L3 once per row. With `wide` the
+    /// read each layer's whole K/V from L3 once per row. With `WIDE` the
     /// weighted sum runs on 16 lanes (AVX-512F). Fused multiply-adds and the
     /// 16-lane sum took a 2,047-token bf16 prefill of the 100M model on AMX
     /// from 711-717 to 864-933 tokens/s (one thread, Xeon).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_rows_avx2(
+    unsafe fn attend_rows_avx2<const WIDE: bool>(
         &self,
         q: &[f32],
         q_stride: usize,
@@ -238,7 +243,6 @@ impl<T: KvElem> CacheView<'_, T> {
         kvh: usize,
         o: &mut [f32],
         scores: &mut [f32],
-        wide: bool,
     ) {
         let (hd, kvd, group) = (self.hd, self.kvd, self.group);
         let n_max = self.pos0 + rows.end;
@@ -248,7 +252,6 @@ impl<T: KvElem> CacheView<'_, T> {
         assert!(self.k.len() >= n_max * kvd && self.v.len() >= n_max * kvd);
         assert!(rows.is_empty() || q.len() >= (rows.end - 1) * q_stride + (kvh + 1) * group * hd);
         let k = self.k.as_ptr().add(kvh * hd);
-        let v = self.v.as_ptr().add(kvh * hd);
         // Head `i` of the block: row `rows.start + i / group`, which sees
         // `positions(i)` positions, its query and its scores.
         let positions = |i: usize| self.pos0 + rows.start + i / group + 1;
@@ -282,86 +285,81 @@ impl<T: KvElem> CacheView<'_, T> {
             crate::softmax::softmax_in_place(&mut scores[i * n_max..][..positions(i)]);
         }
         o.fill(0.0);
-        if wide {
-            weigh_avx512(scores, n_max, heads, positions, v, kvd, hd, o);
+        let scores = &scores[..heads * n_max];
+        if WIDE {
+            self.weigh_avx512(scores, heads, positions, kvh, o);
         } else {
-            weigh_avx2(scores, n_max, heads, positions, v, kvd, hd, o);
-        }
-    }
-}
-
-/// `o[i] += Σ_t scores[i][t] · V[t]` for each of `heads` heads (head `i`
-/// sees `positions(i)` positions, V rows `kvd` apart from `v`), in blocks
-/// of [`POSITIONS`] positions; each output element one fused chain over t
-/// in order, so 16 lanes give the bits of 8.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn weigh<const WIDE: bool, T: KvElem>(
-    scores: &[f32],
-    n_max: usize,
-    heads: usize,
-    positions: impl Fn(usize) -> usize,
-    v: *const T,
-    kvd: usize,
-    hd: usize,
-    o: &mut [f32],
-) {
-    for t0 in (0..n_max).step_by(POSITIONS) {
-        for i in 0..heads {
-            let t1 = (t0 + POSITIONS).min(positions(i));
-            if t1 <= t0 {
-                continue;
-            }
-            let p = &scores[i * n_max + t0..i * n_max + t1];
-            let (og, vt) = (o[i * hd..].as_mut_ptr(), v.add(t0 * kvd));
-            let mut d = 0;
-            while d < hd {
-                let (og, vt) = (og.add(d), vt.add(d));
-                d += match (WIDE, (hd - d) / 8) {
-                    (true, 8..) => weighted_sum16::<4, T>(p, vt, kvd, og),
-                    (true, 4..=7) => weighted_sum16::<2, T>(p, vt, kvd, og),
-                    (true, 2 | 3) => weighted_sum16::<1, T>(p, vt, kvd, og),
-                    (false, 8..) => weighted_sum::<8, T>(p, vt, kvd, og),
-                    (false, 4..=7) => weighted_sum::<4, T>(p, vt, kvd, og),
-                    (false, 2 | 3) => weighted_sum::<2, T>(p, vt, kvd, og),
-                    _ => weighted_sum::<1, T>(p, vt, kvd, og),
-                };
-            }
+            self.weigh_avx2(scores, heads, positions, kvh, o);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn weigh_avx2<T: KvElem>(
-    scores: &[f32],
-    n_max: usize,
-    heads: usize,
-    positions: impl Fn(usize) -> usize,
-    v: *const T,
-    kvd: usize,
-    hd: usize,
-    o: &mut [f32],
-) {
-    weigh::<false, T>(scores, n_max, heads, positions, v, kvd, hd, o)
-}
+impl<T: KvElem> CacheView<'_, T> {
+    /// `o[i] += Σ_t scores[i][t] · V[t]` for each of `heads` heads of KV
+    /// head `kvh` (head `i` sees `positions(i)` positions), in blocks of
+    /// [`POSITIONS`] positions; each output element one fused chain over t
+    /// in order, so 16 lanes give the bits of 8.
+    #[inline(always)]
+    unsafe fn weigh<const WIDE: bool>(
+        &self,
+        scores: &[f32],
+        heads: usize,
+        positions: impl Fn(usize) -> usize,
+        kvh: usize,
+        o: &mut [f32],
+    ) {
+        let (hd, kvd) = (self.hd, self.kvd);
+        let n_max = scores.len() / heads.max(1);
+        let v = self.v.as_ptr().add(kvh * hd);
+        for t0 in (0..n_max).step_by(POSITIONS) {
+            for i in 0..heads {
+                let t1 = (t0 + POSITIONS).min(positions(i));
+                if t1 <= t0 {
+                    continue;
+                }
+                let p = &scores[i * n_max + t0..i * n_max + t1];
+                let (og, vt) = (o[i * hd..].as_mut_ptr(), v.add(t0 * kvd));
+                let mut d = 0;
+                while d < hd {
+                    let (og, vt) = (og.add(d), vt.add(d));
+                    d += match (WIDE, (hd - d) / 8) {
+                        (true, 8..) => weighted_sum16::<4, T>(p, vt, kvd, og),
+                        (true, 4..=7) => weighted_sum16::<2, T>(p, vt, kvd, og),
+                        (true, 2 | 3) => weighted_sum16::<1, T>(p, vt, kvd, og),
+                        (false, 8..) => weighted_sum::<8, T>(p, vt, kvd, og),
+                        (false, 4..=7) => weighted_sum::<4, T>(p, vt, kvd, og),
+                        (false, 2 | 3) => weighted_sum::<2, T>(p, vt, kvd, og),
+                        _ => weighted_sum::<1, T>(p, vt, kvd, og),
+                    };
+                }
+            }
+        }
+    }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn weigh_avx512<T: KvElem>(
-    scores: &[f32],
-    n_max: usize,
-    heads: usize,
-    positions: impl Fn(usize) -> usize,
-    v: *const T,
-    kvd: usize,
-    hd: usize,
-    o: &mut [f32],
-) {
-    weigh::<true, T>(scores, n_max, heads, positions, v, kvd, hd, o)
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weigh_avx2(
+        &self,
+        scores: &[f32],
+        heads: usize,
+        positions: impl Fn(usize) -> usize,
+        kvh: usize,
+        o: &mut [f32],
+    ) {
+        self.weigh::<false>(scores, heads, positions, kvh, o)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn weigh_avx512(
+        &self,
+        scores: &[f32],
+        heads: usize,
+        positions: impl Fn(usize) -> usize,
+        kvh: usize,
+        o: &mut [f32],
+    ) {
+        self.weigh::<true>(scores, heads, positions, kvh, o)
+    }
 }
 
 /// Positions per block of [`CacheView::attend_rows`]: one KV head's K (or
@@ -605,7 +603,15 @@ mod tests {
                             let mut s = vec![f32::NAN; part.len() * group * n];
                             // SAFETY: the caller checked AVX2 and FMA, `wide` AVX-512F; hd is a multiple of 8.
                             unsafe {
-                                view.attend_rows_avx2(&q, q_stride, part, kvh, o, &mut s, wide)
+                                if wide {
+                                    view.attend_rows_avx2::<true>(
+                                        &q, q_stride, part, kvh, o, &mut s,
+                                    )
+                                } else {
+                                    view.attend_rows_avx2::<false>(
+                                        &q, q_stride, part, kvh, o, &mut s,
+                                    )
+                                }
                             };
                         }
                         assert_eq!(

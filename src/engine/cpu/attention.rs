@@ -294,6 +294,24 @@ impl<T: KvElem> CacheView<'_, T> {
     }
 }
 
+/// [`CacheView::weigh`] built for the instruction sets `$features`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! weigh_with {
+    ($name:ident, $features:literal, $wide:literal) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            &self,
+            scores: &[f32],
+            heads: usize,
+            positions: impl Fn(usize) -> usize,
+            kvh: usize,
+            o: &mut [f32],
+        ) {
+            self.weigh::<$wide>(scores, heads, positions, kvh, o)
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 impl<T: KvElem> CacheView<'_, T> {
     /// `o[i] += Σ_t scores[i][t] · V[t]` for each of `heads` heads of KV
@@ -323,43 +341,23 @@ impl<T: KvElem> CacheView<'_, T> {
                 let mut d = 0;
                 while d < hd {
                     let (og, vt) = (og.add(d), vt.add(d));
+                    use std::arch::x86_64::{__m256, __m512};
                     d += match (WIDE, (hd - d) / 8) {
-                        (true, 8..) => weighted_sum16::<4, T>(p, vt, kvd, og),
-                        (true, 4..=7) => weighted_sum16::<2, T>(p, vt, kvd, og),
-                        (true, 2 | 3) => weighted_sum16::<1, T>(p, vt, kvd, og),
-                        (false, 8..) => weighted_sum::<8, T>(p, vt, kvd, og),
-                        (false, 4..=7) => weighted_sum::<4, T>(p, vt, kvd, og),
-                        (false, 2 | 3) => weighted_sum::<2, T>(p, vt, kvd, og),
-                        _ => weighted_sum::<1, T>(p, vt, kvd, og),
+                        (true, 8..) => weighted_sum::<__m512, 4, T>(p, vt, kvd, og),
+                        (true, 4..=7) => weighted_sum::<__m512, 2, T>(p, vt, kvd, og),
+                        (true, 2 | 3) => weighted_sum::<__m512, 1, T>(p, vt, kvd, og),
+                        (false, 8..) => weighted_sum::<__m256, 8, T>(p, vt, kvd, og),
+                        (false, 4..=7) => weighted_sum::<__m256, 4, T>(p, vt, kvd, og),
+                        (false, 2 | 3) => weighted_sum::<__m256, 2, T>(p, vt, kvd, og),
+                        _ => weighted_sum::<__m256, 1, T>(p, vt, kvd, og),
                     };
                 }
             }
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn weigh_avx2(
-        &self,
-        scores: &[f32],
-        heads: usize,
-        positions: impl Fn(usize) -> usize,
-        kvh: usize,
-        o: &mut [f32],
-    ) {
-        self.weigh::<false>(scores, heads, positions, kvh, o)
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn weigh_avx512(
-        &self,
-        scores: &[f32],
-        heads: usize,
-        positions: impl Fn(usize) -> usize,
-        kvh: usize,
-        o: &mut [f32],
-    ) {
-        self.weigh::<true>(scores, heads, positions, kvh, o)
-    }
+    weigh_with!(weigh_avx2, "avx2,fma", false);
+    weigh_with!(weigh_avx512, "avx512f,avx2,fma", true);
 }
 
 /// Positions per block of [`CacheView::attend_rows`]: one KV head's K (or
@@ -441,62 +439,95 @@ unsafe fn reduce8(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m25
     _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
-/// [`weighted_sum`] with 16-lane vectors: `out[..16W]`.
+/// A vector of f32 lanes for [`weighted_sum`]: AVX2's 8 or AVX-512F's 16.
+/// Its methods inline into the caller's instruction set.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn weighted_sum16<const W: usize, E: KvElem>(
-    p: &[f32],
-    v: *const E,
-    kvd: usize,
-    out: *mut f32,
-) -> usize {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm512_setzero_ps(); W];
-    for (j, a) in acc.iter_mut().enumerate() {
-        *a = _mm512_loadu_ps(out.add(16 * j));
-    }
-    for (t, &pt) in p.iter().enumerate() {
-        let pv = _mm512_set1_ps(pt);
-        let vt = v.add(t * kvd);
-        for (j, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(pv, E::load16(vt.add(16 * j)), *a);
-        }
-    }
-    for (j, a) in acc.iter().enumerate() {
-        _mm512_storeu_ps(out.add(16 * j), *a);
-    }
-    16 * W
+trait Lanes: Copy {
+    const LANES: usize;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    unsafe fn splat(x: f32) -> Self;
+    /// `self * b + c`, rounded once.
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self;
+    unsafe fn load_kv<E: KvElem>(p: *const E) -> Self;
 }
 
-/// `out[..8W] += Σ_t p[t] · V[t][..8W]` (V rows `kvd` apart from `v`), each
-/// element's sum continued over t in order, fused; returns the dimensions
-/// done.
+/// [`Lanes`] for one vector type from its intrinsics.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn weighted_sum<const W: usize, E: KvElem>(
+macro_rules! lanes {
+    ($v:ident, $n:literal, $load:ident, $store:ident, $set1:ident, $fmadd:ident, $kv:ident) => {
+        impl Lanes for std::arch::x86_64::$v {
+            const LANES: usize = $n;
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                std::arch::x86_64::$load(p)
+            }
+            #[inline(always)]
+            unsafe fn store(self, p: *mut f32) {
+                std::arch::x86_64::$store(p, self)
+            }
+            #[inline(always)]
+            unsafe fn splat(x: f32) -> Self {
+                std::arch::x86_64::$set1(x)
+            }
+            #[inline(always)]
+            unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+                std::arch::x86_64::$fmadd(self, b, c)
+            }
+            #[inline(always)]
+            unsafe fn load_kv<E: KvElem>(p: *const E) -> Self {
+                E::$kv(p)
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+lanes!(
+    __m256,
+    8,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    load8
+);
+#[cfg(target_arch = "x86_64")]
+lanes!(
+    __m512,
+    16,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    load16
+);
+
+/// `out[..L * W] += Σ_t p[t] · V[t][..L * W]` for vectors of `L` lanes
+/// (V rows `kvd` apart from `v`), each element's sum continued over t in
+/// order, fused; returns the dimensions done.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weighted_sum<V: Lanes, const W: usize, E: KvElem>(
     p: &[f32],
     v: *const E,
     kvd: usize,
     out: *mut f32,
 ) -> usize {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); W];
+    let mut acc = [V::splat(0.0); W];
     for (j, a) in acc.iter_mut().enumerate() {
-        *a = _mm256_loadu_ps(out.add(8 * j));
+        *a = V::load(out.add(V::LANES * j));
     }
     for (t, &pt) in p.iter().enumerate() {
-        let pv = _mm256_set1_ps(pt);
+        let pv = V::splat(pt);
         let vt = v.add(t * kvd);
         for (j, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(pv, E::load8(vt.add(8 * j)), *a);
+            *a = pv.mul_add(V::load_kv(vt.add(V::LANES * j)), *a);
         }
     }
     for (j, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out.add(8 * j), *a);
+        a.store(out.add(V::LANES * j));
     }
-    8 * W
+    V::LANES * W
 }
 
 #[cfg(test)]

@@ -285,50 +285,32 @@ impl<T: KvElem> CacheView<'_, T> {
             crate::softmax::softmax_in_place(&mut scores[i * n_max..][..positions(i)]);
         }
         o.fill(0.0);
-        let scores = &scores[..heads * n_max];
         if WIDE {
-            self.weigh_avx512(scores, heads, positions, kvh, o);
+            self.weigh_avx512(scores, n_max, heads, positions, kvh, o);
         } else {
-            self.weigh_avx2(scores, heads, positions, kvh, o);
+            self.weigh::<false>(scores, n_max, heads, positions, kvh, o);
         }
     }
-}
-
-/// [`CacheView::weigh`] built for the instruction sets `$features`.
-#[cfg(target_arch = "x86_64")]
-macro_rules! weigh_with {
-    ($name:ident, $features:literal, $wide:literal) => {
-        #[target_feature(enable = $features)]
-        unsafe fn $name(
-            &self,
-            scores: &[f32],
-            heads: usize,
-            positions: impl Fn(usize) -> usize,
-            kvh: usize,
-            o: &mut [f32],
-        ) {
-            self.weigh::<$wide>(scores, heads, positions, kvh, o)
-        }
-    };
 }
 
 #[cfg(target_arch = "x86_64")]
 impl<T: KvElem> CacheView<'_, T> {
     /// `o[i] += Σ_t scores[i][t] · V[t]` for each of `heads` heads of KV
-    /// head `kvh` (head `i` sees `positions(i)` positions), in blocks of
-    /// [`POSITIONS`] positions; each output element one fused chain over t
-    /// in order, so 16 lanes give the bits of 8.
+    /// head `kvh` (head `i` sees `positions(i)` positions, its scores
+    /// `n_max` apart), in blocks of [`POSITIONS`] positions; each output
+    /// element one fused chain over t in order, so 16 lanes give the bits
+    /// of 8.
     #[inline(always)]
     unsafe fn weigh<const WIDE: bool>(
         &self,
         scores: &[f32],
+        n_max: usize,
         heads: usize,
         positions: impl Fn(usize) -> usize,
         kvh: usize,
         o: &mut [f32],
     ) {
         let (hd, kvd) = (self.hd, self.kvd);
-        let n_max = scores.len() / heads.max(1);
         let v = self.v.as_ptr().add(kvh * hd);
         for t0 in (0..n_max).step_by(POSITIONS) {
             for i in 0..heads {
@@ -356,8 +338,20 @@ impl<T: KvElem> CacheView<'_, T> {
         }
     }
 
-    weigh_with!(weigh_avx2, "avx2,fma", false);
-    weigh_with!(weigh_avx512, "avx512f,avx2,fma", true);
+    /// [`CacheView::weigh`] on 16 lanes (the 8-lane one inlines into
+    /// `attend_rows_avx2`, which has its instruction sets).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn weigh_avx512(
+        &self,
+        scores: &[f32],
+        n_max: usize,
+        heads: usize,
+        positions: impl Fn(usize) -> usize,
+        kvh: usize,
+        o: &mut [f32],
+    ) {
+        self.weigh::<true>(scores, n_max, heads, positions, kvh, o)
+    }
 }
 
 /// Positions per block of [`CacheView::attend_rows`]: one KV head's K (or

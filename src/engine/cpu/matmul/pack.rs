@@ -361,13 +361,7 @@ pub(super) fn pack_row_pair_tiles(x: &[f32], rows: usize, cols: usize, out: &mut
             for (kb, src) in row.chunks(2 * TILE_PAIRS).enumerate() {
                 let width = src.len().div_ceil(2);
                 let dst = &mut group[kb * rr * TILE_PAIRS + r * width..][..width];
-                let pairs = src.chunks_exact(2);
-                if let [last] = pairs.remainder() {
-                    dst[width - 1] = bf16_pair(*last, None);
-                }
-                for (d, p) in dst.iter_mut().zip(pairs) {
-                    *d = bf16_bits(p[1]) << 16 | bf16_bits(p[0]);
-                }
+                fill_pairs(dst, src, bf16_pair);
             }
         }
     }

@@ -88,6 +88,59 @@ fn batched_passes_equal_solo_passes_bit_for_bit() {
     }
 }
 
+/// Long contexts make a batch's attention large enough that its sessions'
+/// attention runs side by side on the worker threads: still bit-identical.
+#[test]
+fn batched_attention_over_long_contexts_equals_solo_passes() {
+    let name = "gqa-bf16-tied-llama3-sharded";
+    let model = load(name);
+    let l = model.num_layers();
+    let n = 16;
+    let context = |i: usize| -> Vec<u32> {
+        (0..100 + i)
+            .map(|k| (k * 13 + i) as u32 % 300 + 5)
+            .collect()
+    };
+    let prefilled = || -> Vec<Session> {
+        (0..n)
+            .map(|i| {
+                let mut s = Session::new(model.clone(), 0).unwrap();
+                s.forward(&context(i), l, Logits::None).unwrap();
+                s
+            })
+            .collect()
+    };
+    let (mut solo, mut batched) = (prefilled(), prefilled());
+    let tokens: Vec<Vec<u32>> = (0..n)
+        .map(|i| vec![(i * 7) as u32 % 200 + 5; 1 + i % 3])
+        .collect();
+    for (s, t) in solo.iter_mut().zip(&tokens) {
+        s.forward(t, l, Logits::All).unwrap();
+    }
+    let mut items: Vec<BatchItem> = batched
+        .iter_mut()
+        .zip(&tokens)
+        .map(|(s, t)| BatchItem {
+            session: s,
+            tokens: t,
+            exit: l,
+            logits: Logits::All,
+            pick: None,
+        })
+        .collect();
+    for r in forward_batch(&mut items) {
+        r.unwrap();
+    }
+    for (i, (a, b)) in solo.iter().zip(&batched).enumerate() {
+        let (x, y) = (a.logits(), b.logits());
+        assert_eq!(x.len(), y.len(), "session {i}");
+        assert!(
+            x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "session {i}: logits differ"
+        );
+    }
+}
+
 #[test]
 fn batched_greedy_decoding_equals_solo_decoding() {
     let model = load("gqa-bf16-tied-llama3-sharded");

@@ -185,6 +185,11 @@ impl CpuEngine {
 
     /// Causal attention of `rows` new queries (positions `pos0..`) over the
     /// layer's cache, which already holds their own K/V.
+    /// Multiply-adds of the attention of `rows` new positions after `pos0`.
+    fn attention_work(&self, rows: usize, pos0: usize) -> usize {
+        rows * self.cfg.num_heads * (pos0 + rows) * self.cfg.head_dim * 2
+    }
+
     fn attention<T: KvElem>(&self, q: &[f32], k: &[T], v: &[T], pos0: usize, out: &mut [f32]) {
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
@@ -223,8 +228,7 @@ impl CpuEngine {
                 }
             })
         };
-        let work = rows * nh * (pos0 + rows) * hd * 2;
-        if work < matmul::SERIAL_BELOW {
+        if self.attention_work(rows, pos0) < matmul::SERIAL_BELOW {
             (0..blocks * nkv).for_each(unit);
         } else {
             (0..blocks * nkv).into_par_iter().for_each(unit);
@@ -382,7 +386,7 @@ impl Engine for CpuEngine {
                 &mut [(&w.q, &mut **q), (&w.k, &mut **k), (&w.v, &mut **v)],
             );
 
-            // Attention per session, over its own cache.
+            // Each session's new positions into its own cache.
             let mut r0 = 0;
             for seg in segments.iter_mut() {
                 let (n, pos0) = (seg.rows, seg.pos0);
@@ -393,14 +397,33 @@ impl Engine for CpuEngine {
                     rope::apply(&mut k[r * kvd..(r + 1) * kvd], hd, pos, &self.inv_freq);
                 }
                 let rows = r0 * kvd..(r0 + n) * kvd;
-                let cache = &mut seg.kv.layers[layer];
-                cache.extend(&k[rows.clone()], &v[rows]);
-                let (q, out) = (
-                    &q[r0 * qd..(r0 + n) * qd],
-                    &mut attn[r0 * qd..(r0 + n) * qd],
-                );
-                with_pair!(&*cache, p => self.attention(q, &p.k, &p.v, pos0, out));
+                seg.kv.layers[layer].extend(&k[rows.clone()], &v[rows]);
                 r0 += n;
+            }
+            // Attention per session, over its own cache. One decoding row's
+            // attention is too small to share among threads by itself, so
+            // the sessions of a batch run side by side.
+            let attend = |seg: &Segment<'_, CpuKv>, q: &[f32], out: &mut [f32]| with_pair!(&seg.kv.layers[layer], p => self.attention(q, &p.k, &p.v, seg.pos0, out));
+            let work: usize = segments
+                .iter()
+                .map(|s| self.attention_work(s.rows, s.pos0))
+                .sum();
+            let (q, mut out, mut r0) = (&**q, &mut **attn, 0);
+            if segments.len() == 1 || work < matmul::SERIAL_BELOW {
+                for seg in segments.iter() {
+                    let (mine, rest) = out.split_at_mut(seg.rows * qd);
+                    attend(seg, &q[r0 * qd..(r0 + seg.rows) * qd], mine);
+                    (out, r0) = (rest, r0 + seg.rows);
+                }
+            } else {
+                rayon::scope(|s| {
+                    for seg in segments.iter() {
+                        let (mine, rest) = out.split_at_mut(seg.rows * qd);
+                        let q = &q[r0 * qd..(r0 + seg.rows) * qd];
+                        s.spawn(move |_| attend(seg, q, mine));
+                        (out, r0) = (rest, r0 + seg.rows);
+                    }
+                });
             }
             matmul(attn, rows, &w.o, o);
             x.data.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);

@@ -48,6 +48,13 @@ impl Load16 for i8 {
     }
 }
 
+/// How far ahead in a panel's weights [`tile`] prefetches. The hardware
+/// prefetcher alone leaves a core short of the bandwidth it can draw: 1,024
+/// bytes ahead made the 100M model's layer products 1.1-1.25x faster with
+/// int8 weights (1-16 rows) and 1.05-1.5x with bf16 ones (f32 products),
+/// on a Xeon with AMX, one thread; 512 and 2,048 did no better.
+const PREFETCH: usize = 1024;
+
 /// Rows `r0..r0+R` against panels `p0..p0+P`.
 #[inline(always)]
 unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize, p0: usize) {
@@ -66,13 +73,24 @@ unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize,
             }
         };
     }
+    // Element `e` of panel `p`, prefetched `PREFETCH` bytes ahead once per
+    // cache line.
+    macro_rules! at {
+        ($p:expr, $e:expr) => {{
+            let at = w.add(($p * elems + $e) * PANEL);
+            if ($e * PANEL * size_of::<W>()) % 64 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>((at as *const i8).wrapping_add(PREFETCH));
+            }
+            at
+        }};
+    }
     // The first `steps` steps of element `e` (columns e * STEPS + s).
     macro_rules! step {
         ($e:expr, $steps:expr) => {
             if R * P <= 16 {
                 // Few accumulators: load each element once for its steps.
                 for p in 0..P {
-                    let v = W::load16(w.add((p * elems + $e) * PANEL));
+                    let v = W::load16(at!(p, $e));
                     for s in 0..$steps {
                         fma_rows!(W::widen(v, s), $e * W::STEPS + s, p);
                     }
@@ -82,7 +100,12 @@ unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize,
                 // every panel's element in a register.
                 for s in 0..$steps {
                     for p in 0..P {
-                        let wv = W::widen(W::load16(w.add((p * elems + $e) * PANEL)), s);
+                        let at = if s == 0 {
+                            at!(p, $e)
+                        } else {
+                            w.add((p * elems + $e) * PANEL)
+                        };
+                        let wv = W::widen(W::load16(at), s);
                         fma_rows!(wv, $e * W::STEPS + s, p);
                     }
                 }

@@ -280,7 +280,7 @@ int main(int argc, char **argv) {
             mo.struct_size = 16;
             EXPECT(LSK_ERR_STRUCT_SIZE, lsk_model_load(argv[1], &mo, &limited, &err_));
             CHECK(lsk_model_options_init(&mo, 16) == LSK_ERR_STRUCT_SIZE);
-            /* Weight-only int8, bf16 products and a bf16 K/V cache: load and decode;
+            /* int8 products, bf16 products and a bf16 K/V cache: load and decode;
              * unknown values are refused. */
             lsk_model_options_init(&mo, sizeof mo);
             mo.quantize = 9;

@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
     CHECK(error_code_of([&] { layerskip::Model m(argv[2]); }) == LSK_ERR_WEIGHTS);
 
     {
-        // Options: weight-only int8 loads and decodes; a bad value throws.
+        // Options: int8 products load and decodes; a bad value throws.
         lsk_model_options mo;
         lsk_model_options_init(&mo, sizeof mo);
         mo.quantize = 5;

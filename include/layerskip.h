@@ -177,7 +177,8 @@ enum lsk_quantize
  {
   // Weights as stored.
   LSK_QUANTIZE_NONE = 0,
-  // Weight-only int8, symmetric per output channel.
+  // int8 products: weights per output channel, inputs per block of 32
+  // columns (llama.cpp's q8_0 scheme).
   LSK_QUANTIZE_INT8 = 1,
   // bf16 matrix products: bf16 weights and inputs, f32 sums (fastest
   // multi-row products on CPUs with AMX or AVX512_BF16).

@@ -1,4 +1,4 @@
-//! Weight-only int8, bf16 products and a bf16 K/V cache: self-speculation
+//! int8 products, bf16 products and a bf16 K/V cache: self-speculation
 //! stays lossless with each, and predictions stay close to the plain model's
 //! on Python code (the bundled model's domain).
 

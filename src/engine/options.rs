@@ -47,7 +47,9 @@ pub enum Quantize {
     /// As stored (f32, bf16 or f16).
     #[default]
     None,
-    /// Weight-only int8, symmetric per output channel (activations stay f32).
+    /// int8 products: weights symmetric per output channel, each product's
+    /// inputs quantized per block of 32 columns (llama.cpp's q8_0 scheme),
+    /// exact integer sums per block, f32 across blocks.
     /// Embeddings are looked up from the checkpoint as stored.
     Int8,
     /// bf16 matrix products: weights in bf16 (f32/f16 checkpoints are

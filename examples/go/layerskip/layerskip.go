@@ -163,7 +163,7 @@ type Model struct {
 // Weight quantization at load (lsk_quantize).
 const (
 	QuantizeNone = 0
-	QuantizeInt8 = 1 // weight-only int8, per output channel
+	QuantizeInt8 = 1 // int8 products: weights per output channel, inputs per block of 32
 	QuantizeBf16 = 2 // bf16 matrix products: bf16 weights and inputs, f32 sums
 )
 

@@ -96,7 +96,8 @@ struct ModelArgs {
     /// Checkpoint directory (default: the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Quantize at load: `int8` weight-only per output channel; `bf16`
+    /// Quantize at load: `int8` products (weights per output channel,
+    /// inputs per block of 32, as llama.cpp's q8_0; VNNI where present); `bf16`
     /// matrix products with bf16 weights and inputs, f32 sums (llama.cpp's
     /// bf16 arithmetic; fast multi-row products with AVX512_BF16 or AMX).
     #[arg(long, value_enum, default_value_t = QuantizeArg::None)]

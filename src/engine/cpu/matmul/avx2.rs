@@ -1,4 +1,5 @@
 //! AVX2 + FMA + F16C tiles of R input rows by P panels (16 P outputs).
+use super::int8::{Quad, BLOCK_QUADS};
 use super::{groups, Bf16Pair, HighFirst, Job, Weight, PANEL};
 use half::f16;
 use std::arch::x86_64::*;
@@ -64,19 +65,6 @@ impl Load16 for f16 {
         (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi))
     }
 }
-impl Load16 for i8 {
-    /// int8 tiles are bound by widening (four instructions per 16 weights),
-    /// not by memory: prefetching made 9-row products 1.1x slower.
-    const PREFETCH: usize = 0;
-    #[inline(always)]
-    unsafe fn load16(p: *const Self) -> (__m256, __m256) {
-        let v = _mm_loadu_si128(p as *const __m128i);
-        let lo = _mm256_cvtepi8_epi32(v);
-        let hi = _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v));
-        (_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi))
-    }
-}
-
 /// Writes a tile's sums (outputs 0..8 and 8..16 of each panel).
 #[inline(always)]
 unsafe fn store<W, X, const R: usize, const P: usize>(
@@ -171,5 +159,77 @@ pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
             }
         }
         p += width;
+    }
+}
+
+/// int8 tile (see `int8.rs`): per block of 32 columns, the exact integer
+/// sums by `VPMADDUBSW` of |x| and the weights with x's sign (at most
+/// 2 · 127 · 127 per pair of columns: nothing saturates) and `VPMADDWD`,
+/// then one FMA by the block's scale.
+#[inline(always)]
+unsafe fn tile_int8<const R: usize, const P: usize>(j: &Job<Quad, u32>, r0: usize, p0: usize) {
+    let kq = j.cols;
+    let nb = kq / BLOCK_QUADS;
+    let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
+    let w = j.w.as_ptr().add(p0 * PANEL * kq);
+    let x = j.x.as_ptr().add(r0 * kq);
+    let (flip, ones) = (_mm256_set1_epi8(-128), _mm256_set1_epi16(1));
+    for b in 0..nb {
+        let mut sums = [[[_mm256_setzero_si256(); 2]; P]; R];
+        for e in b * BLOCK_QUADS..(b + 1) * BLOCK_QUADS {
+            for p in 0..P {
+                let at = w.add((p * kq + e) * PANEL) as *const __m256i;
+                let wv = [0, 1].map(|h| _mm256_xor_si256(_mm256_loadu_si256(at.add(h)), flip));
+                for (r, row) in sums.iter_mut().enumerate() {
+                    let xv = _mm256_set1_epi32(*x.add(e * R + r) as i32);
+                    let ax = _mm256_abs_epi8(xv);
+                    for (s, &wh) in row[p].iter_mut().zip(&wv) {
+                        let pairs = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wh, xv));
+                        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+        }
+        for (r, (row, sums)) in acc.iter_mut().zip(&sums).enumerate() {
+            let scale = _mm256_set1_ps(j.x_blocks[(r0 + r) * nb + b].scale);
+            for (a, s) in row.iter_mut().flatten().zip(sums.iter().flatten()) {
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), scale, *a);
+            }
+        }
+    }
+    store(j, r0, p0, &acc);
+}
+
+/// int8 products in groups of at most [`super::AVX2_INT8_GROUP`] rows: a
+/// tile holds `4 * R * P` sums (integer and float, two halves of a panel),
+/// so one row takes two panels and more rows one.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn block_int8(j: &Job<Quad, u32>, ps: std::ops::Range<usize>) {
+    for (r0, rr) in groups(j.rows, j.group) {
+        let mut p = ps.start;
+        while p < ps.end {
+            p += match rr {
+                1 if ps.end - p >= 2 => {
+                    tile_int8::<1, 2>(j, r0, p);
+                    2
+                }
+                1 => {
+                    tile_int8::<1, 1>(j, r0, p);
+                    1
+                }
+                2 => {
+                    tile_int8::<2, 1>(j, r0, p);
+                    1
+                }
+                3 => {
+                    tile_int8::<3, 1>(j, r0, p);
+                    1
+                }
+                _ => {
+                    tile_int8::<4, 1>(j, r0, p);
+                    1
+                }
+            };
+        }
     }
 }

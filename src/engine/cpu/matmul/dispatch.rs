@@ -112,10 +112,22 @@ pub(super) const EMULATED_PAIR_GROUP_512: usize = 6;
 /// Rows per group of the AVX2 kernel (see `avx2::block`).
 pub(super) const AVX2_GROUP: usize = 5;
 
-/// Rows per tile group: as many accumulators as the registers hold (the
-/// layout of packed inputs; results do not depend on it). AMX packs its
-/// own ([`pack_row_pair_tiles`]).
-pub(super) fn group_rows(isa: Isa, pairs: bool) -> usize {
+/// Rows per group of the AVX2 int8 kernel (see `avx2::block_int8`).
+pub(super) const AVX2_INT8_GROUP: usize = 4;
+
+/// Rows per tile group of `m`'s kernel: as many accumulators as the
+/// registers hold (the layout of packed inputs; results do not depend on
+/// it). AMX packs its own ([`pack_row_pair_tiles`]).
+pub(super) fn group_rows(isa: Isa, m: &Mat) -> usize {
+    let pairs = m.pairs();
+    #[cfg(target_arch = "x86_64")]
+    if let Packed::I8 { .. } = m.packed {
+        return match isa {
+            Isa::Portable => 8,
+            _ if vnni(isa) => AVX512_GROUP,
+            _ => AVX2_INT8_GROUP,
+        };
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if pairs => amx::TILE_ROWS,
@@ -175,5 +187,25 @@ pub(super) fn run_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>, isa: Isa)
         Isa::Portable => block_portable_pairs(j, ps),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unreachable!("AVX2 runs bf16 pairs as HighFirst steps"),
+    }
+}
+
+/// Whether `isa`'s int8 products run on AVX512_VNNI (`VPDPBUSD`).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn vnni(isa: Isa) -> bool {
+    matches!(isa, Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx)
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+pub(super) fn run_int8(j: &Job<Quad, u32>, ps: std::ops::Range<usize>, isa: Isa) {
+    // SAFETY: `isa()` checked that the CPU has AVX2 (and AVX-512F), and
+    // `vnni` checks the rest.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        _ if vnni(isa) => unsafe { avx512::block_int8(j, ps) },
+        Isa::Portable => int8::block_portable_int8(j, ps),
+        #[cfg(target_arch = "x86_64")]
+        _ => unsafe { avx2::block_int8(j, ps) },
     }
 }

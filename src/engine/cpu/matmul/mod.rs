@@ -26,6 +26,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod dispatch;
+mod int8;
 mod pack;
 mod portable;
 #[cfg(test)]
@@ -33,6 +34,7 @@ mod tests;
 
 pub use dispatch::kernel_name;
 use dispatch::*;
+use int8::{BlockScale, Quad};
 pub use pack::Mat;
 use pack::*;
 use portable::*;
@@ -65,6 +67,9 @@ struct Job<'a, W, X = f32> {
     /// Per-output scales of an int8 matrix (empty otherwise), applied once
     /// to each finished sum.
     scale: &'a [f32],
+    /// Per input row and block of an int8 product (empty otherwise), row by
+    /// row.
+    x_blocks: &'a [BlockScale],
     out: OutPtr,
 }
 
@@ -105,6 +110,9 @@ enum Inputs<'a> {
     F32(&'a [f32]),
     /// bf16 pairs ([`pack_row_pairs`]) for [`Packed::Bf16Pairs`].
     Pairs(&'a [u32]),
+    /// int8 words and their blocks ([`int8::quantize_inputs`]) for
+    /// [`Packed::I8`].
+    Int8(&'a [u32], &'a [BlockScale]),
 }
 
 impl Inputs<'_> {
@@ -112,7 +120,24 @@ impl Inputs<'_> {
     /// (its k-major layout is itself); packed rows go into a reused
     /// per-thread buffer.
     fn with<R>(m: &Mat, x: &[f32], rows: usize, isa: Isa, f: impl FnOnce(&Inputs) -> R) -> R {
-        let group = group_rows(isa, m.pairs());
+        let group = group_rows(isa, m);
+        if let Packed::I8 { .. } = m.packed {
+            let kq = int8::quads(m.cols);
+            let nb = rows * kq / int8::BLOCK_QUADS;
+            return super::scratch::with([rows * kq, 2 * nb], |[buf, blocks]| {
+                // SAFETY: u32, i32 and f32 have one size and alignment, every
+                // bit pattern is valid for each, and a BlockScale is an f32
+                // and an i32 (2 * nb words).
+                let (words, blocks) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()),
+                        std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut BlockScale, nb),
+                    )
+                };
+                int8::quantize_inputs(x, rows, m.cols, group, words, blocks);
+                f(&Inputs::Int8(words, blocks))
+            });
+        }
         if m.pairs() && pairs_as_f32(isa) {
             let n = rows * 2 * m.cols.div_ceil(2);
             super::scratch::with([n, n], |[tmp, buf]| {
@@ -155,12 +180,13 @@ fn run_block(m: &Mat, x: &Inputs, rows: usize, ps: std::ops::Range<usize>, out: 
         ($w:expr, $x:expr, $cols:expr, $scale:expr) => {
             Job {
                 scale: $scale,
+                x_blocks: &[],
                 w: $w,
                 cols: $cols,
                 n_out: m.rows,
                 x: $x,
                 rows,
-                group: group_rows(isa, m.pairs()),
+                group: group_rows(isa, m),
                 out,
             }
         };
@@ -169,7 +195,13 @@ fn run_block(m: &Mat, x: &Inputs, rows: usize, ps: std::ops::Range<usize>, out: 
         (Packed::F32(w), Inputs::F32(x)) => run_typed(&job!(w, x), ps, isa),
         (Packed::BF16(w), Inputs::F32(x)) => run_typed(&job!(w, x), ps, isa),
         (Packed::F16(w), Inputs::F32(x)) => run_typed(&job!(w, x), ps, isa),
-        (Packed::I8 { q, scale }, Inputs::F32(x)) => run_typed(&job!(q, x, m.cols, scale), ps, isa),
+        (Packed::I8 { q, scale }, Inputs::Int8(x, blocks)) => {
+            let j = Job {
+                x_blocks: blocks,
+                ..job!(q, x, int8::quads(m.cols), scale)
+            };
+            run_int8(&j, ps, isa)
+        }
         (Packed::Bf16Pairs(w), Inputs::F32(x)) => {
             let cols = 2 * m.cols.div_ceil(2);
             run_high_first(&job!(high_first(w), x, cols, &[]), ps, isa)

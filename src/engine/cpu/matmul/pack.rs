@@ -68,12 +68,6 @@ impl Weight for f16 {
         self.to_f32()
     }
 }
-impl Weight for i8 {
-    #[inline(always)]
-    fn at(self, _: usize) -> f32 {
-        self as f32
-    }
-}
 
 /// Panels of one matrix: `panels * cols * PANEL` elements, zero-padded past
 /// the last output row.
@@ -82,9 +76,9 @@ pub(super) enum Packed {
     F32(HugeBuf<f32>),
     BF16(HugeBuf<Bf16Pair>),
     F16(HugeBuf<f16>),
-    /// Weight-only int8: `W[j][k] ≈ q[j][k] * scale[j]`.
+    /// int8 ([`super::int8`]): `W[j][k] ≈ q[j][k] * scale[j]`.
     I8 {
-        q: HugeBuf<i8>,
+        q: HugeBuf<Quad>,
         scale: Vec<f32>,
     },
     /// bf16 weights for bf16 dot products (inputs rounded to bf16 too):
@@ -205,39 +199,13 @@ pub(super) fn pack_pairs<S: Copy + Sync + Into<f32>>(
     })
 }
 
-/// Symmetric int8 per output row, packed: `scale = max|w| / 127`,
-/// `q = round(w * (127 / max))`.
-pub(super) fn quantize_rows<S: Copy + Sync + Into<f32>>(
-    w: &[S],
-    rows: usize,
-    cols: usize,
-) -> (HugeBuf<i8>, Vec<f32>) {
-    let mut scale = vec![0f32; rows.div_ceil(PANEL) * PANEL];
-    let mut inv = vec![0f32; rows];
-    scale
-        .par_iter_mut()
-        .zip(inv.par_iter_mut())
-        .zip(w.par_chunks(cols))
-        .for_each(|((s, inv), w)| {
-            let max = w.iter().fold(0f32, |m, v| m.max((*v).into().abs()));
-            *s = max / 127.0;
-            *inv = if max > 0.0 { 127.0 / max } else { 0.0 };
-        });
-    let q = pack_panels(rows, cols, |j, row| {
-        for (d, &v) in row.iter_mut().zip(row_of(w, cols, j)) {
-            *d = to_int8(v.into() * inv[j]);
-        }
-    });
-    (q, scale)
-}
-
 /// `x.round().clamp(-127.0, 127.0) as i8` (half away from zero) in
 /// operations that vectorize: `f32::round` is a libm call per weight on
 /// baseline x86-64, the slowest part of an int8 load. Clamped first, so an
 /// infinite `x` (a row whose largest weight is below 127 / f32::MAX) is
 /// ±127 as well.
 #[inline(always)]
-pub(super) fn to_int8(x: f32) -> i8 {
+pub(crate) fn to_int8(x: f32) -> i8 {
     let x = x.clamp(-127.0, 127.0);
     let t = x as i32; // towards zero; NaN: 0
     let frac = x - t as f32; // exact
@@ -255,14 +223,14 @@ impl Mat {
         self.cols
     }
 
-    /// The matrix quantized to int8 per output row (weight-only: activations
-    /// stay f32).
+    /// The matrix quantized to int8 per output row, for int8 products
+    /// (inputs are quantized per block of 32 columns; see [`super::int8`]).
     pub fn new_int8(tensor: &Tensor) -> Self {
         let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
         let (q, scale) = match tensor.data() {
-            TensorData::F32(w) => quantize_rows(w, rows, cols),
-            TensorData::BF16(w) => quantize_rows(w, rows, cols),
-            TensorData::F16(w) => quantize_rows(w, rows, cols),
+            TensorData::F32(w) => int8::quantize_weights(w, rows, cols),
+            TensorData::BF16(w) => int8::quantize_weights(w, rows, cols),
+            TensorData::F16(w) => int8::quantize_weights(w, rows, cols),
         };
         Mat {
             packed: Packed::I8 { q, scale },
@@ -311,7 +279,7 @@ impl Mat {
             Packed::F32(w) => w.len() * 4,
             Packed::BF16(w) => w.len() * 4,
             Packed::F16(w) => w.len() * 2,
-            Packed::I8 { q, scale } => q.len() + scale.len() * 4,
+            Packed::I8 { q, scale } => q.len() * 4 + scale.len() * 4,
             Packed::Bf16Pairs(w) => w.len() * 4,
         }
     }

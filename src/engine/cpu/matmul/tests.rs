@@ -137,35 +137,63 @@ fn bf16_pairs_match_vdpbf16ps_arithmetic_on_every_kernel_and_stay_close() {
     }
 }
 
+/// Symmetric int8 of `v`: `(max|v| / 127, round(v * (127 / max)))`.
+fn quantized(v: &[f32]) -> (f32, Vec<f32>) {
+    let max = v.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+    let q = v.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0));
+    (max / 127.0, q.collect())
+}
+
 #[test]
-fn int8_is_one_chain_then_the_row_scale_on_every_kernel_and_close_to_the_weights() {
+fn int8_is_exact_block_sums_in_one_chain_on_every_kernel_and_close_to_the_product() {
+    // 45 columns: a partial block of inputs.
     let (n, cols) = (37, 45);
     // Every stored dtype: the packers read them without an f32 copy.
     for dtype in [DType::F32, DType::BF16, DType::F16] {
         let t = tensor(dtype, n, cols);
-        // The definition: per output row, scale = max|w| / 127 and
-        // q = round(w * (127 / max)).
-        let w = t.to_f32();
-        let (mut q, mut scale) = (vec![0f32; n * cols], vec![0f32; n]);
-        for (j, row) in w.chunks(cols).enumerate() {
-            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            scale[j] = max / 127.0;
-            for (q, v) in q[j * cols..].iter_mut().zip(row) {
-                *q = (v * (127.0 / max)).round().clamp(-127.0, 127.0);
+        let w: Vec<(f32, Vec<f32>)> = t.to_f32().chunks(cols).map(quantized).collect();
+        each_output(&t, &Mat::new_int8(&t), &[1, 2, 4, 5, 9, 17], |o| {
+            let (ws, qw) = &w[o.j];
+            // The definition: per block of 32 inputs, the integer sum times
+            // the block's scale, added in order by fused multiply-adds; then
+            // the weights' row scale.
+            let (mut sum, mut bound) = (0f32, 0f32);
+            for (b, xb) in o.x.chunks(int8::BLOCK).enumerate() {
+                let (xs, qx) = quantized(xb);
+                let qw = &qw[b * int8::BLOCK..];
+                let dot: f32 = qw.iter().zip(&qx).map(|(a, b)| a * b).sum();
+                sum = dot.mul_add(xs, sum);
+                // Half a step of each weight and of each input.
+                bound += qw
+                    .iter()
+                    .zip(&qx)
+                    .map(|(a, b)| 0.5 * (ws * b.abs() + xs * a.abs() * ws))
+                    .sum::<f32>();
             }
-        }
-        each_output(&t, &Mat::new_int8(&t), &[1, 2, 5, 9, 17], |o| {
-            let q = &q[o.j * cols..][..cols];
-            let sum = q.iter().zip(o.x).fold(0f32, |a, (q, x)| q.mul_add(*x, a));
-            assert_eq!(o.got.to_bits(), (sum * scale[o.j]).to_bits(), "{}", o.what);
-            // Rounding error of at most half a step per weight.
-            let bound = 0.5 * scale[o.j] * o.x.iter().map(|v| v.abs()).sum::<f32>();
+            assert_eq!(o.got.to_bits(), (sum * ws).to_bits(), "{}", o.what);
+            let bound = bound + 0.25 * o.x.iter().map(|v| v.abs()).sum::<f32>() * ws / 127.0;
             assert!(
-                (o.got - o.exact).abs() <= bound * 1.001 + 1e-6,
-                "{}",
-                o.what
+                (o.got - o.exact).abs() <= bound * 1.01 + 1e-6,
+                "{}: {} vs {} (bound {bound})",
+                o.what,
+                o.got,
+                o.exact
             );
         });
+    }
+}
+
+#[test]
+fn int8_inputs_carry_nan_and_zero_blocks_to_the_outputs() {
+    let t = tensor(DType::F32, 20, 70);
+    let m = Mat::new_int8(&t);
+    let mut x = vec![0f32; 2 * 70];
+    x[70 + 40] = f32::NAN;
+    for isa in supported() {
+        let out = product(&m, &x, 2, isa);
+        assert!(out[..20].iter().all(|&v| v == 0.0), "{isa:?}: zeros");
+        assert!(out[20..].iter().all(|v| v.is_nan()), "{isa:?}: NaN");
     }
 }
 

@@ -6,6 +6,7 @@ mod kv;
 mod matmul;
 mod ops;
 mod scratch;
+mod team;
 
 pub use matmul::{kernel_name, matmul, matmul_many, Mat};
 
@@ -231,7 +232,7 @@ impl CpuEngine {
         if self.attention_work(rows, pos0) < matmul::SERIAL_BELOW {
             (0..blocks * nkv).for_each(unit);
         } else {
-            (0..blocks * nkv).into_par_iter().for_each(unit);
+            team::for_each(blocks * nkv, unit);
         }
     }
 }
@@ -253,6 +254,14 @@ unsafe impl Send for OutRows {}
 unsafe impl Sync for OutRows {}
 
 impl OutRows {
+    /// Elements `at..at + n` of `out`.
+    ///
+    /// # Safety
+    /// They are in bounds, and no other thread touches them meanwhile.
+    unsafe fn slice<'a>(self, at: usize, n: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(at), n)
+    }
+
     /// Copies `src` to elements `at..` of `out`.
     ///
     /// # Safety
@@ -408,22 +417,22 @@ impl Engine for CpuEngine {
                 .iter()
                 .map(|s| self.attention_work(s.rows, s.pos0))
                 .sum();
-            let (q, mut out, mut r0) = (&**q, &mut **attn, 0);
+            let (q, out) = (&**q, OutRows(attn.as_mut_ptr()));
+            let one = |i: usize, r0: usize| {
+                let seg = &segments[i];
+                let n = seg.rows * qd;
+                // SAFETY: session i alone touches its rows of `attn`.
+                let mine = unsafe { out.slice(r0 * qd, n) };
+                attend(seg, &q[r0 * qd..][..n], mine)
+            };
+            let starts: Vec<usize> = segments
+                .iter()
+                .scan(0, |r0, s| Some(std::mem::replace(r0, *r0 + s.rows)))
+                .collect();
             if segments.len() == 1 || work < matmul::SERIAL_BELOW {
-                for seg in segments.iter() {
-                    let (mine, rest) = out.split_at_mut(seg.rows * qd);
-                    attend(seg, &q[r0 * qd..(r0 + seg.rows) * qd], mine);
-                    (out, r0) = (rest, r0 + seg.rows);
-                }
+                (0..segments.len()).for_each(|i| one(i, starts[i]));
             } else {
-                rayon::scope(|s| {
-                    for seg in segments.iter() {
-                        let (mine, rest) = out.split_at_mut(seg.rows * qd);
-                        let q = &q[r0 * qd..(r0 + seg.rows) * qd];
-                        s.spawn(move |_| attend(seg, q, mine));
-                        (out, r0) = (rest, r0 + seg.rows);
-                    }
-                });
+                team::for_each(segments.len(), |i| one(i, starts[i]));
             }
             matmul(attn, rows, &w.o, o);
             x.data.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
@@ -451,7 +460,10 @@ impl Engine for CpuEngine {
     }
 
     fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.own_pool.as_ref().unwrap_or_else(|| pool()).install(f)
+        self.own_pool
+            .as_ref()
+            .unwrap_or_else(|| pool())
+            .install(|| team::hold(f))
     }
 
     fn memory_bandwidth(&self) -> f64 {

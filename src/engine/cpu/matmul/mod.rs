@@ -271,7 +271,7 @@ pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
             // Waking worker threads costs more than small products save.
             (0..tasks).for_each(run);
         } else {
-            (0..tasks).into_par_iter().for_each(run);
+            super::team::for_each(tasks, run);
         }
     });
 }

@@ -102,14 +102,16 @@ impl Team {
 
     /// A held worker: runs tasks while there are any, spins, parks.
     fn serve(&self) {
-        let mut idle = Instant::now();
+        let (mut idle, mut spins) = (Instant::now(), 0u32);
         while !self.stop.load(Acquire) {
             if self.run_one() {
-                idle = Instant::now();
+                (idle, spins) = (Instant::now(), 0);
                 continue;
             }
             std::hint::spin_loop();
-            if idle.elapsed() < SPIN {
+            // The clock now and then: reading it is slower than a spin.
+            spins = spins.wrapping_add(1);
+            if spins % 64 != 0 || idle.elapsed() < SPIN {
                 continue;
             }
             let mut g = self.lock.lock();

@@ -163,9 +163,9 @@ pub unsafe fn block<W: Load16>(j: &Job<W>, ps: std::ops::Range<usize>) {
 }
 
 /// int8 tile (see `int8.rs`): per block of 32 columns, the exact integer
-/// sums by `VPMADDUBSW` of |x| and the weights with x's sign (at most
-/// 2 · 127 · 127 per pair of columns: nothing saturates) and `VPMADDWD`,
-/// then one FMA by the block's scale.
+/// sums by `VPMADDUBSW` of |w| (once per panel, for every row) and x with
+/// w's sign (at most 2 · 127 · 127 per pair of columns: nothing
+/// saturates) and `VPMADDWD`, then one FMA by the block's scale.
 #[inline(always)]
 unsafe fn tile_int8<const R: usize, const P: usize>(j: &Job<Quad, u32>, r0: usize, p0: usize) {
     let kq = j.cols;
@@ -180,11 +180,11 @@ unsafe fn tile_int8<const R: usize, const P: usize>(j: &Job<Quad, u32>, r0: usiz
             for p in 0..P {
                 let at = w.add((p * kq + e) * PANEL) as *const __m256i;
                 let wv = [0, 1].map(|h| _mm256_xor_si256(_mm256_loadu_si256(at.add(h)), flip));
+                let wabs = wv.map(|v| _mm256_abs_epi8(v));
                 for (r, row) in sums.iter_mut().enumerate() {
                     let xv = _mm256_set1_epi32(*x.add(e * R + r) as i32);
-                    let ax = _mm256_abs_epi8(xv);
-                    for (s, &wh) in row[p].iter_mut().zip(&wv) {
-                        let pairs = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wh, xv));
+                    for ((s, &wh), &wa) in row[p].iter_mut().zip(&wv).zip(&wabs) {
+                        let pairs = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xv, wh));
                         *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pairs, ones));
                     }
                 }
@@ -202,34 +202,29 @@ unsafe fn tile_int8<const R: usize, const P: usize>(j: &Job<Quad, u32>, r0: usiz
 
 /// int8 products in groups of at most [`super::AVX2_INT8_GROUP`] rows: a
 /// tile holds `4 * R * P` sums (integer and float, two halves of a panel),
-/// so one row takes two panels and more rows one.
+/// so one row takes four panels and more rows one. Panels are the outer
+/// loop, as in [`block`]: every group finds the panel in cache.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn block_int8(j: &Job<Quad, u32>, ps: std::ops::Range<usize>) {
-    for (r0, rr) in groups(j.rows, j.group) {
-        let mut p = ps.start;
-        while p < ps.end {
-            p += match rr {
-                1 if ps.end - p >= 2 => {
-                    tile_int8::<1, 2>(j, r0, p);
-                    2
-                }
-                1 => {
-                    tile_int8::<1, 1>(j, r0, p);
-                    1
-                }
-                2 => {
-                    tile_int8::<2, 1>(j, r0, p);
-                    1
-                }
-                3 => {
-                    tile_int8::<3, 1>(j, r0, p);
-                    1
-                }
-                _ => {
-                    tile_int8::<4, 1>(j, r0, p);
-                    1
-                }
-            };
+    let mut p = ps.start;
+    while p < ps.end {
+        let width = match (j.rows, ps.end - p) {
+            (1, 4..) => 4,
+            (1, 2..) => 2,
+            _ => 1,
+        };
+        for (r0, rr) in groups(j.rows, j.group) {
+            match (rr, width) {
+                (1, 4) => tile_int8::<1, 4>(j, r0, p),
+                (1, 2) => tile_int8::<1, 2>(j, r0, p),
+                (1, _) => tile_int8::<1, 1>(j, r0, p),
+                (2, _) => tile_int8::<2, 1>(j, r0, p),
+                (3, _) => tile_int8::<3, 1>(j, r0, p),
+                (4, _) => tile_int8::<4, 1>(j, r0, p),
+                (5, _) => tile_int8::<5, 1>(j, r0, p),
+                _ => tile_int8::<6, 1>(j, r0, p),
+            }
         }
+        p += width;
     }
 }

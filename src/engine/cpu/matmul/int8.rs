@@ -34,8 +34,10 @@ pub(crate) struct Quad(pub(super) u32);
 unsafe impl Plain for Quad {}
 
 /// One block of one input row: its scale, and what the weights' offset adds
-/// to the block's integer sum, negated (`-128 · Σ qx`).
+/// to the block's integer sum, negated (`-128 · Σ qx`). Two 4-byte words,
+/// so that per-thread f32 scratch can hold them.
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 pub(crate) struct BlockScale {
     pub scale: f32,
     pub offset: i32,

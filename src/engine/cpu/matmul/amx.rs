@@ -21,7 +21,7 @@
 
 use super::{groups, Job, PANEL};
 use std::arch::asm;
-use std::arch::x86_64::{__cpuid_count, _xgetbv};
+use std::arch::x86_64::{__cpuid_count, _mm_prefetch, _xgetbv, _MM_HINT_T0};
 
 /// Whether this CPU and kernel run AMX-BF16, with the process's permission
 /// to use tile data requested (once).
@@ -133,10 +133,22 @@ fn config(rows: usize, tail: usize) -> Config {
     c
 }
 
+/// How far ahead in a panel's weights a tile load prefetches (two tiles):
+/// the tile registers let only two weight tiles be in flight, too few to
+/// keep a core's stream busy. 2,048 bytes made decoding the 100M model with
+/// bf16 products 1.04-1.08x faster and 16 batched sessions 1.05-1.07x (Xeon
+/// with AMX, 1-2 threads; 4,096 did no better).
+const PREFETCH: usize = 2048;
+
 /// Weights of panel `p` at pair `kp` into tile `b`, then accumulator tile
 /// `c` += inputs tile `a` times them.
 macro_rules! panel {
     ($a:literal, $b:literal, $c:literal, $w:expr, $ws:expr) => {
+        let w = $w as *const i8;
+        for line in 0..TILE_PAIRS {
+            // Past the matrix's end this is a harmless hint, hence wrapping.
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH + 64 * line));
+        }
         asm!(
             concat!("tileloadd tmm", $b, ", [{w} + {ws}*1]"),
             concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b),

@@ -184,13 +184,13 @@ impl CpuEngine {
         })
     }
 
-    /// Causal attention of `rows` new queries (positions `pos0..`) over the
-    /// layer's cache, which already holds their own K/V.
     /// Multiply-adds of the attention of `rows` new positions after `pos0`.
     fn attention_work(&self, rows: usize, pos0: usize) -> usize {
         rows * self.cfg.num_heads * (pos0 + rows) * self.cfg.head_dim * 2
     }
 
+    /// Causal attention of `rows` new queries (positions `pos0..`) over the
+    /// layer's cache, which already holds their own K/V.
     fn attention<T: KvElem>(&self, q: &[f32], k: &[T], v: &[T], pos0: usize, out: &mut [f32]) {
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
@@ -229,11 +229,7 @@ impl CpuEngine {
                 }
             })
         };
-        if self.attention_work(rows, pos0) < matmul::SERIAL_BELOW {
-            (0..blocks * nkv).for_each(unit);
-        } else {
-            team::for_each(blocks * nkv, unit);
-        }
+        team::for_each(blocks * nkv, self.attention_work(rows, pos0), unit);
     }
 }
 
@@ -395,9 +391,11 @@ impl Engine for CpuEngine {
                 &mut [(&w.q, &mut **q), (&w.k, &mut **k), (&w.v, &mut **v)],
             );
 
-            // Each session's new positions into its own cache.
-            let mut r0 = 0;
+            // Each session's new positions into its own cache; `starts`:
+            // its first row.
+            let (mut r0, mut starts) = (0, Vec::with_capacity(segments.len()));
             for seg in segments.iter_mut() {
+                starts.push(r0);
                 let (n, pos0) = (seg.rows, seg.pos0);
                 debug_assert_eq!(seg.kv.layers[layer].len(), pos0 * kvd);
                 for r in r0..r0 + n {
@@ -412,28 +410,19 @@ impl Engine for CpuEngine {
             // Attention per session, over its own cache. One decoding row's
             // attention is too small to share among threads by itself, so
             // the sessions of a batch run side by side.
-            let attend = |seg: &Segment<'_, CpuKv>, q: &[f32], out: &mut [f32]| with_pair!(&seg.kv.layers[layer], p => self.attention(q, &p.k, &p.v, seg.pos0, out));
-            let work: usize = segments
+            let work = segments
                 .iter()
                 .map(|s| self.attention_work(s.rows, s.pos0))
                 .sum();
             let (q, out) = (&**q, OutRows(attn.as_mut_ptr()));
-            let one = |i: usize, r0: usize| {
-                let seg = &segments[i];
+            team::for_each(segments.len(), work, |i| {
+                let (seg, at) = (&segments[i], starts[i] * qd);
                 let n = seg.rows * qd;
                 // SAFETY: session i alone touches its rows of `attn`.
-                let mine = unsafe { out.slice(r0 * qd, n) };
-                attend(seg, &q[r0 * qd..][..n], mine)
-            };
-            let starts: Vec<usize> = segments
-                .iter()
-                .scan(0, |r0, s| Some(std::mem::replace(r0, *r0 + s.rows)))
-                .collect();
-            if segments.len() == 1 || work < matmul::SERIAL_BELOW {
-                (0..segments.len()).for_each(|i| one(i, starts[i]));
-            } else {
-                team::for_each(segments.len(), |i| one(i, starts[i]));
-            }
+                let out = unsafe { out.slice(at, n) };
+                let q = &q[at..at + n];
+                with_pair!(&seg.kv.layers[layer], p => self.attention(q, &p.k, &p.v, seg.pos0, out))
+            });
             matmul(attn, rows, &w.o, o);
             x.data.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
 

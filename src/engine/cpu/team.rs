@@ -129,7 +129,9 @@ impl Team {
         next < tasks
     }
 
-    /// Wakes parked workers (after a new region or the stop).
+    /// Wakes parked workers (after a new region or the stop; a worker about
+    /// to park counts itself before it checks both, so it is seen here or
+    /// sees them).
     fn notify(&self) {
         if self.parked.load(SeqCst) > 0 {
             let _g = self.lock.lock();
@@ -189,8 +191,7 @@ pub fn hold<R>(f: impl FnOnce() -> R) -> R {
             fn drop(&mut self) {
                 HELD.set(std::ptr::null());
                 self.0.stop.store(true, SeqCst);
-                let _g = self.0.lock.lock();
-                self.0.wake.notify_all();
+                self.0.notify();
             }
         }
         HELD.set(&team);
@@ -199,9 +200,17 @@ pub fn hold<R>(f: impl FnOnce() -> R) -> R {
     })
 }
 
-/// `f(i)` for every `i` in `0..tasks`: across the team this thread holds,
-/// else through rayon.
-pub fn for_each(tasks: usize, f: impl Fn(usize) + Sync + Send) {
+/// Regions of fewer multiply-adds than this run on the calling thread:
+/// starting workers costs more than they save.
+pub const SERIAL_BELOW: usize = 1 << 17;
+
+/// `f(i)` for every `i` in `0..tasks`, `work` multiply-adds in all: on this
+/// thread where there is one task or less than [`SERIAL_BELOW`] work,
+/// else across the team this thread holds, else through rayon.
+pub fn for_each(tasks: usize, work: usize, f: impl Fn(usize) + Sync + Send) {
+    if tasks == 1 || work < SERIAL_BELOW {
+        return (0..tasks).for_each(f);
+    }
     // SAFETY: a held team lives until `hold` returns, which clears `HELD`
     // first.
     match unsafe { HELD.get().as_ref() } {
@@ -225,15 +234,15 @@ mod tests {
             let counts: Vec<AtomicU32> = (0..1000).map(|_| AtomicU32::new(0)).collect();
             let run = || {
                 for n in [0, 1, 7, 1000] {
-                    for_each(n, |i| {
+                    for_each(n, SERIAL_BELOW, |i| {
                         counts[i].fetch_add(1, Relaxed);
                         // A region inside a task runs on rayon.
-                        for_each(2, |_| ());
+                        for_each(2, SERIAL_BELOW, |_| ());
                     });
                 }
                 // Past the parking time: parked workers wake.
                 std::thread::sleep(SPIN * 3);
-                for_each(1000, |i| {
+                for_each(1000, SERIAL_BELOW, |i| {
                     counts[i].fetch_add(1, Relaxed);
                 });
             };
@@ -255,7 +264,7 @@ mod tests {
         let r = pool.install(|| {
             hold(|| {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    for_each(64, |i| {
+                    for_each(64, SERIAL_BELOW, |i| {
                         assert!(i != 5, "task 5");
                         ran.fetch_add(1, Relaxed);
                     })
@@ -265,6 +274,6 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(ran.load(Relaxed), 63);
         // The pool still works.
-        pool.install(|| hold(|| for_each(3, |_| ())));
+        pool.install(|| hold(|| for_each(3, SERIAL_BELOW, |_| ())));
     }
 }

@@ -4,16 +4,17 @@ use super::{groups, Bf16Pair, HighFirst, Job, Weight, PANEL};
 use half::f16;
 use std::arch::x86_64::*;
 
+/// How far ahead of its current element (bytes) a tile of several rows
+/// prefetches its panel. Several rows consume a panel's weights slowly
+/// enough that the hardware prefetcher falls behind: 4096 bytes ahead made
+/// the 100M model's 3-9-row layer products 1.1-1.25x faster, the
+/// Llama-3.2-1B shape's 5-row products 1.25x (Zen 3, 2 threads). One row
+/// streams fast enough without it.
+const PREFETCH: usize = 4096;
+
 pub trait Load16: Weight {
     /// Outputs 0..8 and 8..16 of a panel's elements at one position.
     unsafe fn load16(p: *const Self) -> (__m256, __m256);
-    /// How far ahead of its current element (bytes) a tile of several rows
-    /// prefetches its panel. Several rows consume a panel's weights slowly
-    /// enough that the hardware prefetcher falls behind: 4096 bytes ahead
-    /// made the 100M model's 3-9-row layer products 1.1-1.25x faster, the
-    /// Llama-3.2-1B shape's 5-row products 1.25x (Zen 3, 2 threads). One row
-    /// streams fast enough without it.
-    const PREFETCH: usize = 4096;
     /// Their weights at step `s` (see [`Weight::STEPS`]) as f32 lanes.
     #[inline(always)]
     unsafe fn widen(v: (__m256, __m256), _s: usize) -> (__m256, __m256) {
@@ -98,9 +99,9 @@ unsafe fn tile<W: Load16, const R: usize, const P: usize>(j: &Job<W>, r0: usize,
         ($e:expr, $steps:expr) => {
             for p in 0..P {
                 let at = w.add((p * elems + $e) * PANEL);
-                if R > 1 && W::PREFETCH > 0 {
+                if R > 1 {
                     // Past the matrix's end this is a harmless hint, hence wrapping.
-                    _mm_prefetch::<_MM_HINT_T0>((at as *const i8).wrapping_add(W::PREFETCH));
+                    _mm_prefetch::<_MM_HINT_T0>((at as *const i8).wrapping_add(PREFETCH));
                 }
                 let v = W::load16(at);
                 for s in 0..$steps {
@@ -220,9 +221,7 @@ pub unsafe fn block_int8(j: &Job<Quad, u32>, ps: std::ops::Range<usize>) {
                 (1, _) => tile_int8::<1, 1>(j, r0, p),
                 (2, _) => tile_int8::<2, 1>(j, r0, p),
                 (3, _) => tile_int8::<3, 1>(j, r0, p),
-                (4, _) => tile_int8::<4, 1>(j, r0, p),
-                (5, _) => tile_int8::<5, 1>(j, r0, p),
-                _ => tile_int8::<6, 1>(j, r0, p),
+                _ => tile_int8::<4, 1>(j, r0, p),
             }
         }
         p += width;

@@ -42,9 +42,6 @@ use portable::*;
 /// Outputs per panel: two 8-lane f32 vectors.
 pub const PANEL: usize = 16;
 
-/// Products smaller than this many multiply-adds run on the calling thread.
-pub(crate) const SERIAL_BELOW: usize = 1 << 17;
-
 /// Output pointer shared by worker threads that write disjoint columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -103,6 +100,13 @@ fn groups(rows: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).map(move |g| (g * rows / n, (g + 1) * rows / n - g * rows / n))
 }
 
+/// A scratch buffer of f32 as the words that packed inputs are made of.
+fn words(buf: &mut [f32]) -> &mut [u32] {
+    // SAFETY: u32 and f32 have one size and alignment, and every bit
+    // pattern is valid for both.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()) }
+}
+
 /// Input rows regrouped for the kernels of one kind of matrix.
 enum Inputs<'a> {
     /// f32 ([`pack_rows`]; for bf16 pairs where [`pairs_as_f32`],
@@ -125,15 +129,12 @@ impl Inputs<'_> {
             let kq = int8::quads(m.cols);
             let nb = rows * kq / int8::BLOCK_QUADS;
             return super::scratch::with([rows * kq, 2 * nb], |[buf, blocks]| {
-                // SAFETY: u32, i32 and f32 have one size and alignment, every
-                // bit pattern is valid for each, and a BlockScale is an f32
-                // and an i32 (2 * nb words).
-                let (words, blocks) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len()),
-                        std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut BlockScale, nb),
-                    )
+                // SAFETY: a BlockScale is an f32 and an i32 (`repr(C)`, 2 * nb
+                // words), and every bit pattern is valid for both.
+                let blocks = unsafe {
+                    std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut BlockScale, nb)
                 };
+                let words = words(buf);
                 int8::quantize_inputs(x, rows, m.cols, group, words, blocks);
                 f(&Inputs::Int8(words, blocks))
             });
@@ -146,11 +147,7 @@ impl Inputs<'_> {
             })
         } else if m.pairs() {
             super::scratch::with([rows * m.cols.div_ceil(2)], |[buf]| {
-                // SAFETY: u32 and f32 have one size and alignment, and every
-                // bit pattern is valid for both.
-                let words = unsafe {
-                    std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u32, buf.len())
-                };
+                let words = words(buf);
                 #[cfg(target_arch = "x86_64")]
                 if isa == Isa::Amx {
                     pack_row_pair_tiles(x, rows, m.cols, words);
@@ -267,11 +264,6 @@ pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
             let ps = b * sizes[i]..((b + 1) * sizes[i]).min(panels);
             run_block(m, packed_x, rows, ps, outs[i], isa)
         };
-        if tasks == 1 || work < SERIAL_BELOW {
-            // Waking worker threads costs more than small products save.
-            (0..tasks).for_each(run);
-        } else {
-            super::team::for_each(tasks, run);
-        }
+        super::team::for_each(tasks, work, run);
     });
 }

@@ -342,17 +342,15 @@ impl Engine for CpuEngine {
     }
 
     fn new_kv(&self, _capacity: usize) -> CpuKv {
-        CpuKv::new(self.cfg.num_layers, self.kv_dtype)
+        CpuKv::new(self.cfg.num_layers, self.cfg.kv_dim(), self.kv_dtype)
     }
 
     fn truncate_kv(&self, kv: &mut CpuKv, layer: usize, len: usize) {
-        let kvd = self.cfg.kv_dim();
-        kv.layers[layer].truncate(len * kvd);
+        kv.layers[layer].truncate(len);
     }
 
     fn read_kv(&self, kv: &CpuKv, layer: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
-        let n = len * self.cfg.kv_dim();
-        kv.layers[layer].to_f32(n)
+        kv.layers[layer].to_f32(len)
     }
 
     fn embed(&self, tokens: &[u32]) -> HostActs {
@@ -397,7 +395,7 @@ impl Engine for CpuEngine {
             for seg in segments.iter_mut() {
                 starts.push(r0);
                 let (n, pos0) = (seg.rows, seg.pos0);
-                debug_assert_eq!(seg.kv.layers[layer].len(), pos0 * kvd);
+                debug_assert_eq!(seg.kv.layers[layer].positions(), pos0);
                 for r in r0..r0 + n {
                     let pos = pos0 + r - r0;
                     rope::apply(&mut q[r * qd..(r + 1) * qd], hd, pos, &self.inv_freq);

@@ -1,0 +1,347 @@
+//! Causal attention of new rows over one layer's K/V cache, per (block of
+//! rows, KV head). Every score and output element has one fixed arithmetic
+//! order (the batch, the thread split and the instruction set change none
+//! of it), which keeps batching and self-speculation bit-exact:
+//! - a score is one fused chain over the head's dimensions in order, then
+//!   times the scale; K's block layout ([`super::kv`]) puts 16 positions
+//!   side by side, so the kernels take positions as lanes and never reduce
+//!   across them;
+//! - the softmax is [`crate::softmax::softmax_in_place`];
+//! - an output element is one fused chain over positions in order.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use super::kv::{key_at, KEY_BLOCK};
+use super::scratch;
+use half::bf16;
+
+/// An element of the K/V cache: f32, or bf16 (half the memory and the
+/// bytes read per position; widened exactly to f32 before any arithmetic,
+/// so the order of operations is the same for both).
+pub(crate) trait KvElem: Copy + Send + Sync + 'static {
+    fn f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+    /// Eight consecutive elements as f32 lanes.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Sixteen (AVX-512F).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+}
+
+impl KvElem for bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    /// Round to nearest even (what transformers stores for a bf16 model).
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+}
+
+/// One layer's K/V cache as attention reads it: K in blocks of
+/// [`KEY_BLOCK`] positions ([`key_at`]), V position-major (`len x kvd`).
+pub(super) struct CacheView<'a, T: KvElem> {
+    pub k: &'a [T],
+    pub v: &'a [T],
+    pub hd: usize,
+    /// Query heads per KV head.
+    pub group: usize,
+    pub kvd: usize,
+    pub scale: f32,
+    /// Position of the first new row.
+    pub pos0: usize,
+}
+
+impl<T: KvElem> CacheView<'_, T> {
+    /// Attention of rows `rows` into `o` (`rows.len() x group x hd`), for
+    /// the query heads of KV head `kvh`: row `r`'s are `group x hd` values
+    /// at `q[r * q_stride + kvh * group * hd..]`. Each head's arithmetic is
+    /// the definition's ([`CacheView::attend_definition`]) whatever the
+    /// batch and however rows are grouped, so results are too; the AVX2 and
+    /// AVX-512F kernels only widen the vectors and block the work (a unit
+    /// test checks them bit for bit).
+    pub fn attend_rows(
+        &self,
+        q: &[f32],
+        q_stride: usize,
+        rows: std::ops::Range<usize>,
+        kvh: usize,
+        o: &mut [f32],
+    ) {
+        let (hd, group) = (self.hd, self.group);
+        #[cfg(target_arch = "x86_64")]
+        if hd.is_multiple_of(8)
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
+            let stride = (self.pos0 + rows.end).next_multiple_of(KEY_BLOCK);
+            return scratch::with([rows.len() * group * stride], |[scores]| {
+                // SAFETY: the CPU has AVX2 and FMA (and AVX-512F for the
+                // wide one), and the head size is whole vectors.
+                unsafe {
+                    if is_x86_feature_detected!("avx512f") {
+                        self.attend_avx512(q, q_stride, rows, kvh, o, scores)
+                    } else {
+                        self.attend_avx2(q, q_stride, rows, kvh, o, scores)
+                    }
+                }
+            });
+        }
+        for (i, r) in rows.enumerate() {
+            let n = self.pos0 + r + 1;
+            let qg = &q[r * q_stride + kvh * group * hd..][..group * hd];
+            let og = &mut o[i * group * hd..][..group * hd];
+            scratch::with([group * n], |[scores]| {
+                self.attend_definition(qg, n, kvh, og, scores)
+            });
+        }
+    }
+
+    /// The definition (and the kernel where AVX2 is missing): the `group`
+    /// query heads `qg` over `n` positions, with `group x n` floats of
+    /// scratch for the scores. Scores go 16 positions at a time down K's
+    /// blocks (lanes a compiler can vectorize).
+    #[inline(always)]
+    fn attend_definition(
+        &self,
+        qg: &[f32],
+        n: usize,
+        kvh: usize,
+        o: &mut [f32],
+        scores: &mut [f32],
+    ) {
+        let (hd, kvd) = (self.hd, self.kvd);
+        for (qh, s) in qg.chunks_exact(hd).zip(scores.chunks_exact_mut(n)) {
+            for t0 in (0..n).step_by(KEY_BLOCK) {
+                let mut acc = [0f32; KEY_BLOCK];
+                for (d, &x) in qh.iter().enumerate() {
+                    let kd = &self.k[key_at(t0, kvh * hd + d, kvd)..][..KEY_BLOCK];
+                    for (a, k) in acc.iter_mut().zip(kd) {
+                        *a = x.mul_add(k.f32(), *a);
+                    }
+                }
+                for (st, a) in s[t0..].iter_mut().zip(acc) {
+                    *st = a * self.scale;
+                }
+            }
+        }
+        // Where position t's V for this KV head starts.
+        let at = |t: usize| t * kvd + kvh * hd;
+        // Head by head and 32 dimensions at a time, so the sums stay in
+        // registers across positions (each a sum over t in order from 0).
+        const BLOCK: usize = 32;
+        for (og, p) in o.chunks_exact_mut(hd).zip(scores.chunks_exact_mut(n)) {
+            crate::softmax::softmax_in_place(p);
+            let mut d0 = 0;
+            while d0 + BLOCK <= hd {
+                let mut acc = [0f32; BLOCK];
+                for (t, &pt) in p.iter().enumerate() {
+                    let vt = &self.v[at(t) + d0..][..BLOCK];
+                    for i in 0..BLOCK {
+                        acc[i] = pt.mul_add(vt[i].f32(), acc[i]);
+                    }
+                }
+                og[d0..d0 + BLOCK].copy_from_slice(&acc);
+                d0 += BLOCK;
+            }
+            for (d, o) in og.iter_mut().enumerate().skip(d0) {
+                *o = p
+                    .iter()
+                    .enumerate()
+                    .fold(0.0, |a, (t, &pt)| pt.mul_add(self.v[at(t) + d].f32(), a));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(seed: u32, n: usize) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                (((i.wrapping_mul(2654435761)) ^ seed).rotate_left(11) >> 8) as f32 / 16777216.0
+                    - 0.5
+            })
+            .collect()
+    }
+
+    /// K of `n` positions (`n x kvd`, position-major) in blocks, with the
+    /// lanes past `n` NaN: nothing may read them into a result.
+    fn key_blocks<T: KvElem>(k: &[f32], kvd: usize) -> Vec<T> {
+        let n = k.len() / kvd;
+        let mut out = vec![T::from_f32(f32::NAN); n.next_multiple_of(KEY_BLOCK) * kvd];
+        for (e, &x) in k.iter().enumerate() {
+            out[key_at(e / kvd, e % kvd, kvd)] = T::from_f32(x);
+        }
+        out
+    }
+
+    #[test]
+    fn the_definition_is_softmax_attention() {
+        let (hd, group, kv_heads, n) = (24, 2, 3, 37);
+        let kvd = hd * kv_heads;
+        let (k, v, q) = (
+            values(3, n * kvd),
+            values(4, n * kvd),
+            values(5, group * hd),
+        );
+        let view = CacheView {
+            k: &key_blocks::<f32>(&k, kvd),
+            v: &v,
+            hd,
+            group,
+            kvd,
+            scale: 0.3,
+            pos0: n - 1,
+        };
+        let kvh = 1;
+        let mut o = vec![0f32; group * hd];
+        view.attend_definition(&q, n, kvh, &mut o, &mut vec![0f32; group * n]);
+        for g in 0..group {
+            let qh = &q[g * hd..][..hd];
+            let at = |t: usize, d: usize| t * kvd + kvh * hd + d;
+            let s: Vec<f64> = (0..n)
+                .map(|t| 0.3 * (0..hd).map(|d| (qh[d] * k[at(t, d)]) as f64).sum::<f64>())
+                .collect();
+            let max = s.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+            for d in 0..hd {
+                let want: f64 = (0..n)
+                    .map(|t| (s[t] - max).exp() / z * v[at(t, d)] as f64)
+                    .sum();
+                let got = o[g * hd + d] as f64;
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "head {g} dim {d}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// The AVX2 and AVX-512F kernels against the definition on K/V of
+    /// element type `T`, for head shapes with and without whole vectors of
+    /// dimensions, rows in one block, split after the first, and one by one.
+    #[cfg(target_arch = "x86_64")]
+    fn kernels_match_definition<T: KvElem>() {
+        for (hd, group, kv_heads) in [(64, 3, 4), (128, 4, 2), (8, 1, 1), (24, 2, 3), (80, 2, 1)] {
+            let kvd = hd * kv_heads;
+            // `n` positions in all, the last `rows` of them new.
+            for (n, rows) in [
+                (1, 1),
+                (7, 1),
+                (8, 2),
+                (9, 9),
+                (17, 3),
+                (70, 5),
+                (150, 9),
+                (203, 17),
+            ] {
+                let k = values(3, n * kvd);
+                let kb = key_blocks::<T>(&k, kvd);
+                let vv: Vec<T> = values(4, n * kvd).into_iter().map(T::from_f32).collect();
+                let view = CacheView {
+                    k: &kb,
+                    v: &vv,
+                    hd,
+                    group,
+                    kvd,
+                    scale: 0.125,
+                    pos0: n - rows,
+                };
+                let q_stride = kv_heads * group * hd;
+                let q = values(5, rows * q_stride);
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                for kvh in 0..kv_heads {
+                    let mut want = vec![0f32; rows * group * hd];
+                    for (r, w) in want.chunks_mut(group * hd).enumerate() {
+                        let qg = &q[r * q_stride + kvh * group * hd..][..group * hd];
+                        let m = n - rows + r + 1;
+                        view.attend_definition(qg, m, kvh, w, &mut vec![0f32; group * m]);
+                    }
+                    let splits: Vec<Vec<usize>> = vec![
+                        vec![0, rows],
+                        vec![0, 1.min(rows), rows],
+                        (0..=rows).collect(),
+                    ];
+                    for wide in [false, is_x86_feature_detected!("avx512f")] {
+                        for cuts in &splits {
+                            let mut got = vec![f32::NAN; rows * group * hd];
+                            for w in cuts.windows(2) {
+                                let part = w[0]..w[1];
+                                let o = &mut got[w[0] * group * hd..w[1] * group * hd];
+                                let stride = (n - rows + w[1]).next_multiple_of(KEY_BLOCK);
+                                let mut s = vec![f32::NAN; part.len() * group * stride];
+                                // SAFETY: the caller checked AVX2 and FMA,
+                                // `wide` AVX-512F; hd is a multiple of 8.
+                                unsafe {
+                                    if wide {
+                                        view.attend_avx512(&q, q_stride, part, kvh, o, &mut s)
+                                    } else {
+                                        view.attend_avx2(&q, q_stride, part, kvh, o, &mut s)
+                                    }
+                                }
+                            }
+                            assert_eq!(
+                                bits(&got),
+                                bits(&want),
+                                "hd {hd} group {group} n {n} rows {rows} kvh {kvh} cuts {cuts:?} wide {wide}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_x86_kernels_equal_the_definition_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            kernels_match_definition::<f32>();
+            kernels_match_definition::<half::bf16>();
+            return;
+        }
+        println!("skipped: this CPU has no AVX2 with FMA");
+    }
+}

@@ -8,7 +8,7 @@ mod ops;
 mod scratch;
 mod team;
 
-pub use matmul::{kernel_name, matmul, matmul_many, Mat};
+pub use matmul::{bf16_on_amx, kernel_name, matmul, matmul_many, Mat};
 
 use super::llama::{self, LayerNames};
 use super::HeadOutput;
@@ -46,6 +46,8 @@ pub struct CpuEngine {
     draft: Option<(Vec<u32>, Mat)>,
     /// How the weights are held (the draft head is packed the same way).
     quantize: Quantize,
+    /// Attention on AMX tiles, in bf16 (where bf16 products run on AMX).
+    attention_amx: bool,
     norm: Vec<f32>,
     layers: Vec<LayerWeights>,
     inv_freq: Vec<f32>,
@@ -160,6 +162,9 @@ impl CpuEngine {
             lm_head_tensor,
             draft: None,
             quantize,
+            attention_amx: quantize == Quantize::Bf16
+                && bf16_on_amx()
+                && attention::amx_usable(cfg.head_dim),
             norm: vec(llama::FINAL_NORM)?,
             layers,
             inv_freq: rope::inv_freq(cfg),
@@ -203,6 +208,7 @@ impl CpuEngine {
             kvd: cfg.kv_dim(),
             scale: 1.0 / (hd as f32).sqrt(),
             pos0,
+            amx: self.attention_amx,
         };
         // One unit per (block of rows, KV head): the query heads of a
         // group are consecutive and share every K/V row they read, and the

@@ -10,6 +10,8 @@
 //! - an output element is one fused chain over positions in order.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
 use super::kv::{key_at, KEY_BLOCK};
@@ -89,6 +91,18 @@ pub(super) struct CacheView<'a, T: KvElem> {
     pub scale: f32,
     /// Position of the first new row.
     pub pos0: usize,
+    /// Run on AMX tiles, in bf16 (set only where [`amx_usable`] holds and
+    /// AMX runs the bf16 products).
+    pub amx: bool,
+}
+
+/// Whether attention with heads of `hd` dimensions can run on AMX tiles
+/// where AMX runs the bf16 products.
+pub(super) fn amx_usable(hd: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return amx::usable(hd);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 impl<T: KvElem> CacheView<'_, T> {
@@ -108,6 +122,12 @@ impl<T: KvElem> CacheView<'_, T> {
         o: &mut [f32],
     ) {
         let (hd, group) = (self.hd, self.group);
+        #[cfg(target_arch = "x86_64")]
+        if self.amx {
+            // SAFETY: `amx` is set only where AMX runs this process's bf16
+            // products and `amx_usable(hd)` holds.
+            return unsafe { self.attend_amx(q, q_stride, rows, kvh, o) };
+        }
         #[cfg(target_arch = "x86_64")]
         if hd.is_multiple_of(8)
             && is_x86_feature_detected!("avx2")
@@ -234,6 +254,7 @@ mod tests {
             kvd,
             scale: 0.3,
             pos0: n - 1,
+            amx: false,
         };
         let kvh = 1;
         let mut o = vec![0f32; group * hd];
@@ -288,6 +309,7 @@ mod tests {
                     kvd,
                     scale: 0.125,
                     pos0: n - rows,
+                    amx: false,
                 };
                 let q_stride = kv_heads * group * hd;
                 let q = values(5, rows * q_stride);
@@ -332,6 +354,102 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// AMX attention: each row alone, all rows in one unit, and split
+    /// after the first give the same bits; and the result is within bf16's
+    /// rounding of attention over bf16-rounded queries, keys and values.
+    #[cfg(target_arch = "x86_64")]
+    fn amx_is_batch_invariant<T: KvElem>() {
+        let round = |x: f32| half::bf16::from_f32(x).to_f32();
+        for (hd, group, kv_heads) in [(64, 3, 4), (128, 4, 2), (32, 1, 1), (64, 8, 1)] {
+            let kvd = hd * kv_heads;
+            for (n, rows) in [
+                (1, 1),
+                (7, 1),
+                (9, 9),
+                (17, 3),
+                (70, 5),
+                (150, 9),
+                (203, 17),
+                (40, 40),
+            ] {
+                let (k, v) = (values(3, n * kvd), values(4, n * kvd));
+                let kb = key_blocks::<T>(&k, kvd);
+                let vv: Vec<T> = v.iter().map(|&x| T::from_f32(x)).collect();
+                let view = CacheView {
+                    k: &kb,
+                    v: &vv,
+                    hd,
+                    group,
+                    kvd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                    pos0: n - rows,
+                    amx: true,
+                };
+                let q_stride = kv_heads * group * hd;
+                let q = values(5, rows * q_stride);
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                for kvh in 0..kv_heads {
+                    let run = |cuts: &[usize]| {
+                        let mut o = vec![f32::NAN; rows * group * hd];
+                        for w in cuts.windows(2) {
+                            let out = &mut o[w[0] * group * hd..w[1] * group * hd];
+                            view.attend_rows(&q, q_stride, w[0]..w[1], kvh, out);
+                        }
+                        o
+                    };
+                    let alone = run(&(0..=rows).collect::<Vec<_>>());
+                    for cuts in [vec![0, rows], vec![0, 1.min(rows), rows]] {
+                        let got = run(&cuts);
+                        let what = format!(
+                            "hd {hd} group {group} n {n} rows {rows} kvh {kvh} cuts {cuts:?}"
+                        );
+                        assert_eq!(bits(&got), bits(&alone), "{what}");
+                    }
+                    for (i, out) in alone.chunks(hd).enumerate() {
+                        let (r, g) = (i / group, i % group);
+                        let qh = &q[r * q_stride + (kvh * group + g) * hd..][..hd];
+                        let seen = n - rows + r + 1;
+                        let at = |t: usize, d: usize| t * kvd + kvh * hd + d;
+                        let s: Vec<f64> = (0..seen)
+                            .map(|t| {
+                                let dot: f64 = (0..hd)
+                                    .map(|d| round(qh[d]) as f64 * round(k[at(t, d)]) as f64)
+                                    .sum();
+                                dot * view.scale as f64
+                            })
+                            .collect();
+                        let max = s.iter().cloned().fold(f64::MIN, f64::max);
+                        let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                        for (d, &got) in out.iter().enumerate() {
+                            let want: f64 = (0..seen)
+                                .map(|t| (s[t] - max).exp() / z * round(v[at(t, d)]) as f64)
+                                .sum();
+                            assert!(
+                                (got as f64 - want).abs() < 4e-3,
+                                "hd {hd} n {n} row {r} head {g} dim {d}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn amx_attention_is_batch_invariant_and_close_to_bf16_attention() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::engine::cpu::bf16_on_amx() && amx::usable(64) {
+            amx_is_batch_invariant::<f32>();
+            amx_is_batch_invariant::<half::bf16>();
+            return;
+        }
+        assert!(
+            std::env::var("LAYERSKIP_REQUIRE_AMX").as_deref() != Ok("1"),
+            "LAYERSKIP_REQUIRE_AMX=1, but bf16 products do not run on AMX here"
+        );
+        println!("skipped: bf16 products do not run on AMX on this CPU");
     }
 
     #[test]

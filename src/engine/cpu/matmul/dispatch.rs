@@ -71,6 +71,15 @@ pub(super) fn isa() -> Isa {
     })
 }
 
+/// Whether bf16 products run on AMX tiles (attention in bf16 mode then
+/// runs on them too, for the same reason: one rounding for every row count).
+pub fn bf16_on_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return isa() == Isa::Amx;
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Name of the kernel that runs products with bf16 products or without
 /// (for bench reports): the AVX512_BF16 and AMX kernels run only bf16 pairs.
 pub fn kernel_name(bf16_products: bool) -> &'static str {

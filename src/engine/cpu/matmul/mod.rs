@@ -32,8 +32,8 @@ mod portable;
 #[cfg(test)]
 mod tests;
 
-pub use dispatch::kernel_name;
 use dispatch::*;
+pub use dispatch::{bf16_on_amx, kernel_name};
 use int8::{BlockScale, Quad};
 pub use pack::Mat;
 use pack::*;

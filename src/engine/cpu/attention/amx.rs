@@ -1,0 +1,297 @@
+//! Attention on AMX tiles, where bf16 products run on AMX: queries, keys,
+//! values and the softmax weights are rounded to bf16 (RNE) and every
+//! product of a unit is a `TDPBF16PS` with f32 sums, as in a bf16 model's
+//! attention in transformers. AMX sums a tile in its own order, so this
+//! mode runs every attention on it, one row included; a head's result
+//! depends neither on the heads beside it in a tile nor on the tile's
+//! extent (unit test): a score is the dimensions' tiles summed in order,
+//! an output the position blocks' tiles in order from the first, and a
+//! head's weights past its own positions are zeros, which add nothing.
+//! Keys and values are converted per unit into the B-tile layout (pairs of
+//! dimensions, and pairs of positions), once for all its query heads.
+
+use super::{CacheView, KvElem};
+use crate::engine::cpu::kv::{key_at, KEY_BLOCK};
+use crate::engine::cpu::scratch;
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+/// Query heads per tile (rows of the A and C tiles), and bf16 pairs per
+/// tile row (64 bytes).
+const TILE: usize = 16;
+/// Positions per block of the weighted sum: the k of one A tile of
+/// weights (16 pairs of positions).
+const POSITION_PAIRS: usize = 32;
+
+/// Whether a model with heads of `hd` dimensions can run attention here
+/// (given that AMX runs its products): whole tiles of 32 dimensions, and
+/// the conversions' instruction sets.
+pub(super) fn usable(hd: usize) -> bool {
+    hd.is_multiple_of(32)
+        && is_x86_feature_detected!("avx512bf16")
+        && is_x86_feature_detected!("avx512bw")
+}
+
+/// `ldtilecfg`'s operand (palette 1): every tile 16 rows of 64 bytes.
+/// Tiles 0-3 accumulate, 4 takes queries or weights, 5 and 6 keys or
+/// values in turn (tiles are not renamed).
+#[repr(C, align(64))]
+struct Config {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+    reserved2: [u8; 16],
+}
+
+const CONFIG: Config = Config {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    reserved2: [0; 16],
+};
+
+/// Two vectors of 16 values rounded to bf16 and interleaved:
+/// `[a0, b0, a1, b1, ...]` as 16 pairs.
+#[inline(always)]
+unsafe fn pairs(a: __m512, b: __m512) -> __m512i {
+    let ab: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+    let idx = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    _mm512_permutexvar_epi16(idx, ab)
+}
+
+/// 32 values rounded to bf16, in order.
+#[inline(always)]
+unsafe fn bf16x32(lo: __m512, hi: __m512) -> __m512i {
+    std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo))
+}
+
+/// Accumulator `$c` += tile 4 times the tile at `$p` (rows 64 bytes apart)
+/// loaded into `$b`.
+macro_rules! product {
+    ($c:literal, $b:literal, $p:expr) => {
+        asm!(
+            concat!("tileloadd tmm", $b, ", [{p} + {s}*1]"),
+            concat!("tdpbf16ps tmm", $c, ", tmm4, tmm", $b),
+            p = in(reg) $p, s = in(reg) 64usize,
+            options(nostack, readonly)
+        )
+    };
+}
+
+/// Accumulator `j` (0-3) += tile 4 times the tile at `p`.
+#[inline(always)]
+unsafe fn product(j: usize, p: *const u32) {
+    match j {
+        0 => product!(0, 5, p),
+        1 => product!(1, 6, p),
+        2 => product!(2, 5, p),
+        _ => product!(3, 6, p),
+    }
+}
+
+/// Accumulator `j` (0-3) to `p`, rows `stride` bytes apart.
+#[inline(always)]
+unsafe fn store(j: usize, p: *mut f32, stride: usize) {
+    macro_rules! st {
+        ($c:literal) => {
+            asm!(concat!("tilestored [{p} + {s}*1], tmm", $c), p = in(reg) p, s = in(reg) stride, options(nostack))
+        };
+    }
+    match j {
+        0 => st!(0),
+        1 => st!(1),
+        2 => st!(2),
+        _ => st!(3),
+    }
+}
+
+/// Tile 4 from `p` (rows 64 bytes apart).
+#[inline(always)]
+unsafe fn load_a(p: *const u32) {
+    asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly));
+}
+
+#[inline(always)]
+unsafe fn zero_accumulators() {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+}
+
+impl<T: KvElem> CacheView<'_, T> {
+    /// [`CacheView::attend_rows`] on AMX tiles.
+    ///
+    /// # Safety
+    /// AMX runs this process's bf16 products (tile data permitted), and
+    /// [`usable`] holds for `self.hd`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn attend_amx(
+        &self,
+        q: &[f32],
+        q_stride: usize,
+        rows: std::ops::Range<usize>,
+        kvh: usize,
+        o: &mut [f32],
+    ) {
+        let (hd, kvd, group) = (self.hd, self.kvd, self.group);
+        let n_max = self.pos0 + rows.end;
+        let heads = rows.len() * group;
+        let tiles = heads.div_ceil(TILE);
+        // Scores and weights per head: whole blocks of the weighted sum.
+        let stride = n_max.next_multiple_of(POSITION_PAIRS);
+        let (chunks, key_blocks) = (hd / 32, n_max.div_ceil(KEY_BLOCK));
+        let (blocks, vchunks) = (stride / POSITION_PAIRS, hd / 16);
+        assert!(hd.is_multiple_of(32) && o.len() == heads * hd);
+        assert!(self.k.len() >= key_blocks * KEY_BLOCK * kvd && self.v.len() >= n_max * kvd);
+        assert!(rows.is_empty() || q.len() >= (rows.end - 1) * q_stride + (kvh + 1) * group * hd);
+        // Head `i`: row `rows.start + i / group`, seeing `positions(i)`
+        // positions; `reach(qt)`: the most any head of tile qt sees.
+        let base = self.pos0 + rows.start + 1;
+        let positions = |i: usize| base + i / group;
+        let reach = |qt: usize| positions(((qt + 1) * TILE).min(heads) - 1);
+        let query = |i: usize| {
+            q.as_ptr()
+                .add((rows.start + i / group) * q_stride + (kvh * group + i % group) * hd)
+        };
+        const W: usize = TILE * TILE; // 32-bit words per tile
+        let lens = [
+            tiles * chunks * W,
+            key_blocks * chunks * W,
+            tiles * TILE * stride,
+            tiles * blocks * W,
+            blocks * vchunks * W,
+            tiles * TILE * hd,
+        ];
+        scratch::with(lens, |[qa, kb, sc, pa, vb, ot]| {
+            let word = |b: &mut [f32], at: usize| b.as_mut_ptr().add(at) as *mut __m512i;
+            // Queries: A tiles of 16 heads x 32 dimensions.
+            for qt in 0..tiles {
+                for r in 0..TILE {
+                    let i = qt * TILE + r;
+                    for c in 0..chunks {
+                        let v = if i < heads {
+                            let x = query(i).add(c * 32);
+                            bf16x32(_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)))
+                        } else {
+                            _mm512_setzero_si512()
+                        };
+                        _mm512_storeu_si512(word(qa, (qt * chunks + c) * W + r * TILE), v);
+                    }
+                }
+            }
+            // Keys: B tiles of 16 pairs of dimensions x 16 positions.
+            let k = self.k.as_ptr();
+            for b in 0..key_blocks {
+                for c in 0..chunks {
+                    for r in 0..TILE {
+                        let even = k.add(key_at(b * KEY_BLOCK, kvh * hd + c * 32 + 2 * r, kvd));
+                        let v = pairs(T::load16(even), T::load16(even.add(KEY_BLOCK)));
+                        _mm512_storeu_si512(word(kb, (b * chunks + c) * W + r * TILE), v);
+                    }
+                }
+            }
+            // Values: B tiles of 16 pairs of positions x 16 dimensions,
+            // zeros past the last position.
+            let v = self.v.as_ptr().add(kvh * hd);
+            let value = |t: usize, d: usize| {
+                if t < n_max {
+                    T::load16(v.add(t * kvd + d))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            };
+            for b in 0..blocks {
+                for j in 0..vchunks {
+                    for r in 0..TILE {
+                        let t = b * POSITION_PAIRS + 2 * r;
+                        let x = pairs(value(t, j * 16), value(t + 1, j * 16));
+                        _mm512_storeu_si512(word(vb, (b * vchunks + j) * W + r * TILE), x);
+                    }
+                }
+            }
+
+            asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const Config, options(nostack, readonly));
+            // Scores: per tile of heads, four blocks of positions at a
+            // time, each the sum of the dimensions' tiles in order.
+            let (qa, kb) = (qa.as_ptr() as *const u32, kb.as_ptr() as *const u32);
+            for qt in 0..tiles {
+                let needed = reach(qt).div_ceil(KEY_BLOCK);
+                for b0 in (0..needed).step_by(4) {
+                    let g = 4.min(needed - b0);
+                    zero_accumulators();
+                    for c in 0..chunks {
+                        load_a(qa.add((qt * chunks + c) * W));
+                        for j in 0..g {
+                            product(j, kb.add(((b0 + j) * chunks + c) * W));
+                        }
+                    }
+                    for j in 0..g {
+                        let at = qt * TILE * stride + (b0 + j) * KEY_BLOCK;
+                        store(j, sc.as_mut_ptr().add(at), stride * 4);
+                    }
+                }
+            }
+            // Softmax weights, then A tiles of 16 heads x 32 positions,
+            // zeros past each head's own positions.
+            for i in 0..heads {
+                let s = &mut sc[i * stride..][..positions(i)];
+                s.iter_mut().for_each(|x| *x *= self.scale);
+                crate::softmax::softmax_in_place(s);
+            }
+            for qt in 0..tiles {
+                let needed = reach(qt).div_ceil(POSITION_PAIRS);
+                for r in 0..TILE {
+                    let i = qt * TILE + r;
+                    let seen = if i < heads { positions(i) } else { 0 };
+                    for b in 0..needed {
+                        let t = b * POSITION_PAIRS;
+                        let p = sc.as_ptr().add(i.min(heads.saturating_sub(1)) * stride + t);
+                        let mask = |from: usize| {
+                            let n = seen.saturating_sub(from).min(16);
+                            ((1u32 << n) - 1) as u16
+                        };
+                        let lo = _mm512_maskz_loadu_ps(mask(t), p);
+                        let hi = _mm512_maskz_loadu_ps(mask(t + 16), p.add(16));
+                        _mm512_storeu_si512(
+                            word(pa, (qt * blocks + b) * W + r * TILE),
+                            bf16x32(lo, hi),
+                        );
+                    }
+                }
+            }
+            // Weighted sums: per tile of heads, up to 64 dimensions at a
+            // time, each the blocks of positions in order from the first.
+            let (pa, vb) = (pa.as_ptr() as *const u32, vb.as_ptr() as *const u32);
+            for qt in 0..tiles {
+                let needed = reach(qt).div_ceil(POSITION_PAIRS);
+                for j0 in (0..vchunks).step_by(4) {
+                    let g = 4.min(vchunks - j0);
+                    zero_accumulators();
+                    for b in 0..needed {
+                        load_a(pa.add((qt * blocks + b) * W));
+                        for j in 0..g {
+                            product(j, vb.add((b * vchunks + j0 + j) * W));
+                        }
+                    }
+                    for j in 0..g {
+                        let at = qt * TILE * hd + (j0 + j) * 16;
+                        store(j, ot.as_mut_ptr().add(at), hd * 4);
+                    }
+                }
+            }
+            asm!("tilerelease", options(nostack, nomem));
+            o.copy_from_slice(&ot[..heads * hd]);
+        })
+    }
+}

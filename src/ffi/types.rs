@@ -296,7 +296,8 @@ pub enum lsk_quantize {
     /// columns (llama.cpp's q8_0 scheme).
     LSK_QUANTIZE_INT8 = 1,
     /// bf16 matrix products: bf16 weights and inputs, f32 sums (fastest
-    /// multi-row products on CPUs with AMX or AVX512_BF16).
+    /// multi-row products on CPUs with AMX or AVX512_BF16). With AMX,
+    /// attention runs on it too, in bf16 with f32 sums.
     LSK_QUANTIZE_BF16 = 2,
 }
 

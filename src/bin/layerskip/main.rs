@@ -99,7 +99,8 @@ struct ModelArgs {
     /// Quantize at load: `int8` products (weights per output channel,
     /// inputs per block of 32, as llama.cpp's q8_0; VNNI where present); `bf16`
     /// matrix products with bf16 weights and inputs, f32 sums (llama.cpp's
-    /// bf16 arithmetic; fast multi-row products with AVX512_BF16 or AMX).
+    /// bf16 arithmetic; fast multi-row products with AVX512_BF16 or AMX,
+    /// where attention runs in bf16 too).
     #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
     quantize: QuantizeArg,
     /// Where to run: `cpu`, `cuda` (GPU 0) or `cuda:N`.

@@ -32,9 +32,7 @@ pub(super) fn usable(hd: usize) -> bool {
         && is_x86_feature_detected!("avx512bw")
 }
 
-/// `ldtilecfg`'s operand (palette 1): every tile 16 rows of 64 bytes.
-/// Tiles 0-3 accumulate, 4 takes queries or weights, 5 and 6 keys or
-/// values in turn (tiles are not renamed).
+/// `ldtilecfg`'s operand (palette 1).
 #[repr(C, align(64))]
 struct Config {
     palette: u8,
@@ -45,14 +43,24 @@ struct Config {
     reserved2: [u8; 16],
 }
 
-const CONFIG: Config = Config {
-    palette: 1,
-    start_row: 0,
-    reserved: [0; 14],
-    colsb: [64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-    rows: [16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-    reserved2: [0; 16],
-};
+/// Tiles 0-3 accumulate `heads` rows, 4 takes `heads` rows of queries or
+/// weights, 5 and 6 take 16 rows of keys or values in turn (tiles are not
+/// renamed); every row 64 bytes.
+fn config(heads: usize) -> Config {
+    let mut c = Config {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [0; 16],
+        rows: [0; 16],
+        reserved2: [0; 16],
+    };
+    for t in 0..7 {
+        c.colsb[t] = 64;
+        c.rows[t] = if t < 5 { heads as u8 } else { TILE as u8 };
+    }
+    c
+}
 
 /// Two vectors of 16 values rounded to bf16 and interleaved:
 /// `[a0, b0, a1, b1, ...]` as 16 pairs.
@@ -175,19 +183,13 @@ impl<T: KvElem> CacheView<'_, T> {
         ];
         scratch::with(lens, |[qa, kb, sc, pa, vb, ot]| {
             let word = |b: &mut [f32], at: usize| b.as_mut_ptr().add(at) as *mut __m512i;
-            // Queries: A tiles of 16 heads x 32 dimensions.
-            for qt in 0..tiles {
-                for r in 0..TILE {
-                    let i = qt * TILE + r;
-                    for c in 0..chunks {
-                        let v = if i < heads {
-                            let x = query(i).add(c * 32);
-                            bf16x32(_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)))
-                        } else {
-                            _mm512_setzero_si512()
-                        };
-                        _mm512_storeu_si512(word(qa, (qt * chunks + c) * W + r * TILE), v);
-                    }
+            // Queries: A tiles of up to 16 heads x 32 dimensions.
+            for i in 0..heads {
+                let (qt, r) = (i / TILE, i % TILE);
+                for c in 0..chunks {
+                    let x = query(i).add(c * 32);
+                    let v = bf16x32(_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)));
+                    _mm512_storeu_si512(word(qa, (qt * chunks + c) * W + r * TILE), v);
                 }
             }
             // Keys: B tiles of 16 pairs of dimensions x 16 positions.
@@ -221,11 +223,21 @@ impl<T: KvElem> CacheView<'_, T> {
                 }
             }
 
-            asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const Config, options(nostack, readonly));
+            // The tile of heads `qt`, its height configured.
+            let mut configured = 0;
+            let mut configure = |qt: usize| {
+                let h = TILE.min(heads - qt * TILE);
+                if h != configured {
+                    let c = config(h);
+                    asm!("ldtilecfg [{}]", in(reg) &c as *const Config, options(nostack, readonly));
+                    configured = h;
+                }
+            };
             // Scores: per tile of heads, four blocks of positions at a
             // time, each the sum of the dimensions' tiles in order.
             let (qa, kb) = (qa.as_ptr() as *const u32, kb.as_ptr() as *const u32);
             for qt in 0..tiles {
+                configure(qt);
                 let needed = reach(qt).div_ceil(KEY_BLOCK);
                 for b0 in (0..needed).step_by(4) {
                     let g = 4.min(needed - b0);
@@ -249,31 +261,24 @@ impl<T: KvElem> CacheView<'_, T> {
                 s.iter_mut().for_each(|x| *x *= self.scale);
                 crate::softmax::softmax_in_place(s);
             }
-            for qt in 0..tiles {
-                let needed = reach(qt).div_ceil(POSITION_PAIRS);
-                for r in 0..TILE {
-                    let i = qt * TILE + r;
-                    let seen = if i < heads { positions(i) } else { 0 };
-                    for b in 0..needed {
-                        let t = b * POSITION_PAIRS;
-                        let p = sc.as_ptr().add(i.min(heads.saturating_sub(1)) * stride + t);
-                        let mask = |from: usize| {
-                            let n = seen.saturating_sub(from).min(16);
-                            ((1u32 << n) - 1) as u16
-                        };
-                        let lo = _mm512_maskz_loadu_ps(mask(t), p);
-                        let hi = _mm512_maskz_loadu_ps(mask(t + 16), p.add(16));
-                        _mm512_storeu_si512(
-                            word(pa, (qt * blocks + b) * W + r * TILE),
-                            bf16x32(lo, hi),
-                        );
-                    }
+            for i in 0..heads {
+                let (qt, r, seen) = (i / TILE, i % TILE, positions(i));
+                // Lanes of the 16 positions from `t` that head i sees.
+                let mask = |t: usize| ((1u32 << seen.saturating_sub(t).min(16)) - 1) as u16;
+                for b in 0..reach(qt).div_ceil(POSITION_PAIRS) {
+                    let t = b * POSITION_PAIRS;
+                    let p = sc.as_ptr().add(i * stride + t);
+                    let lo = _mm512_maskz_loadu_ps(mask(t), p);
+                    let hi = _mm512_maskz_loadu_ps(mask(t + 16), p.add(16));
+                    let at = (qt * blocks + b) * W + r * TILE;
+                    _mm512_storeu_si512(word(pa, at), bf16x32(lo, hi));
                 }
             }
             // Weighted sums: per tile of heads, up to 64 dimensions at a
             // time, each the blocks of positions in order from the first.
             let (pa, vb) = (pa.as_ptr() as *const u32, vb.as_ptr() as *const u32);
             for qt in 0..tiles {
+                configure(qt);
                 let needed = reach(qt).div_ceil(POSITION_PAIRS);
                 for j0 in (0..vchunks).step_by(4) {
                     let g = 4.min(vchunks - j0);

@@ -74,6 +74,16 @@ fn bf16_kv_self_speculation_equals_its_full_depth() {
     self_speculation_equals_full_depth(bf16_kv());
 }
 
+/// bf16 products over a bf16 cache: with AMX, the cache in attention's
+/// tile layouts, truncated after every rejected draft.
+#[test]
+fn bf16_products_over_a_bf16_kv_self_speculation_equals_its_full_depth() {
+    self_speculation_equals_full_depth(LoadOptions {
+        quantize: Quantize::Bf16,
+        ..bf16_kv()
+    });
+}
+
 /// Top-1 agreement with the unquantized model and the loss difference on
 /// Python code the model never saw in training: this repository's tools,
 /// through `layerskip eval --quantize`.

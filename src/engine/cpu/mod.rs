@@ -19,8 +19,8 @@ use crate::error::Result;
 use crate::sampling::PickRule;
 use crate::weights::{Tensor, WeightStore};
 use attention::{CacheView, KvElem};
-use kv::with_pair;
 pub use kv::CpuKv;
+use kv::{with_pair, KvLayout, KvPair};
 use rayon::prelude::*;
 
 /// One decoder layer's weights, packed (benches build them too).
@@ -189,6 +189,15 @@ impl CpuEngine {
         })
     }
 
+    /// The cache layout: AMX attention's tile layouts for a bf16 cache
+    /// where attention runs on AMX (no conversion per pass).
+    fn kv_layout(&self) -> KvLayout {
+        match (self.attention_amx, self.kv_dtype) {
+            (true, KvDtype::Bf16) => KvLayout::Tiles,
+            _ => KvLayout::Blocks,
+        }
+    }
+
     /// Multiply-adds of the attention of `rows` new positions after `pos0`.
     fn attention_work(&self, rows: usize, pos0: usize) -> usize {
         rows * self.cfg.num_heads * (pos0 + rows) * self.cfg.head_dim * 2
@@ -196,7 +205,8 @@ impl CpuEngine {
 
     /// Causal attention of `rows` new queries (positions `pos0..`) over the
     /// layer's cache, which already holds their own K/V.
-    fn attention<T: KvElem>(&self, q: &[f32], k: &[T], v: &[T], pos0: usize, out: &mut [f32]) {
+    fn attention<T: KvElem>(&self, p: &KvPair<T>, q: &[f32], pos0: usize, out: &mut [f32]) {
+        let (k, v, layout) = (&p.k[..], &p.v[..], p.layout);
         let cfg = &self.cfg;
         let (hd, nh, nkv) = (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
         let group = nh / nkv;
@@ -209,6 +219,7 @@ impl CpuEngine {
             scale: 1.0 / (hd as f32).sqrt(),
             pos0,
             amx: self.attention_amx,
+            layout,
         };
         // One unit per (block of rows, KV head): the query heads of a
         // group are consecutive and share every K/V row they read, and the
@@ -348,7 +359,12 @@ impl Engine for CpuEngine {
     }
 
     fn new_kv(&self, _capacity: usize) -> CpuKv {
-        CpuKv::new(self.cfg.num_layers, self.cfg.kv_dim(), self.kv_dtype)
+        CpuKv::new(
+            self.cfg.num_layers,
+            self.cfg.kv_dim(),
+            self.kv_dtype,
+            self.kv_layout(),
+        )
     }
 
     fn truncate_kv(&self, kv: &mut CpuKv, layer: usize, len: usize) {
@@ -425,7 +441,7 @@ impl Engine for CpuEngine {
                 // SAFETY: session i alone touches its rows of `attn`.
                 let out = unsafe { out.slice(at, n) };
                 let q = &q[at..at + n];
-                with_pair!(&seg.kv.layers[layer], p => self.attention(q, &p.k, &p.v, seg.pos0, out))
+                with_pair!(&seg.kv.layers[layer], p => self.attention(p, q, seg.pos0, out))
             });
             matmul(attn, rows, &w.o, o);
             x.data.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);

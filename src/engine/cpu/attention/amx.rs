@@ -11,7 +11,7 @@
 //! dimensions, and pairs of positions), once for all its query heads.
 
 use super::{CacheView, KvElem};
-use crate::engine::cpu::kv::{key_at, KEY_BLOCK};
+use crate::engine::cpu::kv::{key_at, KvLayout, KEY_BLOCK};
 use crate::engine::cpu::scratch;
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -80,27 +80,31 @@ unsafe fn bf16x32(lo: __m512, hi: __m512) -> __m512i {
     std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo))
 }
 
-/// Accumulator `$c` += tile 4 times the tile at `$p` (rows 64 bytes apart)
-/// loaded into `$b`.
+/// Accumulator `$c` += tile 4 times the tile at `$p` (rows `$s` bytes
+/// apart) loaded into `$b`.
 macro_rules! product {
-    ($c:literal, $b:literal, $p:expr) => {
+    ($c:literal, $b:literal, $p:expr, $s:expr) => {
         asm!(
             concat!("tileloadd tmm", $b, ", [{p} + {s}*1]"),
             concat!("tdpbf16ps tmm", $c, ", tmm4, tmm", $b),
-            p = in(reg) $p, s = in(reg) 64usize,
+            p = in(reg) $p, s = in(reg) $s,
             options(nostack, readonly)
         )
     };
 }
 
-/// Accumulator `j` (0-3) += tile 4 times the tile at `p`.
+/// A B tile in memory: its first row, and the bytes between rows.
+type Tile = (*const u32, usize);
+
+/// Accumulator `j` (0-3) += tile 4 times tile `b`.
 #[inline(always)]
-unsafe fn product(j: usize, p: *const u32) {
+unsafe fn product(j: usize, b: Tile) {
+    let (p, s) = b;
     match j {
-        0 => product!(0, 5, p),
-        1 => product!(1, 6, p),
-        2 => product!(2, 5, p),
-        _ => product!(3, 6, p),
+        0 => product!(0, 5, p, s),
+        1 => product!(1, 6, p, s),
+        2 => product!(2, 5, p, s),
+        _ => product!(3, 6, p, s),
     }
 }
 
@@ -173,12 +177,18 @@ impl<T: KvElem> CacheView<'_, T> {
                 .add((rows.start + i / group) * q_stride + (kvh * group + i % group) * hd)
         };
         const W: usize = TILE * TILE; // 32-bit words per tile
+                                      // A cache in the tile layouts is read as it is; any other is
+                                      // converted into `kb` and `vb` first.
+        let cached = self.layout == KvLayout::Tiles;
+        assert!(!cached || std::mem::size_of::<T>() == 2);
+        assert!(!cached || self.v.len() >= blocks * POSITION_PAIRS * kvd);
+        let convert = usize::from(!cached);
         let lens = [
             tiles * chunks * W,
-            key_blocks * chunks * W,
+            convert * key_blocks * chunks * W,
             tiles * TILE * stride,
             tiles * blocks * W,
-            blocks * vchunks * W,
+            convert * blocks * vchunks * W,
             tiles * TILE * hd,
         ];
         scratch::with(lens, |[qa, kb, sc, pa, vb, ot]| {
@@ -194,7 +204,7 @@ impl<T: KvElem> CacheView<'_, T> {
             }
             // Keys: B tiles of 16 pairs of dimensions x 16 positions.
             let k = self.k.as_ptr();
-            for b in 0..key_blocks {
+            for b in 0..key_blocks * convert {
                 for c in 0..chunks {
                     for r in 0..TILE {
                         let even = k.add(key_at(b * KEY_BLOCK, kvh * hd + c * 32 + 2 * r, kvd));
@@ -213,7 +223,7 @@ impl<T: KvElem> CacheView<'_, T> {
                     _mm512_setzero_ps()
                 }
             };
-            for b in 0..blocks {
+            for b in 0..blocks * convert {
                 for j in 0..vchunks {
                     for r in 0..TILE {
                         let t = b * POSITION_PAIRS + 2 * r;
@@ -235,7 +245,27 @@ impl<T: KvElem> CacheView<'_, T> {
             };
             // Scores: per tile of heads, four blocks of positions at a
             // time, each the sum of the dimensions' tiles in order.
-            let (qa, kb) = (qa.as_ptr() as *const u32, kb.as_ptr() as *const u32);
+            let qa = qa.as_ptr() as *const u32;
+            // Key tile (block b, dimensions c*32..) and value tile (block b
+            // of 32 positions, dimensions j*16..).
+            let (kb, vb) = (kb.as_ptr() as *const u32, vb.as_ptr() as *const u32);
+            let (k, v) = (self.k.as_ptr() as *const u16, self.v.as_ptr() as *const u16);
+            let key_tile = |b: usize, c: usize| -> Tile {
+                if cached {
+                    let at = KvLayout::Tiles.key_at(b * KEY_BLOCK, kvh * hd + c * 32, kvd);
+                    (k.add(at) as *const u32, 64)
+                } else {
+                    (kb.add((b * chunks + c) * W), 64)
+                }
+            };
+            let value_tile = |b: usize, j: usize| -> Tile {
+                if cached {
+                    let at = KvLayout::Tiles.value_at(b * POSITION_PAIRS, kvh * hd + j * 16, kvd);
+                    (v.add(at) as *const u32, 4 * kvd)
+                } else {
+                    (vb.add((b * vchunks + j) * W), 64)
+                }
+            };
             for qt in 0..tiles {
                 configure(qt);
                 let needed = reach(qt).div_ceil(KEY_BLOCK);
@@ -245,7 +275,7 @@ impl<T: KvElem> CacheView<'_, T> {
                     for c in 0..chunks {
                         load_a(qa.add((qt * chunks + c) * W));
                         for j in 0..g {
-                            product(j, kb.add(((b0 + j) * chunks + c) * W));
+                            product(j, key_tile(b0 + j, c));
                         }
                     }
                     for j in 0..g {
@@ -276,7 +306,7 @@ impl<T: KvElem> CacheView<'_, T> {
             }
             // Weighted sums: per tile of heads, up to 64 dimensions at a
             // time, each the blocks of positions in order from the first.
-            let (pa, vb) = (pa.as_ptr() as *const u32, vb.as_ptr() as *const u32);
+            let pa = pa.as_ptr() as *const u32;
             for qt in 0..tiles {
                 configure(qt);
                 let needed = reach(qt).div_ceil(POSITION_PAIRS);
@@ -286,7 +316,7 @@ impl<T: KvElem> CacheView<'_, T> {
                     for b in 0..needed {
                         load_a(pa.add((qt * blocks + b) * W));
                         for j in 0..g {
-                            product(j, vb.add((b * vchunks + j0 + j) * W));
+                            product(j, value_tile(b, j0 + j));
                         }
                     }
                     for j in 0..g {

@@ -14,7 +14,7 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use super::kv::{key_at, KEY_BLOCK};
+use super::kv::{key_at, KvLayout, KEY_BLOCK};
 use super::scratch;
 use half::bf16;
 
@@ -79,8 +79,7 @@ impl KvElem for bf16 {
     }
 }
 
-/// One layer's K/V cache as attention reads it: K in blocks of
-/// [`KEY_BLOCK`] positions ([`key_at`]), V position-major (`len x kvd`).
+/// One layer's K/V cache as attention reads it, in `layout`.
 pub(super) struct CacheView<'a, T: KvElem> {
     pub k: &'a [T],
     pub v: &'a [T],
@@ -94,6 +93,8 @@ pub(super) struct CacheView<'a, T: KvElem> {
     /// Run on AMX tiles, in bf16 (set only where [`amx_usable`] holds and
     /// AMX runs the bf16 products).
     pub amx: bool,
+    /// [`KvLayout::Tiles`] only with `amx`.
+    pub layout: KvLayout,
 }
 
 /// Whether attention with heads of `hd` dimensions can run on AMX tiles
@@ -122,6 +123,7 @@ impl<T: KvElem> CacheView<'_, T> {
         o: &mut [f32],
     ) {
         let (hd, group) = (self.hd, self.group);
+        assert!(self.amx || self.layout == KvLayout::Blocks);
         #[cfg(target_arch = "x86_64")]
         if self.amx {
             // SAFETY: `amx` is set only where AMX runs this process's bf16
@@ -216,6 +218,7 @@ impl<T: KvElem> CacheView<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::cpu::kv::KvPair;
 
     fn values(seed: u32, n: usize) -> Vec<f32> {
         (0..n as u32)
@@ -255,6 +258,7 @@ mod tests {
             scale: 0.3,
             pos0: n - 1,
             amx: false,
+            layout: KvLayout::Blocks,
         };
         let kvh = 1;
         let mut o = vec![0f32; group * hd];
@@ -310,6 +314,7 @@ mod tests {
                     scale: 0.125,
                     pos0: n - rows,
                     amx: false,
+                    layout: KvLayout::Blocks,
                 };
                 let q_stride = kv_heads * group * hd;
                 let q = values(5, rows * q_stride);
@@ -386,6 +391,7 @@ mod tests {
                     scale: 1.0 / (hd as f32).sqrt(),
                     pos0: n - rows,
                     amx: true,
+                    layout: KvLayout::Blocks,
                 };
                 let q_stride = kv_heads * group * hd;
                 let q = values(5, rows * q_stride);
@@ -406,6 +412,21 @@ mod tests {
                             "hd {hd} group {group} n {n} rows {rows} kvh {kvh} cuts {cuts:?}"
                         );
                         assert_eq!(bits(&got), bits(&alone), "{what}");
+                    }
+                    if std::mem::size_of::<T>() == 2 {
+                        // A bf16 cache kept in the tile layouts, read as it
+                        // is: the same bits as converting it per unit.
+                        let mut tiled = KvPair::<T>::new(kvd, KvLayout::Tiles);
+                        tiled.extend(&k, &v);
+                        let view = CacheView {
+                            k: &tiled.k,
+                            v: &tiled.v,
+                            layout: KvLayout::Tiles,
+                            ..view
+                        };
+                        let mut got = vec![f32::NAN; rows * group * hd];
+                        view.attend_rows(&q, q_stride, 0..rows, kvh, &mut got);
+                        assert_eq!(bits(&got), bits(&alone), "tiles: hd {hd} n {n} rows {rows}");
                     }
                     for (i, out) in alone.chunks(hd).enumerate() {
                         let (r, g) = (i / group, i % group);

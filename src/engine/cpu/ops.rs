@@ -3,11 +3,30 @@
 
 /// `out = w * x / sqrt(mean(x²) + eps)` for one row (Hugging Face LlamaRMSNorm).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f32 = x.iter().map(|v| v * v).sum();
-    let inv = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    let inv = 1.0 / (sum_squares(x) / x.len() as f32 + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = g * (v * inv);
     }
+}
+
+/// Σ x² in 16 lanes, then the lanes in order and the tail: one fixed order
+/// whatever the instruction set (a plain sum is one chain of dependent
+/// adds, on the holding thread of every pass).
+fn sum_squares(x: &[f32]) -> f32 {
+    crate::softmax::dispatch!(sum_squares_lanes(x: &[f32]) -> f32)
+}
+
+#[inline(always)]
+fn sum_squares_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
 }
 
 /// `gate = silu(gate) * up`, in place. silu(g) = g / (1 + e^-g), written
@@ -41,6 +60,30 @@ mod tests {
         super::swiglu_lanes(&mut b, &up);
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&a), bits(&b));
+    }
+
+    #[test]
+    fn rms_norm_gives_the_bits_of_the_baseline_build_and_the_definition() {
+        for n in [1, 15, 16, 17, 768, 1000] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.031)
+                .collect();
+            let w: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32 * 0.1).collect();
+            assert_eq!(
+                super::sum_squares(&x).to_bits(),
+                super::sum_squares_lanes(&x).to_bits()
+            );
+            let mut out = vec![0.0; n];
+            super::rms_norm(&x, &w, 1e-5, &mut out);
+            let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
+            for ((o, &v), &g) in out.iter().zip(&x).zip(&w) {
+                let want = g as f64 * v as f64 / (ms + 1e-5).sqrt();
+                assert!(
+                    (*o as f64 - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                    "n {n}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -74,8 +74,9 @@ fn bf16_kv_self_speculation_equals_its_full_depth() {
     self_speculation_equals_full_depth(bf16_kv());
 }
 
-/// bf16 products over a bf16 cache: with AMX, the cache in attention's
-/// tile layouts, truncated after every rejected draft.
+/// bf16 products over a bf16 cache (what bf16 mode always holds where
+/// attention runs on AMX: there, in the tiles' layouts, truncated after
+/// every rejected draft).
 #[test]
 fn bf16_products_over_a_bf16_kv_self_speculation_equals_its_full_depth() {
     self_speculation_equals_full_depth(LoadOptions {

@@ -83,7 +83,7 @@ impl<T: KvElem> KvPair<T> {
         }
     }
 
-    fn truncate(&mut self, positions: usize) {
+    pub(super) fn truncate(&mut self, positions: usize) {
         let (kvd, layout) = (self.kvd, self.layout);
         self.positions = positions;
         self.k

@@ -155,6 +155,17 @@ impl CpuEngine {
                 .collect()
         });
         let layers = layers.into_iter().collect::<Result<Vec<_>>>()?;
+        let attention_amx =
+            quantize == Quantize::Bf16 && bf16_on_amx() && attention::amx_usable(cfg.head_dim);
+        // Attention on AMX rounds K and V to bf16 as it reads them, into
+        // the same tiles as a bf16 cache holds (a unit test checks it), so
+        // the cache holds bf16 in the tiles' layouts: half the memory, and
+        // no conversion per pass.
+        let kv_dtype = if attention_amx {
+            KvDtype::Bf16
+        } else {
+            kv_dtype
+        };
         Ok(CpuEngine {
             cfg: cfg.clone(),
             embed,
@@ -162,9 +173,7 @@ impl CpuEngine {
             lm_head_tensor,
             draft: None,
             quantize,
-            attention_amx: quantize == Quantize::Bf16
-                && bf16_on_amx()
-                && attention::amx_usable(cfg.head_dim),
+            attention_amx,
             norm: vec(llama::FINAL_NORM)?,
             layers,
             inv_freq: rope::inv_freq(cfg),
@@ -189,12 +198,13 @@ impl CpuEngine {
         })
     }
 
-    /// The cache layout: AMX attention's tile layouts for a bf16 cache
-    /// where attention runs on AMX (no conversion per pass).
+    /// The cache layout: AMX attention's tile layouts where attention runs
+    /// on AMX (the cache is bf16 then).
     fn kv_layout(&self) -> KvLayout {
-        match (self.attention_amx, self.kv_dtype) {
-            (true, KvDtype::Bf16) => KvLayout::Tiles,
-            _ => KvLayout::Blocks,
+        if self.attention_amx {
+            KvLayout::Tiles
+        } else {
+            KvLayout::Blocks
         }
     }
 

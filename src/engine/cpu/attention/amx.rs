@@ -6,12 +6,13 @@
 //! depends neither on the heads beside it in a tile nor on the tile's
 //! extent (unit test): a score is the dimensions' tiles summed in order,
 //! an output the position blocks' tiles in order from the first, and a
-//! head's weights past its own positions are zeros, which add nothing.
-//! Keys and values are converted per unit into the B-tile layout (pairs of
-//! dimensions, and pairs of positions), once for all its query heads.
+//! head's weights past its own positions are zeros, which add nothing. The
+//! cache is bf16 in the B-tiles' layouts ([`KvLayout::Tiles`]: pairs of
+//! dimensions for K, pairs of positions for V), so tiles load straight
+//! from it.
 
 use super::{CacheView, KvElem};
-use crate::engine::cpu::kv::{key_at, KvLayout, KEY_BLOCK};
+use crate::engine::cpu::kv::{KvLayout, KEY_BLOCK};
 use crate::engine::cpu::scratch;
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -60,18 +61,6 @@ fn config(heads: usize) -> Config {
         c.rows[t] = if t < 5 { heads as u8 } else { TILE as u8 };
     }
     c
-}
-
-/// Two vectors of 16 values rounded to bf16 and interleaved:
-/// `[a0, b0, a1, b1, ...]` as 16 pairs.
-#[inline(always)]
-unsafe fn pairs(a: __m512, b: __m512) -> __m512i {
-    let ab: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
-    let idx = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
-    _mm512_permutexvar_epi16(idx, ab)
 }
 
 /// 32 values rounded to bf16, in order.
@@ -177,21 +166,15 @@ impl<T: KvElem> CacheView<'_, T> {
                 .add((rows.start + i / group) * q_stride + (kvh * group + i % group) * hd)
         };
         const W: usize = TILE * TILE; // 32-bit words per tile
-                                      // A cache in the tile layouts is read as it is; any other is
-                                      // converted into `kb` and `vb` first.
-        let cached = self.layout == KvLayout::Tiles;
-        assert!(!cached || std::mem::size_of::<T>() == 2);
-        assert!(!cached || self.v.len() >= blocks * POSITION_PAIRS * kvd);
-        let convert = usize::from(!cached);
+        assert!(self.layout == KvLayout::Tiles && std::mem::size_of::<T>() == 2);
+        assert!(self.v.len() >= blocks * POSITION_PAIRS * kvd);
         let lens = [
             tiles * chunks * W,
-            convert * key_blocks * chunks * W,
             tiles * TILE * stride,
             tiles * blocks * W,
-            convert * blocks * vchunks * W,
             tiles * TILE * hd,
         ];
-        scratch::with(lens, |[qa, kb, sc, pa, vb, ot]| {
+        scratch::with(lens, |[qa, sc, pa, ot]| {
             let word = |b: &mut [f32], at: usize| b.as_mut_ptr().add(at) as *mut __m512i;
             // Queries: A tiles of up to 16 heads x 32 dimensions.
             for i in 0..heads {
@@ -202,37 +185,6 @@ impl<T: KvElem> CacheView<'_, T> {
                     _mm512_storeu_si512(word(qa, (qt * chunks + c) * W + r * TILE), v);
                 }
             }
-            // Keys: B tiles of 16 pairs of dimensions x 16 positions.
-            let k = self.k.as_ptr();
-            for b in 0..key_blocks * convert {
-                for c in 0..chunks {
-                    for r in 0..TILE {
-                        let even = k.add(key_at(b * KEY_BLOCK, kvh * hd + c * 32 + 2 * r, kvd));
-                        let v = pairs(T::load16(even), T::load16(even.add(KEY_BLOCK)));
-                        _mm512_storeu_si512(word(kb, (b * chunks + c) * W + r * TILE), v);
-                    }
-                }
-            }
-            // Values: B tiles of 16 pairs of positions x 16 dimensions,
-            // zeros past the last position.
-            let v = self.v.as_ptr().add(kvh * hd);
-            let value = |t: usize, d: usize| {
-                if t < n_max {
-                    T::load16(v.add(t * kvd + d))
-                } else {
-                    _mm512_setzero_ps()
-                }
-            };
-            for b in 0..blocks * convert {
-                for j in 0..vchunks {
-                    for r in 0..TILE {
-                        let t = b * POSITION_PAIRS + 2 * r;
-                        let x = pairs(value(t, j * 16), value(t + 1, j * 16));
-                        _mm512_storeu_si512(word(vb, (b * vchunks + j) * W + r * TILE), x);
-                    }
-                }
-            }
-
             // The tile of heads `qt`, its height configured.
             let mut configured = 0;
             let mut configure = |qt: usize| {
@@ -246,25 +198,17 @@ impl<T: KvElem> CacheView<'_, T> {
             // Scores: per tile of heads, four blocks of positions at a
             // time, each the sum of the dimensions' tiles in order.
             let qa = qa.as_ptr() as *const u32;
-            // Key tile (block b, dimensions c*32..) and value tile (block b
-            // of 32 positions, dimensions j*16..).
-            let (kb, vb) = (kb.as_ptr() as *const u32, vb.as_ptr() as *const u32);
+            // The cache's key tile (block b of 16 positions, dimensions
+            // c*32..) and value tile (block b of 32 positions, dimensions
+            // j*16..), straight from its tile layouts.
             let (k, v) = (self.k.as_ptr() as *const u16, self.v.as_ptr() as *const u16);
             let key_tile = |b: usize, c: usize| -> Tile {
-                if cached {
-                    let at = KvLayout::Tiles.key_at(b * KEY_BLOCK, kvh * hd + c * 32, kvd);
-                    (k.add(at) as *const u32, 64)
-                } else {
-                    (kb.add((b * chunks + c) * W), 64)
-                }
+                let at = KvLayout::Tiles.key_at(b * KEY_BLOCK, kvh * hd + c * 32, kvd);
+                (k.add(at) as *const u32, 64)
             };
             let value_tile = |b: usize, j: usize| -> Tile {
-                if cached {
-                    let at = KvLayout::Tiles.value_at(b * POSITION_PAIRS, kvh * hd + j * 16, kvd);
-                    (v.add(at) as *const u32, 4 * kvd)
-                } else {
-                    (vb.add((b * vchunks + j) * W), 64)
-                }
+                let at = KvLayout::Tiles.value_at(b * POSITION_PAIRS, kvh * hd + j * 16, kvd);
+                (v.add(at) as *const u32, 4 * kvd)
             };
             for qt in 0..tiles {
                 configure(qt);

@@ -182,7 +182,8 @@ enum lsk_quantize
   LSK_QUANTIZE_INT8 = 1,
   // bf16 matrix products: bf16 weights and inputs, f32 sums (fastest
   // multi-row products on CPUs with AMX or AVX512_BF16). With AMX,
-  // attention runs on it too, in bf16 with f32 sums.
+  // attention runs on it too, in bf16 with f32 sums, over a bf16 K/V
+  // cache whatever `kv_dtype` says.
   LSK_QUANTIZE_BF16 = 2,
 };
 #ifndef __cplusplus
@@ -201,7 +202,8 @@ enum lsk_kv_dtype
  {
   // f32 K/V cache.
   LSK_KV_F32 = 0,
-  // bf16 K/V cache: half the memory per position (CPU engine).
+  // bf16 K/V cache: half the memory per position (CPU engine; what
+  // `LSK_QUANTIZE_BF16` holds on CPUs with AMX either way).
   LSK_KV_BF16 = 1,
 };
 #ifndef __cplusplus

@@ -56,8 +56,11 @@ pub enum Quantize {
     /// rounded), each product's input rows rounded to bf16, products summed
     /// in f32 (llama.cpp's bf16 arithmetic). Multi-row products (verify,
     /// batches) run about twice as fast on CPUs with AVX512_BF16; elsewhere
-    /// FMAs give the same bits at about the speed of f32 products. Norms,
-    /// attention and the residual stream stay f32.
+    /// FMAs give the same bits at about the speed of f32 products. Norms
+    /// and the residual stream stay f32, and so does attention, except on
+    /// CPUs where AMX runs the products: there attention runs on AMX too
+    /// (queries, keys, values and softmax weights in bf16, f32 sums) and
+    /// the K/V cache holds bf16 whatever [`KvDtype`] says.
     Bf16,
 }
 
@@ -71,7 +74,8 @@ pub enum KvDtype {
     /// keeps a bf16 model's cache the same way): half the memory per
     /// position, so twice the context or sessions in a KV budget, and half
     /// the bytes attention reads at long contexts. Attention arithmetic
-    /// stays f32.
+    /// stays f32 (except in [`Quantize::Bf16`] on AMX, which holds a bf16
+    /// cache either way).
     Bf16,
 }
 

@@ -107,7 +107,7 @@ struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     device: layerskip::Device,
     /// K/V cache elements: `bf16` halves its memory and the bytes attention
-    /// reads (CPU engine).
+    /// reads (CPU engine; `--quantize bf16` on AMX holds bf16 either way).
     #[arg(long, value_enum, default_value_t = KvDtypeArg::F32)]
     kv_dtype: KvDtypeArg,
     /// CPU worker threads (0: `RAYON_NUM_THREADS`, default one per core).

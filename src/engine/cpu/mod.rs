@@ -7,6 +7,8 @@ mod matmul;
 mod ops;
 mod scratch;
 mod team;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 
 pub use matmul::{bf16_on_amx, kernel_name, matmul, matmul_many, Mat};
 
@@ -18,7 +20,7 @@ use crate::engine::options::{KvDtype, Quantize};
 use crate::error::Result;
 use crate::sampling::PickRule;
 use crate::weights::{Tensor, WeightStore};
-use attention::{CacheView, KvElem};
+use attention::{CacheView, KvElem, Queries};
 pub use kv::CpuKv;
 use kv::{with_pair, KvLayout, KvPair};
 use rayon::prelude::*;
@@ -248,7 +250,13 @@ impl CpuEngine {
             let (b, kvh) = (u / nkv, u % nkv);
             let rs = b * rb..((b + 1) * rb).min(rows);
             scratch::with([rs.len() * group * hd], |[o]| {
-                cache.attend_rows(q, nh * hd, rs.clone(), kvh, o);
+                let qs = Queries {
+                    q,
+                    stride: nh * hd,
+                    rows: rs.clone(),
+                    kvh,
+                };
+                cache.attend_rows(&qs, o);
                 for (r, src) in rs.zip(o.chunks_exact(group * hd)) {
                     // SAFETY: unit (b, kvh) alone writes these elements of
                     // `out` (rows of block b, heads of KV head kvh).

@@ -11,9 +11,10 @@
 //! dimensions for K, pairs of positions for V), so tiles load straight
 //! from it.
 
-use super::{CacheView, KvElem};
+use super::{CacheView, KvElem, Queries};
 use crate::engine::cpu::kv::{KvLayout, KEY_BLOCK};
 use crate::engine::cpu::scratch;
+use crate::engine::cpu::tiles::{self, TileConfig};
 use std::arch::asm;
 use std::arch::x86_64::*;
 
@@ -33,34 +34,12 @@ pub(super) fn usable(hd: usize) -> bool {
         && is_x86_feature_detected!("avx512bw")
 }
 
-/// `ldtilecfg`'s operand (palette 1).
-#[repr(C, align(64))]
-struct Config {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-    reserved2: [u8; 16],
-}
-
 /// Tiles 0-3 accumulate `heads` rows, 4 takes `heads` rows of queries or
 /// weights, 5 and 6 take 16 rows of keys or values in turn (tiles are not
 /// renamed); every row 64 bytes.
-fn config(heads: usize) -> Config {
-    let mut c = Config {
-        palette: 1,
-        start_row: 0,
-        reserved: [0; 14],
-        colsb: [0; 16],
-        rows: [0; 16],
-        reserved2: [0; 16],
-    };
-    for t in 0..7 {
-        c.colsb[t] = 64;
-        c.rows[t] = if t < 5 { heads as u8 } else { TILE as u8 };
-    }
-    c
+fn config(heads: usize) -> TileConfig {
+    let (h, b) = ((heads, 64), (TILE, 64));
+    TileConfig::new(&[h, h, h, h, h, b, b])
 }
 
 /// 32 values rounded to bf16, in order.
@@ -113,21 +92,29 @@ unsafe fn store(j: usize, p: *mut f32, stride: usize) {
     }
 }
 
-/// Tile 4 from `p` (rows 64 bytes apart).
+/// Accumulators `j < g` (at most 4) = Σ over `steps` in order of the A
+/// tile `a(step)` (rows 64 bytes apart) times the B tile `b(step, j)`,
+/// then stored to `out(j)` (rows `out_stride` bytes apart).
 #[inline(always)]
-unsafe fn load_a(p: *const u32) {
-    asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly));
-}
-
-#[inline(always)]
-unsafe fn zero_accumulators() {
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
+unsafe fn tile_products(
+    g: usize,
+    steps: usize,
+    a: impl Fn(usize) -> *const u32,
+    b: impl Fn(usize, usize) -> Tile,
+    out: impl Fn(usize) -> *mut f32,
+    out_stride: usize,
+) {
+    tiles::zero_accumulators();
+    for step in 0..steps {
+        let p = a(step);
+        asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) p, s = in(reg) 64usize, options(nostack, readonly));
+        for j in 0..g {
+            product(j, b(step, j));
+        }
+    }
+    for j in 0..g {
+        store(j, out(j), out_stride);
+    }
 }
 
 impl<T: KvElem> CacheView<'_, T> {
@@ -137,14 +124,8 @@ impl<T: KvElem> CacheView<'_, T> {
     /// AMX runs this process's bf16 products (tile data permitted), and
     /// [`usable`] holds for `self.hd`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn attend_amx(
-        &self,
-        q: &[f32],
-        q_stride: usize,
-        rows: std::ops::Range<usize>,
-        kvh: usize,
-        o: &mut [f32],
-    ) {
+    pub(super) unsafe fn attend_amx(&self, qs: &Queries, o: &mut [f32]) {
+        let (rows, kvh) = (qs.rows.clone(), qs.kvh);
         let (hd, kvd, group) = (self.hd, self.kvd, self.group);
         let n_max = self.pos0 + rows.end;
         let heads = rows.len() * group;
@@ -155,16 +136,12 @@ impl<T: KvElem> CacheView<'_, T> {
         let (blocks, vchunks) = (stride / POSITION_PAIRS, hd / 16);
         assert!(hd.is_multiple_of(32) && o.len() == heads * hd);
         assert!(self.k.len() >= key_blocks * KEY_BLOCK * kvd && self.v.len() >= n_max * kvd);
-        assert!(rows.is_empty() || q.len() >= (rows.end - 1) * q_stride + (kvh + 1) * group * hd);
         // Head `i`: row `rows.start + i / group`, seeing `positions(i)`
         // positions; `reach(qt)`: the most any head of tile qt sees.
         let base = self.pos0 + rows.start + 1;
         let positions = |i: usize| base + i / group;
         let reach = |qt: usize| positions(((qt + 1) * TILE).min(heads) - 1);
-        let query = |i: usize| {
-            q.as_ptr()
-                .add((rows.start + i / group) * q_stride + (kvh * group + i % group) * hd)
-        };
+        let query = |i: usize| qs.head(i, group, hd).as_ptr();
         const W: usize = TILE * TILE; // 32-bit words per tile
         assert!(self.layout == KvLayout::Tiles && std::mem::size_of::<T>() == 2);
         assert!(self.v.len() >= blocks * POSITION_PAIRS * kvd);
@@ -190,8 +167,7 @@ impl<T: KvElem> CacheView<'_, T> {
             let mut configure = |qt: usize| {
                 let h = TILE.min(heads - qt * TILE);
                 if h != configured {
-                    let c = config(h);
-                    asm!("ldtilecfg [{}]", in(reg) &c as *const Config, options(nostack, readonly));
+                    config(h).load();
                     configured = h;
                 }
             };
@@ -210,22 +186,19 @@ impl<T: KvElem> CacheView<'_, T> {
                 let at = KvLayout::Tiles.value_at(b * POSITION_PAIRS, kvh * hd + j * 16, kvd);
                 (v.add(at) as *const u32, 4 * kvd)
             };
+            let scores = sc.as_mut_ptr();
             for qt in 0..tiles {
                 configure(qt);
                 let needed = reach(qt).div_ceil(KEY_BLOCK);
                 for b0 in (0..needed).step_by(4) {
-                    let g = 4.min(needed - b0);
-                    zero_accumulators();
-                    for c in 0..chunks {
-                        load_a(qa.add((qt * chunks + c) * W));
-                        for j in 0..g {
-                            product(j, key_tile(b0 + j, c));
-                        }
-                    }
-                    for j in 0..g {
-                        let at = qt * TILE * stride + (b0 + j) * KEY_BLOCK;
-                        store(j, sc.as_mut_ptr().add(at), stride * 4);
-                    }
+                    tile_products(
+                        4.min(needed - b0),
+                        chunks,
+                        |c| qa.add((qt * chunks + c) * W),
+                        |c, j| key_tile(b0 + j, c),
+                        |j| scores.add(qt * TILE * stride + (b0 + j) * KEY_BLOCK),
+                        stride * 4,
+                    );
                 }
             }
             // Softmax weights, then A tiles of 16 heads x 32 positions,
@@ -251,25 +224,22 @@ impl<T: KvElem> CacheView<'_, T> {
             // Weighted sums: per tile of heads, up to 64 dimensions at a
             // time, each the blocks of positions in order from the first.
             let pa = pa.as_ptr() as *const u32;
+            let out = ot.as_mut_ptr();
             for qt in 0..tiles {
                 configure(qt);
                 let needed = reach(qt).div_ceil(POSITION_PAIRS);
                 for j0 in (0..vchunks).step_by(4) {
-                    let g = 4.min(vchunks - j0);
-                    zero_accumulators();
-                    for b in 0..needed {
-                        load_a(pa.add((qt * blocks + b) * W));
-                        for j in 0..g {
-                            product(j, value_tile(b, j0 + j));
-                        }
-                    }
-                    for j in 0..g {
-                        let at = qt * TILE * hd + (j0 + j) * 16;
-                        store(j, ot.as_mut_ptr().add(at), hd * 4);
-                    }
+                    tile_products(
+                        4.min(vchunks - j0),
+                        needed,
+                        |b| pa.add((qt * blocks + b) * W),
+                        |b, j| value_tile(b, j0 + j),
+                        |j| out.add(qt * TILE * hd + (j0 + j) * 16),
+                        hd * 4,
+                    );
                 }
             }
-            asm!("tilerelease", options(nostack, nomem));
+            tiles::release();
             o.copy_from_slice(&ot[..heads * hd]);
         })
     }

@@ -106,29 +106,43 @@ pub(super) fn amx_usable(hd: usize) -> bool {
     false
 }
 
+/// The queries of one call: rows `rows` of `q`, one every `stride` floats,
+/// and of each the `group` query heads of KV head `kvh`.
+pub(super) struct Queries<'a> {
+    pub q: &'a [f32],
+    pub stride: usize,
+    pub rows: std::ops::Range<usize>,
+    pub kvh: usize,
+}
+
+impl Queries<'_> {
+    /// Row `r`'s query heads of the KV head, `group x hd` values.
+    fn group_of(&self, r: usize, group: usize, hd: usize) -> &[f32] {
+        &self.q[r * self.stride + self.kvh * group * hd..][..group * hd]
+    }
+
+    /// Head `i` of the call: row `rows.start + i / group`, its query head
+    /// `i % group` of the KV head.
+    fn head(&self, i: usize, group: usize, hd: usize) -> &[f32] {
+        let g = self.group_of(self.rows.start + i / group, group, hd);
+        &g[(i % group) * hd..][..hd]
+    }
+}
+
 impl<T: KvElem> CacheView<'_, T> {
-    /// Attention of rows `rows` into `o` (`rows.len() x group x hd`), for
-    /// the query heads of KV head `kvh`: row `r`'s are `group x hd` values
-    /// at `q[r * q_stride + kvh * group * hd..]`. Each head's arithmetic is
+    /// Attention of the rows of `qs` into `o` (`rows x group x hd`). Each head's arithmetic is
     /// the definition's ([`CacheView::attend_definition`]) whatever the
     /// batch and however rows are grouped, so results are too; the AVX2 and
     /// AVX-512F kernels only widen the vectors and block the work (a unit
     /// test checks them bit for bit).
-    pub fn attend_rows(
-        &self,
-        q: &[f32],
-        q_stride: usize,
-        rows: std::ops::Range<usize>,
-        kvh: usize,
-        o: &mut [f32],
-    ) {
-        let (hd, group) = (self.hd, self.group);
+    pub fn attend_rows(&self, qs: &Queries, o: &mut [f32]) {
+        let (hd, group, rows) = (self.hd, self.group, qs.rows.clone());
         assert!(self.amx || self.layout == KvLayout::Blocks);
         #[cfg(target_arch = "x86_64")]
         if self.amx {
             // SAFETY: `amx` is set only where AMX runs this process's bf16
             // products and `amx_usable(hd)` holds.
-            return unsafe { self.attend_amx(q, q_stride, rows, kvh, o) };
+            return unsafe { self.attend_amx(qs, o) };
         }
         #[cfg(target_arch = "x86_64")]
         if hd.is_multiple_of(8)
@@ -141,19 +155,18 @@ impl<T: KvElem> CacheView<'_, T> {
                 // wide one), and the head size is whole vectors.
                 unsafe {
                     if is_x86_feature_detected!("avx512f") {
-                        self.attend_avx512(q, q_stride, rows, kvh, o, scores)
+                        self.attend_avx512(qs, o, scores)
                     } else {
-                        self.attend_avx2(q, q_stride, rows, kvh, o, scores)
+                        self.attend_avx2(qs, o, scores)
                     }
                 }
             });
         }
         for (i, r) in rows.enumerate() {
             let n = self.pos0 + r + 1;
-            let qg = &q[r * q_stride + kvh * group * hd..][..group * hd];
             let og = &mut o[i * group * hd..][..group * hd];
             scratch::with([group * n], |[scores]| {
-                self.attend_definition(qg, n, kvh, og, scores)
+                self.attend_definition(qs.group_of(r, group, hd), n, qs.kvh, og, scores)
             });
         }
     }
@@ -336,6 +349,12 @@ mod tests {
                             let mut got = vec![f32::NAN; rows * group * hd];
                             for w in cuts.windows(2) {
                                 let part = w[0]..w[1];
+                                let qs = Queries {
+                                    q: &q,
+                                    stride: q_stride,
+                                    rows: part.clone(),
+                                    kvh,
+                                };
                                 let o = &mut got[w[0] * group * hd..w[1] * group * hd];
                                 let stride = (n - rows + w[1]).next_multiple_of(KEY_BLOCK);
                                 let mut s = vec![f32::NAN; part.len() * group * stride];
@@ -343,9 +362,9 @@ mod tests {
                                 // `wide` AVX-512F; hd is a multiple of 8.
                                 unsafe {
                                     if wide {
-                                        view.attend_avx512(&q, q_stride, part, kvh, o, &mut s)
+                                        view.attend_avx512(&qs, o, &mut s)
                                     } else {
-                                        view.attend_avx2(&q, q_stride, part, kvh, o, &mut s)
+                                        view.attend_avx2(&qs, o, &mut s)
                                     }
                                 }
                             }
@@ -405,7 +424,13 @@ mod tests {
                         let mut o = vec![f32::NAN; rows * group * hd];
                         for w in cuts.windows(2) {
                             let out = &mut o[w[0] * group * hd..w[1] * group * hd];
-                            view.attend_rows(&q, q_stride, w[0]..w[1], kvh, out);
+                            let qs = Queries {
+                                q: &q,
+                                stride: q_stride,
+                                rows: w[0]..w[1],
+                                kvh,
+                            };
+                            view.attend_rows(&qs, out);
                         }
                         o
                     };

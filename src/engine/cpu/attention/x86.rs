@@ -5,7 +5,7 @@
 //! weighted sum takes dimensions as lanes, for up to four heads at once,
 //! each V row loaded once for all of them.
 
-use super::{CacheView, KvElem};
+use super::{CacheView, KvElem, Queries};
 use crate::engine::cpu::kv::{key_at, KEY_BLOCK};
 use std::arch::x86_64::{__m256, __m512};
 
@@ -14,32 +14,16 @@ impl<T: KvElem> CacheView<'_, T> {
     /// of scratch for the scores (`stride`: the block's positions rounded up
     /// to whole blocks of K).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn attend_avx2(
-        &self,
-        q: &[f32],
-        q_stride: usize,
-        rows: std::ops::Range<usize>,
-        kvh: usize,
-        o: &mut [f32],
-        scores: &mut [f32],
-    ) {
+    pub(super) unsafe fn attend_avx2(&self, qs: &Queries, o: &mut [f32], scores: &mut [f32]) {
         // 16 ymm registers: 2 x 4 score chains, 2 heads x 4 vectors of sums.
-        self.attend::<__m256, 2, 2>(q, q_stride, rows, kvh, o, scores)
+        self.attend::<__m256, 2, 2>(qs, o, scores)
     }
 
     /// [`CacheView::attend_rows`] on 16 lanes.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn attend_avx512(
-        &self,
-        q: &[f32],
-        q_stride: usize,
-        rows: std::ops::Range<usize>,
-        kvh: usize,
-        o: &mut [f32],
-        scores: &mut [f32],
-    ) {
+    pub(super) unsafe fn attend_avx512(&self, qs: &Queries, o: &mut [f32], scores: &mut [f32]) {
         // 32 zmm registers: 4 x 4 score chains, 4 heads x 4 vectors of sums.
-        self.attend::<__m512, 4, 4>(q, q_stride, rows, kvh, o, scores)
+        self.attend::<__m512, 4, 4>(qs, o, scores)
     }
 
     /// The kernel on vectors `V`: scores in tiles of up to 4 heads x `B`
@@ -48,13 +32,11 @@ impl<T: KvElem> CacheView<'_, T> {
     #[inline(always)]
     unsafe fn attend<V: Lanes, const B: usize, const WH: usize>(
         &self,
-        q: &[f32],
-        q_stride: usize,
-        rows: std::ops::Range<usize>,
-        kvh: usize,
+        qs: &Queries,
         o: &mut [f32],
         scores: &mut [f32],
     ) {
+        let (rows, kvh) = (qs.rows.clone(), qs.kvh);
         let (hd, kvd, group) = (self.hd, self.kvd, self.group);
         let n_max = self.pos0 + rows.end;
         let stride = n_max.next_multiple_of(KEY_BLOCK);
@@ -62,16 +44,12 @@ impl<T: KvElem> CacheView<'_, T> {
         assert!(hd.is_multiple_of(8) && o.len() == heads * hd);
         assert!(scores.len() >= heads * stride);
         assert!(self.k.len() >= stride * kvd && self.v.len() >= n_max * kvd);
-        assert!(rows.is_empty() || q.len() >= (rows.end - 1) * q_stride + (kvh + 1) * group * hd);
         // Head `i` of the block: row `rows.start + i / group`, which sees
         // `positions(i)` positions (never fewer than head i - 1).
         let base = self.pos0 + rows.start + 1;
         let positions = |i: usize| base + i / group;
         let first_seeing = |t: usize| (t + 1).saturating_sub(base) * group;
-        let query = |i: usize| {
-            q.as_ptr()
-                .add((rows.start + i / group) * q_stride + (kvh * group + i % group) * hd)
-        };
+        let query = |i: usize| qs.head(i, group, hd).as_ptr();
         let sp = scores.as_mut_ptr();
         let score_row = |i: usize| sp.add(i * stride);
 
@@ -83,16 +61,16 @@ impl<T: KvElem> CacheView<'_, T> {
                 let vectors = (positions(i + h - 1) - t0).div_ceil(V::LANES);
                 macro_rules! tile {
                     ($h:literal) => {{
-                        let mut qs = [q.as_ptr(); $h];
+                        let mut heads_q = [std::ptr::null(); $h];
                         let mut out = [sp; $h];
                         for j in 0..$h {
-                            (qs[j], out[j]) = (query(i + j), score_row(i + j));
+                            (heads_q[j], out[j]) = (query(i + j), score_row(i + j));
                         }
                         if vectors >= B {
-                            self.score_tile::<V, $h, B>(qs, t0, kvh, out);
+                            self.score_tile::<V, $h, B>(heads_q, t0, kvh, out);
                         } else {
                             for b in 0..vectors {
-                                self.score_tile::<V, $h, 1>(qs, t0 + b * V::LANES, kvh, out);
+                                self.score_tile::<V, $h, 1>(heads_q, t0 + b * V::LANES, kvh, out);
                             }
                         }
                     }};

@@ -20,6 +20,7 @@
 //! threads between a kernel's `ldtilecfg` and its `tilerelease`.
 
 use super::{groups, Job, PANEL};
+use crate::engine::cpu::tiles::{self, TileConfig};
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid_count, _mm_prefetch, _xgetbv, _MM_HINT_T0};
 
@@ -89,48 +90,20 @@ pub(super) const TILE_PAIRS: usize = 16;
 /// Panels per pass over a group's inputs: one accumulator tile each.
 const PANELS: usize = 4;
 
-/// `ldtilecfg`'s operand (palette 1).
-#[repr(C, align(64))]
-struct Config {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-    reserved2: [u8; 16],
-}
-
 /// Tiles 0-3 accumulate four panels of `rows` rows. Without a tail of
 /// pairs, 4 and 7 take the inputs of 16 pairs and 5 and 6 the weights, in
 /// turn, so that a load overlaps the product before it (tiles are not
 /// renamed). With a tail, 4 and 5 alone take 16 pairs and 6 and 7 the last
 /// `tail`.
-fn config(rows: usize, tail: usize) -> Config {
-    let mut c = Config {
-        palette: 1,
-        start_row: 0,
-        reserved: [0; 14],
-        colsb: [0; 16],
-        rows: [0; 16],
-        reserved2: [0; 16],
-    };
-    let row_bytes = (TILE_PAIRS * 4) as u16;
-    let mut set = |t: usize, r: usize, colsb: u16| {
-        c.rows[t] = r as u8;
-        c.colsb[t] = colsb;
-    };
-    for t in 0..5 {
-        set(t, rows, row_bytes);
-    }
-    set(5, TILE_PAIRS, row_bytes);
-    if tail == 0 {
-        set(6, TILE_PAIRS, row_bytes);
-        set(7, rows, row_bytes);
+fn config(rows: usize, tail: usize) -> TileConfig {
+    let row_bytes = TILE_PAIRS * 4;
+    let (inputs, weights) = ((rows, row_bytes), (TILE_PAIRS, row_bytes));
+    let [t6, t7] = if tail == 0 {
+        [weights, inputs]
     } else {
-        set(6, rows, (tail * 4) as u16);
-        set(7, tail, row_bytes);
-    }
-    c
+        [(rows, tail * 4), (tail, row_bytes)]
+    };
+    TileConfig::new(&[inputs, inputs, inputs, inputs, inputs, weights, t6, t7])
 }
 
 /// How far ahead in a panel's weights a tile load prefetches (two tiles):
@@ -201,17 +174,10 @@ pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
         // every group passes over them.
         for (r0, rr) in groups(j.rows, TILE_ROWS) {
             if rr != configured {
-                let c = config(rr, tail);
-                asm!("ldtilecfg [{}]", in(reg) &c as *const Config, options(nostack, readonly));
+                config(rr, tail).load();
                 configured = rr;
             }
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            tiles::zero_accumulators();
             // The group's inputs: a tile of 16 pairs per kb (rows 64
             // bytes apart), then the tail's rows `tail` pairs apart.
             let x = |kb: usize| j.x.as_ptr().add(r0 * kps + kb * rr * TILE_PAIRS);
@@ -273,6 +239,6 @@ pub unsafe fn block_pairs(j: &Job<u32, u32>, ps: std::ops::Range<usize>) {
         p0 += panels;
     }
     if configured != 0 {
-        asm!("tilerelease", options(nostack, nomem));
+        tiles::release();
     }
 }

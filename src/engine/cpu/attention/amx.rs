@@ -27,7 +27,7 @@ const POSITION_PAIRS: usize = 32;
 
 /// Whether a model with heads of `hd` dimensions can run attention here
 /// (given that AMX runs its products): whole tiles of 32 dimensions, and
-/// the conversions' instruction sets.
+/// the instruction sets that round queries and weights into tiles.
 pub(super) fn usable(hd: usize) -> bool {
     hd.is_multiple_of(32)
         && is_x86_feature_detected!("avx512bf16")
@@ -135,7 +135,10 @@ impl<T: KvElem> CacheView<'_, T> {
         let (chunks, key_blocks) = (hd / 32, n_max.div_ceil(KEY_BLOCK));
         let (blocks, vchunks) = (stride / POSITION_PAIRS, hd / 16);
         assert!(hd.is_multiple_of(32) && o.len() == heads * hd);
-        assert!(self.k.len() >= key_blocks * KEY_BLOCK * kvd && self.v.len() >= n_max * kvd);
+        assert!(self.layout == KvLayout::Tiles && std::mem::size_of::<T>() == 2);
+        // Whole blocks of K, and of V (zeros past the length).
+        assert!(self.k.len() >= key_blocks * KEY_BLOCK * kvd);
+        assert!(self.v.len() >= blocks * POSITION_PAIRS * kvd);
         // Head `i`: row `rows.start + i / group`, seeing `positions(i)`
         // positions; `reach(qt)`: the most any head of tile qt sees.
         let base = self.pos0 + rows.start + 1;
@@ -143,8 +146,6 @@ impl<T: KvElem> CacheView<'_, T> {
         let reach = |qt: usize| positions(((qt + 1) * TILE).min(heads) - 1);
         let query = |i: usize| qs.head(i, group, hd).as_ptr();
         const W: usize = TILE * TILE; // 32-bit words per tile
-        assert!(self.layout == KvLayout::Tiles && std::mem::size_of::<T>() == 2);
-        assert!(self.v.len() >= blocks * POSITION_PAIRS * kvd);
         let lens = [
             tiles * chunks * W,
             tiles * TILE * stride,

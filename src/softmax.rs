@@ -91,12 +91,19 @@ pub fn sum(row: &[f32]) -> f32 {
 
 #[inline(always)]
 fn sum_lanes(row: &[f32]) -> f32 {
+    sum_lanes_of(row, |v| v)
+}
+
+/// Σ f(v) over `row` in 16 lanes, then the lanes in order and the tail:
+/// one fixed order, vectorized by whatever instruction set it inlines into.
+#[inline(always)]
+pub(crate) fn sum_lanes_of(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = row.chunks_exact(LANES);
-    let rest: f32 = chunks.remainder().iter().sum();
+    let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
     for c in chunks {
         for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
+            *a += f(v);
         }
     }
     acc.iter().sum::<f32>() + rest

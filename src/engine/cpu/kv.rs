@@ -151,10 +151,9 @@ macro_rules! with_pair {
 pub(super) use with_pair;
 
 impl KvLayer {
-    /// [`KvLayout::Tiles`] is for bf16 caches only (f32 ones keep `Blocks`).
     fn new(dtype: KvDtype, kvd: usize, layout: KvLayout) -> Self {
         match dtype {
-            KvDtype::F32 => KvLayer::F32(KvPair::new(kvd, KvLayout::Blocks)),
+            KvDtype::F32 => KvLayer::F32(KvPair::new(kvd, layout)),
             KvDtype::Bf16 => KvLayer::Bf16(KvPair::new(kvd, layout)),
         }
     }

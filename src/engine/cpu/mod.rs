@@ -48,12 +48,13 @@ pub struct CpuEngine {
     draft: Option<(Vec<u32>, Mat)>,
     /// How the weights are held (the draft head is packed the same way).
     quantize: Quantize,
-    /// Attention on AMX tiles, in bf16 (where bf16 products run on AMX).
-    attention_amx: bool,
     norm: Vec<f32>,
     layers: Vec<LayerWeights>,
     inv_freq: Vec<f32>,
     kv_dtype: KvDtype,
+    /// `Tiles` where attention runs on AMX (in bf16, where bf16 products
+    /// run on AMX), else `Blocks`.
+    kv_layout: KvLayout,
     /// The model's own workers, or None for the process's shared pool.
     own_pool: Option<rayon::ThreadPool>,
 }
@@ -157,16 +158,15 @@ impl CpuEngine {
                 .collect()
         });
         let layers = layers.into_iter().collect::<Result<Vec<_>>>()?;
-        let attention_amx =
+        // Attention on AMX multiplies bf16 keys and values: an f32 cache
+        // would only be rounded at every use, so the cache holds bf16, in
+        // the tiles' layouts (half the memory, no conversion per pass).
+        let amx =
             quantize == Quantize::Bf16 && bf16_on_amx() && attention::amx_usable(cfg.head_dim);
-        // Attention on AMX rounds K and V to bf16 as it reads them, into
-        // the same tiles as a bf16 cache holds (a unit test checks it), so
-        // the cache holds bf16 in the tiles' layouts: half the memory, and
-        // no conversion per pass.
-        let kv_dtype = if attention_amx {
-            KvDtype::Bf16
+        let (kv_dtype, kv_layout) = if amx {
+            (KvDtype::Bf16, KvLayout::Tiles)
         } else {
-            kv_dtype
+            (kv_dtype, KvLayout::Blocks)
         };
         Ok(CpuEngine {
             cfg: cfg.clone(),
@@ -175,11 +175,11 @@ impl CpuEngine {
             lm_head_tensor,
             draft: None,
             quantize,
-            attention_amx,
             norm: vec(llama::FINAL_NORM)?,
             layers,
             inv_freq: rope::inv_freq(cfg),
             kv_dtype,
+            kv_layout,
             own_pool,
         })
     }
@@ -198,16 +198,6 @@ impl CpuEngine {
             );
             f(xn, rows)
         })
-    }
-
-    /// The cache layout: AMX attention's tile layouts where attention runs
-    /// on AMX (the cache is bf16 then).
-    fn kv_layout(&self) -> KvLayout {
-        if self.attention_amx {
-            KvLayout::Tiles
-        } else {
-            KvLayout::Blocks
-        }
     }
 
     /// Multiply-adds of the attention of `rows` new positions after `pos0`.
@@ -230,7 +220,6 @@ impl CpuEngine {
             kvd: cfg.kv_dim(),
             scale: 1.0 / (hd as f32).sqrt(),
             pos0,
-            amx: self.attention_amx,
             layout,
         };
         // One unit per (block of rows, KV head): the query heads of a
@@ -381,7 +370,7 @@ impl Engine for CpuEngine {
             self.cfg.num_layers,
             self.cfg.kv_dim(),
             self.kv_dtype,
-            self.kv_layout(),
+            self.kv_layout,
         )
     }
 

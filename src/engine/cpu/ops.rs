@@ -9,24 +9,15 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Σ x² in 16 lanes, then the lanes in order and the tail: one fixed order
-/// whatever the instruction set (a plain sum is one chain of dependent
-/// adds, on the holding thread of every pass).
+/// Σ x² in lanes, one fixed order whatever the instruction set (a plain
+/// sum is one chain of dependent adds, on the holding thread of every pass).
 fn sum_squares(x: &[f32]) -> f32 {
     crate::softmax::dispatch!(sum_squares_lanes(x: &[f32]) -> f32)
 }
 
 #[inline(always)]
 fn sum_squares_lanes(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let rest: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v * v;
-        }
-    }
-    acc.iter().sum::<f32>() + rest
+    crate::softmax::sum_lanes_of(x, |v| v * v)
 }
 
 /// `gate = silu(gate) * up`, in place. silu(g) = g / (1 + e^-g), written

@@ -90,10 +90,8 @@ pub(super) struct CacheView<'a, T: KvElem> {
     pub scale: f32,
     /// Position of the first new row.
     pub pos0: usize,
-    /// Run on AMX tiles, in bf16 (set only where [`amx_usable`] holds and
-    /// AMX runs the bf16 products).
-    pub amx: bool,
-    /// [`KvLayout::Tiles`] only with `amx`.
+    /// `Tiles` (bf16) runs on AMX tiles, in bf16: a cache is laid out so
+    /// only where [`amx_usable`] holds and AMX runs the bf16 products.
     pub layout: KvLayout,
 }
 
@@ -137,11 +135,10 @@ impl<T: KvElem> CacheView<'_, T> {
     /// test checks them bit for bit).
     pub fn attend_rows(&self, qs: &Queries, o: &mut [f32]) {
         let (hd, group, rows) = (self.hd, self.group, qs.rows.clone());
-        assert!(self.amx || self.layout == KvLayout::Blocks);
-        #[cfg(target_arch = "x86_64")]
-        if self.amx {
-            // SAFETY: `amx` is set only where AMX runs this process's bf16
-            // products and `amx_usable(hd)` holds.
+        if self.layout == KvLayout::Tiles {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a cache is laid out in tiles only where AMX runs this
+            // process's bf16 products and `amx_usable(hd)` holds.
             return unsafe { self.attend_amx(qs, o) };
         }
         #[cfg(target_arch = "x86_64")]
@@ -270,7 +267,6 @@ mod tests {
             kvd,
             scale: 0.3,
             pos0: n - 1,
-            amx: false,
             layout: KvLayout::Blocks,
         };
         let kvh = 1;
@@ -326,7 +322,6 @@ mod tests {
                     kvd,
                     scale: 0.125,
                     pos0: n - rows,
-                    amx: false,
                     layout: KvLayout::Blocks,
                 };
                 let q_stride = kv_heads * group * hd;
@@ -413,7 +408,6 @@ mod tests {
                     kvd,
                     scale: 1.0 / (hd as f32).sqrt(),
                     pos0: n - rows,
-                    amx: true,
                     layout: KvLayout::Tiles,
                 };
                 let q_stride = kv_heads * group * hd;

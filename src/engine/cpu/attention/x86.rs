@@ -9,6 +9,42 @@ use super::{CacheView, KvElem, Queries};
 use crate::engine::cpu::kv::{key_at, KEY_BLOCK};
 use std::arch::x86_64::{__m256, __m512};
 
+/// Runs `$e` with the const `$n` equal to `$h` (1 to 4): a block of heads
+/// as const-sized arrays of pointers.
+macro_rules! up_to_4 {
+    ($h:expr, $n:ident => $e:expr) => {
+        match $h {
+            4 => {
+                const $n: usize = 4;
+                $e
+            }
+            3 => {
+                const $n: usize = 3;
+                $e
+            }
+            2 => {
+                const $n: usize = 2;
+                $e
+            }
+            _ => {
+                const $n: usize = 1;
+                $e
+            }
+        }
+    };
+}
+
+/// `[f(0), .., f(N - 1)]` in a plain loop (`array::from_fn` would not
+/// inline into the caller's instruction set).
+#[inline(always)]
+fn each<P: Copy, const N: usize>(f: impl Fn(usize) -> P) -> [P; N] {
+    let mut a = [f(0); N];
+    for (j, x) in a.iter_mut().enumerate().skip(1) {
+        *x = f(j);
+    }
+    a
+}
+
 impl<T: KvElem> CacheView<'_, T> {
     /// [`CacheView::attend_rows`] on 8 lanes, with `heads x stride` floats
     /// of scratch for the scores (`stride`: the block's positions rounded up
@@ -59,28 +95,16 @@ impl<T: KvElem> CacheView<'_, T> {
             while i < heads {
                 let h = 4.min(heads - i);
                 let vectors = (positions(i + h - 1) - t0).div_ceil(V::LANES);
-                macro_rules! tile {
-                    ($h:literal) => {{
-                        let mut heads_q = [std::ptr::null(); $h];
-                        let mut out = [sp; $h];
-                        for j in 0..$h {
-                            (heads_q[j], out[j]) = (query(i + j), score_row(i + j));
+                up_to_4!(h, H => {
+                    let (qh, out) = (each::<_, H>(|j| query(i + j)), each::<_, H>(|j| score_row(i + j)));
+                    if vectors >= B {
+                        self.score_tile::<V, H, B>(qh, t0, kvh, out);
+                    } else {
+                        for b in 0..vectors {
+                            self.score_tile::<V, H, 1>(qh, t0 + b * V::LANES, kvh, out);
                         }
-                        if vectors >= B {
-                            self.score_tile::<V, $h, B>(heads_q, t0, kvh, out);
-                        } else {
-                            for b in 0..vectors {
-                                self.score_tile::<V, $h, 1>(heads_q, t0 + b * V::LANES, kvh, out);
-                            }
-                        }
-                    }};
-                }
-                match h {
-                    4 => tile!(4),
-                    3 => tile!(3),
-                    2 => tile!(2),
-                    _ => tile!(1),
-                }
+                    }
+                });
                 i += h;
             }
         }
@@ -97,24 +121,14 @@ impl<T: KvElem> CacheView<'_, T> {
                 let h = WH.min(heads - i);
                 // Every head of the group to the first's end, then each on.
                 let t1 = end(i);
-                let group_heads = |n: usize| {
-                    let mut ps = [scores.add(i * stride + t0); 4];
-                    let mut os = [out.add(i * hd); 4];
-                    for j in 1..n {
-                        (ps[j], os[j]) = (scores.add((i + j) * stride + t0), out.add((i + j) * hd));
-                    }
-                    (ps, os)
-                };
-                match h {
-                    4 => self.weigh_heads::<V, 4>(group_heads(4), t0..t1, kvh),
-                    3 => self.weigh_heads::<V, 3>(group_heads(3), t0..t1, kvh),
-                    2 => self.weigh_heads::<V, 2>(group_heads(2), t0..t1, kvh),
-                    _ => self.weigh_heads::<V, 1>(group_heads(1), t0..t1, kvh),
-                }
+                up_to_4!(h, H => {
+                    let ps = each::<_, H>(|j| scores.add((i + j) * stride + t0));
+                    self.weigh_heads::<V, H>(ps, each(|j| out.add((i + j) * hd)), t0..t1, kvh)
+                });
                 for j in i + 1..i + h {
                     if end(j) > t1 {
-                        let one = ([scores.add(j * stride + t1); 4], [out.add(j * hd); 4]);
-                        self.weigh_heads::<V, 1>(one, t1..end(j), kvh);
+                        let (p, o) = (scores.add(j * stride + t1), out.add(j * hd));
+                        self.weigh_heads::<V, 1>([p], [o], t1..end(j), kvh);
                     }
                 }
                 i += h;
@@ -159,20 +173,17 @@ impl<T: KvElem> CacheView<'_, T> {
         }
     }
 
-    /// `o[h] += Σ_t p[h][t - t0] · V[t]` over `ts` for the first `H` of the
-    /// (scores, outputs) pointers `po`, all dimensions of KV head `kvh`.
+    /// `os[h] += Σ_t ps[h][t - ts.start] · V[t]` over `ts` for `H` heads,
+    /// all dimensions of KV head `kvh`.
     #[inline(always)]
     unsafe fn weigh_heads<V: Lanes, const H: usize>(
         &self,
-        po: ([*const f32; 4], [*mut f32; 4]),
+        ps: [*const f32; H],
+        os: [*mut f32; H],
         ts: std::ops::Range<usize>,
         kvh: usize,
     ) {
         let (hd, kvd) = (self.hd, self.kvd);
-        let mut ps = [po.0[0]; H];
-        ps.copy_from_slice(&po.0[..H]);
-        let mut os = [po.1[0]; H];
-        os.copy_from_slice(&po.1[..H]);
         let v = self.v.as_ptr().add(ts.start * kvd + kvh * hd);
         let n = ts.len();
         let mut d = 0;

@@ -22,7 +22,8 @@ use crate::sampling::PickRule;
 use crate::weights::{Tensor, WeightStore};
 use attention::{CacheView, KvElem, Queries};
 pub use kv::CpuKv;
-use kv::{with_pair, KvLayout, KvPair};
+use kv::{with_pair, KvLayer, KvLayout, KvPair};
+use parking_lot::Mutex;
 use rayon::prelude::*;
 
 /// One decoder layer's weights, packed (benches build them too).
@@ -274,14 +275,6 @@ unsafe impl Send for OutRows {}
 unsafe impl Sync for OutRows {}
 
 impl OutRows {
-    /// Elements `at..at + n` of `out`.
-    ///
-    /// # Safety
-    /// They are in bounds, and no other thread touches them meanwhile.
-    unsafe fn slice<'a>(self, at: usize, n: usize) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(at), n)
-    }
-
     /// Copies `src` to elements `at..` of `out`.
     ///
     /// # Safety
@@ -289,6 +282,47 @@ impl OutRows {
     unsafe fn write(self, at: usize, src: &[f32]) {
         std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add(at), src.len());
     }
+}
+
+/// One session's share of a batched layer: its layer cache, its first new
+/// position, and its rows of the queries, keys, values and attention output.
+struct SessionPart<'a> {
+    kv: &'a mut KvLayer,
+    pos0: usize,
+    q: &'a mut [f32],
+    k: &'a mut [f32],
+    v: &'a [f32],
+    out: &'a mut [f32],
+}
+
+/// Splits the batch's rows of `[q, k, out]` (row widths `[qd, kvd]`, `out`
+/// as `q`) and `v` among `segments`, each part behind its own (uncontended)
+/// lock so that a task can take its part mutably.
+fn session_parts<'a>(
+    segments: &'a mut [Segment<'_, CpuKv>],
+    layer: usize,
+    [mut q, mut k, mut out]: [&'a mut [f32]; 3],
+    mut v: &'a [f32],
+    [qd, kvd]: [usize; 2],
+) -> Vec<Mutex<SessionPart<'a>>> {
+    let mut parts = Vec::with_capacity(segments.len());
+    for seg in segments.iter_mut() {
+        let n = seg.rows;
+        let (q0, q1) = std::mem::take(&mut q).split_at_mut(n * qd);
+        let (k0, k1) = std::mem::take(&mut k).split_at_mut(n * kvd);
+        let (o0, o1) = std::mem::take(&mut out).split_at_mut(n * qd);
+        let (v0, v1) = v.split_at(n * kvd);
+        (q, k, out, v) = (q1, k1, o1, v1);
+        parts.push(Mutex::new(SessionPart {
+            kv: &mut seg.kv.layers[layer],
+            pos0: seg.pos0,
+            q: q0,
+            k: k0,
+            v: v0,
+            out: o0,
+        }));
+    }
+    parts
 }
 
 /// The CPU engine's worker threads (`RAYON_NUM_THREADS`, default one per
@@ -418,44 +452,51 @@ impl Engine for CpuEngine {
                 &mut [(&w.q, &mut **q), (&w.k, &mut **k), (&w.v, &mut **v)],
             );
 
-            // Each session's new positions into its own cache; `starts`:
-            // its first row.
-            let (mut r0, mut starts) = (0, Vec::with_capacity(segments.len()));
-            for seg in segments.iter_mut() {
-                starts.push(r0);
-                let (n, pos0) = (seg.rows, seg.pos0);
-                debug_assert_eq!(seg.kv.layers[layer].positions(), pos0);
-                for r in r0..r0 + n {
-                    let pos = pos0 + r - r0;
-                    rope::apply(&mut q[r * qd..(r + 1) * qd], hd, pos, &self.inv_freq);
-                    rope::apply(&mut k[r * kvd..(r + 1) * kvd], hd, pos, &self.inv_freq);
-                }
-                let rows = r0 * kvd..(r0 + n) * kvd;
-                seg.kv.layers[layer].extend(&k[rows.clone()], &v[rows]);
-                r0 += n;
-            }
-            // Attention per session, over its own cache. One decoding row's
-            // attention is too small to share among threads by itself, so
-            // the sessions of a batch run side by side.
+            // Per session: its new positions rotated and appended to its
+            // own cache, then their attention over that cache, in one task.
+            // One decoding row's work is too small to share among threads
+            // by itself, so the sessions of a batch run side by side (and
+            // the cache lines that the append brings in serve the
+            // attention's reads on the same core).
             let work = segments
                 .iter()
                 .map(|s| self.attention_work(s.rows, s.pos0))
                 .sum();
-            let (q, out) = (&**q, OutRows(attn.as_mut_ptr()));
-            team::for_each(segments.len(), work, |i| {
-                let (seg, at) = (&segments[i], starts[i] * qd);
-                let n = seg.rows * qd;
-                // SAFETY: session i alone touches its rows of `attn`.
-                let out = unsafe { out.slice(at, n) };
-                let q = &q[at..at + n];
-                with_pair!(&seg.kv.layers[layer], p => self.attention(p, q, seg.pos0, out))
+            let parts = session_parts(segments, layer, [q, k, attn], v, [qd, kvd]);
+            team::for_each(parts.len(), work, |i| {
+                let mut part = parts[i].lock();
+                let SessionPart {
+                    kv,
+                    pos0,
+                    q,
+                    k,
+                    v,
+                    out,
+                } = &mut *part;
+                debug_assert_eq!(kv.positions(), *pos0);
+                for (r, (qr, kr)) in q
+                    .chunks_exact_mut(qd)
+                    .zip(k.chunks_exact_mut(kvd))
+                    .enumerate()
+                {
+                    rope::apply(qr, hd, *pos0 + r, &self.inv_freq);
+                    rope::apply(kr, hd, *pos0 + r, &self.inv_freq);
+                }
+                kv.extend(k, v);
+                with_pair!(&**kv, p => self.attention(p, q, *pos0, out))
             });
             matmul(attn, rows, &w.o, o);
             x.data.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
 
             norm_rows(&x.data, &w.mlp_norm, cfg.rms_norm_eps, h, xn);
             matmul_many(xn, rows, &mut [(&w.gate, &mut **gate), (&w.up, &mut **up)]);
-            ops::swiglu(gate, up);
+            // Element by element, so chunks share the work without
+            // changing a bit; one decoding row's is too little to share.
+            const CHUNK: usize = 4096;
+            let work = gate.len() * ops::SWIGLU_WORK;
+            team::for_each_chunk(gate, CHUNK, work, |i, g| {
+                ops::swiglu(g, &up[i * CHUNK..][..g.len()])
+            });
             matmul(gate, rows, &w.down, o);
             x.data.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
         });

@@ -20,6 +20,10 @@ fn sum_squares_lanes(x: &[f32]) -> f32 {
     crate::softmax::sum_lanes_of(x, |v| v * v)
 }
 
+/// What one element of [`swiglu`] costs, in multiply-adds (its exp is
+/// most of it), for sharing work among threads.
+pub const SWIGLU_WORK: usize = 16;
+
 /// `gate = silu(gate) * up`, in place. silu(g) = g / (1 + e^-g), written
 /// with e = e^-|g| so that one branch-free exp of a non-positive argument
 /// serves both signs (and the loop vectorises).

@@ -204,11 +204,16 @@ pub fn hold<R>(f: impl FnOnce() -> R) -> R {
 /// starting workers costs more than they save.
 pub const SERIAL_BELOW: usize = 1 << 17;
 
+/// Whether `tasks` tasks of `work` multiply-adds in all run on this thread.
+fn serial(tasks: usize, work: usize) -> bool {
+    tasks <= 1 || work < SERIAL_BELOW
+}
+
 /// `f(i)` for every `i` in `0..tasks`, `work` multiply-adds in all: on this
 /// thread where there is one task or less than [`SERIAL_BELOW`] work,
 /// else across the team this thread holds, else through rayon.
 pub fn for_each(tasks: usize, work: usize, f: impl Fn(usize) + Sync + Send) {
-    if tasks == 1 || work < SERIAL_BELOW {
+    if serial(tasks, work) {
         return (0..tasks).for_each(f);
     }
     // SAFETY: a held team lives until `hold` returns, which clears `HELD`
@@ -217,6 +222,25 @@ pub fn for_each(tasks: usize, work: usize, f: impl Fn(usize) + Sync + Send) {
         Some(team) if !team.running.get() && tasks <= MAX_TASKS => team.region(tasks, &f),
         _ => (0..tasks).into_par_iter().for_each(f),
     }
+}
+
+/// `f(i, c)` for every chunk `c` of `chunk` elements of `data` (`i`: its
+/// index), as [`for_each`] with `work` multiply-adds in all.
+pub fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    if serial(data.len().div_ceil(chunk), work) {
+        return data
+            .chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+    // Each chunk behind its own lock, which only its task takes.
+    let chunks: Vec<Mutex<&mut [T]>> = data.chunks_mut(chunk).map(Mutex::new).collect();
+    for_each(chunks.len(), work, |i| f(i, &mut chunks[i].lock()));
 }
 
 #[cfg(test)]
@@ -250,6 +274,31 @@ mod tests {
             for (i, c) in counts.iter().enumerate() {
                 let want = 2 + (i < 7) as u32 + (i < 1) as u32;
                 assert_eq!(c.load(Relaxed), want, "task {i}, held {held}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_chunk_is_handed_to_one_task_with_its_index() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (held, work) in [(false, 0), (true, 0), (true, SERIAL_BELOW)] {
+            let mut data = vec![0u32; 1003];
+            let mut run = || {
+                for_each_chunk(&mut data, 100, work, |i, c| {
+                    assert!(c.len() == 100 || (i == 10 && c.len() == 3));
+                    c.iter_mut().for_each(|x| *x += i as u32 + 1);
+                })
+            };
+            pool.install(|| if held { hold(run) } else { run() });
+            for (e, &x) in data.iter().enumerate() {
+                assert_eq!(
+                    x,
+                    e as u32 / 100 + 1,
+                    "element {e}, held {held}, work {work}"
+                );
             }
         }
     }

@@ -318,8 +318,22 @@ pub(super) fn pack_row_pairs(x: &[f32], rows: usize, cols: usize, group: usize, 
 /// cols.div_ceil(2)` words): groups of at most 16 rows ([`groups`]), each
 /// stored tile after tile, a tile being the group's rows' 16 pairs from
 /// `16 * kb` on, one row after another; the last `kps % 16` pairs likewise.
+/// Compiled for the widest vectors the CPU has (the same integer rounding,
+/// so the same bits): a batch of 16 decoding rows packs ~70k inputs a
+/// layer, on the thread that holds the others waiting.
 #[cfg(target_arch = "x86_64")]
 pub(super) fn pack_row_pair_tiles(x: &[f32], rows: usize, cols: usize, out: &mut [u32]) {
+    crate::softmax::dispatch!(pack_row_pair_tiles_lanes(
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        out: &mut [u32]
+    ) -> ())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn pack_row_pair_tiles_lanes(x: &[f32], rows: usize, cols: usize, out: &mut [u32]) {
     use super::amx::{TILE_PAIRS, TILE_ROWS};
     let kps = cols.div_ceil(2);
     for (r0, rr) in groups(rows, TILE_ROWS) {

@@ -1,7 +1,9 @@
 //! The matrix products of one decoder layer over 1..=9 rows (a verify of
 //! d + 1 rows, or a batch of sessions), against one row. Shapes of the ~100M
 //! random model by default (hidden 768, intermediate 2048, 4 KV heads of 64);
-//! weights bf16, larger than the L2 cache in total, as in real decoding.
+//! weights bf16, larger than the L2 cache in total, as in real decoding,
+//! and run as decoding runs them: inside a pool of one thread per core
+//! (`RAYON_NUM_THREADS`) whose workers are held as a team.
 //!
 //!   cargo bench --bench matmul
 //!   LAYERSKIP_BENCH_SHAPE=256,704,64,128 cargo bench --bench matmul  # hidden,inter,kv_dim,layers
@@ -10,7 +12,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use layerskip::engine::cpu::{matmul, matmul_many, LayerWeights, Mat};
+use layerskip::engine::cpu::{hold, matmul, matmul_many, LayerWeights, Mat};
 use layerskip::weights::{DType, Tensor};
 use std::time::Duration;
 
@@ -81,19 +83,24 @@ fn benches(c: &mut Criterion) {
             vec![0.0; rows * h],
         );
         g.throughput(Throughput::Elements((params * rows) as u64));
+        let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
         g.bench_with_input(BenchmarkId::from_parameter(rows), &rows, |b, &rows| {
-            b.iter(|| {
-                for l in &layers {
-                    let xh = &x[..rows * h];
-                    matmul_many(
-                        xh,
-                        rows,
-                        &mut [(&l.q, &mut q), (&l.k, &mut k), (&l.v, &mut v)],
-                    );
-                    matmul(xh, rows, &l.o, &mut o);
-                    matmul_many(xh, rows, &mut [(&l.gate, &mut gate), (&l.up, &mut up)]);
-                    matmul(&x[..rows * inter], rows, &l.down, &mut o);
-                }
+            pool.install(|| {
+                hold(|| {
+                    b.iter(|| {
+                        for l in &layers {
+                            let xh = &x[..rows * h];
+                            matmul_many(
+                                xh,
+                                rows,
+                                &mut [(&l.q, &mut q), (&l.k, &mut k), (&l.v, &mut v)],
+                            );
+                            matmul(xh, rows, &l.o, &mut o);
+                            matmul_many(xh, rows, &mut [(&l.gate, &mut gate), (&l.up, &mut up)]);
+                            matmul(&x[..rows * inter], rows, &l.down, &mut o);
+                        }
+                    })
+                })
             })
         });
     }

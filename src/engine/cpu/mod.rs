@@ -11,6 +11,7 @@ mod team;
 mod tiles;
 
 pub use matmul::{bf16_on_amx, kernel_name, matmul, matmul_many, Mat};
+pub use team::hold;
 
 use super::llama::{self, LayerNames};
 use super::HeadOutput;

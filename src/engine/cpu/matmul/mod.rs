@@ -222,6 +222,21 @@ const MAX_JOBS: usize = 3;
 /// parallel region: one wake-up of the worker threads instead of one per
 /// matrix. Each product is computed exactly as by [`matmul`]. Nothing is
 /// allocated for one input row (a decode step).
+/// The rows that size a product's tasks: on AMX a tile of 16 rows streams
+/// its weights once and costs about what one row does, so rows count by
+/// tiles there. Sized by rows, a 16-row task had a sixteenth of one row's
+/// weights, and the 100M model's layer products over 16 rows took
+/// 5.3-5.8 ms against 4.7-4.9 ms sized by tiles (Xeon with AMX,
+/// `benches/matmul.rs`, two threads).
+fn task_rows(isa: Isa, m: &Mat, rows: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Amx && m.pairs() {
+        return rows.div_ceil(amx::TILE_ROWS);
+    }
+    let _ = (isa, m);
+    rows
+}
+
 pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
     assert!(
         jobs.len() <= MAX_JOBS,
@@ -245,7 +260,7 @@ pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
         outs[i] = OutPtr(out.as_mut_ptr());
         // Enough work per task to amortise scheduling (~64k multiply-adds),
         // in whole 4-panel tiles.
-        sizes[i] = (65536 / (PANEL * m.cols * rows).max(1))
+        sizes[i] = (65536 / (PANEL * m.cols * task_rows(isa, m, rows)).max(1))
             .clamp(1, 64)
             .next_multiple_of(4);
         starts[i + 1] = starts[i] + m.rows.div_ceil(PANEL).div_ceil(sizes[i]);

@@ -218,10 +218,6 @@ pub fn matmul(x: &[f32], rows: usize, m: &Mat, out: &mut [f32]) {
 /// Most products [`matmul_many`] takes at once (Q, K and V).
 const MAX_JOBS: usize = 3;
 
-/// Several products of the same input (e.g. Q, K and V; gate and up) in one
-/// parallel region: one wake-up of the worker threads instead of one per
-/// matrix. Each product is computed exactly as by [`matmul`]. Nothing is
-/// allocated for one input row (a decode step).
 /// The rows that size a product's tasks: on AMX a tile of 16 rows streams
 /// its weights once and costs about what one row does, so rows count by
 /// tiles there. Sized by rows, a 16-row task had a sixteenth of one row's
@@ -237,6 +233,10 @@ fn task_rows(isa: Isa, m: &Mat, rows: usize) -> usize {
     rows
 }
 
+/// Several products of the same input (e.g. Q, K and V; gate and up) in one
+/// parallel region: one wake-up of the worker threads instead of one per
+/// matrix. Each product is computed exactly as by [`matmul`]. Nothing is
+/// allocated for one input row (a decode step).
 pub fn matmul_many(x: &[f32], rows: usize, jobs: &mut [(&Mat, &mut [f32])]) {
     assert!(
         jobs.len() <= MAX_JOBS,

@@ -41,14 +41,18 @@ pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
     }
 }
 
-/// Rotate `x` (`n_heads x head_dim`, one position) in place, the "rotate_half"
-/// layout of Hugging Face Llama (pairs are `i` and `i + head_dim/2`).
-pub fn apply(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32]) {
+/// Rotate one position's query and key heads (`n_heads x head_dim` each) in
+/// place, the "rotate_half" layout of Hugging Face Llama (pairs are `i` and
+/// `i + head_dim/2`); each frequency's sine and cosine serve both.
+pub fn apply(q: &mut [f32], k: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32]) {
     let half = head_dim / 2;
     for (i, &f) in inv_freq.iter().enumerate() {
         let angle = pos as f32 * f;
         let (sin, cos) = angle.sin_cos();
-        for head in x.chunks_exact_mut(head_dim) {
+        let heads = q
+            .chunks_exact_mut(head_dim)
+            .chain(k.chunks_exact_mut(head_dim));
+        for head in heads {
             let a = head[i];
             let b = head[i + half];
             head[i] = a * cos - b * sin;

@@ -480,8 +480,7 @@ impl Engine for CpuEngine {
                     .zip(k.chunks_exact_mut(kvd))
                     .enumerate()
                 {
-                    rope::apply(qr, hd, *pos0 + r, &self.inv_freq);
-                    rope::apply(kr, hd, *pos0 + r, &self.inv_freq);
+                    rope::apply(qr, kr, hd, *pos0 + r, &self.inv_freq);
                 }
                 kv.extend(k, v);
                 with_pair!(&**kv, p => self.attention(p, q, *pos0, out))

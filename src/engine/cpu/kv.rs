@@ -55,12 +55,6 @@ impl KvLayout {
     }
 }
 
-/// Where element `j` of position `t`'s key sits in a [`KvLayout::Blocks`] K.
-#[inline(always)]
-pub(crate) fn key_at(t: usize, j: usize, kvd: usize) -> usize {
-    KvLayout::Blocks.key_at(t, j, kvd)
-}
-
 /// One layer's K and V.
 pub(crate) struct KvPair<T> {
     /// Whole blocks of [`KEY_BLOCK`] positions; the lanes of the last block

@@ -14,7 +14,7 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use super::kv::{key_at, KvLayout, KEY_BLOCK};
+use super::kv::{KvLayout, KEY_BLOCK};
 use super::scratch;
 use half::bf16;
 
@@ -186,7 +186,7 @@ impl<T: KvElem> CacheView<'_, T> {
             for t0 in (0..n).step_by(KEY_BLOCK) {
                 let mut acc = [0f32; KEY_BLOCK];
                 for (d, &x) in qh.iter().enumerate() {
-                    let kd = &self.k[key_at(t0, kvh * hd + d, kvd)..][..KEY_BLOCK];
+                    let kd = &self.k[KvLayout::Blocks.key_at(t0, kvh * hd + d, kvd)..][..KEY_BLOCK];
                     for (a, k) in acc.iter_mut().zip(kd) {
                         *a = x.mul_add(k.f32(), *a);
                     }
@@ -245,7 +245,7 @@ mod tests {
         let n = k.len() / kvd;
         let mut out = vec![T::from_f32(f32::NAN); n.next_multiple_of(KEY_BLOCK) * kvd];
         for (e, &x) in k.iter().enumerate() {
-            out[key_at(e / kvd, e % kvd, kvd)] = T::from_f32(x);
+            out[KvLayout::Blocks.key_at(e / kvd, e % kvd, kvd)] = T::from_f32(x);
         }
         out
     }

@@ -6,7 +6,7 @@
 //! each V row loaded once for all of them.
 
 use super::{CacheView, KvElem, Queries};
-use crate::engine::cpu::kv::{key_at, KEY_BLOCK};
+use crate::engine::cpu::kv::{KvLayout, KEY_BLOCK};
 use std::arch::x86_64::{__m256, __m512};
 
 /// Runs `$e` with the const `$n` equal to `$h` (1 to 4): a block of heads
@@ -150,7 +150,7 @@ impl<T: KvElem> CacheView<'_, T> {
         let (hd, kvd) = (self.hd, self.kvd);
         let mut keys = [self.k.as_ptr(); B];
         for (b, k) in keys.iter_mut().enumerate() {
-            *k = k.add(key_at(t + b * V::LANES, kvh * hd, kvd));
+            *k = k.add(KvLayout::Blocks.key_at(t + b * V::LANES, kvh * hd, kvd));
         }
         let mut acc = [[V::splat(0.0); B]; H];
         for d in 0..hd {

@@ -349,15 +349,16 @@ fn run_heads<E: Engine>(
             None => all = Some(rows),
         }
     }
-    let mut shared = HeadOutput::new(model.config.vocab_size);
-    run_head(all.as_ref().expect("jobs"), 0, &mut shared);
-    let mut at = 0;
-    for (i, _, _, rows) in &jobs {
-        let (s, rows) = (&mut *items[*i].session, *rows);
-        s.head.copy_rows(&shared, at, rows);
-        at += rows;
-        results[*i] = Ok(rows);
-    }
+    model.with_batch_head(|shared| {
+        run_head(all.as_ref().expect("jobs"), 0, shared);
+        let mut at = 0;
+        for (i, _, _, rows) in &jobs {
+            let (s, rows) = (&mut *items[*i].session, *rows);
+            s.head.copy_rows(shared, at, rows);
+            at += rows;
+            results[*i] = Ok(rows);
+        }
+    });
 }
 
 impl<E: Engine> Session<E> {

@@ -95,10 +95,17 @@ impl HeadOutput {
         self.picks.clear();
     }
 
-    /// Refill with logits written by `fill` (which sizes the vector).
+    /// Refill with logits written by `fill`, which sizes the vector and
+    /// writes every element: it gets the last rows' vector, so that an
+    /// output refilled pass after pass is neither allocated nor zeroed anew.
     pub fn fill_logits(&mut self, fill: impl FnOnce(&mut Vec<f32>)) {
-        self.clear();
+        self.picks.clear();
         fill(&mut self.logits);
+    }
+
+    /// Bytes allocated for rows.
+    pub fn bytes_held(&self) -> usize {
+        self.logits.capacity() * size_of::<f32>() + self.picks.capacity() * size_of::<Pick>()
     }
 
     /// Refill with picks written by `fill`.
@@ -161,5 +168,24 @@ mod tests {
         part.copy_rows(&from_picks, 1, 1);
         assert_eq!((part.rows(), part.token(0)), (1, 0));
         assert!(part.logits().is_empty());
+    }
+
+    #[test]
+    fn a_refill_keeps_the_allocation_and_none_of_the_last_rows() {
+        let mut out = HeadOutput::new(2);
+        out.fill_picks(|p| p.push(Pick::of(&[0.0, 1.0], &PickRule::Greedy)));
+        out.fill_logits(|v| {
+            v.resize(6, 0.0);
+            v.copy_from_slice(&[1.0, 0.0, 0.0, 1.0, 2.0, 0.0]);
+        });
+        assert_eq!(out.tokens(), vec![0, 1, 0]);
+        let held = out.bytes_held();
+        out.fill_logits(|v| {
+            assert_eq!(v.len(), 6, "the last rows' vector, not a new one");
+            v.truncate(2);
+            v.copy_from_slice(&[0.0, 3.0]);
+        });
+        assert_eq!((out.rows(), out.tokens()), (1, vec![1]));
+        assert_eq!(out.bytes_held(), held);
     }
 }

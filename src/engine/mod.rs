@@ -71,8 +71,9 @@ pub trait Engine: Send + Sync + 'static {
         let rows = x.rows();
         self.run_layer_batch(layer, &mut [Segment { kv, pos0, rows }], x);
     }
-    /// Exit head (final norm + LM head) on rows `from..` of `x`; writes
-    /// `(rows - from) x vocab` logits into `out`.
+    /// Exit head (final norm + LM head) on rows `from..` of `x`: sizes
+    /// `out` to `(rows - from) x vocab` and writes every logit (it may hold
+    /// an earlier pass's).
     fn head(&self, x: &Self::Acts, from: usize, out: &mut Vec<f32>);
     /// The exit head on rows `from..` when only each row's token is needed,
     /// chosen by `rules[i]` (one per row; a sampled row's uniform is drawn

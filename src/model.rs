@@ -134,7 +134,9 @@ impl Model<Backend> {
         // The engine holds its own copy of every weight it computes with.
         store.release();
         warm_up(&engine);
+        let batch_head = parking_lot::Mutex::new(HeadOutput::new(config.vocab_size));
         Ok(Arc::new(Model {
+            config,
             engine,
             tokenizer,
             dir: dir.to_path_buf(),
@@ -144,8 +146,7 @@ impl Model<Backend> {
             limits: *options,
             kv_reserved: AtomicU64::new(0),
             shortlisted,
-            batch_head: parking_lot::Mutex::new(HeadOutput::new(config.vocab_size)),
-            config,
+            batch_head,
         }))
     }
 }

@@ -140,6 +140,8 @@ impl<T: KvElem> CacheView<'_, T> {
             // SAFETY: a cache is laid out in tiles only where AMX runs this
             // process's bf16 products and `amx_usable(hd)` holds.
             return unsafe { self.attend_amx(qs, o) };
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("tile layouts are made only where AMX runs the products");
         }
         #[cfg(target_arch = "x86_64")]
         if hd.is_multiple_of(8)

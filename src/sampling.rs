@@ -54,20 +54,29 @@ impl SamplingParams {
 /// Index of the largest logit; the first one wins ties (as torch.argmax).
 /// NaNs are ignored (0 for a row with no number).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let m = softmax::max(logits);
+    first_of(logits, softmax::max(logits))
+}
+
+/// The first id whose logit is `m` (0 if none is).
+fn first_of(logits: &[f32], m: f32) -> u32 {
     logits.iter().position(|&v| v == m).unwrap_or(0) as u32
 }
 
 /// Largest probability of softmax(logits) (temperature 1): a draft's confidence.
 pub fn top_probability(logits: &[f32]) -> f32 {
-    1.0 / softmax::exp_sum(logits, softmax::max(logits), 1.0, None)
+    top_probability_at(logits, softmax::max(logits))
+}
+
+/// [`top_probability`] of logits whose largest is `m`.
+fn top_probability_at(logits: &[f32], m: f32) -> f32 {
+    1.0 / softmax::exp_sum(logits, m, 1.0, None)
 }
 
 /// What decoding needs from one row of logits once its token is chosen: the
 /// chosen token, the greedy token (argmax) and its probability at
 /// temperature 1 (a draft's confidence). A GPU engine computes it where the
 /// logits are, so only these cross to the host.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Pick {
     /// The token the row's [`PickRule`] chose.
     pub token: u32,
@@ -78,14 +87,15 @@ pub struct Pick {
 impl Pick {
     /// The pick of a row of logits under `rule`.
     pub fn of(logits: &[f32], rule: &PickRule) -> Pick {
-        let argmax = argmax(logits);
+        let m = softmax::max(logits);
+        let argmax = first_of(logits, m);
         Pick {
             token: match rule {
                 PickRule::Greedy => argmax,
                 PickRule::Sample { .. } => rule.apply(logits),
             },
             argmax,
-            top_prob: top_probability(logits),
+            top_prob: top_probability_at(logits, m),
         }
     }
 }

@@ -81,8 +81,9 @@ pub struct BatchItem<'a, E: Engine = Backend> {
     pub logits: Logits,
     /// Set when only the selected rows' tokens are needed (not their
     /// logits): how the newest one's is chosen (the others greedily). The
-    /// engine may then hand back each row's [`crate::sampling::Pick`]
-    /// instead of its logits ([`Engine::head_pick`]).
+    /// session may then get each row's [`crate::sampling::Pick`] instead
+    /// of its logits ([`Engine::head_pick`]): from a GPU engine, and in a
+    /// batch whose head pass the CPU engine picked on its threads.
     pub pick: Option<PickRule>,
 }
 
@@ -458,8 +459,8 @@ impl<E: Engine> Session<E> {
     }
 
     /// Logits of the last forward pass: `rows x vocab`, the first row at
-    /// position [`Session::logits_pos0`]. Empty after a greedy pass on an
-    /// engine that handed back picks only (see [`Session::head_output`]).
+    /// position [`Session::logits_pos0`]. Empty after a pass with a pick
+    /// rule that handed back picks alone (see [`BatchItem::pick`]).
     pub fn logits(&self) -> &[f32] {
         self.head.logits()
     }

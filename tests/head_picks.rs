@@ -2,7 +2,7 @@
 //! CUDA engine does, so that only ids and a probability cross to the host):
 //! every mode gives the tokens the CPU engine gives, greedy generation and
 //! plain sampling ask it for no logits at all, and speculative sampling
-//! still reads them.
+//! still reads them. The CPU engine itself picks the rows of a large pass.
 
 mod common;
 use common::*;
@@ -200,4 +200,92 @@ fn session_draft_and_verify_work_from_picks() {
         assert_eq!(a.layer_lens(), b.layer_lens(), "{name}");
         assert_eq!(picks.engine.logit_rows.load(Relaxed), logit_rows, "{name}");
     }
+}
+
+/// The bundled model: with its 4,096-token vocabulary, 16 rows are a head
+/// pass large enough for the CPU engine to pick them on its threads.
+fn bundled() -> Arc<Model> {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/layerskip-pycode-8l");
+    Model::load(dir).unwrap()
+}
+
+#[test]
+fn the_cpu_engine_picks_a_large_pass_and_keeps_its_logits() {
+    let model = bundled();
+    let (e, vocab) = (&model.engine, model.config.vocab_size);
+    let tokens: Vec<u32> = (0..16).map(|i| 37 * i + 5).collect();
+    let x = e.embed(&tokens);
+    let rules: Vec<PickRule> = (0..16)
+        .map(|i| match i % 2 {
+            0 => PickRule::Greedy,
+            _ => PickRule::Sample {
+                params: SamplingParams {
+                    temperature: 0.8,
+                    ..Default::default()
+                },
+                u: i as f32 / 16.0,
+            },
+        })
+        .collect();
+    let mut out = HeadOutput::new(vocab);
+    e.enter(|| e.head_pick(&x, 0, &rules, &mut out));
+    let mut logits = Vec::new();
+    e.head(&x, 0, &mut logits);
+    assert!(same_bits(out.logits(), &logits), "the logits stay");
+    let mut part = HeadOutput::new(vocab);
+    for (i, (row, rule)) in logits.chunks_exact(vocab).zip(&rules).enumerate() {
+        let want = Pick::of(row, rule);
+        part.copy_rows(&out, i, 1);
+        assert!(
+            part.logits().is_empty(),
+            "row {i}: its pick alone is handed on"
+        );
+        let got = (part.chosen(0, rule), part.token(0), part.top_prob(0));
+        assert_eq!(got, (want.token, want.argmax, want.top_prob), "row {i}");
+        assert_eq!(out.chosen(i, rule), want.token, "row {i}");
+    }
+}
+
+#[test]
+fn sixteen_batched_sessions_get_picks_alone_and_the_solo_tokens() {
+    use layerskip::{forward_batch, BatchItem, Logits};
+    let model = bundled();
+    let prompts: Vec<Vec<u32>> = (0..16u32).map(|i| vec![5 + i, 40 + 3 * i, 7]).collect();
+    let steps = 6;
+    let solo: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut s = Session::new(model.clone(), 0).unwrap();
+            greedy_steps(&mut s, p, model.num_layers(), steps)
+        })
+        .collect();
+    let mut ss: Vec<Session> = (0..16)
+        .map(|_| Session::new(model.clone(), 0).unwrap())
+        .collect();
+    let mut feed = prompts.clone();
+    let mut got: Vec<Vec<u32>> = vec![Vec::new(); 16];
+    for _ in 0..steps {
+        let mut items: Vec<BatchItem> = ss
+            .iter_mut()
+            .zip(&feed)
+            .map(|(s, t)| BatchItem {
+                session: s,
+                tokens: t,
+                exit: model.num_layers(),
+                logits: Logits::Last,
+                pick: Some(PickRule::Greedy),
+            })
+            .collect();
+        for r in forward_batch(&mut items) {
+            r.unwrap();
+        }
+        for (i, s) in ss.iter().enumerate() {
+            assert!(s.logits().is_empty(), "session {i}: picks alone");
+            let t = s.head_output().token(0);
+            got[i].push(t);
+            feed[i] = vec![t];
+        }
+    }
+    assert_eq!(got, solo);
 }

@@ -1,7 +1,9 @@
 //! What the exit head hands back for the rows a pass selected: their logits,
-//! or, when only each row's token is needed and the logits live on a device,
-//! each row's [`Pick`] alone (so a verify pass over a 128k vocabulary copies
-//! a few bytes per row instead of half a megabyte).
+//! each row's [`Pick`], or both. When only each row's token is needed, an
+//! engine may hand back picks alone: a GPU engine, so that a verify pass
+//! over a 128k vocabulary copies a few bytes per row instead of half a
+//! megabyte; the CPU engine picks the rows of a large pass on all its
+//! threads, and a batch then hands each session its picks alone.
 
 use crate::sampling::{argmax, top_probability, Pick, PickRule};
 
@@ -10,8 +12,9 @@ pub struct HeadOutput {
     /// Position of the first row.
     pos0: usize,
     vocab: usize,
-    /// `rows x vocab`, or empty when `picks` holds the rows.
+    /// `rows x vocab`, or empty when `picks` alone holds the rows.
     logits: Vec<f32>,
+    /// Each row's pick, or empty (picks are then made from `logits`).
     picks: Vec<Pick>,
 }
 
@@ -35,6 +38,11 @@ impl HeadOutput {
         }
     }
 
+    /// Row `i`'s pick, if the engine made it.
+    fn pick(&self, i: usize) -> Option<&Pick> {
+        self.picks.get(i)
+    }
+
     /// Every row's logits, `rows x vocab`; empty when only picks came back.
     pub fn logits(&self) -> &[f32] {
         &self.logits
@@ -47,25 +55,25 @@ impl HeadOutput {
 
     /// Row `i`'s greedy token (the first of equal maxima).
     pub fn token(&self, i: usize) -> u32 {
-        match self.row_logits(i) {
-            Some(row) => argmax(row),
-            None => self.picks[i].argmax,
+        match self.pick(i) {
+            Some(p) => p.argmax,
+            None => argmax(self.row_logits(i).expect("logits or picks")),
         }
     }
 
     /// Row `i`'s token under `rule`, the rule the pass was given for it.
     pub fn chosen(&self, i: usize, rule: &PickRule) -> u32 {
-        match self.row_logits(i) {
-            Some(row) => rule.apply(row),
-            None => self.picks[i].token,
+        match self.pick(i) {
+            Some(p) => p.token,
+            None => rule.apply(self.row_logits(i).expect("logits or picks")),
         }
     }
 
     /// Row `i`'s greedy token's probability at temperature 1.
     pub fn top_prob(&self, i: usize) -> f32 {
-        match self.row_logits(i) {
-            Some(row) => top_probability(row),
-            None => self.picks[i].top_prob,
+        match self.pick(i) {
+            Some(p) => p.top_prob,
+            None => top_probability(self.row_logits(i).expect("logits or picks")),
         }
     }
 
@@ -81,9 +89,10 @@ impl HeadOutput {
     /// Drop the rows before position `pos` (a position of this output).
     pub fn start_at(&mut self, pos: usize) {
         let n = pos - self.pos0;
-        if self.picks.is_empty() {
+        if !self.logits.is_empty() {
             self.logits.drain(..n * self.vocab);
-        } else {
+        }
+        if !self.picks.is_empty() {
             self.picks.drain(..n);
         }
         self.pos0 = pos;
@@ -114,7 +123,16 @@ impl HeadOutput {
         fill(&mut self.picks);
     }
 
-    /// Refill with rows `at..at + rows` of `other` (a batch's shared head output).
+    /// Keep beside the logits their rows' picks, written by `fill` from them
+    /// (one per row, each as [`Pick::of`] makes it).
+    pub fn add_picks(&mut self, fill: impl FnOnce(&[f32], &mut Vec<Pick>)) {
+        self.picks.clear();
+        fill(&self.logits, &mut self.picks);
+        debug_assert_eq!(self.picks.len(), self.logits.len() / self.vocab.max(1));
+    }
+
+    /// Refill with rows `at..at + rows` of `other` (a batch's shared head
+    /// output): their picks alone where `other` has them.
     pub fn copy_rows(&mut self, other: &HeadOutput, at: usize, rows: usize) {
         self.clear();
         if other.picks.is_empty() {
@@ -140,7 +158,9 @@ mod tests {
         let mut from_picks = HeadOutput::new(4);
         from_picks.fill_picks(|p| p.extend(rows.chunks(4).map(|r| Pick::of(r, &PickRule::Greedy))));
         from_picks.set_pos0(7);
-        for out in [&from_logits, &from_picks] {
+        let mut both = from_logits.clone();
+        both.add_picks(|l, p| p.extend(l.chunks(4).map(|r| Pick::of(r, &PickRule::Greedy))));
+        for out in [&from_logits, &from_picks, &both] {
             assert_eq!((out.rows(), out.pos0()), (2, 7));
             assert_eq!(out.tokens(), vec![1, 0]);
             assert_eq!(out.top_prob(1), top_probability(&rows[4..]));
@@ -165,9 +185,14 @@ mod tests {
         let mut part = HeadOutput::new(4);
         part.copy_rows(&from_logits, 1, 1);
         assert_eq!((part.rows(), part.token(0)), (1, 0));
-        part.copy_rows(&from_picks, 1, 1);
-        assert_eq!((part.rows(), part.token(0)), (1, 0));
-        assert!(part.logits().is_empty());
+        for picked in [&from_picks, &both] {
+            part.copy_rows(picked, 1, 1);
+            assert_eq!((part.rows(), part.token(0)), (1, 0));
+            assert!(part.logits().is_empty(), "picks alone are copied");
+        }
+        let mut later = both.clone();
+        later.start_at(8);
+        assert_eq!((later.logits(), later.picks.len()), (&rows[4..], 1));
     }
 
     #[test]

@@ -205,7 +205,7 @@ pub fn hold<R>(f: impl FnOnce() -> R) -> R {
 pub const SERIAL_BELOW: usize = 1 << 17;
 
 /// Whether `tasks` tasks of `work` multiply-adds in all run on this thread.
-fn serial(tasks: usize, work: usize) -> bool {
+pub fn serial(tasks: usize, work: usize) -> bool {
     tasks <= 1 || work < SERIAL_BELOW
 }
 

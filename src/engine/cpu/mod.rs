@@ -191,13 +191,7 @@ impl CpuEngine {
         let h = self.cfg.hidden_size;
         let rows = x.rows() - from;
         scratch::with([rows * h], |[xn]| {
-            norm_rows(
-                &x.data[from * h..],
-                &self.norm,
-                self.cfg.rms_norm_eps,
-                h,
-                xn,
-            );
+            ops::rms_norm_rows(&x.data[from * h..], &self.norm, self.cfg.rms_norm_eps, xn);
             f(xn, rows)
         })
     }
@@ -406,12 +400,6 @@ pub fn read_bandwidth() -> f64 {
     })
 }
 
-fn norm_rows(x: &[f32], w: &[f32], eps: f32, width: usize, out: &mut [f32]) {
-    for (o, r) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
-        ops::rms_norm(r, w, eps, o);
-    }
-}
-
 impl Engine for CpuEngine {
     type Acts = HostActs;
     type Kv = CpuKv;
@@ -470,7 +458,7 @@ impl Engine for CpuEngine {
         ];
         scratch::with(lens, |[xn, q, k, v, attn, o, gate, up]| {
             // Projections over every row of the batch: weights are read once.
-            norm_rows(&x.data, &w.attn_norm, cfg.rms_norm_eps, h, xn);
+            ops::rms_norm_rows(&x.data, &w.attn_norm, cfg.rms_norm_eps, xn);
             matmul_many(
                 xn,
                 rows,
@@ -510,9 +498,9 @@ impl Engine for CpuEngine {
                 with_pair!(&**kv, p => self.attention(p, q, *pos0, out))
             });
             matmul(attn, rows, &w.o, o);
-            x.data.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+            ops::add_in_place(&mut x.data, o);
 
-            norm_rows(&x.data, &w.mlp_norm, cfg.rms_norm_eps, h, xn);
+            ops::rms_norm_rows(&x.data, &w.mlp_norm, cfg.rms_norm_eps, xn);
             matmul_many(xn, rows, &mut [(&w.gate, &mut **gate), (&w.up, &mut **up)]);
             // Element by element, so chunks share the work without
             // changing a bit; one decoding row's is too little to share.
@@ -522,7 +510,7 @@ impl Engine for CpuEngine {
                 ops::swiglu(g, &up[i * CHUNK..][..g.len()])
             });
             matmul(gate, rows, &w.down, o);
-            x.data.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+            ops::add_in_place(&mut x.data, o);
         });
     }
 

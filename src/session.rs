@@ -473,7 +473,8 @@ impl<E: Engine> Session<E> {
         let v = self.model.config.vocab_size;
         &logits[logits.len().saturating_sub(v)..]
     }
-    /// Everything the exit head produced in the last pass: logits, or greedy picks.
+    /// Everything the exit head produced in the last pass: logits, each
+    /// row's pick (see [`BatchItem::pick`]), or both.
     pub fn head_output(&self) -> &HeadOutput {
         &self.head
     }

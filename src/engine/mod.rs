@@ -77,11 +77,13 @@ pub trait Engine: Send + Sync + 'static {
     fn head(&self, x: &Self::Acts, from: usize, out: &mut Vec<f32>);
     /// The exit head on rows `from..` when only each row's token is needed,
     /// chosen by `rules[i]` (one per row; a sampled row's uniform is drawn
-    /// already): fills `out` with either the rows' logits (an engine whose
-    /// logits are in host memory anyway; [`HeadOutput::chosen`] then applies
-    /// the rules) or each row's [`crate::sampling::Pick`] computed where the
-    /// logits are (a GPU engine, so only ids and a probability cross to the
-    /// host).
+    /// already): fills `out` with the rows' logits, each row's
+    /// [`crate::sampling::Pick`] under its rule, or both. A GPU engine
+    /// hands back picks alone, computed where the logits are, so that only
+    /// ids and a probability cross to the host; the CPU engine keeps the
+    /// logits and adds picks where the rows are many enough to pick on all
+    /// its threads. Where there are no picks, [`HeadOutput::chosen`]
+    /// applies the rules to the logits.
     fn head_pick(
         &self,
         x: &Self::Acts,

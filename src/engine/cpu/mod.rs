@@ -197,11 +197,13 @@ impl CpuEngine {
     }
 
     /// Adds to `out`'s logits each row's pick under its rule, made on the
-    /// team, where there are enough rows to share: otherwise the thread that
-    /// waits for them makes the picks it needs alone, and the others stay
-    /// idle meanwhile (16 batched sessions of a 32,000-token vocabulary:
-    /// 2 MB of logits copied to the sessions and 16 picks made per step).
-    fn pick_rows(&self, rules: &[PickRule], out: &mut HeadOutput) {
+    /// team, where the rows are many enough to share (16 batched sessions
+    /// of a 4,096-token vocabulary are): a batch then hands each session its
+    /// picks instead of a copy of its logits, which one thread made while
+    /// the others waited (2 MB per step for 16 sessions of a 32,000-token
+    /// vocabulary), and picked from alone. Fewer rows keep logits only, and
+    /// the caller picks what it needs from them.
+    fn pick_on_team(&self, rules: &[PickRule], out: &mut HeadOutput) {
         let vocab = self.cfg.vocab_size;
         let work = rules.len() * vocab * PICK_WORK;
         if team::serial(rules.len(), work) {
@@ -594,7 +596,7 @@ impl Engine for CpuEngine {
 
     fn head_pick(&self, x: &HostActs, from: usize, rules: &[PickRule], out: &mut HeadOutput) {
         out.fill_logits(|logits| self.head(x, from, logits));
-        self.pick_rows(rules, out);
+        self.pick_on_team(rules, out);
     }
 
     fn draft_head_pick(
@@ -606,6 +608,6 @@ impl Engine for CpuEngine {
         out: &mut HeadOutput,
     ) {
         out.fill_logits(|logits| self.draft_head(x, from, extra, logits));
-        self.pick_rows(rules, out);
+        self.pick_on_team(rules, out);
     }
 }

@@ -692,8 +692,8 @@ lsk_result lsk_session_step(struct lsk_session *session,
 // verify: its last row, see `lsk_session_logits_ith`): `*logits` points to
 // `*n_vocab` floats owned by the session, valid until the next call on this
 // session. Fails when the last call produced no logits (after
-// `lsk_sessions_round` or `lsk_sessions_step`, which choose tokens where
-// the logits are, a session may hold its tokens alone).
+// `lsk_sessions_round` or a batch's `lsk_batch_step`, which choose tokens
+// where the logits are, a session may hold its tokens alone).
 lsk_result lsk_session_logits(struct lsk_session *session,
                               const float **logits,
                               size_t *n_vocab,

@@ -70,6 +70,8 @@ fn benches(c: &mut Criterion) {
             .collect(),
         Err(_) => (1..=9).collect(),
     };
+    // One pool for every row count, as a process decodes on one.
+    let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
     for rows in row_counts {
         let x = vec![0.25f32; rows * inter.max(h)];
         let (mut q, mut k, mut v) = (
@@ -83,7 +85,6 @@ fn benches(c: &mut Criterion) {
             vec![0.0; rows * h],
         );
         g.throughput(Throughput::Elements((params * rows) as u64));
-        let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
         g.bench_with_input(BenchmarkId::from_parameter(rows), &rows, |b, &rows| {
             pool.install(|| {
                 hold(|| {

@@ -38,11 +38,6 @@ impl HeadOutput {
         }
     }
 
-    /// Row `i`'s pick, if the engine made it.
-    fn pick(&self, i: usize) -> Option<&Pick> {
-        self.picks.get(i)
-    }
-
     /// Every row's logits, `rows x vocab`; empty when only picks came back.
     pub fn logits(&self) -> &[f32] {
         &self.logits
@@ -55,7 +50,7 @@ impl HeadOutput {
 
     /// Row `i`'s greedy token (the first of equal maxima).
     pub fn token(&self, i: usize) -> u32 {
-        match self.pick(i) {
+        match self.picks.get(i) {
             Some(p) => p.argmax,
             None => argmax(self.row_logits(i).expect("logits or picks")),
         }
@@ -63,7 +58,7 @@ impl HeadOutput {
 
     /// Row `i`'s token under `rule`, the rule the pass was given for it.
     pub fn chosen(&self, i: usize, rule: &PickRule) -> u32 {
-        match self.pick(i) {
+        match self.picks.get(i) {
             Some(p) => p.token,
             None => rule.apply(self.row_logits(i).expect("logits or picks")),
         }
@@ -71,7 +66,7 @@ impl HeadOutput {
 
     /// Row `i`'s greedy token's probability at temperature 1.
     pub fn top_prob(&self, i: usize) -> f32 {
-        match self.pick(i) {
+        match self.picks.get(i) {
             Some(p) => p.top_prob,
             None => top_probability(self.row_logits(i).expect("logits or picks")),
         }
